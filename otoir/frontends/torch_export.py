@@ -1,0 +1,313 @@
+"""Export a ``torch.nn.Module`` to an onnx-ir model whose initializers carry state_dict names.
+
+The export uses torch's legacy TorchScript exporter in training mode without constant folding,
+the only configuration of torch 2.13 that keeps train-mode ``BatchNormalization`` (and
+``Dropout``) as nodes and keeps every initializer name equal to its ``state_dict`` key (see
+``research/environment-notes.md`` §2). torch is imported lazily: importing this module does not
+import torch.
+
+Facts about the legacy exporter that callers can rely on (checked with torch 2.13):
+
+* Every parameter or buffer that the forward pass reads becomes one initializer named by its
+  ``state_dict`` key. ``BatchNorm*.num_batches_tracked`` is never exported (the exporter bakes the
+  momentum into the node).
+* Tied parameters (one tensor reachable under several names, e.g. ``fc.weight = emb.weight``) are
+  exported once, under the name that comes first in ``named_parameters(remove_duplicate=False)``
+  order; the other names are aliases. :func:`parameter_map` maps every name to that initializer.
+* In TRAINING mode ``BatchNormalization`` has ``training_mode=1`` and three outputs (Y, running
+  mean, running var); ``Dropout`` has two outputs and its ``ratio`` and ``training_mode`` inputs
+  come from ``Constant`` nodes, not initializers.
+* With ``training=False`` the module is exported in eval mode, again without constant folding:
+  ``BatchNormalization`` has one output and ``Dropout`` becomes ``Identity``.
+* Non-parameter constants become ``Constant`` nodes; shapes computed from the input (``x.view(B,
+  -1)``) become ``Shape``/``Gather``/``Unsqueeze``/``Concat`` chains.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ALIASES_KEY",
+    "UNUSED_PARAMETERS_KEY",
+    "ExportError",
+    "export_torch",
+    "parameter_map",
+]
+
+#: ``model.meta`` key: state_dict names of parameters/buffers that got no initializer (unused by forward).
+UNUSED_PARAMETERS_KEY = "otoir.unused_parameters"
+#: ``model.meta`` key: ``{alias name: initializer name}`` for tied parameters.
+ALIASES_KEY = "otoir.parameter_aliases"
+
+_IR_VERSION = 10
+
+
+class ExportError(ValueError):
+    """The torch export did not produce the model otoir needs (e.g. a parameter was renamed)."""
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise TypeError(
+        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+    )
+
+
+def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any, bool]]:
+    """All (name, tensor, is_parameter) of ``module`` in state_dict order, aliases included."""
+    out: list[tuple[str, Any, bool]] = []
+    for name, p in module.named_parameters(remove_duplicate=False):
+        out.append((name, p, True))
+    for name, b in module.named_buffers(remove_duplicate=False):
+        out.append((name, b, False))
+    return out
+
+
+def _canonical_names(module: torch.nn.Module) -> dict[str, str]:
+    """Maps every parameter/buffer name to the first name of the same tensor (tied weights)."""
+    first: dict[int, str] = {}
+    canon: dict[str, str] = {}
+    for name, t, _ in _named_tensors(module):
+        key = id(t)
+        first.setdefault(key, name)
+        canon[name] = first[key]
+    return canon
+
+
+def _probe(
+    module: torch.nn.Module, inputs: tuple[Any, ...], training: bool
+) -> tuple[set[str], int]:
+    """Runs one forward+backward on a copy; returns (names of parameters that get a gradient, #outputs)."""
+    import torch
+
+    m = copy.deepcopy(module).train(training)
+    params = dict(m.named_parameters())
+    for p in params.values():
+        p.grad = None
+    with torch.enable_grad():
+        out = m(*inputs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        floats = [
+            o
+            for o in outs
+            if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad
+        ]
+        if floats:
+            sum(o.sum() for o in floats).backward()
+    return {n for n, p in params.items() if p.grad is not None}, len(outs)
+
+
+def export_torch(
+    module: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    opset: int = 17,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_batch: bool = True,
+    training: bool = True,
+) -> ir.Model:
+    """Exports ``module`` to an onnx-ir model with state_dict-named initializers.
+
+    The module is deep-copied first, so neither it nor its BatchNorm running statistics change.
+    The copy is put in train mode (``training=True``: BatchNormalization with batch statistics and
+    ``training_mode=1``, Dropout kept) or eval mode (``training=False``) and exported with the
+    legacy exporter, ``do_constant_folding=False``.
+
+    Args:
+        module: The torch module.
+        example_inputs: A tensor or a tuple of tensors, the forward's positional arguments.
+        opset: ONNX opset of the default domain (≤ 21 for onnxruntime-training 1.19).
+        input_names: Graph input names; default ``input`` (one input) or ``input_0``, ``input_1``…
+        output_names: Graph output names; default ``output`` or ``output_0``, ``output_1``…
+        dynamic_batch: Make dimension 0 of every input and output the symbolic dim ``batch``.
+        training: Export in training mode (default) or eval mode.
+
+    Returns:
+        The model, ``ir_version`` 10. ``model.meta[UNUSED_PARAMETERS_KEY]`` lists the state_dict
+        names that have no initializer because the forward pass does not use them (and
+        ``num_batches_tracked`` buffers); ``model.meta[ALIASES_KEY]`` maps tied-parameter aliases
+        to their initializer.
+
+    Raises:
+        ExportError: A parameter that the forward pass uses has no initializer of its own name
+            (renamed or folded), or its values were duplicated into another initializer.
+        TypeError: ``example_inputs`` is neither a tensor nor a sequence of tensors.
+    """
+    import torch
+
+    inputs = _as_tuple(example_inputs)
+    work = copy.deepcopy(module)
+    work.train(training)
+
+    if input_names is None:
+        input_names = (
+            ["input"]
+            if len(inputs) == 1
+            else [f"input_{i}" for i in range(len(inputs))]
+        )
+    used, n_out = _probe(module, inputs, training)
+    if output_names is None:
+        output_names = (
+            ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+        )
+    input_names = list(input_names)
+    output_names = list(output_names)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+
+    buf = io.BytesIO()
+    mode = (
+        torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            work,
+            inputs,
+            buf,
+            dynamo=False,
+            export_params=True,
+            keep_initializers_as_inputs=False,
+            do_constant_folding=False,
+            training=mode,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.ir_version = _IR_VERSION
+    model = ir.from_proto(proto)
+    model.ir_version = _IR_VERSION
+
+    unused, aliases = _verify_names(module, model, used)
+    model.meta[UNUSED_PARAMETERS_KEY] = unused
+    model.meta[ALIASES_KEY] = aliases
+    return model
+
+
+def _verify_names(
+    module: torch.nn.Module, model: ir.Model, used: set[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Checks the name contract; returns (unused names, aliases)."""
+    inits = model.graph.initializers
+    canon = _canonical_names(module)
+    tensors = {name: (t, is_param) for name, t, is_param in _named_tensors(module)}
+
+    foreign = _foreign_constants(model, set(tensors))
+
+    unused: list[str] = []
+    aliases: dict[str, str] = {}
+    for name, target in canon.items():
+        t, is_param = tensors[name]
+        if name != target:
+            if target in inits:
+                aliases[name] = target
+            elif name in inits:
+                raise ExportError(
+                    f"tied parameter {name!r} was exported under its alias name instead of {target!r}"
+                )
+            else:
+                unused.append(name)
+            continue
+        if name in inits:
+            _check_duplicates(name, t, foreign)
+            continue
+        renamed = _find_copy(t, foreign) if is_param else None
+        if renamed is not None:
+            raise ExportError(
+                f"parameter {name!r} has no initializer of its name; its values were exported as {renamed!r}"
+                " (a constant or renamed initializer: use the parameter directly, not .data, in forward)"
+            )
+        if is_param and name in used:
+            raise ExportError(
+                f"parameter {name!r} is used by forward but no initializer is named {name!r}"
+            )
+        unused.append(name)
+    return unused, aliases
+
+
+def _foreign_constants(model: ir.Model, names: set[str]) -> dict[str, np.ndarray]:
+    """Initializers not named after a state_dict entry, and Constant-node tensors, by name."""
+    out: dict[str, np.ndarray] = {}
+    for name, v in model.graph.initializers.items():
+        if name not in names and v.const_value is not None:
+            out[name] = v.const_value.numpy()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                out[node.outputs[0].name or node.name or "?"] = attr.value.numpy()
+    return out
+
+
+def _find_copy(t: Any, foreign: dict[str, np.ndarray]) -> str | None:
+    """Name of a foreign constant holding the values of ``t``, possibly permuted (e.g. ``w.data.t()``).
+
+    Tensors whose elements are all equal (fresh zero biases, unit BN weights) are never matched:
+    they can coincide with ordinary exporter constants.
+    """
+    value = t.detach().cpu().numpy()
+    if value.size < 2 or np.all(value == value.flat[0]):
+        return None  # constant-valued tensors can coincide with exporter constants
+    key = None
+    for other, arr in foreign.items():
+        if arr.size != value.size or arr.dtype != value.dtype:
+            continue
+        if arr.shape == value.shape and np.array_equal(arr, value):
+            return other
+        if key is None:
+            key = np.sort(value, axis=None)
+        if np.array_equal(
+            np.sort(arr, axis=None), key
+        ):  # same multiset: transposed/reshaped copy
+            return other
+    return None
+
+
+def _check_duplicates(name: str, t: Any, foreign: dict[str, np.ndarray]) -> None:
+    other = _find_copy(t, foreign)
+    if other is not None:
+        raise ExportError(f"parameter {name!r} was duplicated into {other!r}")
+
+
+def parameter_map(module: torch.nn.Module, model: ir.Model) -> dict[str, str]:
+    """Maps each parameter and buffer name of ``module`` to the initializer that holds it.
+
+    Tied parameters map every alias to the one exported initializer. Names without an
+    initializer (unused by forward, ``num_batches_tracked``) are left out.
+
+    Args:
+        module: The module that was exported.
+        model: The model returned by :func:`export_torch` (or any model with state_dict names).
+
+    Returns:
+        ``{state_dict name: initializer name}``.
+    """
+    inits = model.graph.initializers
+    out: dict[str, str] = {}
+    for name, target in _canonical_names(module).items():
+        if target in inits:
+            out[name] = target
+        elif name in inits:
+            out[name] = name
+    return out
