@@ -1,0 +1,76 @@
+"""Exception types of otoir.
+
+Every error a user can cause derives from :class:`OtoirError` and formats as a one-line
+message that names the file, node or pipeline position involved.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "OtoirError",
+    "InputError",
+    "PipelineSyntaxError",
+    "PipelineError",
+    "PassFailure",
+    "VerifierError",
+]
+
+
+class OtoirError(Exception):
+    """Base class of all errors raised by otoir on purpose."""
+
+
+class InputError(OtoirError):
+    """The input could not be read: missing file, not ONNX, truncated, unsupported object."""
+
+
+class PipelineError(OtoirError):
+    """A pipeline is well-formed text but names an unknown pass or a bad option."""
+
+
+class PipelineSyntaxError(PipelineError):
+    """A pipeline string does not parse.
+
+    Attributes:
+        text: The pipeline text.
+        position: Zero-based index of the offending character.
+        reason: What was expected.
+    """
+
+    def __init__(self, text: str, position: int, reason: str) -> None:
+        self.text = text
+        self.position = position
+        self.reason = reason
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Returns the message with the text and a caret under the offending character."""
+        return f"pipeline syntax error at column {self.position + 1}: {self.reason}\n  {self.text}\n  {' ' * self.position}^"
+
+
+class PassFailure(OtoirError):
+    """A pass failed; ``diagnostics`` holds what it reported.
+
+    Attributes:
+        pass_name: The failing pass.
+        diagnostics: The error diagnostics (``otoir.infra.diagnostics.Diagnostic``).
+        history: Names of the passes that ran before, in order.
+    """
+
+    def __init__(self, pass_name: str, diagnostics: list, history: list[str] | None = None) -> None:
+        self.pass_name = pass_name
+        self.diagnostics = list(diagnostics)
+        self.history = list(history or [])
+        first = str(self.diagnostics[0]) if self.diagnostics else "failed"
+        more = f" (+{len(self.diagnostics) - 1} more)" if len(self.diagnostics) > 1 else ""
+        super().__init__(f"pass '{pass_name}' failed: {first}{more}")
+
+
+class VerifierError(PassFailure):
+    """The structural verifier rejected the IR after a pass."""
+
+    def __init__(self, pass_name: str, diagnostics: list, history: list[str] | None = None) -> None:
+        super().__init__(pass_name, diagnostics, history)
+        first = str(self.diagnostics[0]) if self.diagnostics else "invalid IR"
+        more = f" (+{len(self.diagnostics) - 1} more)" if len(self.diagnostics) > 1 else ""
+        self.args = (f"verifier failed after pass '{pass_name}': {first}{more}",)

@@ -1,0 +1,195 @@
+"""The per-op rule table: what otoir knows about each ONNX operator.
+
+Op knowledge is data keyed by ``(domain, op_type)`` with an opset range. User rules are
+registered with :func:`rule` / :func:`register_rule` and take precedence over built-in ones.
+An op with no rule is a barrier: nothing is pruned or erased across it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+__all__ = [
+    "VertexKind",
+    "ChannelMap",
+    "ParamSpec",
+    "OpRule",
+    "rule",
+    "register_rule",
+    "lookup_rule",
+    "unregister_rule",
+    "normalize_domain",
+]
+
+
+class VertexKind(str, enum.Enum):
+    """The role a node plays for pruning and erasing (OTOv2/v3 taxonomy).
+
+    STEM: has trainable parameters and sets the channel count of its output (Conv, Gemm).
+    ACCESSORY: one data input, keeps the channel axis; may have per-channel parameters
+    (BatchNorm, ReLU, pooling, bias Add).
+    JOINT: combines several data inputs (Add/Mul tie channels; Concat stacks them).
+    PASSTHROUGH_SHAPE: moves data without arithmetic (Reshape, Transpose, Slice, Gather).
+    CONSTANT: computes constants or shapes only; not part of the data flow.
+    UNKNOWN: no rule; a barrier.
+    """
+
+    STEM = "stem"
+    ACCESSORY = "accessory"
+    JOINT = "joint"
+    PASSTHROUGH_SHAPE = "passthrough-shape"
+    CONSTANT = "constant"
+    UNKNOWN = "unknown"
+
+
+class ChannelMap(str, enum.Enum):
+    """How channel indices of a node's output relate to those of its data inputs.
+
+    The channel dependency analysis interprets these; ``BARRIER`` stops propagation.
+    """
+
+    PRODUCE = "produce"  # a stem: output channels are new (weight rows)
+    IDENTITY = "identity"  # output channel c comes from input channel c
+    BROADCAST = "broadcast"  # elementwise with numpy broadcasting; inputs share indices
+    CONCAT = "concat"  # offsets along the concat axis
+    SPLIT = "split"  # ranges along the split axis
+    SLICE = "slice"  # a range along the sliced axis
+    FLATTEN = "flatten"  # index expansion by the flattened stride
+    RESHAPE = "reshape"  # factorisation of axes
+    TRANSPOSE = "transpose"  # axis permutation
+    MATMUL = "matmul"  # contraction
+    GATHER = "gather"  # indexing along an axis
+    REDUCE = "reduce"  # reduction over some axes
+    BARRIER = "barrier"  # nothing propagates
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter input of an op.
+
+    Attributes:
+        input: Input index.
+        out_axis: Axis of the parameter indexed by the op's output channels (None: none).
+        in_axis: Axis indexed by the op's input channels (a stem's consumer side), or None.
+        trainable: False for buffers such as BatchNorm running statistics.
+        role: Short name (``weight``, ``bias``, ``scale``, ``running_mean``...).
+    """
+
+    input: int
+    out_axis: int | None = 0
+    in_axis: int | None = None
+    trainable: bool = True
+    role: str = "weight"
+
+
+#: ``classify(node, is_data) -> (kind, reason)`` for ops whose role depends on the node.
+Classifier = Callable[["ir.Node", Callable[["ir.Value | None"], bool]], "tuple[VertexKind, str]"]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """What otoir knows about one operator.
+
+    Attributes:
+        op_type: ONNX op type.
+        domain: Operator domain (``""`` is the default ONNX domain).
+        since: First opset version the rule applies to.
+        until: Last opset version (inclusive), or None.
+        kind: Vertex kind when the role does not depend on the node.
+        reason: Why the op has that kind (shown by ``--annotate``).
+        classify: Node-dependent classification, overrides ``kind``.
+        params: Parameter inputs (by position) and which axes follow channels.
+        data_inputs: Input positions that may carry data (None: every non-parameter input).
+        channel_map: How channels propagate through the op.
+        channel_axis: The channel axis of the output (1 for NCHW ops), if fixed.
+        maps_zero: A zero data input gives a zero output (ReLU yes, Sigmoid no).
+        zero_params_zero_output: All-zero trainable parameters force a zero output whatever
+            the input (Conv, Gemm, BatchNorm with gamma=beta=0).
+        exact_invariance: False when removing channels changes the remaining outputs
+            (normalisation statistics over the pruned axis).
+        note: Free text (limitations).
+    """
+
+    op_type: str
+    domain: str = ""
+    since: int = 1
+    until: int | None = None
+    kind: VertexKind = VertexKind.UNKNOWN
+    reason: str = ""
+    classify: Classifier | None = None
+    params: tuple[ParamSpec, ...] = ()
+    data_inputs: tuple[int, ...] | None = None
+    channel_map: ChannelMap = ChannelMap.BARRIER
+    channel_axis: int | None = 1
+    maps_zero: bool = False
+    zero_params_zero_output: bool = False
+    exact_invariance: bool = True
+    note: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def param_spec(self, index: int) -> ParamSpec | None:
+        """Returns the spec of input ``index`` if it is a parameter input."""
+        for p in self.params:
+            if p.input == index:
+                return p
+        return None
+
+    def with_(self, **changes) -> OpRule:
+        """Returns a copy with fields changed."""
+        return replace(self, **changes)
+
+
+def normalize_domain(domain: str) -> str:
+    """``ai.onnx`` and ``""`` name the same domain."""
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+_BUILTIN: dict[tuple[str, str], list[OpRule]] = {}
+_USER: dict[tuple[str, str], list[OpRule]] = {}
+
+
+def register_rule(r: OpRule, *, builtin: bool = False) -> OpRule:
+    """Adds a rule. User rules (the default) take precedence over built-in ones."""
+    table = _BUILTIN if builtin else _USER
+    table.setdefault((normalize_domain(r.domain), r.op_type), []).insert(0, r)
+    return r
+
+
+def unregister_rule(op_type: str, domain: str = "") -> None:
+    """Removes every user rule for ``(domain, op_type)``."""
+    _USER.pop((normalize_domain(domain), op_type), None)
+
+
+def rule(op_type: str, *, domain: str = "", since: int = 1, until: int | None = None, **fields):
+    """Decorator registering a user rule whose ``classify`` is the decorated function.
+
+    Example::
+
+        @rule("MyConv", domain="com.acme", params=(ParamSpec(1),), channel_map=ChannelMap.PRODUCE)
+        def my_conv(node, is_data):
+            return VertexKind.STEM, "custom convolution"
+    """
+
+    def deco(fn: Classifier) -> Classifier:
+        register_rule(OpRule(op_type, domain=domain, since=since, until=until, classify=fn, **fields))
+        return fn
+
+    return deco
+
+
+def lookup_rule(op_type: str, domain: str = "", version: int | None = None) -> OpRule | None:
+    """Returns the rule for an op at an opset version (user rules first), or None."""
+    from otoir.ops import table  # noqa: F401  (registers the built-in rules)
+
+    key = (normalize_domain(domain), op_type)
+    for candidates in (_USER.get(key, ()), _BUILTIN.get(key, ())):
+        for r in candidates:
+            if version is None or (r.since <= version and (r.until is None or version <= r.until)):
+                return r
+    return None

@@ -1,0 +1,203 @@
+"""Built-in op rules (imported once, on first lookup)."""
+
+from __future__ import annotations
+
+from otoir.ops.rules import ChannelMap as C
+from otoir.ops.rules import OpRule, ParamSpec, VertexKind, register_rule
+from otoir.ops.rules import VertexKind as K
+
+__all__: list[str] = []
+
+
+def _add(r: OpRule) -> None:
+    register_rule(r, builtin=True)
+
+
+# -- stems ---------------------------------------------------------------------------------
+_add(OpRule("Conv", kind=K.STEM, reason="convolution: its weight rows set the output channels",
+            params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True))
+_add(OpRule("ConvTranspose", kind=K.STEM, reason="transposed convolution: weight axis 1 sets the output channels",
+            params=(ParamSpec(1, out_axis=1, in_axis=0), ParamSpec(2, out_axis=0, role="bias")),
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
+            note="with group > 1 the output axis of the weight holds C_out/group channels"))
+
+
+def _gemm(node, is_data):
+    if not is_data(node.inputs[0]):
+        return K.CONSTANT, "Gemm of constants"
+    if len(node.inputs) > 1 and is_data(node.inputs[1]):
+        return K.JOINT, "Gemm of two data operands"
+    return K.STEM, "fully connected layer: its weight sets the output features"
+
+
+def _gemm_params(node):
+    trans_b = node.attributes.get_int("transB", 0) if hasattr(node.attributes, "get_int") else 0
+    return (ParamSpec(1, out_axis=0 if trans_b else 1, in_axis=1 if trans_b else 0), ParamSpec(2, out_axis=0, role="bias"))
+
+
+_add(OpRule("Gemm", classify=_gemm, reason="", params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
+            data_inputs=(0,), channel_map=C.PRODUCE, channel_axis=1, zero_params_zero_output=True, maps_zero=True,
+            note="param axes depend on transB; use gemm_params(node)", extra={"params_of": _gemm_params}))
+
+
+def _matmul(node, is_data):
+    a, b = node.inputs[0], node.inputs[1]
+    da, db = is_data(a), is_data(b)
+    if da and db:
+        return K.JOINT, "MatMul of two data operands (e.g. attention scores)"
+    if da:
+        return K.STEM, "MatMul with a constant right operand (a linear layer): its columns set the output features"
+    if db:
+        return K.STEM, "MatMul with a constant left operand"
+    return K.CONSTANT, "MatMul of constants"
+
+
+_add(OpRule("MatMul", classify=_matmul, params=(ParamSpec(1, out_axis=-1, in_axis=-2),),
+            channel_map=C.MATMUL, channel_axis=-1, zero_params_zero_output=True, maps_zero=True))
+
+
+def _gather(node, is_data):
+    table, idx = node.inputs[0], node.inputs[1]
+    if is_data(table):
+        return K.PASSTHROUGH_SHAPE, "Gather selects entries of a data tensor"
+    if is_data(idx):
+        return K.STEM, "embedding lookup: rows of a constant table selected by data indices"
+    return K.CONSTANT, "Gather on constants (shape computation)"
+
+
+_add(OpRule("Gather", classify=_gather, params=(ParamSpec(0, out_axis=1),), channel_map=C.GATHER, channel_axis=-1,
+            zero_params_zero_output=True, maps_zero=True))
+
+# -- normalisations ------------------------------------------------------------------------
+_bn_params = (ParamSpec(1, role="scale"), ParamSpec(2, role="bias"),
+              ParamSpec(3, trainable=False, role="running_mean"), ParamSpec(4, trainable=False, role="running_var"))
+_add(OpRule("BatchNormalization", kind=K.ACCESSORY, reason="per-channel normalisation with per-channel parameters",
+            params=_bn_params, data_inputs=(0,), channel_map=C.IDENTITY, zero_params_zero_output=True, maps_zero=False,
+            note="training-mode BatchNorm computes batch statistics per channel, so removing a channel leaves the others exact"))
+_add(OpRule("InstanceNormalization", kind=K.ACCESSORY, reason="per-channel instance normalisation",
+            params=(ParamSpec(1, role="scale"), ParamSpec(2, role="bias")), data_inputs=(0,), channel_map=C.IDENTITY,
+            zero_params_zero_output=True))
+_add(OpRule("GroupNormalization", kind=K.ACCESSORY, reason="group normalisation: statistics per group of channels",
+            params=(ParamSpec(1, role="scale"), ParamSpec(2, role="bias")), data_inputs=(0,), channel_map=C.IDENTITY,
+            zero_params_zero_output=True, exact_invariance=False,
+            note="pruning units are whole norm groups; removing part of a group changes its statistics"))
+_add(OpRule("LayerNormalization", kind=K.ACCESSORY, reason="normalisation over the trailing axes with per-feature parameters",
+            params=(ParamSpec(1, out_axis=0, role="scale"), ParamSpec(2, out_axis=0, role="bias")), data_inputs=(0,),
+            channel_map=C.IDENTITY, channel_axis=-1, zero_params_zero_output=True, exact_invariance=False,
+            note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
+
+# -- activations and other unary element-wise ops ------------------------------------------
+for op, zero in [("Relu", True), ("LeakyRelu", True), ("Sigmoid", False), ("HardSigmoid", False),
+                 ("HardSwish", True), ("Tanh", True), ("Gelu", True), ("Erf", True), ("Softplus", False),
+                 ("Elu", True), ("Selu", True), ("Celu", True), ("Mish", True), ("Softsign", True),
+                 ("ThresholdedRelu", True), ("Neg", True), ("Abs", True), ("Sqrt", True), ("Exp", False),
+                 ("Log", False), ("Reciprocal", False), ("Sin", True), ("Cos", False), ("Sign", True),
+                 ("Floor", True), ("Ceil", True), ("Round", True), ("Not", False), ("IsNaN", False)]:
+    _add(OpRule(op, kind=K.ACCESSORY, reason="element-wise activation", data_inputs=(0,), channel_map=C.IDENTITY,
+                channel_axis=None, maps_zero=zero))
+
+
+def _clip(node, is_data):
+    return K.ACCESSORY, "element-wise clamp"
+
+
+_add(OpRule("Clip", classify=_clip, data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=False,
+            note="maps zero to zero only when min <= 0 <= max (checked by the analyses)", extra={"zero_if_range_contains_0": True}))
+_add(OpRule("PRelu", kind=K.ACCESSORY, reason="element-wise activation with a per-channel slope",
+            params=(ParamSpec(1, out_axis=0, role="slope"),), data_inputs=(0,), channel_map=C.IDENTITY, maps_zero=True,
+            note="slope shape [C,1,1] (or [1]) broadcasts over the channel axis"))
+for op in ("Softmax", "LogSoftmax", "Hardmax"):
+    _add(OpRule(op, kind=K.ACCESSORY, reason="normalises along one axis", data_inputs=(0,), channel_map=C.REDUCE,
+                channel_axis=None, maps_zero=False, note="channels are independent only when the softmax axis is not the channel axis"))
+_add(OpRule("Dropout", kind=K.ACCESSORY, reason="dropout (identity at inference; element-wise mask in training)",
+            data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=True))
+_add(OpRule("Identity", kind=K.PASSTHROUGH_SHAPE, reason="identity", data_inputs=(0,), channel_map=C.IDENTITY,
+            channel_axis=None, maps_zero=True))
+_add(OpRule("Cast", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data_inputs=(0,), channel_map=C.IDENTITY,
+            channel_axis=None, maps_zero=True))
+_add(OpRule("CastLike", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data_inputs=(0,), channel_map=C.IDENTITY,
+            channel_axis=None, maps_zero=True))
+
+# -- pooling, resizing, padding ------------------------------------------------------------
+for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
+    _add(OpRule(op, kind=K.ACCESSORY, reason="spatial pooling per channel", data_inputs=(0,), channel_map=C.IDENTITY,
+                maps_zero=True))
+_add(OpRule("Resize", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
+            channel_map=C.IDENTITY, maps_zero=True, note="assumes scales/sizes leave the channel axis unchanged (checked by the analyses)"))
+_add(OpRule("Upsample", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
+            channel_map=C.IDENTITY, maps_zero=True))
+_add(OpRule("Pad", kind=K.ACCESSORY, reason="spatial padding per channel", data_inputs=(0,), channel_map=C.IDENTITY,
+            maps_zero=False, note="maps zero to zero for constant mode with value 0 and reflect/edge modes (checked by the analyses)"))
+for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd",
+           "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"):
+    _add(OpRule(op, kind=K.ACCESSORY, reason="reduction over some axes", data_inputs=(0,), channel_map=C.REDUCE,
+                channel_axis=None, maps_zero=op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceSumSquare")))
+_add(OpRule("CumSum", kind=K.ACCESSORY, reason="cumulative sum along one axis", data_inputs=(0,), channel_map=C.REDUCE,
+            channel_axis=None, maps_zero=True))
+
+
+# -- element-wise binary ops and joints ----------------------------------------------------
+def _elementwise(op: str, zero_with_const: bool):
+    def classify(node, is_data):
+        n_data = sum(1 for v in node.inputs if is_data(v))
+        if n_data == 0:
+            return K.CONSTANT, f"{op} of constants"
+        if n_data == 1:
+            return K.ACCESSORY, f"{op} with a constant operand (element-wise, broadcast)"
+        return K.JOINT, f"{op} joins {n_data} data inputs element-wise: their channels are tied"
+
+    return classify
+
+
+for op, z in [("Add", False), ("Sub", False), ("Mul", True), ("Div", True), ("Pow", False),
+              ("Max", False), ("Min", False), ("Mean", False), ("Sum", False),
+              ("Equal", False), ("Less", False), ("Greater", False), ("LessOrEqual", False),
+              ("GreaterOrEqual", False), ("And", False), ("Or", False), ("Xor", False), ("Mod", False),
+              ("BitShift", False)]:
+    _add(OpRule(op, classify=_elementwise(op, z), channel_map=C.BROADCAST, channel_axis=None, maps_zero=z,
+                note="with one constant operand, zero maps to zero only for Mul/Div by the constant or Add/Sub of a zeroed parameter"))
+
+
+def _concat(node, is_data):
+    n_data = sum(1 for v in node.inputs if is_data(v))
+    if n_data == 0:
+        return K.CONSTANT, "Concat of constants (shape computation)"
+    if n_data == 1 and len(node.inputs) > 1:
+        return K.JOINT, "Concat of one data input with constants"
+    return K.JOINT, f"Concat stacks {n_data} data inputs along axis {node.attributes.get_int('axis', 0)}"
+
+
+_add(OpRule("Concat", classify=_concat, channel_map=C.CONCAT, channel_axis=None, maps_zero=True))
+
+
+def _where(node, is_data):
+    n_data = sum(1 for v in node.inputs[1:] if is_data(v))
+    if n_data == 0:
+        return (K.ACCESSORY if is_data(node.inputs[0]) else K.CONSTANT), "Where selecting between constants"
+    if n_data == 1:
+        return K.ACCESSORY, "Where masking one data input with a constant"
+    return K.JOINT, "Where selects between two data inputs element-wise"
+
+
+_add(OpRule("Where", classify=_where, channel_map=C.BROADCAST, channel_axis=None, maps_zero=False))
+
+# -- data movement -------------------------------------------------------------------------
+for op, cmap, zero in [("Reshape", C.RESHAPE, True), ("Flatten", C.FLATTEN, True), ("Transpose", C.TRANSPOSE, True),
+                       ("Squeeze", C.RESHAPE, True), ("Unsqueeze", C.RESHAPE, True), ("Expand", C.BROADCAST, True),
+                       ("Slice", C.SLICE, True), ("Split", C.SPLIT, True), ("Tile", C.BARRIER, True),
+                       ("DepthToSpace", C.BARRIER, True), ("SpaceToDepth", C.BARRIER, True),
+                       ("GatherElements", C.BARRIER, True), ("Trilu", C.IDENTITY, True)]:
+    _add(OpRule(op, kind=K.PASSTHROUGH_SHAPE, reason=f"{op} moves data without arithmetic", data_inputs=(0,),
+                channel_map=cmap, channel_axis=None, maps_zero=zero))
+
+# -- constants and shape computation -------------------------------------------------------
+for op in ("Shape", "Size"):
+    _add(OpRule(op, kind=K.CONSTANT, reason=f"{op} reads metadata, not values", data_inputs=(), channel_map=C.BARRIER,
+                channel_axis=None))
+for op in ("Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal", "RandomUniform",
+           "RandomNormalLike", "RandomUniformLike", "NonZero"):
+    _add(OpRule(op, kind=K.CONSTANT, reason="produces a constant or a shape-derived tensor", data_inputs=(),
+                channel_map=C.BARRIER, channel_axis=None))
+
+__all__ += ["VertexKind"]
