@@ -1,0 +1,230 @@
+"""``otoir-opt``: run an otoir pass pipeline on an ONNX model, in the style of mlir-opt.
+
+Exit status: 0 on success; 1 when a pass fails or the verifier rejects the IR (no output is
+written); 2 on bad usage or unreadable input. Errors are one line (``--debug`` for a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+import traceback
+from typing import TextIO
+
+__all__ = ["main", "console_main", "build_parser"]
+
+PROG = "otoir-opt"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2 (raised, handled in main)
+        raise _UsageError(message)
+
+
+def _pass_help() -> str:
+    from otoir.infra.registry import all_passes
+
+    lines = ["passes (use in -p PIPELINE, e.g. -p 'classify-vertices,cleanup'):"]
+    for name, cls in all_passes().items():
+        lines.append(f"  {name:28s} {cls.summary}")
+        for opt in cls.options():
+            default = "" if opt.default in (None, "", ()) else f" (default: {_fmt_default(opt.default)})"
+            lines.append(f"      {opt.name}=<{opt.type_name}>  {opt.help}{default}")
+    return "\n".join(lines)
+
+
+def _fmt_default(v) -> str:
+    from otoir.infra.passes import format_value
+
+    return format_value(v)
+
+
+def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
+    """The argument parser (``with_passes`` adds the pass list to the help text)."""
+    p = _Parser(
+        prog=PROG,
+        description="Run an otoir pass pipeline on an ONNX model (.onnx, or ONNX text .onnxtxt).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_pass_help() if with_passes else None,
+        add_help=False,
+    )
+    p.add_argument("input", nargs="?", help="input model: .onnx, .onnxtxt, or - for stdin")
+    p.add_argument("-h", "--help", action="store_true", help="show this help (with every pass and option) and exit")
+    p.add_argument("-p", "--pass-pipeline", dest="pipeline", default="", metavar="PIPELINE",
+                   help="pipeline text, e.g. 'classify-vertices,repeat{max=3}(cse,remove-unused-nodes)'")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.onnx or .onnxtxt); without it, print ONNX text on stdout")
+    p.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
+    p.add_argument("--dump-pass-pipeline", action="store_true", help="print the canonical pipeline text to stderr")
+    p.add_argument("--annotate", action="store_true", help="show analysis results as '# otoir.*' comments in printed IR")
+    p.add_argument("--print-ir-before", metavar="NAMES", default="", help="print IR before these passes (comma list)")
+    p.add_argument("--print-ir-after", metavar="NAMES", default="", help="print IR after these passes (comma list)")
+    p.add_argument("--print-ir-before-all", action="store_true", help="print IR before every pass")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print IR after every pass")
+    p.add_argument("--print-ir-after-change", action="store_true", help="with --print-ir-after*, only when the pass changed the IR")
+    p.add_argument("--elide-initializers-if-larger", type=int, default=None, metavar="N",
+                   help="elide initializer data with more than N elements in printed IR (default: 1024 in dumps, never in the output)")
+    p.add_argument("--timing", action="store_true", help="report the wall time of every pass")
+    p.add_argument("--pass-statistics", action="store_true", help="report the statistics of every pass")
+    p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.add_argument("--no-verify-each", action="store_true", help="do not run the structural verifier after every pass")
+    p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data (always done above 2 GB)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
+    p.add_argument("--debug", action="store_true", help="print tracebacks")
+    return p
+
+
+def _names(text: str):
+    return {n.strip() for n in text.split(",") if n.strip()}
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Runs ``otoir-opt``; returns the exit status."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+
+    def fail(code: int, message: str) -> int:
+        if debug:
+            traceback.print_exc(file=stderr)
+        stderr.write(f"{PROG}: error: {message}\n")
+        return code
+
+    import logging
+
+    if not debug:  # onnx-ir logs recoverable oddities of the input; we report our own errors
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return fail(2, f"{exc} (see --help)")
+
+    from otoir.errors import InputError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
+
+    try:
+        if args.help:
+            build_parser(with_passes=True).print_help(stdout)
+            return 0
+        if args.list_passes:
+            from otoir.infra.registry import all_passes
+
+            for name, cls in all_passes().items():
+                stdout.write(f"{name:28s} {cls.summary}\n")
+            return 0
+
+        from otoir.infra import DumpIR, PassManager, PassStatistics, PrintIR, Timing
+
+        try:
+            pm = PassManager.from_text(args.pipeline, verify_each=not args.no_verify_each)
+        except PipelineSyntaxError as exc:
+            lines = exc.render().splitlines()
+            stderr.write(f"{PROG}: error: {lines[0]}\n" + "\n".join(lines[1:]) + "\n")
+            return 2
+        except PipelineError as exc:
+            return fail(2, str(exc))
+        if args.dump_pass_pipeline:
+            stderr.write(f"{PROG} pipeline: {pm.to_text()}\n")
+        if args.input is None:
+            if args.dump_pass_pipeline:
+                return 0
+            return fail(2, "no input model given (see --help)")
+
+        model = _read_input(args.input)
+        if not args.no_verify_each:
+            from otoir.infra.verifier import verify_model
+
+            problems = verify_model(model)
+            if problems:
+                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+                return fail(2, f"invalid input '{args.input}': {problems[0]}{more}")
+
+        elide = args.elide_initializers_if_larger
+        instruments = []
+        before = "all" if args.print_ir_before_all else _names(args.print_ir_before)
+        after = "all" if args.print_ir_after_all else _names(args.print_ir_after)
+        if before or after:
+            instruments.append(PrintIR(stderr, before, after, only_if_changed=args.print_ir_after_change,
+                                       annotate=args.annotate, elide_larger_than=1024 if elide is None else elide))
+        if args.dump_ir_dir:
+            instruments.append(DumpIR(args.dump_ir_dir, annotate=True, elide_larger_than=1024 if elide is None else elide))
+        if args.pass_statistics:
+            instruments.append(PassStatistics(stderr))
+        if args.timing:
+            instruments.append(Timing(stderr))
+        pm.instruments = instruments
+
+        try:
+            result = pm.run(model)
+        except VerifierError as exc:
+            _print_warnings(stderr, exc, args.quiet)
+            return fail(1, str(exc) + (f" (passes run before: {', '.join(exc.history)})" if exc.history else ""))
+        except PassFailure as exc:
+            return fail(1, str(exc))
+        if not args.quiet:
+            from otoir.infra.diagnostics import Severity
+
+            for d in result.diagnostics:
+                if d.severity is Severity.WARNING:
+                    stderr.write(f"{PROG}: {d}\n")
+
+        if args.output:
+            import otoir
+
+            otoir.save(model, args.output, external_data=True if args.external_data else None)
+        else:
+            from otoir.textir import print_model
+
+            ann = result.analyses.cached_analyses() if args.annotate and result.analyses else ()
+            stdout.write(print_model(model, analyses=ann, elide_larger_than=elide))
+        return 0
+    except InputError as exc:
+        return fail(2, str(exc))
+    except KeyboardInterrupt:
+        stderr.write(f"{PROG}: interrupted; nothing written\n")
+        return 130
+    except OSError as exc:
+        return fail(2 if getattr(exc, "filename", None) == getattr(args, "input", None) else 1, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except Exception as exc:  # a bug: still one line unless --debug
+        return fail(1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+
+
+def _print_warnings(stderr, exc, quiet: bool) -> None:
+    if quiet:
+        return
+    for d in exc.diagnostics[1:5]:
+        stderr.write(f"{PROG}: note: {d}\n")
+
+
+def _read_input(path: str):
+    import otoir
+
+    if path == "-":
+        import tempfile
+
+        data = sys.stdin.buffer.read()
+        with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
+            f.write(data)
+            tmp = f.name
+        try:
+            model = otoir.load(tmp)
+            from onnx_ir.external_data import load_to_model
+
+            return load_to_model(model)
+        finally:
+            os.unlink(tmp)
+    return otoir.load(path)
+
+
+def console_main() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()
