@@ -198,11 +198,60 @@ def export_torch(
     proto.ir_version = _IR_VERSION
     model = ir.from_proto(proto)
     model.ir_version = _IR_VERSION
+    _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
 
     unused, aliases = _verify_names(module, model, used)
     model.meta[UNUSED_PARAMETERS_KEY] = unused
     model.meta[ALIASES_KEY] = aliases
     return model
+
+
+def _undo_initializer_dedup(model: ir.Model, order: list[str]) -> None:
+    """Gives back their own initializer to parameters the exporter merged by value.
+
+    In EVAL mode the legacy exporter keeps one initializer per distinct value and turns the
+    others into ``Identity`` nodes (``bn3.weight = Identity(bn2.weight)`` when both are still all
+    ones). Each such Identity whose output is a state_dict name is replaced by an initializer of
+    that name holding a copy of the values, so that every parameter stays independently
+    trainable and prunable. Initializers are then ordered as in the state_dict.
+    """
+    graph = model.graph
+    inits = graph.initializers
+    names = set(order)
+    changed = False
+    for node in list(graph):
+        if (
+            node.op_type != "Identity"
+            or node.domain not in ("", "ai.onnx")
+            or len(node.inputs) != 1
+        ):
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        if src is None or src.name not in inits or src.const_value is None:
+            continue
+        if out.name not in names or out.name in inits or out.is_graph_output():
+            continue
+        name = out.name
+        out.name = f"{name}__dedup"
+        value = ir.Value(
+            name=name,
+            shape=src.shape,
+            type=src.type,
+            const_value=ir.tensor(src.const_value.numpy().copy(), name=name),
+        )
+        out.replace_all_uses_with(value)
+        graph.remove(node, safe=True)
+        graph.register_initializer(value)
+        changed = True
+    if changed:
+        rank = {n: i for i, n in enumerate(order)}
+        values = list(inits.values())
+        values.sort(
+            key=lambda v: rank.get(v.name, len(rank))
+        )  # stable: others keep their order
+        inits.clear()
+        for v in values:
+            graph.register_initializer(v)
 
 
 def _verify_names(

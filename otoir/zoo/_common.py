@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["ConvBN", "ConvBNReLU", "scaled", "make_divisible"]
+__all__ = ["ConvBN", "ConvBNReLU", "make_divisible", "scaled"]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -32,7 +32,16 @@ class ConvBN(nn.Sequential):
     ) -> None:
         pad = dilation * (kernel - 1) // 2
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, groups=groups, bias=bias),
+            nn.Conv2d(
+                cin,
+                cout,
+                kernel,
+                stride,
+                pad,
+                dilation=dilation,
+                groups=groups,
+                bias=bias,
+            ),
             nn.BatchNorm2d(cout),
         )
 
@@ -40,10 +49,13 @@ class ConvBN(nn.Sequential):
 class ConvBNReLU(nn.Sequential):
     """Conv2d, BatchNorm2d, ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.Conv2d(
+                cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=False),
         )
-
