@@ -1,0 +1,188 @@
+"""Datasets for the training pass: ``.npz`` files and built-in (shipped) datasets.
+
+File format (``numpy.savez`` / ``savez_compressed``):
+
+=================  ==================================================================
+key                content
+=================  ==================================================================
+``inputs``         training inputs, shape ``(N, *input_shape)`` (``N×C×H×W`` for images,
+                   or any shape the model's first input takes after its batch dim);
+                   ``uint8`` (pixel values 0..255) or any float dtype
+``labels``         training labels, integer, shape ``(N,)`` (class indices ``0..K-1``);
+                   a float array of shape ``(N, ...)`` is kept as float32 regression targets
+``val_inputs``     optional validation inputs, same trailing shape as ``inputs``
+``val_labels``     optional validation labels (required if ``val_inputs`` is given)
+=================  ==================================================================
+
+Normalisation (deterministic, no randomness anywhere in loading):
+
+* ``uint8`` inputs are scaled to ``[0, 1]`` (``x / 255``) as float32; float inputs are cast
+  to float32 unchanged.
+* Built-in image datasets are then standardised with their published channel statistics
+  (MNIST: ``(x - 0.1307) / 0.3081``).
+* Integer labels become int64; ``num_classes`` is ``max(label) + 1`` over train and val.
+
+Built-in datasets (shipped inside the package, no network):
+
+* ``mnist`` (alias ``mnist-small``): a stratified subset of the original MNIST handwritten
+  digits, 10 000 training images (1 000 per class, from the 60 000 training set) and 2 000
+  validation images (200 per class, from the 10 000 test set), 1×28×28. See ``README.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Dataset", "DatasetError", "BUILTIN_DATASETS", "load_dataset", "load_npz"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Built-in dataset name -> (file in this folder, per-channel mean, per-channel std).
+BUILTIN_DATASETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ("mnist_small.npz", (0.1307,), (0.3081,)),
+    "mnist-small": ("mnist_small.npz", (0.1307,), (0.3081,)),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or does not follow the documented format."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset (arrays are read-only views are not guaranteed; do not modify them).
+
+    Attributes:
+        train_x: Training inputs, float32, ``(N, *input_shape)``.
+        train_y: Training labels, int64 ``(N,)`` (or float32 regression targets).
+        val_x: Validation inputs or ``None``.
+        val_y: Validation labels or ``None``.
+        num_classes: Number of classes (0 for regression targets).
+        name: The built-in name or the file path.
+    """
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray | None
+    val_y: np.ndarray | None
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample (without the batch dimension)."""
+        return tuple(self.train_x.shape[1:])
+
+
+def _inputs(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float32, copy=False)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32)
+    raise DatasetError(f"inputs of dtype {arr.dtype} are not supported (use uint8 or float)")
+
+
+def _labels(arr: np.ndarray) -> np.ndarray:
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64, copy=False)
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float32, copy=False)
+    raise DatasetError(f"labels of dtype {arr.dtype} are not supported (use an integer or float dtype)")
+
+
+def load_npz(path: str, *, name: str | None = None,
+             mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Dataset:
+    """Loads a dataset ``.npz`` file in the documented format.
+
+    Args:
+        path: The file.
+        name: Name to record (default: the path).
+        mean: Optional per-channel mean subtracted after scaling (channel = axis 1).
+        std: Optional per-channel std divided by after the mean.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DatasetError: The file is missing, not an ``.npz`` archive, or lacks/mismatches arrays.
+            The message names the file.
+    """
+    if not os.path.isfile(path):
+        builtins = ", ".join(sorted(BUILTIN_DATASETS))
+        raise DatasetError(
+            f"dataset file '{path}' does not exist (give an .npz file with 'inputs' and 'labels' "
+            f"arrays, or a built-in dataset name: {builtins})"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError ...
+        raise DatasetError(f"dataset file '{path}' is not a readable .npz archive: {exc}") from None
+    for key in ("inputs", "labels"):
+        if key not in arrays:
+            raise DatasetError(
+                f"dataset file '{path}' has no '{key}' array (it has: {', '.join(sorted(arrays)) or 'nothing'})"
+            )
+    if ("val_inputs" in arrays) != ("val_labels" in arrays):
+        raise DatasetError(f"dataset file '{path}': 'val_inputs' and 'val_labels' must be given together")
+
+    def prep(xk: str, yk: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = _inputs(arrays[xk]), _labels(arrays[yk])
+        if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+            raise DatasetError(
+                f"dataset file '{path}': '{xk}' has {x.shape[0] if x.ndim else 0} samples but '{yk}' has "
+                f"{y.shape[0] if y.ndim else 0}"
+            )
+        if mean is not None or std is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            if mean is not None:
+                x = x - np.asarray(mean, np.float32).reshape(shape)
+            if std is not None:
+                x = x / np.asarray(std, np.float32).reshape(shape)
+            x = x.astype(np.float32, copy=False)
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+    tx, ty = prep("inputs", "labels")
+    vx = vy = None
+    if "val_inputs" in arrays:
+        vx, vy = prep("val_inputs", "val_labels")
+        if vx.shape[1:] != tx.shape[1:]:
+            raise DatasetError(
+                f"dataset file '{path}': 'val_inputs' samples have shape {vx.shape[1:]}, 'inputs' {tx.shape[1:]}"
+            )
+    num_classes = 0
+    if ty.dtype == np.int64:
+        if ty.ndim != 1:
+            raise DatasetError(f"dataset file '{path}': integer labels must have shape (N,), got {ty.shape}")
+        top = int(ty.max(initial=-1))
+        if vy is not None:
+            top = max(top, int(vy.max(initial=-1)))
+        if int(ty.min(initial=0)) < 0:
+            raise DatasetError(f"dataset file '{path}': labels must be class indices >= 0")
+        num_classes = top + 1
+    return Dataset(tx, ty, vx, vy, num_classes, name or path)
+
+
+def load_dataset(name_or_path: str) -> Dataset:
+    """Loads a built-in dataset by name, or an ``.npz`` file by path.
+
+    Args:
+        name_or_path: A name from :data:`BUILTIN_DATASETS` (``mnist``) or a path to an
+            ``.npz`` file in the documented format.
+
+    Returns:
+        The dataset; loading is deterministic (same arrays every call).
+
+    Raises:
+        DatasetError: Unknown name / missing or malformed file (the message names the file).
+    """
+    key = name_or_path.strip().lower()
+    if key in BUILTIN_DATASETS and not os.path.exists(name_or_path):
+        fname, mean, std = BUILTIN_DATASETS[key]
+        return load_npz(os.path.join(_HERE, fname), name=key, mean=mean, std=std)
+    return load_npz(name_or_path)
