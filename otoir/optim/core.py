@@ -1,0 +1,287 @@
+"""The optimizer core shared by the torch and numpy front ends.
+
+:class:`HybridCore` holds the schedule and the per-group state (redundancy scores, redundant
+set, zero set) as small numpy arrays and drives one step through a :class:`Backend`, which owns
+the parameter tensors and the base update (SGD / Adam / AdamW).
+
+Schedule (all counts in calls to ``step``; step ``t`` is the ``t``-th call, from 0):
+
+* ``t < warmup_steps``: plain base steps; redundancy scores (:func:`~otoir.optim.rules.redundancy_score`
+  on ``x_t`` and the raw gradient) are averaged with momentum ω every ``score_interval`` steps.
+* ``t == warmup_steps``: partition — the selector picks exactly K redundant groups.
+* ``warmup_steps ≤ t < warmup_steps + projection_steps``: hybrid steps. Important groups take
+  the base step; redundant groups the subgradient step of ``f + Σλ_g‖x_g‖`` followed by the
+  half-space projection. At ``t = warmup_steps + projection_steps − 1`` every redundant group not
+  yet zero is projected, so after that step exactly K groups are zero.
+* later: base steps; zero groups are held at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from otoir.optim.layout import GroupLayout
+from otoir.optim.rules import LambdaRule, redundancy_score, select_top_k
+
+__all__ = [
+    "Backend",
+    "BaseRule",
+    "HybridCore",
+    "Selector",
+    "SparsitySchedule",
+]
+
+#: ``selector(scores, k) -> group indices`` (in the order accepted). Scores: larger = more redundant.
+Selector = Callable[[np.ndarray, int], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class BaseRule:
+    """The base optimizer applied to important groups and ungrouped parameters.
+
+    Attributes:
+        variant: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        momentum: SGD momentum μ (buffer ``m ← μm + (1 − dampening)g``, first step ``m ← g``).
+        dampening: SGD dampening.
+        weight_decay: L2 coefficient added to the gradient (sgd, adam) or decoupled decay
+            ``x ← x − lr·wd·x`` (adamw).
+        betas: Adam moment coefficients.
+        eps: Adam denominator epsilon.
+    """
+
+    variant: str = "sgd"
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"variant must be sgd, adam or adamw, not {self.variant!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError("momentum must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class SparsitySchedule:
+    """When and how much group sparsity is produced.
+
+    Attributes:
+        target: Fraction of groups to zero (``0 < target < 1``, K = ⌊target·G⌋) or, as an
+            ``int``, the exact count K.
+        warmup_steps: Steps of plain training (and score averaging) before the partition.
+        projection_steps: Length of the hybrid window; K groups are zero after step
+            ``warmup_steps + projection_steps − 1`` (0 projects at the partition step).
+        epsilon: Half-space threshold ε ∈ [0, 1); larger projects earlier.
+        lam: λ_g rule (DHSPG's adaptive bounds by default).
+        score_momentum: ω of the score average.
+        score_interval: Compute scores every this many warm-up steps (and on the last one).
+    """
+
+    target: float | int = 0.5
+    warmup_steps: int = 0
+    projection_steps: int = 0
+    epsilon: float = 0.0
+    lam: LambdaRule = field(default_factory=LambdaRule)
+    score_momentum: float = 0.9
+    score_interval: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)):
+            raise TypeError("target must be a fraction (float) or a count (int)")
+        if isinstance(self.target, float) and not 0.0 <= self.target < 1.0:
+            raise ValueError("a fractional target must be in [0, 1)")
+        if isinstance(self.target, int) and self.target < 0:
+            raise ValueError("target count must be >= 0")
+        if self.warmup_steps < 0 or self.projection_steps < 0 or self.score_interval < 1:
+            raise ValueError("warmup_steps, projection_steps >= 0 and score_interval >= 1")
+        if not 0.0 <= self.epsilon < 1.0:
+            raise ValueError("epsilon must be in [0, 1)")
+        if not 0.0 <= self.score_momentum < 1.0:
+            raise ValueError("score_momentum must be in [0, 1)")
+
+    def target_count(self, num_groups: int) -> int:
+        """K for a layout of ``num_groups`` groups."""
+        if isinstance(self.target, int):
+            if self.target > num_groups:
+                raise ValueError(f"target count {self.target} > number of groups {num_groups}")
+            return self.target
+        return int(np.floor(self.target * num_groups + 1e-9))
+
+    @property
+    def final_step(self) -> int:
+        """Index of the step after which exactly K groups are zero."""
+        return self.warmup_steps + max(self.projection_steps, 1) - 1
+
+
+class Backend(Protocol):
+    """What :class:`HybridCore` needs from a front end (numpy arrays or torch tensors)."""
+
+    def layout_params(self) -> list[Any]:
+        """Iterates aligned with ``layout.tensors``."""
+        ...
+
+    def layout_grads(self) -> list[Any]:
+        """Raw gradients aligned with ``layout.tensors`` (``None`` = no gradient)."""
+        ...
+
+    def compute_directions(self) -> None:
+        """Updates the base optimizer state and computes the base direction of every parameter."""
+        ...
+
+    def layout_directions(self) -> list[Any]:
+        """Base directions aligned with ``layout.tensors``."""
+        ...
+
+    def fused_halfspace(
+        self, active: np.ndarray, lr: float, rule: LambdaRule, epsilon: float, force: bool
+    ) -> np.ndarray:
+        """The fused half-space operation on the layout tensors; returns the projected mask."""
+        ...
+
+    def base_step(self, lr: float) -> None:
+        """``x ← x − lr·d`` on every parameter (plus decoupled decay for AdamW)."""
+        ...
+
+    def rezero(self, zero: np.ndarray) -> None:
+        """Sets the rows of the groups in ``zero`` to 0."""
+        ...
+
+
+class HybridCore:
+    """Schedule and per-group state of H2SPG / DHSPG / HSPG.
+
+    Args:
+        layout: Groups over the parameters.
+        schedule: Warm-up, window, target and projection settings.
+        selector: Chooses the redundant set from the scores (default: top-K).
+        penalise_all: HSPG mode: every group is a candidate and none is forced to zero (no
+            partition, no exact count).
+    """
+
+    def __init__(
+        self,
+        layout: GroupLayout,
+        schedule: SparsitySchedule,
+        selector: Selector | None = None,
+        *,
+        penalise_all: bool = False,
+    ) -> None:
+        self.layout = layout
+        self.schedule = schedule
+        self.selector: Selector = selector if selector is not None else select_top_k
+        self.penalise_all = penalise_all
+        G = layout.num_groups
+        self.target_count = G if penalise_all else schedule.target_count(G)
+        self.step_count = 0
+        self.scores: np.ndarray | None = None
+        self.selected: list[int] | None = None
+        self.redundant = np.zeros(G, dtype=bool)
+        self.zero = np.zeros(G, dtype=bool)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def phase(self) -> str:
+        """``"warmup"``, ``"hybrid"`` or ``"done"`` for the next step."""
+        s = self.schedule
+        if self.step_count < s.warmup_steps:
+            return "warmup"
+        if self.step_count <= s.final_step or self.penalise_all:
+            return "hybrid"
+        return "done"
+
+    @property
+    def num_zero_groups(self) -> int:
+        """Groups currently held at zero."""
+        return int(self.zero.sum())
+
+    # ------------------------------------------------------------------ the step
+    def _score_update(self, be: Backend) -> None:
+        xd, xx, dd = self._stats(be.layout_params(), be.layout_grads())
+        s_t = redundancy_score(xd, xx, dd, self.layout.group_numel)
+        w = self.schedule.score_momentum
+        self.scores = s_t if self.scores is None else w * self.scores + (1.0 - w) * s_t
+
+    def _stats(self, xs: list[Any], gs: list[Any]):
+        from otoir.optim.halfspace import group_stats
+
+        return group_stats(self.layout, xs, gs)
+
+    def partition(self) -> None:
+        """Chooses the redundant set (called by :meth:`step` at the end of warm-up)."""
+        G = self.layout.num_groups
+        if self.penalise_all:
+            self.selected = list(range(G))
+            self.redundant[:] = True
+            return
+        K = self.target_count
+        scores = self.scores if self.scores is not None else np.zeros(G)
+        chosen = [int(i) for i in self.selector(np.asarray(scores).copy(), K)]
+        if len(set(chosen)) != len(chosen) or any(not 0 <= i < G for i in chosen):
+            raise ValueError("selector returned repeated or out-of-range group indices")
+        if len(chosen) != K:
+            raise ValueError(
+                f"selector returned {len(chosen)} groups, the target is {K}: no valid "
+                "redundant set of that size exists; lower the target"
+            )
+        self.selected = chosen
+        self.redundant[:] = False
+        self.redundant[chosen] = True
+
+    def step(self, be: Backend, lr: float) -> None:
+        """Runs one optimizer step through the backend."""
+        s = self.schedule
+        t = self.step_count
+        if t < s.warmup_steps:
+            if t % s.score_interval == 0 or t == s.warmup_steps - 1:
+                self._score_update(be)
+            be.compute_directions()
+            be.base_step(lr)
+        else:
+            if self.selected is None:
+                if self.scores is None and not self.penalise_all:
+                    self._score_update(be)
+                self.partition()
+            be.compute_directions()
+            active = self.redundant & ~self.zero
+            if active.any():
+                force = (not self.penalise_all) and t >= s.final_step
+                self.zero |= be.fused_halfspace(active, lr, s.lam, s.epsilon, force)
+            be.base_step(lr)
+            if self.zero.any():
+                be.rezero(self.zero)
+        self.step_count += 1
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (plain Python / numpy values)."""
+        return {
+            "step_count": self.step_count,
+            "scores": None if self.scores is None else self.scores.copy(),
+            "selected": None if self.selected is None else list(self.selected),
+            "redundant": self.redundant.copy(),
+            "zero": self.zero.copy(),
+            "target_count": self.target_count,
+            "schedule": asdict(self.schedule),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` output (the layout must have the same group count)."""
+        G = self.layout.num_groups
+        if len(state["zero"]) != G:
+            raise ValueError(f"checkpoint has {len(state['zero'])} groups, layout has {G}")
+        self.step_count = int(state["step_count"])
+        sc = state["scores"]
+        self.scores = None if sc is None else np.asarray(sc, dtype=np.float64).copy()
+        sel = state["selected"]
+        self.selected = None if sel is None else [int(i) for i in sel]
+        self.redundant = np.asarray(state["redundant"], dtype=bool).copy()
+        self.zero = np.asarray(state["zero"], dtype=bool).copy()
+        self.target_count = int(state["target_count"])
