@@ -87,6 +87,18 @@ def _looks_like_text(path: str) -> bool:
     return stripped.startswith("<") or (stripped[:1].isalpha() and "{" in text)
 
 
+def _is_utf8_text(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head or any(b < 32 and b not in (9, 10, 12, 13) for b in head):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _load_path(path: str) -> ir.Model:
     if not os.path.exists(path):
         raise InputError(f"cannot read '{path}': no such file")
@@ -99,6 +111,8 @@ def _load_path(path: str) -> ir.Model:
     try:
         model = ir.load(path)
     except Exception as exc:  # protobuf DecodeError and friends
+        if _is_utf8_text(path):  # a text file that is not ONNX text either
+            return _load_text(path)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"'{path}' is not a valid ONNX model: {reason}") from None
     if model.graph is None or (len(model.graph) == 0 and not model.graph.outputs):
@@ -114,7 +128,10 @@ def _load_text(path: str) -> ir.Model:
     try:
         proto = onnx.parser.parse_model(text)
     except Exception as exc:
-        reason = " ".join(str(exc).split())
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        reason = " ".join(str(detail).split())
         raise InputError(f"'{path}' is not valid ONNX text: {reason}") from None
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"'{path}' is not valid ONNX text: no graph")

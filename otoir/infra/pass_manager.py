@@ -48,9 +48,11 @@ def build_passes(elements: list[PipelineElement]) -> list[Pass]:
     out = []
     for el in elements:
         cls = get_pass(el.name)
-        children = build_passes(el.children) if el.children is not None else None
-        if cls.takes_pipeline and children is None:
+        if cls.takes_pipeline and el.children is None:
             raise PipelineError(f"pass '{el.name}' needs a nested pipeline: {el.name}(...)")
+        if not cls.takes_pipeline and el.children is not None:
+            raise PipelineError(f"pass '{el.name}' does not take a nested pipeline")
+        children = build_passes(el.children) if el.children is not None else None
         out.append(cls.from_options(el.options, children))
     return out
 

@@ -1,0 +1,162 @@
+"""otoir-opt: exit codes, one-line errors, output handling, help."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from otoir.tools.otoir_opt import main
+
+GOOD = """<ir_version: 10, opset_import: ["" : 17, "com.acme" : 1]>
+g (float[N,4] x) => (float[N,4] y)
+{
+  a = Relu (x)
+  b = com.acme.Mystery (a)
+  y = Relu (b)
+}
+"""
+
+
+def cli(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def good(tmp_path):
+    p = tmp_path / "good.onnxtxt"
+    p.write_text(GOOD)
+    return p
+
+
+def test_success_prints_text(good):
+    code, out, err = cli(str(good), "-p", "cse", "-q")
+    assert code == 0 and err == ""
+    assert "com.acme.Mystery" in out and out.lstrip().startswith("<")
+
+
+def test_output_file_written(good, tmp_path):
+    out_path = tmp_path / "o.onnx"
+    code, out, _ = cli(str(good), "-p", "cse", "-o", str(out_path), "-q")
+    assert code == 0 and out == "" and out_path.exists()
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("otoir-opt: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "fragment"),
+    [
+        ("missing", ["-p", "cse"], "no such file"),
+        ("truncated", ["-p", "cse"], "is not a valid ONNX model"),
+        ("text", ["-p", "cse"], "is not valid ONNX text"),
+        ("good", ["-p", "no-such-pass"], "unknown pass 'no-such-pass'"),
+        ("good", ["-p", "cse{size-limit=x}"], "expected an integer"),
+        ("good", ["--no-such-flag"], "unrecognized arguments"),
+        ("dangling", ["-p", "cse"], "is not defined"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, good, setup, args, fragment):
+    path = tmp_path / "in.onnx"
+    if setup == "truncated":
+        main([str(good), "-o", str(path), "-q"], stdout=io.StringIO(), stderr=io.StringIO())
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif setup == "text":
+        path.write_text("this is just some text\n")
+    elif setup == "good":
+        path = good
+    elif setup == "dangling":
+        path = tmp_path / "d.onnxtxt"
+        path.write_text(GOOD.replace("a = Relu (x)", "a = Relu (nowhere)"))
+    code, out, err = cli(str(path), *args)
+    assert code == 2
+    assert fragment in one_line(err)
+    assert out == ""
+
+
+def test_malformed_pipeline_exits_2_with_caret(good):
+    code, _, err = cli(str(good), "-p", "cse,{")
+    assert code == 2
+    lines = err.splitlines()
+    assert lines[0] == "otoir-opt: error: pipeline syntax error at column 5: expected a pass name, found '{'"
+    assert lines[2].index("^") == lines[1].index("{")
+
+
+def test_pass_failure_exits_1_and_writes_nothing(good, tmp_path):
+    out_path = tmp_path / "o.onnx"
+    code, out, err = cli(str(good), "-p", "classify-vertices{strict=true}", "-o", str(out_path))
+    assert code == 1
+    assert "[@b] com.acme::Mystery: error: no rule for op 'Mystery'" in one_line(err)
+    assert not out_path.exists() and out == ""
+
+
+def test_warnings_and_quiet(good):
+    _, _, err = cli(str(good), "-p", "classify-vertices")
+    assert "otoir-opt: [@b] com.acme::Mystery: warning:" in err
+    _, _, err = cli(str(good), "-p", "classify-vertices", "-q")
+    assert err == ""
+
+
+def test_dump_pass_pipeline_without_input():
+    code, _, err = cli("-p", "repeat{max=2}(cse, remove-unused-nodes)", "--dump-pass-pipeline")
+    assert code == 0
+    assert err.strip() == "otoir-opt pipeline: repeat{max=2}(cse,remove-unused-nodes)"
+
+
+def test_no_input_is_usage_error():
+    code, _, err = cli("-p", "cse")
+    assert code == 2 and "no input model" in one_line(err)
+
+
+def test_list_passes_and_help():
+    code, out, _ = cli("--list-passes")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    for name in ("classify-vertices", "cse", "remove-unused-nodes", "topological-sort", "shape-inference", "check", "repeat"):
+        assert name in names
+    code, out, _ = cli("--help")
+    assert code == 0
+    assert "classify-vertices" in out and "strict=<bool>" in out and "max=<int>" in out
+
+
+def test_annotate_shows_vertex_classes(good):
+    code, out, _ = cli(str(good), "-p", "classify-vertices", "--annotate", "-q")
+    assert code == 0
+    assert out.count("# otoir.vertex=") == 3
+    assert 'otoir.vertex=unknown otoir.reason="no rule for op' in out
+
+
+def test_debug_prints_traceback(tmp_path):
+    code, _, err = cli(str(tmp_path / "missing.onnx"), "--debug")
+    assert code == 2 and "Traceback" in err
+
+
+def test_console_script_runs(good):
+    exe = os.path.join(os.path.dirname(sys.executable), "otoir-opt")
+    if not os.path.exists(exe):
+        pytest.skip("console script not installed")
+    proc = subprocess.run([exe, str(good), "-p", "cse", "-q"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Mystery" in proc.stdout
+    proc = subprocess.run([exe, str(good) + ".missing"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_cli_does_not_import_torch(good):
+    code = (
+        "import sys; from otoir.tools.otoir_opt import main; import io;"
+        f"rc = main([{str(good)!r}, '-p', 'classify-vertices,cleanup', '-q'], stdout=io.StringIO());"
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
