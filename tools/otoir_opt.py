@@ -54,7 +54,7 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
         epilog=_pass_help() if with_passes else None,
         add_help=False,
     )
-    p.add_argument("input", nargs="?", help="input model: .onnx, .onnxtxt, or - for stdin")
+    p.add_argument("input", nargs="?", help="input model: .onnx, .onnxtxt, - for stdin, or zoo:NAME for a built-in network")
     p.add_argument("-h", "--help", action="store_true", help="show this help (with every pass and option) and exit")
     p.add_argument("-p", "--pass-pipeline", dest="pipeline", default="", metavar="PIPELINE",
                    help="pipeline text, e.g. 'classify-vertices,repeat{max=3}(cse,remove-unused-nodes)'")
@@ -204,6 +204,9 @@ def _print_warnings(stderr, exc, quiet: bool) -> None:
 def _read_input(path: str):
     import otoir
 
+    if path.startswith("zoo:"):  # a built-in example network (needs torch)
+        return _zoo_model(path[4:])
+
     if path == "-":
         import tempfile
 
@@ -219,6 +222,37 @@ def _read_input(path: str):
         finally:
             os.unlink(tmp)
     return otoir.load(path)
+
+
+def _zoo_model(spec: str):
+    """``zoo:NAME`` or ``zoo:NAME?key=value&...`` -> the exported built-in network."""
+    from otoir.errors import InputError
+
+    name, _, query = spec.partition("?")
+    try:
+        from otoir.zoo import MODELS, build
+    except ImportError as exc:  # pragma: no cover - the zoo itself needs no torch to import
+        raise InputError(f"built-in models are unavailable: {exc}") from None
+    if name not in MODELS:
+        raise InputError(f"unknown built-in model 'zoo:{name}' (known: {', '.join(sorted(MODELS))})")
+    kwargs = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = int(value)
+        except ValueError:
+            try:
+                kwargs[key] = float(value)
+            except ValueError:
+                kwargs[key] = value
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("built-in models need torch: pip install 'otoir[torch]'") from None
+    from otoir.frontends.torch_export import export_torch
+
+    module, example = build(name, **kwargs)
+    return export_torch(module, example)
 
 
 def console_main() -> None:
