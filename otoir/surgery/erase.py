@@ -1,0 +1,467 @@
+"""Sub-network construction for erasing (OTOv3 section 3.3).
+
+Removing a zero segment means rewiring the joints it feeds:
+
+* ``Add``/``Sum``: drop the input; a joint left with one input is replaced by it.
+* ``Sub``: a zero subtrahend is dropped (``x - 0 = x``); a zero minuend is refused.
+* ``Concat`` along the channel axis: drop the input **and** the matching channels downstream:
+  walk through channel-wise ops after the Concat (ReLU, pooling, Resize, BatchNorm, ...) slicing
+  their per-channel parameters, until the stems whose input columns are sliced (Conv weight axis
+  1, Gemm/MatMul rows after a ``Flatten``). A walk that meets anything else is refused.
+
+Then every node whose outputs are no longer used is removed (reverse topological order, one
+pass), and unused initializers are dropped. :func:`plan_channel_removal` is also used by the
+GeZIG analysis to decide whether a segment feeding a Concat is erasable and which weight entries
+depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from otoir.analyses.groups import set_tensor_array, tensor_array
+from otoir.analyses.vertices import VertexClasses, param_specs
+from otoir.ops.rules import VertexKind
+
+__all__ = [
+    "ChannelPlan",
+    "EraseResult",
+    "value_shapes",
+    "concat_axis",
+    "concat_ranges",
+    "plan_channel_removal",
+    "apply_channel_plan",
+    "joint_drop_reason",
+    "erase_segment_outputs",
+    "remove_dead_nodes",
+    "remove_unused_initializers",
+    "maps_zero",
+]
+
+#: Joints an input can be dropped from (Sub only its second input).
+DROPPABLE_JOINTS = frozenset({"Add", "Sum", "Sub", "Concat"})
+
+Shape = tuple  # of int | str | None
+
+
+def value_shapes(model: ir.Model) -> dict[str, Shape]:
+    """Static shapes of named values, from the model and from ONNX shape inference.
+
+    Unknown dimensions are strings (symbolic) or None. Inference failures leave the shapes that
+    the model already declares.
+    """
+    shapes: dict[str, Shape] = {}
+
+    def put(name: str, dims) -> None:
+        shapes[name] = tuple(d if isinstance(d, int) else (str(d) if d is not None else None) for d in dims)
+
+    for v in (*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()):
+        if v.shape is not None:
+            put(v.name, v.shape.dims)
+    for node in model.graph:
+        for v in node.outputs:
+            if v.shape is not None and v.name:
+                put(v.name, v.shape.dims)
+    try:
+        import onnx
+
+        proto = ir.to_proto(model)
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        for vi in (*inferred.graph.value_info, *inferred.graph.output):
+            t = vi.type.tensor_type
+            if not t.HasField("shape"):
+                continue
+            dims = []
+            for d in t.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                elif d.HasField("dim_param"):
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+            if vi.name not in shapes or any(not isinstance(d, int) for d in shapes[vi.name]):
+                put(vi.name, dims)
+    except Exception:  # noqa: BLE001 - shape inference is best effort
+        pass
+    return shapes
+
+
+def concat_axis(node: ir.Node, rank: int | None) -> int | None:
+    """The normalised axis of a Concat node (None when negative and the rank is unknown)."""
+    axis = node.attributes.get_int("axis", 0)
+    if axis < 0:
+        if rank is None:
+            return None
+        axis += rank
+    return axis
+
+
+def concat_ranges(node: ir.Node, shapes: Mapping[str, Shape]) -> list[tuple[int, int]] | None:
+    """``[start, stop)`` of each Concat input along the concat axis, or None if unknown."""
+    out = []
+    start = 0
+    rank = len(shapes[node.outputs[0].name]) if node.outputs[0].name in shapes else None
+    axis = concat_axis(node, rank)
+    if axis is None:
+        return None
+    for v in node.inputs:
+        s = shapes.get(v.name) if v is not None else None
+        if s is None or axis >= len(s) or not isinstance(s[axis], int):
+            return None
+        out.append((start, start + s[axis]))
+        start += s[axis]
+    return out
+
+
+@dataclass
+class ChannelPlan:
+    """Entries to delete when channels of a value go away.
+
+    Attributes:
+        slices: ``(tensor, axis, indices, trainable)``: trainable per-channel parameters of
+            accessories after the Concat (BatchNorm gamma/beta: must be zero for exactness, so
+            they belong to the group), and dependent entries (running statistics, stem columns).
+        values: Values whose channel count changes (their declared shapes are cleared).
+    """
+
+    slices: list[tuple[str, int, tuple[int, ...], bool]] = field(default_factory=list)
+    values: list[ir.Value] = field(default_factory=list)
+
+
+# Channel-wise ops a removed channel passes through unchanged (a zero channel stays zero).
+_PASS_OPS = frozenset({
+    "Relu", "LeakyRelu", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "Neg",
+    "Abs", "Sign", "Erf", "Sin", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+    "GlobalLpPool", "Resize", "Upsample", "Identity", "Cast", "Dropout",
+})
+_NORM_OPS = frozenset({"BatchNormalization", "InstanceNormalization"})
+
+
+def plan_channel_removal(model: ir.Model, value: ir.Value, channels: Sequence[int],
+                         shapes: Mapping[str, Shape], vc: VertexClasses) -> ChannelPlan | str:
+    """Plans removing ``channels`` (axis 1) of ``value`` from everything downstream.
+
+    Args:
+        model: The model.
+        value: Output of the Concat whose inputs are dropped.
+        channels: Channel indices of ``value`` that disappear.
+        shapes: From :func:`value_shapes`.
+        vc: Vertex classification.
+
+    Returns:
+        A :class:`ChannelPlan`, or a string saying why it cannot be done exactly.
+    """
+    plan = ChannelPlan()
+    graph_outputs = set(model.graph.outputs)
+    owned: dict[str, ir.Node] = {}
+    stack: list[tuple[ir.Value, tuple[int, ...]]] = [(value, tuple(sorted(set(channels))))]
+    seen: set[ir.Value] = set()
+    while stack:
+        v, idx = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        plan.values.append(v)
+        if v in graph_outputs:
+            return f"the channels reach graph output '{v.name}'"
+        for use in v.uses():
+            node, pos = use.node, use.idx
+            op = node.op_type
+            others_used = any(o.uses() or o in graph_outputs for o in node.outputs[1:])
+            if op in _PASS_OPS and pos == 0:
+                if others_used:
+                    return f"{node.name}: {op} has other used outputs"
+                stack.append((node.outputs[0], idx))
+            elif op == "Clip" and pos == 0:
+                if not _clip_contains_zero(node):
+                    return f"{node.name}: Clip range excludes 0"
+                stack.append((node.outputs[0], idx))
+            elif op in _NORM_OPS and pos == 0:
+                if others_used:
+                    return f"{node.name}: {op} running statistics outputs are used"
+                r = vc.info[node].rule
+                for spec in param_specs(node, r):
+                    p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
+                    if p is None:
+                        continue
+                    if not p.is_initializer():
+                        return f"{node.name}: {op} {spec.role} is not an initializer"
+                    plan.slices.append((p.name, 0, idx, p.name in vc.trainable))
+                    owned.setdefault(p.name, node)
+                stack.append((node.outputs[0], idx))
+            elif op == "Flatten" and pos == 0:
+                s = shapes.get(v.name)
+                if node.attributes.get_int("axis", 1) != 1 or s is None or len(s) < 2:
+                    return f"{node.name}: Flatten with unknown input shape or axis != 1"
+                rest = s[2:]
+                if not all(isinstance(d, int) for d in rest):
+                    return f"{node.name}: Flatten of a value with symbolic spatial dims"
+                inner = int(np.prod(rest)) if rest else 1
+                flat = tuple(c * inner + k for c in idx for k in range(inner))
+                stack.append((node.outputs[0], flat))
+            elif op == "Conv" and pos == 0:
+                if node.attributes.get_int("group", 1) != 1:
+                    return f"{node.name}: grouped Conv after the Concat"
+                w = node.inputs[1]
+                if not w.is_initializer():
+                    return f"{node.name}: Conv weight is not an initializer"
+                plan.slices.append((w.name, 1, idx, False))
+                owned.setdefault(w.name, node)
+            elif op in ("Gemm", "MatMul") and pos == 0:
+                w = node.inputs[1]
+                if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
+                    return f"{node.name}: {op} weight is not a 2-D initializer"
+                if op == "Gemm":
+                    if node.attributes.get_int("transA", 0):
+                        return f"{node.name}: Gemm with transA"
+                    axis = 1 if node.attributes.get_int("transB", 0) else 0
+                else:
+                    s = shapes.get(v.name)
+                    if s is None or len(s) != 2:
+                        return f"{node.name}: MatMul input is not 2-D"
+                    axis = 0
+                plan.slices.append((w.name, axis, idx, False))
+                owned.setdefault(w.name, node)
+            else:
+                return f"{node.name or op}: {op} (input {pos}) after the Concat cannot drop channels"
+    for name, node in owned.items():
+        users = {u.node for u in model.graph.initializers[name].uses()}
+        if users != {node}:
+            return f"parameter '{name}' is shared by several nodes"
+    return plan
+
+
+def apply_channel_plan(model: ir.Model, plan: ChannelPlan) -> int:
+    """Deletes the planned entries; returns the number of parameters removed."""
+    removed = 0
+    by_tensor: dict[tuple[str, int], set[int]] = {}
+    for name, axis, idx, _ in plan.slices:
+        by_tensor.setdefault((name, axis), set()).update(idx)
+    for (name, axis), idx in by_tensor.items():
+        arr = tensor_array(model, name)
+        new = np.delete(arr, sorted(idx), axis=axis)
+        removed += arr.size - new.size
+        set_tensor_array(model, name, new)
+    for v in plan.values:
+        if not v.is_graph_output():
+            v.shape = None
+    return removed
+
+
+def _clip_contains_zero(node: ir.Node) -> bool:
+    lo, hi = -np.inf, np.inf
+    if len(node.inputs) > 1 or node.attributes.get("min") is None:
+        vals = []
+        for i in (1, 2):
+            v = node.inputs[i] if i < len(node.inputs) else None
+            if v is None:
+                vals.append(None)
+                continue
+            if v.const_value is None:
+                return False
+            vals.append(float(np.asarray(v.const_value.numpy()).reshape(-1)[0]))
+        lo = vals[0] if vals[0] is not None else lo
+        hi = vals[1] if len(vals) > 1 and vals[1] is not None else hi
+    else:
+        lo = node.attributes.get_float("min", -np.inf)
+        hi = node.attributes.get_float("max", np.inf)
+    return lo <= 0 <= hi
+
+
+def _pad_maps_zero(node: ir.Node) -> bool:
+    mode = node.attributes.get_string("mode", "constant")
+    if mode in ("reflect", "edge", "wrap"):
+        return True
+    if mode != "constant":
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        cv = node.inputs[2].const_value
+        if cv is None:
+            return False
+        return bool(np.all(cv.numpy() == 0))
+    return node.attributes.get_float("value", 0.0) == 0.0
+
+
+def maps_zero(node: ir.Node, vc: VertexClasses, group_params: set[str]) -> tuple[bool, str]:
+    """Whether ``node`` maps an all-zero data input to an all-zero output.
+
+    Parameters in ``group_params`` are zero as well. Returns ``(answer, reason when False)``.
+    """
+    info = vc.info[node]
+    r = info.rule
+    op = node.op_type
+    if r is None:
+        return False, f"{op} has no rule"
+    if op == "Clip":
+        return (_clip_contains_zero(node), "Clip range excludes 0")
+    if op == "Pad":
+        return (_pad_maps_zero(node), "Pad with a non-zero constant")
+    if op in ("Add", "Sub") and info.kind is VertexKind.ACCESSORY:
+        consts = [v for v in node.inputs if v is not None and not vc.is_data(v)]
+        ok = all(v.name in group_params for v in consts)
+        return ok, f"{op} of a constant that is not a zeroed parameter"
+    if op == "Div" and info.kind is VertexKind.ACCESSORY:
+        return vc.is_data(node.inputs[0]), "Div by data"
+    if info.kind is VertexKind.STEM:
+        specs = param_specs(node, r)
+        for spec in specs:
+            p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
+            if spec.role == "bias" and p is not None and p.name not in group_params:
+                return False, f"{op} has a bias outside the group"
+        return True, ""
+    if r.data_inputs is None and info.kind is VertexKind.JOINT:
+        return False, f"{op} joint inside a segment"
+    return r.maps_zero, f"{op} does not map zero to zero"
+
+
+def joint_drop_reason(joint: ir.Node, positions: Iterable[int], shapes: Mapping[str, Shape]) -> str:
+    """Why inputs ``positions`` of ``joint`` cannot be dropped ('' when they can).
+
+    Checks the op and, for element-wise joints, that the remaining inputs broadcast to the
+    joint's output shape without the dropped ones.
+    """
+    op = joint.op_type
+    pos = set(positions)
+    if op not in DROPPABLE_JOINTS:
+        return f"feeds a {op} joint (a zero input does not vanish)"
+    if op == "Sub" and 0 in pos:
+        return "feeds the minuend of a Sub (0 - x != x)"
+    if op == "Concat":
+        return ""
+    out = shapes.get(joint.outputs[0].name)
+    keep = [shapes.get(v.name) if v is not None else None for i, v in enumerate(joint.inputs) if i not in pos]
+    if not keep:
+        return ""
+    if out is None or any(k is None for k in keep):
+        return f"shapes around {joint.name or op} unknown"
+    if _broadcast(keep) != tuple(out):
+        return f"dropping inputs of {joint.name or op} would change its broadcast output shape"
+    return ""
+
+
+def _broadcast(shapes: Sequence[Shape]) -> Shape | None:
+    rank = max(len(s) for s in shapes)
+    out: list = []
+    for k in range(rank):
+        dims = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            return None
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+@dataclass
+class EraseResult:
+    """What :func:`erase_segment_outputs` did."""
+
+    joints_rewired: int = 0
+    joints_removed: int = 0
+    params_sliced: int = 0
+    errors: list[tuple[str, ir.Node | None]] = field(default_factory=list)
+
+
+def erase_segment_outputs(model: ir.Model, zero_values: Iterable[ir.Value], vc: VertexClasses,
+                          shapes: Mapping[str, Shape]) -> EraseResult:
+    """Disconnects zero values from the joints they feed and fixes the joints.
+
+    The producers of ``zero_values`` are left without consumers; call
+    :func:`remove_dead_nodes` afterwards.
+
+    Args:
+        model: The model (modified in place).
+        zero_values: Values that are identically zero (outputs of zero segments).
+        vc: Vertex classification of the model before the change.
+        shapes: From :func:`value_shapes` before the change.
+    """
+    res = EraseResult()
+    graph = model.graph
+    drops: dict[ir.Node, set[int]] = {}
+    for v in zero_values:
+        for use in v.uses():
+            drops.setdefault(use.node, set()).add(use.idx)
+    order = {n: i for i, n in enumerate(graph)}
+    for joint in sorted(drops, key=lambda n: order.get(n, 0)):
+        pos = drops[joint]
+        reason = joint_drop_reason(joint, pos, shapes)
+        if reason:
+            res.errors.append((reason, joint))
+            continue
+        keep = [v for i, v in enumerate(joint.inputs) if i not in pos]
+        if joint.op_type == "Concat":
+            ranges = concat_ranges(joint, shapes)
+            if ranges is None:
+                res.errors.append(("Concat input sizes unknown", joint))
+                continue
+            chans = [c for i in sorted(pos) for c in range(*ranges[i])]
+            plan = plan_channel_removal(model, joint.outputs[0], chans, shapes, vc)
+            if isinstance(plan, str):
+                res.errors.append((plan, joint))
+                continue
+            res.params_sliced += apply_channel_plan(model, plan)
+        elif joint.op_type == "Sub":
+            keep = [joint.inputs[0]]
+        if not keep:
+            res.errors.append(("joint left without inputs", joint))
+            continue
+        res.joints_rewired += 1
+        if len(keep) == 1:
+            _replace_by(graph, joint, keep[0])
+            res.joints_removed += 1
+        else:
+            for i, v in enumerate(keep):
+                joint.replace_input_with(i, v)
+            joint.resize_inputs(len(keep))
+            if joint.op_type == "Add" and len(keep) > 2:  # cannot happen: Add has two inputs
+                res.errors.append(("Add with more than two inputs", joint))
+    return res
+
+
+def _replace_by(graph: ir.Graph, joint: ir.Node, kept: ir.Value) -> None:
+    out = joint.outputs[0]
+    if out.is_graph_output():
+        ident = ir.Node("", "Identity", [kept], name=(joint.name or "joint") + "_identity")
+        graph.insert_before(joint, ident)
+        name = out.name
+        out.replace_all_uses_with(ident.outputs[0], replace_graph_outputs=True)
+        ident.outputs[0].name = None
+        out.name = None
+        ident.outputs[0].name = name
+        ident.outputs[0].shape = out.shape
+        ident.outputs[0].type = out.type
+    else:
+        out.replace_all_uses_with(kept)
+    for i in range(len(joint.inputs)):
+        joint.replace_input_with(i, None)
+
+
+def remove_dead_nodes(model: ir.Model) -> int:
+    """Removes nodes none of whose outputs is used or a graph output (to a fixpoint).
+
+    One pass in reverse topological order suffices for a DAG. Returns the number removed.
+    """
+    graph = model.graph
+    outputs = set(graph.outputs)
+    removed = 0
+    for node in reversed(list(graph)):
+        if any(o in outputs or o.uses() for o in node.outputs):
+            continue
+        graph.remove(node, safe=True)
+        removed += 1
+    return removed
+
+
+def remove_unused_initializers(model: ir.Model) -> list[str]:
+    """Drops initializers that nothing uses (and that are not graph inputs); returns their names."""
+    graph = model.graph
+    inputs = set(graph.inputs)
+    outputs = set(graph.outputs)
+    gone = [name for name, v in graph.initializers.items() if not v.uses() and v not in inputs and v not in outputs]
+    for name in gone:
+        graph.initializers.pop(name)
+    return gone
+
