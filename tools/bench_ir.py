@@ -57,7 +57,13 @@ def build_model(path: str, nodes: int, channels: int, seed: int = 0) -> int:
 
 
 _OTOIR = """
-import resource, sys, time, json
+import sys, time, json
+def hwm():
+    # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's peak at fork)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
 import otoir
 from otoir.infra import PassManager
@@ -66,19 +72,25 @@ src, dst = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter(); m = otoir.load(src); t_load = time.perf_counter() - t0
 t0 = time.perf_counter(); r = PassManager.from_text("classify-vertices").run(m); t_cls = time.perf_counter() - t0
 t0 = time.perf_counter(); otoir.save(m, dst, external_data=True); t_save = time.perf_counter() - t0
-print(json.dumps(dict(load=t_load, classify=t_cls, save=t_save, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps(dict(load=t_load, classify=t_cls, save=t_save, rss=hwm(),
                       stems=r.statistics[0][1]["num-stem"])))
 """
 
 _ONNX = """
-import resource, sys, time, json, os
+import sys, time, json, os
+def hwm():
+    # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's peak at fork)
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
 import onnx
 src, dst = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter(); m = onnx.load(src); t_load = time.perf_counter() - t0
 t0 = time.perf_counter()
 onnx.save(m, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=os.path.basename(dst) + ".data")
 t_save = time.perf_counter() - t0
-print(json.dumps(dict(load=t_load, save=t_save, rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+print(json.dumps(dict(load=t_load, save=t_save, rss=hwm())))
 """
 
 
@@ -97,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         src = os.path.join(d, "model.onnx")
         t0 = time.perf_counter()
-        n = build_model(src, args.nodes, args.channels)
+        # built in a subprocess so that this process stays small
+        n = int(subprocess.run([sys.executable, "-c", "import sys; from otoir.tools.bench_ir import build_model; "
+                                "print(build_model(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))",
+                                src, str(args.nodes), str(args.channels)],
+                               check=True, capture_output=True, text=True).stdout.split()[-1])
         size = os.path.getsize(src + ".data") / 2**20
         print(f"model: {n} nodes, {size:.0f} MiB external data (built in {time.perf_counter() - t0:.1f} s)")
         o = _run(_OTOIR, src, os.path.join(d, "otoir.onnx"))

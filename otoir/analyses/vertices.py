@@ -89,18 +89,14 @@ class VertexClasses(Analysis):
                 produces_data = any(is_data(v) for v in node.inputs)
             if produces_data:
                 data.update(v for v in node.outputs)
-            if r is not None and vi.kind in (VertexKind.STEM, VertexKind.ACCESSORY, VertexKind.JOINT):
-                specs = {p.input: p for p in param_specs(node, r)}
-                for i, v in enumerate(node.inputs):
-                    if v is None or not v.is_initializer() or v.const_value is None:
-                        continue
-                    if v.const_value.dtype not in _FLOAT_TYPES:
-                        continue
-                    spec = specs.get(i)
-                    if spec is not None and not spec.trainable:
-                        buffers[v.name] = v
-                    elif spec is not None or vi.kind is not VertexKind.STEM:
-                        trainable[v.name] = v
+        for name, v in graph.initializers.items():
+            if v.const_value is None or v.const_value.dtype not in _FLOAT_TYPES:
+                continue
+            role = self._param_role(v, info)
+            if role == "buffer":
+                buffers[name] = v
+            elif role == "trainable":
+                trainable[name] = v
         declared = model.metadata_props.get(PARAMETERS_METADATA_KEY)
         if declared is not None:
             names = [n for n in declared.split(",") if n]
@@ -111,6 +107,38 @@ class VertexClasses(Analysis):
         self.data_values = frozenset(data)
         self.trainable = trainable
         self.buffers = {k: v for k, v in buffers.items() if k not in trainable}
+
+    @staticmethod
+    def _param_role(value: ir.Value, info: dict[ir.Node, VertexInfo]) -> str | None:
+        """``trainable``, ``buffer`` or None for a float initializer.
+
+        A parameter is trainable when it reaches a data-flow node (directly, or through
+        constant nodes such as the Transpose of a Linear weight) at a position that is not a
+        buffer (BatchNorm running statistics).
+        """
+        seen: set[ir.Value] = set()
+        stack = [value]
+        buffer_only = False
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for node, index in v.uses():
+                vi = info.get(node)
+                if vi is None:
+                    continue
+                if vi.kind is VertexKind.CONSTANT:
+                    stack.extend(node.outputs)
+                    continue
+                spec = None
+                if vi.rule is not None:
+                    spec = next((p for p in param_specs(node, vi.rule) if p.input == index), None)
+                if spec is not None and not spec.trainable:
+                    buffer_only = True
+                    continue
+                return "trainable"
+        return "buffer" if buffer_only else None
 
     @staticmethod
     def _classify(node: ir.Node, r: OpRule | None, is_data) -> VertexInfo:
