@@ -1,0 +1,650 @@
+"""ONNX Runtime training backend: the model stays ONNX; a numpy optimizer does the update.
+
+:class:`OrtTrainer` generates onnxruntime-training artifacts for an onnx-ir model into a
+temporary folder, runs forward+backward steps with ``onnxruntime.training.api.Module``, reads
+every trainable parameter's gradient, lets an optimizer (see
+:mod:`otoir.train.optimizers`) update the parameters in place on ORT's buffers, and finally
+writes the trained parameters *and* BatchNorm running statistics back into the model's
+initializers (same names, shapes and dtypes).
+
+BatchNorm running statistics. The training graph updates them itself: ORT's training-mode
+``BatchNormalization`` writes ``momentum * old + (1 - momentum) * batch`` into the checkpoint
+state at every step (checked with onnxruntime-training 1.19.2: exactly one update per step).
+It uses the *biased* batch variance, as the ONNX spec says, whereas torch uses the unbiased one
+(``n / (n - 1)`` with ``n`` = elements per channel). With ``bn_unbiased_var=True`` (default) the
+trainer corrects the variance after every step, so the statistics equal torch's. The eval model
+of the artifacts is not used (it fails to load with training-mode BatchNorm); evaluate the
+trained model with :func:`evaluate`, which runs its inference form
+(:func:`otoir.train.inference.to_inference`) in an ``InferenceSession``.
+
+Known traps handled here (see ``research/environment-notes.md`` §3): LayerNormalization
+nodes get their Mean / InvStdDev outputs (fix A); no eval or optimizer model is loaded (fixes
+B and C are not needed); gradients accumulate, so ``lazy_reset_grad`` runs before every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from otoir.train.inference import to_inference
+from otoir.train.optimizers import Optimizer, group_sparsity
+
+__all__ = [
+    "BackendUnavailable",
+    "TrainingError",
+    "LOSSES",
+    "OrtTrainer",
+    "EvalResult",
+    "TrainHistory",
+    "evaluate",
+    "trainable_names",
+    "batchnorm_stats",
+    "train_ort",
+    "require_ort_training",
+]
+
+#: Loss names: cross-entropy over class indices, MSE against float targets (int labels are
+#: one-hot encoded), or ``output``: the model's (first / chosen) output already is the loss.
+LOSSES = ("cross-entropy", "mse", "output")
+
+_INSTALL_HINT = (
+    "the ONNX Runtime training backend needs onnxruntime-training: pip install 'otoir[train]' "
+    "(and uninstall plain onnxruntime first)"
+)
+_PARAMETERS_METADATA_KEY = "otoir.parameters"
+_FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+
+
+class BackendUnavailable(ImportError):
+    """onnxruntime (with its training package) is not installed."""
+
+
+class TrainingError(RuntimeError):
+    """The model cannot be trained as asked (bad loss, shapes, artifacts generation failure...)."""
+
+
+def require_ort_training() -> Any:
+    """Imports and returns ``onnxruntime.training`` (with ``artifacts`` and ``api`` loaded).
+
+    Raises:
+        BackendUnavailable: onnxruntime or its training package is missing (message says how
+            to install it).
+    """
+    try:
+        import onnxruntime  # noqa: F401
+        from onnxruntime import training  # noqa: F401
+        from onnxruntime.training import api, artifacts  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f"{_INSTALL_HINT} ({exc})") from None
+    return training
+
+
+def _require_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "evaluation needs onnxruntime: pip install 'otoir[ort]' or 'otoir[train]'" + f" ({exc})"
+        ) from None
+    return onnxruntime
+
+
+# ---------------------------------------------------------------------------------------------
+# Model facts
+
+
+def batchnorm_stats(model: ir.Model) -> list[tuple[ir.Node, str, str]]:
+    """(node, running-mean initializer, running-var initializer) of every training-mode BatchNorm."""
+    out = []
+    inits = model.graph.initializers
+    for node in model.graph:
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        attr = node.attributes.get("training_mode")
+        if attr is None or attr.as_int() == 0 or len(node.inputs) < 5:
+            continue
+        mean, var = node.inputs[3], node.inputs[4]
+        if mean is not None and var is not None and mean.name in inits and var.name in inits:
+            out.append((node, mean.name, var.name))
+    return out
+
+
+def trainable_names(model: ir.Model) -> list[str]:
+    """Names of the trainable initializers of ``model``, in initializer order.
+
+    ``model.metadata_props["otoir.parameters"]`` (comma-separated names), when present, is
+    authoritative. Otherwise every floating-point initializer except BatchNorm running
+    statistics (inputs 3 and 4 of ``BatchNormalization``) is trainable.
+    """
+    inits = model.graph.initializers
+    declared = model.metadata_props.get(_PARAMETERS_METADATA_KEY)
+    if declared is not None:
+        wanted = {n for n in declared.split(",") if n}
+        return [n for n in inits if n in wanted]
+    stats: set[str] = set()
+    for node in model.graph.all_nodes() if hasattr(model.graph, "all_nodes") else model.graph:
+        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
+            stats.update(v.name for v in node.inputs[3:5] if v is not None and v.name)
+    out = []
+    for name, v in inits.items():
+        if name in stats or v.const_value is None:
+            continue
+        if v.const_value.dtype in _FLOAT_TYPES:
+            out.append(name)
+    return out
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Callable[[], str]]:
+    """Redirects file descriptor 2 (C++ logging) into a temp file; yields a reader."""
+    import sys
+
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no real fd 2 (e.g. captured)
+            yield lambda: ""
+            return
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: (tmp.seek(0), tmp.read().decode("utf-8", "replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _as_list(inputs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(inputs, np.ndarray):
+        return [inputs]
+    return list(inputs)
+
+
+def _prep(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
+class OrtTrainer:
+    """Trains an onnx-ir model with onnxruntime-training and a numpy optimizer.
+
+    Args:
+        model: The model (a training-mode export). It is not modified until :meth:`write_back`.
+        loss: ``cross-entropy`` (labels: int64 class indices), ``mse`` (labels: float targets of
+            the output's shape; int labels are one-hot encoded) or ``output`` (the output
+            already is a scalar loss; no labels).
+        output: Name of the graph output the loss is computed from (default: the first). Other
+            graph outputs are dropped from the training graph.
+        trainable: Names of the initializers to train (default :func:`trainable_names`).
+        threads: Intra-op threads of the ORT session (default: ORT's choice).
+        bn_unbiased_var: Correct BatchNorm running variances to torch's unbiased estimate.
+        workdir: Folder for the artifacts (default: a temporary folder removed by :meth:`close`).
+
+    Raises:
+        BackendUnavailable: onnxruntime-training is not installed.
+        TrainingError: Bad loss/output names, nothing trainable, or artifact generation failed.
+    """
+
+    def __init__(
+        self,
+        model: ir.Model,
+        *,
+        loss: str = "cross-entropy",
+        output: str | None = None,
+        trainable: Sequence[str] | None = None,
+        threads: int | None = None,
+        bn_unbiased_var: bool = True,
+        workdir: str | None = None,
+    ) -> None:
+        training = require_ort_training()
+        import onnxruntime as ort
+
+        if loss not in LOSSES:
+            raise TrainingError(f"unknown loss '{loss}' (choose one of: {', '.join(LOSSES)})")
+        self.model = model
+        self.loss = loss
+        self.bn_unbiased_var = bn_unbiased_var
+        outputs = [v.name for v in model.graph.outputs]
+        if not outputs:
+            raise TrainingError("the model has no graph output")
+        if output is None:
+            output = outputs[0]
+        if output not in outputs:
+            raise TrainingError(f"the model has no output '{output}' (outputs: {', '.join(outputs)})")
+        self.output = output
+        inits = model.graph.initializers
+        self.trainable = list(trainable) if trainable is not None else trainable_names(model)
+        missing = [n for n in self.trainable if n not in inits]
+        if missing:
+            raise TrainingError(f"trainable names are not initializers: {', '.join(missing[:5])}")
+        if not self.trainable:
+            raise TrainingError("the model has no trainable initializer")
+        self.frozen = [n for n in inits if n not in set(self.trainable)]
+        self._bn = [
+            (mean, var, node.attributes["momentum"].as_float() if "momentum" in node.attributes else 0.9,
+             node.inputs[0], node.inputs[1])
+            for node, mean, var in batchnorm_stats(model)
+        ]
+        self.buffers = [n for m, v, *_ in self._bn for n in (m, v)]
+        self.input_names = [v.name for v in model.graph.inputs if v.name not in inits]
+        self._n_per_channel: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        self._owns_dir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="otoir-ort-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.steps = 0
+
+        proto = self._training_proto()
+        loss_arg = {
+            "cross-entropy": training.artifacts.LossType.CrossEntropyLoss,
+            "mse": training.artifacts.LossType.MSELoss,
+            "output": None,
+        }[loss]
+        ort.set_default_logger_severity(3)
+        with _captured_stderr() as log:
+            try:
+                training.artifacts.generate_artifacts(
+                    proto,
+                    requires_grad=self.trainable,
+                    frozen_params=self.frozen,
+                    loss=loss_arg,
+                    optimizer=None,
+                    artifact_directory=self.workdir,
+                )
+            except Exception as exc:  # onnxruntime raises several types
+                tail = "\n".join(log().strip().splitlines()[-5:])
+                self.close()
+                raise TrainingError(f"generating the ORT training artifacts failed: {exc}\n{tail}".rstrip()) from exc
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        self.state = training.api.CheckpointState.load_checkpoint(os.path.join(self.workdir, "checkpoint"))
+        self.module = training.api.Module(
+            os.path.join(self.workdir, "training_model.onnx"), self.state, device="cpu", session_options=so
+        )
+        self.module.train()
+        self._label_shape = None
+
+    # -- artifacts -----------------------------------------------------------------------
+    def _training_proto(self) -> onnx.ModelProto:
+        proto = ir.to_proto(self.model)
+        proto.ir_version = min(proto.ir_version or 10, 10)
+        g = proto.graph
+        keep = [o for o in g.output if o.name == self.output]
+        del g.output[:]
+        g.output.extend(keep)
+        for i, n in enumerate(g.node):  # fix A: LayerNorm gradients need Mean / InvStdDev outputs
+            if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
+                n.output.extend([f"{n.name or 'ln'}_{i}_otoir_mean", f"{n.name or 'ln'}_{i}_otoir_invstd"])
+        return proto
+
+    # -- parameters ----------------------------------------------------------------------
+    def params(self) -> dict[str, np.ndarray]:
+        """Writable numpy views of the trainable parameters on ORT's buffers (write in place)."""
+        ps = self.state.parameters
+        return {n: ps[n].data for n in self.trainable}
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The gradients of the last :meth:`forward_backward` (views; copy to keep them)."""
+        ps = self.state.parameters
+        return {n: ps[n].grad for n in self.trainable}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the trainable parameters and the BatchNorm running statistics."""
+        ps = self.state.parameters
+        return {n: np.array(ps[n].data, copy=True) for n in [*self.trainable, *self.buffers]}
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        """Copies ``values`` (name -> array of the same shape) into ORT's buffers."""
+        ps = self.state.parameters
+        for n, v in values.items():
+            dst = ps[n].data
+            dst[...] = np.asarray(v, dtype=dst.dtype).reshape(dst.shape)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _labels(self, labels: np.ndarray | None) -> list[np.ndarray]:
+        if self.loss == "output":
+            return []
+        if labels is None:
+            raise TrainingError(f"loss '{self.loss}' needs labels")
+        y = np.asarray(labels)
+        if self.loss == "cross-entropy":
+            if not np.issubdtype(y.dtype, np.integer):
+                raise TrainingError("cross-entropy needs integer class labels")
+            return [np.ascontiguousarray(y.astype(np.int64, copy=False))]
+        if np.issubdtype(y.dtype, np.integer):  # mse on class labels: one-hot targets
+            k = self._num_outputs_classes()
+            onehot = np.zeros((y.shape[0], k), np.float32)
+            onehot[np.arange(y.shape[0]), y] = 1.0
+            return [onehot]
+        return [_prep(y)]
+
+    def _num_outputs_classes(self) -> int:
+        for v in self.model.graph.outputs:
+            if v.name == self.output and v.shape is not None and len(v.shape) == 2 and isinstance(v.shape[1], int):
+                return int(v.shape[1])
+        raise TrainingError("mse with integer labels needs an output of static shape (N, classes)")
+
+    def _bn_counts(self, xs: list[np.ndarray]) -> list[int]:
+        """Elements per channel of every training-mode BatchNorm input, for these input shapes."""
+        key = tuple(tuple(x.shape) for x in xs)
+        got = self._n_per_channel.get(key)
+        if got is not None:
+            return got
+        ort = _require_ort()
+        m = self.model.clone()
+        wanted = [x_val.name for _, _, _, x_val, _ in self._bn]
+        values = {v.name: v for n in m.graph for v in n.outputs}
+        values.update({v.name: v for v in m.graph.inputs})
+        outs = list(m.graph.outputs)
+        for name in wanted:
+            v = values.get(name)
+            if v is not None and v not in outs:
+                m.graph.outputs.append(v)
+                outs.append(v)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        res = sess.run(None, dict(zip(self.input_names, xs)))
+        shapes = {n: r.shape for n, r in zip(names, res)}
+        counts = []
+        for name in wanted:
+            s = shapes[name]
+            counts.append(int(np.prod(s)) // int(s[1]) if len(s) > 1 and s[1] else 1)
+        self._n_per_channel[key] = counts
+        return counts
+
+    def forward_backward(self, inputs: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | None = None) -> float:
+        """Runs one forward+backward pass (gradients are reset first); returns the loss.
+
+        BatchNorm running statistics are updated as a training step updates them (see the
+        module docstring).
+        """
+        xs = [_prep(x) for x in _as_list(inputs)]
+        ys = self._labels(labels)
+        fix = self.bn_unbiased_var and self._bn
+        if fix:
+            counts = self._bn_counts(xs)
+            ps = self.state.parameters
+            old = [np.array(ps[var].data, copy=True) for _, var, *_ in self._bn]
+        self.module.lazy_reset_grad()
+        loss = self.module(*xs, *ys)
+        if fix:
+            for (_, var, mom, _, _), n, before in zip(self._bn, counts, old):
+                if n <= 1:
+                    continue
+                cur = ps[var].data
+                # ORT: cur = m*before + (1-m)*v_biased; torch: m*before + (1-m)*v_biased*n/(n-1)
+                cur += (cur - np.float32(mom) * before) * np.float32(1.0 / (n - 1))
+        self.steps += 1
+        return float(np.asarray(loss).reshape(-1)[0])
+
+    def step(self, inputs: np.ndarray | Sequence[np.ndarray], labels: np.ndarray | None, optimizer: Optimizer) -> float:
+        """One training step: forward+backward, then ``optimizer.step(params, grads)``; returns the loss."""
+        loss = self.forward_backward(inputs, labels)
+        optimizer.step(self.params(), self.grads())
+        return loss
+
+    # -- results -------------------------------------------------------------------------
+    def write_back(self, model: ir.Model | None = None) -> None:
+        """Writes trained parameters and BatchNorm running statistics into ``model``'s initializers.
+
+        Args:
+            model: Target (default: the model given to the constructor). Names, shapes and
+                dtypes of the initializers are kept; only their values change.
+        """
+        target = model if model is not None else self.model
+        inits = target.graph.initializers
+        for name, arr in self.state_dict().items():
+            v = inits.get(name)
+            if v is None:
+                continue
+            old = v.const_value
+            if old is not None and tuple(old.shape) != arr.shape:
+                raise TrainingError(f"initializer '{name}' has shape {tuple(old.shape)}, trained value {arr.shape}")
+            v.const_value = ir.tensor(arr, name=name)
+
+    def close(self) -> None:
+        """Releases the session and removes the temporary artifacts folder."""
+        self.module = None  # type: ignore[assignment]
+        self.state = None  # type: ignore[assignment]
+        if self._owns_dir and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> OrtTrainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Evaluation of a model on labelled data.
+
+    Attributes:
+        loss: Mean loss (cross-entropy of the logits, or MSE against the targets).
+        accuracy: Top-1 accuracy for class labels, else None.
+        samples: Number of samples evaluated.
+    """
+
+    loss: float
+    accuracy: float | None
+    samples: int
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def evaluate(
+    model: ir.Model,
+    inputs: np.ndarray | Sequence[np.ndarray],
+    labels: np.ndarray,
+    batch: int = 256,
+    *,
+    loss: str = "cross-entropy",
+    output: str | None = None,
+    threads: int | None = None,
+) -> EvalResult:
+    """Evaluates the inference form of ``model`` with an onnxruntime ``InferenceSession``.
+
+    Args:
+        model: The model (training-mode BatchNorm / Dropout are converted by
+            :func:`~otoir.train.inference.to_inference`; the model itself is not modified).
+        inputs: Input array (or one array per graph input), batch first.
+        labels: int class labels (accuracy and cross-entropy) or float targets (MSE).
+        batch: Evaluation batch size.
+        loss: ``cross-entropy`` or ``mse`` (``output``: the mean of the chosen output).
+        output: Graph output to evaluate (default: the first).
+        threads: Intra-op threads.
+
+    Returns:
+        Mean loss, accuracy (class labels only) and sample count.
+    """
+    ort = _require_ort()
+    inf = to_inference(model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(ir.to_proto(inf).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in sess.get_inputs()]
+    out_name = output or sess.get_outputs()[0].name
+    xs = [_prep(x) for x in _as_list(inputs)]
+    y = np.asarray(labels)
+    n = xs[0].shape[0]
+    total, correct = 0.0, 0
+    is_class = np.issubdtype(y.dtype, np.integer)
+    for s in range(0, n, max(1, int(batch))):
+        feeds = {k: x[s : s + batch] for k, x in zip(in_names, xs)}
+        (z,) = sess.run([out_name], feeds)
+        yb = y[s : s + batch]
+        if loss == "output":
+            total += float(np.sum(z)) * len(yb) / max(1, z.size) if z.ndim else float(z) * len(yb)
+        elif loss == "mse":
+            t = yb
+            if is_class:
+                t = np.zeros_like(z)
+                t[np.arange(len(yb)), yb] = 1.0
+            total += float(np.mean((z - t) ** 2, axis=tuple(range(1, z.ndim)) or None).sum())
+        else:
+            lp = _log_softmax(z.astype(np.float64))
+            picked = np.take_along_axis(lp, yb[:, None].astype(np.int64), axis=1)
+            total += float(-picked.sum()) / (np.prod(z.shape[2:]) if z.ndim > 2 else 1)
+        if is_class and z.ndim >= 2:
+            correct += int((z.argmax(axis=1) == yb).sum())
+    return EvalResult(total / max(1, n), (correct / n) if is_class and n else None, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# A training loop
+
+
+@dataclass
+class TrainHistory:
+    """What :func:`train_ort` did.
+
+    Attributes:
+        losses: Training loss of every step.
+        epoch_losses: Mean training loss of every epoch.
+        val: Validation result after every epoch (when validation data was given).
+        steps: Steps run.
+        samples_per_second: Training throughput over the whole run (steps + optimizer).
+        seconds: Wall time of the training loop.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+    val: list[EvalResult] = field(default_factory=list)
+    steps: int = 0
+    samples_per_second: float = 0.0
+    seconds: float = 0.0
+
+
+def train_ort(
+    model: ir.Model,
+    train_x: np.ndarray,
+    train_y: np.ndarray | None,
+    optimizer: Optimizer,
+    *,
+    epochs: int = 1,
+    batch: int = 64,
+    seed: int = 0,
+    loss: str = "cross-entropy",
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    max_steps: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    drop_last: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainHistory:
+    """Trains ``model`` in place with :class:`OrtTrainer` (initializer values change, nothing else).
+
+    Batches are drawn from a ``numpy.random.default_rng(seed)`` permutation per epoch, so the
+    run is deterministic under ``seed``. A tqdm bar on stderr shows loss, group sparsity (when
+    the optimizer has groups) and samples/s; ``progress=False`` disables it.
+
+    Args:
+        model: The training-mode model; its initializers receive the trained values.
+        train_x: Training inputs, batch first.
+        train_y: Labels (None for ``loss='output'``).
+        optimizer: Any object following :class:`~otoir.train.optimizers.Optimizer`.
+        epochs: Passes over the data.
+        batch: Batch size.
+        seed: Seed of the batch order.
+        loss: See :class:`OrtTrainer`.
+        val_x: Optional validation inputs (evaluated after every epoch).
+        val_y: Validation labels.
+        max_steps: Stop after this many steps (all epochs otherwise).
+        threads: ORT intra-op threads.
+        progress: Show the tqdm progress bar.
+        drop_last: Skip the last incomplete batch of every epoch.
+        on_step: Called as ``on_step(step, loss)`` after every step.
+
+    Returns:
+        The history.
+    """
+    n = int(train_x.shape[0])
+    if n == 0:
+        raise TrainingError("no training samples")
+    batch = max(1, min(int(batch), n))
+    per_epoch = n // batch if drop_last else -(-n // batch)
+    total = per_epoch * int(epochs)
+    if max_steps is not None:
+        total = min(total, int(max_steps))
+    rng = np.random.default_rng(seed)
+    hist = TrainHistory()
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter()
+    samples = 0
+    with OrtTrainer(model, loss=loss, threads=threads) as tr:
+        step = 0
+        for _epoch in range(int(epochs)):
+            if step >= total:
+                break
+            order = rng.permutation(n)
+            ep_losses = []
+            for b in range(per_epoch):
+                if step >= total:
+                    break
+                idx = order[b * batch : (b + 1) * batch]
+                yb = None if train_y is None else train_y[idx]
+                value = tr.step(train_x[idx], yb, optimizer)
+                hist.losses.append(value)
+                ep_losses.append(value)
+                samples += len(idx)
+                step += 1
+                if on_step is not None:
+                    on_step(step, value)
+                if bar is not None:
+                    dt = time.perf_counter() - t0
+                    post = {"loss": f"{value:.4f}", "samples/s": f"{samples / dt:.0f}" if dt > 0 else "-"}
+                    sp = group_sparsity(optimizer)
+                    if sp is not None:
+                        post["group-sparsity"] = f"{sp:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+            if ep_losses:
+                hist.epoch_losses.append(float(np.mean(ep_losses)))
+            if val_x is not None and val_y is not None:
+                tr.write_back()
+                hist.val.append(evaluate(model, val_x, val_y, batch=max(batch, 256), loss=loss, threads=threads))
+        tr.write_back()
+        hist.steps = step
+    if bar is not None:
+        bar.close()
+    hist.seconds = time.perf_counter() - t0
+    hist.samples_per_second = samples / hist.seconds if hist.seconds > 0 else 0.0
+    return hist
