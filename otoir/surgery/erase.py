@@ -48,11 +48,16 @@ DROPPABLE_JOINTS = frozenset({"Add", "Sum", "Sub", "Concat"})
 Shape = tuple  # of int | str | None
 
 
-def value_shapes(model: ir.Model) -> dict[str, Shape]:
-    """Static shapes of named values, from the model and from ONNX shape inference.
+def value_shapes(model: ir.Model, *, probe: bool = True) -> dict[str, Shape]:
+    """Static shapes of named values.
 
-    Unknown dimensions are strings (symbolic) or None. Inference failures leave the shapes that
-    the model already declares.
+    ONNX shape inference first. When it leaves a dimension unknown (a ``Resize`` whose scales
+    come from a shape sub-graph, say) and ``probe`` is set, the model is run once with
+    onnxruntime on random inputs whose symbolic dimensions are 3, and every value gets its
+    concrete shape (all shapes then come from the probe, so they are mutually consistent).
+
+    Returns:
+        Value name -> dims (ints; strings or None where unknown).
     """
     shapes: dict[str, Shape] = {}
 
@@ -62,32 +67,63 @@ def value_shapes(model: ir.Model) -> dict[str, Shape]:
     for v in (*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()):
         if v.shape is not None:
             put(v.name, v.shape.dims)
-    for node in model.graph:
-        for v in node.outputs:
-            if v.shape is not None and v.name:
-                put(v.name, v.shape.dims)
+    inferred = None
     try:
         import onnx
 
         proto = ir.to_proto(model)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best effort
+        inferred = None
+    unknown = False
+    if inferred is not None:
         for vi in (*inferred.graph.value_info, *inferred.graph.output):
             t = vi.type.tensor_type
             if not t.HasField("shape"):
+                unknown = True
                 continue
-            dims = []
-            for d in t.shape.dim:
-                if d.HasField("dim_value"):
-                    dims.append(int(d.dim_value))
-                elif d.HasField("dim_param"):
-                    dims.append(d.dim_param)
-                else:
-                    dims.append(None)
-            if vi.name not in shapes or any(not isinstance(d, int) for d in shapes[vi.name]):
-                put(vi.name, dims)
-    except Exception:  # noqa: BLE001 - shape inference is best effort
-        pass
+            dims = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+            if any(isinstance(d, str) and d.startswith("unk__") or d is None for d in dims):
+                unknown = True
+            put(vi.name, dims)
+    if unknown and probe and inferred is not None:
+        probed = _probe_shapes(model, inferred)
+        if probed is not None:
+            return probed
     return shapes
+
+
+def _probe_shapes(model: ir.Model, inferred) -> dict[str, Shape] | None:
+    try:
+        import onnxruntime as ort
+
+        from otoir.testing import random_feeds
+
+        proto = type(inferred)()
+        proto.CopyFrom(inferred)
+        have = {o.name for o in proto.graph.output}
+        for vi in proto.graph.value_info:
+            if vi.name not in have and vi.type.tensor_type.elem_type:
+                proto.graph.output.append(vi)
+                have.add(vi.name)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feeds = random_feeds(model, 0, batch=3)
+        names = [o.name for o in sess.get_outputs()]
+        arrays = sess.run(names, feeds)
+    except Exception:  # noqa: BLE001 - probing is best effort
+        return None
+    out: dict[str, Shape] = {}
+    for v in (*model.graph.inputs, *model.graph.initializers.values()):
+        if v.name in feeds:
+            out[v.name] = tuple(feeds[v.name].shape)
+        elif v.const_value is not None:
+            out[v.name] = tuple(v.const_value.shape.dims)
+    for name, arr in zip(names, arrays):
+        out[name] = tuple(np.shape(arr))
+    return out
 
 
 def concat_axis(node: ir.Node, rank: int | None) -> int | None:
