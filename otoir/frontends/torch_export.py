@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,9 +65,7 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
         return (example_inputs,)
     if isinstance(example_inputs, (list, tuple)):
         return tuple(example_inputs)
-    raise TypeError(
-        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
-    )
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
 def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any, bool]]:
@@ -91,10 +89,17 @@ def _canonical_names(module: torch.nn.Module) -> dict[str, str]:
     return canon
 
 
-def _probe(
-    module: torch.nn.Module, inputs: tuple[Any, ...], training: bool
-) -> tuple[set[str], int]:
-    """Runs one forward+backward on a copy; returns (names of parameters that get a gradient, #outputs)."""
+def _count_outputs(module: torch.nn.Module, inputs: tuple[Any, ...], training: bool) -> int:
+    """Number of forward outputs (one no-grad forward on a copy)."""
+    import torch
+
+    with torch.no_grad():
+        out = copy.deepcopy(module).train(training)(*inputs)
+    return len(out) if isinstance(out, (tuple, list)) else 1
+
+
+def _parameters_with_grad(module: torch.nn.Module, inputs: tuple[Any, ...], training: bool) -> set[str]:
+    """Names of the parameters that get a gradient in one forward+backward on a copy."""
     import torch
 
     m = copy.deepcopy(module).train(training)
@@ -104,14 +109,10 @@ def _probe(
     with torch.enable_grad():
         out = m(*inputs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        floats = [
-            o
-            for o in outs
-            if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad
-        ]
+        floats = [o for o in outs if isinstance(o, torch.Tensor) and o.is_floating_point() and o.requires_grad]
         if floats:
             sum(o.sum() for o in floats).backward()
-    return {n for n, p in params.items() if p.grad is not None}, len(outs)
+    return {n for n, p in params.items() if p.grad is not None}
 
 
 def export_torch(
@@ -158,16 +159,10 @@ def export_torch(
     work.train(training)
 
     if input_names is None:
-        input_names = (
-            ["input"]
-            if len(inputs) == 1
-            else [f"input_{i}" for i in range(len(inputs))]
-        )
-    used, n_out = _probe(module, inputs, training)
+        input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
     if output_names is None:
-        output_names = (
-            ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-        )
+        n_out = _count_outputs(module, inputs, training)
+        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     input_names = list(input_names)
     output_names = list(output_names)
     dynamic_axes = None
@@ -175,9 +170,7 @@ def export_torch(
         dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
 
     buf = io.BytesIO()
-    mode = (
-        torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
-    )
+    mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -200,7 +193,7 @@ def export_torch(
     model.ir_version = _IR_VERSION
     _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
 
-    unused, aliases = _verify_names(module, model, used)
+    unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, training))
     model.meta[UNUSED_PARAMETERS_KEY] = unused
     model.meta[ALIASES_KEY] = aliases
     return model
@@ -220,11 +213,7 @@ def _undo_initializer_dedup(model: ir.Model, order: list[str]) -> None:
     names = set(order)
     changed = False
     for node in list(graph):
-        if (
-            node.op_type != "Identity"
-            or node.domain not in ("", "ai.onnx")
-            or len(node.inputs) != 1
-        ):
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
             continue
         src, out = node.inputs[0], node.outputs[0]
         if src is None or src.name not in inits or src.const_value is None:
@@ -246,18 +235,21 @@ def _undo_initializer_dedup(model: ir.Model, order: list[str]) -> None:
     if changed:
         rank = {n: i for i, n in enumerate(order)}
         values = list(inits.values())
-        values.sort(
-            key=lambda v: rank.get(v.name, len(rank))
-        )  # stable: others keep their order
+        values.sort(key=lambda v: rank.get(v.name, len(rank)))  # stable: others keep their order
         inits.clear()
         for v in values:
             graph.register_initializer(v)
 
 
 def _verify_names(
-    module: torch.nn.Module, model: ir.Model, used: set[str]
+    module: torch.nn.Module, model: ir.Model, used_parameters: Callable[[], set[str]]
 ) -> tuple[list[str], dict[str, str]]:
-    """Checks the name contract; returns (unused names, aliases)."""
+    """Checks the name contract; returns (unused names, aliases).
+
+    ``used_parameters`` (a forward+backward) is only called when a parameter has no
+    initializer, to tell a parameter the forward does not use from one the exporter renamed.
+    """
+    used: set[str] | None = None
     inits = model.graph.initializers
     canon = _canonical_names(module)
     tensors = {name: (t, is_param) for name, t, is_param in _named_tensors(module)}
@@ -272,9 +264,7 @@ def _verify_names(
             if target in inits:
                 aliases[name] = target
             elif name in inits:
-                raise ExportError(
-                    f"tied parameter {name!r} was exported under its alias name instead of {target!r}"
-                )
+                raise ExportError(f"tied parameter {name!r} was exported under its alias name instead of {target!r}")
             else:
                 unused.append(name)
             continue
@@ -287,10 +277,10 @@ def _verify_names(
                 f"parameter {name!r} has no initializer of its name; its values were exported as {renamed!r}"
                 " (a constant or renamed initializer: use the parameter directly, not .data, in forward)"
             )
-        if is_param and name in used:
-            raise ExportError(
-                f"parameter {name!r} is used by forward but no initializer is named {name!r}"
-            )
+        if is_param and used is None:
+            used = used_parameters()
+        if is_param and name in (used or set()):
+            raise ExportError(f"parameter {name!r} is used by forward but no initializer is named {name!r}")
         unused.append(name)
     return unused, aliases
 
@@ -326,9 +316,7 @@ def _find_copy(t: Any, foreign: dict[str, np.ndarray]) -> str | None:
             return other
         if key is None:
             key = np.sort(value, axis=None)
-        if np.array_equal(
-            np.sort(arr, axis=None), key
-        ):  # same multiset: transposed/reshaped copy
+        if np.array_equal(np.sort(arr, axis=None), key):  # same multiset: transposed/reshaped copy
             return other
     return None
 

@@ -163,9 +163,7 @@ def names() -> list[str]:
     return list(MODELS)
 
 
-def build(
-    name: str, *, seed: int = 0, batch: int | None = None, **kwargs: Any
-) -> tuple[torch.nn.Module, torch.Tensor]:
+def build(name: str, *, seed: int = 0, batch: int | None = None, **kwargs: Any) -> tuple[torch.nn.Module, torch.Tensor]:
     """Builds a zoo model and an example input, deterministically.
 
     The parameters are initialised after ``torch.manual_seed(seed)``; the example input comes
@@ -189,9 +187,7 @@ def build(
     try:
         entry = MODELS[name]
     except KeyError:
-        raise KeyError(
-            f"unknown zoo model {name!r}; known: {', '.join(MODELS)}"
-        ) from None
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}") from None
     torch.manual_seed(seed)
     module = entry.factory(**kwargs)
     module.train()
@@ -201,9 +197,7 @@ def build(
     gen = torch.Generator().manual_seed(seed)
     if name in _TOKEN_INPUTS:
         key, default = _TOKEN_INPUTS[name]
-        x = torch.randint(
-            0, int(kwargs.get(key, default)), shape, generator=gen, dtype=torch.int64
-        )
+        x = torch.randint(0, int(kwargs.get(key, default)), shape, generator=gen, dtype=torch.int64)
     else:
         x = torch.randn(shape, generator=gen)
     return module, x

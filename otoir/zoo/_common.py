@@ -49,13 +49,9 @@ class ConvBN(nn.Sequential):
 class ConvBNReLU(nn.Sequential):
     """Conv2d, BatchNorm2d, ReLU."""
 
-    def __init__(
-        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1
-    ) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(
-                cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False
-            ),
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=False),
         )

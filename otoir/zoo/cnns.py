@@ -165,9 +165,7 @@ class VGG(nn.Module):
                 layers += [nn.Conv2d(c, co, 3, 1, 1), nn.BatchNorm2d(co), nn.ReLU()]
                 c = co
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Linear(c * 4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Linear(c * 4, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Runs the network (input 3×32×32)."""
@@ -296,11 +294,7 @@ class MobileNetV2(nn.Module):
                 layers.append(_InvertedResidual(c, co, s if i == 0 else 1, t))
                 c = co
         last = make_divisible(scaled(128, width), 4)
-        layers.append(
-            nn.Sequential(
-                nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()
-            )
-        )
+        layers.append(nn.Sequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
 
@@ -364,9 +358,7 @@ class SENet(nn.Module):
         in_channels: Input channels.
     """
 
-    def __init__(
-        self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3
-    ) -> None:
+    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         cs = [scaled(c, width) for c in (16, 32, 64)]
         self.block1 = _SEBlock(in_channels, cs[0])
@@ -474,9 +466,7 @@ class ConvViewLinear(nn.Module):
         in_channels: Input channels.
     """
 
-    def __init__(
-        self, channels: int = 8, num_classes: int = 10, in_channels: int = 3
-    ) -> None:
+    def __init__(self, channels: int = 8, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, 3, 2, 1)
         self.bn = nn.BatchNorm2d(channels)
@@ -505,23 +495,13 @@ class UNet(nn.Module):
         in_channels: Input channels.
     """
 
-    def __init__(
-        self, width: int = 8, depth: int = 2, num_classes: int = 2, in_channels: int = 3
-    ) -> None:
+    def __init__(self, width: int = 8, depth: int = 2, num_classes: int = 2, in_channels: int = 3) -> None:
         super().__init__()
         self.depth = depth
         self.inc = _DoubleConv(in_channels, width)
-        self.downs = nn.ModuleList(
-            _DoubleConv(width * 2**i, width * 2 ** (i + 1)) for i in range(depth)
-        )
-        self.ups = nn.ModuleList(
-            nn.ConvTranspose2d(width * 2 ** (i + 1), width * 2**i, 2, 2)
-            for i in reversed(range(depth))
-        )
-        self.up_convs = nn.ModuleList(
-            _DoubleConv(width * 2 ** (i + 1), width * 2**i)
-            for i in reversed(range(depth))
-        )
+        self.downs = nn.ModuleList(_DoubleConv(width * 2**i, width * 2 ** (i + 1)) for i in range(depth))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(width * 2 ** (i + 1), width * 2**i, 2, 2) for i in reversed(range(depth)))
+        self.up_convs = nn.ModuleList(_DoubleConv(width * 2 ** (i + 1), width * 2**i) for i in reversed(range(depth)))
         self.outc = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -530,6 +510,6 @@ class UNet(nn.Module):
         for down in self.downs:
             skips.append(down(F.max_pool2d(skips[-1], 2)))
         y = skips.pop()
-        for up, conv in zip(self.ups, self.up_convs):
+        for up, conv in zip(self.ups, self.up_convs, strict=True):
             y = conv(torch.cat([skips.pop(), up(y)], dim=1))
         return self.outc(y)

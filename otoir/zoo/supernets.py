@@ -139,13 +139,9 @@ class _LeftUnet(nn.Module):
             nn.BatchNorm2d(c),
         )
         # 10-11-12 maxpool-conv-conv
-        self.down2 = nn.Sequential(
-            nn.MaxPool2d(2), nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1)
-        )
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1))
         # 13-14-15-19 maxpool-conv-conv-resize
-        self.down3 = nn.Sequential(
-            nn.MaxPool2d(2), nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1), _Up()
-        )
+        self.down3 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(c, c, 3, 1, 1), nn.Conv2d(c, c, 3, 1, 1), _Up())
         self.up24 = _Up()
         # 26..33 conv-conv-bn-relu-resize
         self.up26 = nn.Sequential(
@@ -156,9 +152,7 @@ class _LeftUnet(nn.Module):
             _Up(),
         )
         # 35..38 relu-conv-relu-bn
-        self.out = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c0, c0, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(c0)
-        )
+        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(c0, c0, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(c0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = self.stem(x)
@@ -176,13 +170,9 @@ class _RightUnet(nn.Module):
     def __init__(self, cin: int, c0: int, c: int) -> None:
         super().__init__()
         # 39-41 conv-bn-relu
-        self.stem = nn.Sequential(
-            nn.Conv2d(cin, c0, 3, 1, 1), nn.BatchNorm2d(c0), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(cin, c0, 3, 1, 1), nn.BatchNorm2d(c0), nn.ReLU())
         # 42-44 conv(stride 2)-bn-relu
-        self.down1 = nn.Sequential(
-            nn.Conv2d(c0, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU()
-        )
+        self.down1 = nn.Sequential(nn.Conv2d(c0, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU())
         # 45..49 conv(stride 2)-relu-conv-bn-relu
         self.down2 = nn.Sequential(
             nn.Conv2d(c, c, 3, 2, 1),
@@ -192,9 +182,7 @@ class _RightUnet(nn.Module):
             nn.ReLU(),
         )
         # 50-51-52-56 conv(stride 2)-conv-resize
-        self.down3 = nn.Sequential(
-            nn.Conv2d(c, c, 3, 2, 1), nn.Conv2d(c, c, 3, 1, 1), _Up()
-        )
+        self.down3 = nn.Sequential(nn.Conv2d(c, c, 3, 2, 1), nn.Conv2d(c, c, 3, 1, 1), _Up())
         self.up61 = _Up()
         # 63..70 conv-bn-relu-conv-bn-relu-resize
         self.up63 = nn.Sequential(
@@ -207,9 +195,7 @@ class _RightUnet(nn.Module):
             _Up(),
         )
         # 72..75 relu-conv-relu-bn
-        self.out = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(c0, c0, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(c0)
-        )
+        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(c0, c0, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(c0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t0 = self.stem(x)
@@ -237,9 +223,7 @@ class StackedUnets(nn.Module):
         in_channels: Input channels.
     """
 
-    def __init__(
-        self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3
-    ) -> None:
+    def __init__(self, width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         c0, c = scaled(16, width), scaled(32, width)
         self.left = _LeftUnet(in_channels, c0, c)
@@ -286,11 +270,7 @@ class _PoolConv(nn.Sequential):
     """3×3 pooling followed by a 1×1 conv and BN (gives the pooling candidates parameters)."""
 
     def __init__(self, c: int, stride: int, kind: str) -> None:
-        pool: nn.Module = (
-            nn.MaxPool2d(3, stride, 1)
-            if kind == "max"
-            else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        )
+        pool: nn.Module = nn.MaxPool2d(3, stride, 1) if kind == "max" else nn.AvgPool2d(3, stride, 1, count_include_pad=False)
         super().__init__(pool, nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
 
 
@@ -334,9 +314,7 @@ class _Cell(nn.Module):
     ) -> None:
         super().__init__()
         # After a reduction cell, s0 has twice the resolution of s1: preprocess it with stride 2.
-        self.pre0 = nn.Sequential(
-            nn.ReLU(), ConvBN(c_pp, c, 1, stride=2 if reduction_prev else 1)
-        )
+        self.pre0 = nn.Sequential(nn.ReLU(), ConvBN(c_pp, c, 1, stride=2 if reduction_prev else 1))
         self.pre1 = nn.Sequential(nn.ReLU(), ConvBN(c_p, c, 1))
         self.steps = steps
         self.edges = nn.ModuleList()
@@ -465,9 +443,7 @@ class SuperResNet(nn.Module):
 class _Bottleneck(nn.Sequential):
     """RegNet X bottleneck: 1×1 conv-BN-ReLU, 3×3 group conv-BN-ReLU, 1×1 conv-BN."""
 
-    def __init__(
-        self, cin: int, cout: int, stride: int, ratio: float, group_width: int
-    ) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, ratio: float, group_width: int) -> None:
         mid = max(group_width, round(cout * ratio / group_width) * group_width)
         super().__init__(
             ConvBNReLU(cin, mid, 1),
@@ -487,14 +463,8 @@ class _RegNetBlock(nn.Module):
         candidates: tuple[tuple[float, int], ...],
     ) -> None:
         super().__init__()
-        self.shortcut: nn.Module = (
-            ConvBN(cin, cout, 1, stride=stride)
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-        self.candidates = nn.ModuleList(
-            _Bottleneck(cin, cout, stride, r, g) for r, g in candidates
-        )
+        self.shortcut: nn.Module = ConvBN(cin, cout, 1, stride=stride) if stride != 1 or cin != cout else nn.Identity()
+        self.candidates = nn.ModuleList(_Bottleneck(cin, cout, stride, r, g) for r, g in candidates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.shortcut(x)
@@ -510,7 +480,7 @@ class RegNetStyle(nn.Module):
     of every stage has stride 2 and a 1×1 conv-BN projection shortcut.
 
     Args:
-        width: Multiplies the stage widths (16, 32, 64).
+        width: Multiplies the stage widths (16, 32, 64, … doubling per stage).
         depths: Blocks per stage.
         candidates: ``(bottleneck ratio, group width)`` per candidate.
         num_classes: Linear outputs.
@@ -526,13 +496,11 @@ class RegNetStyle(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        widths = [max(8, scaled(w, width) // 8 * 8) for w in (16, 32, 64)][
-            : len(depths)
-        ]
+        widths = [max(8, scaled(16 * 2**i, width) // 8 * 8) for i in range(len(depths))]
         self.stem = ConvBNReLU(in_channels, widths[0], 3)
         blocks: list[nn.Module] = []
         cin = widths[0]
-        for w, d in zip(widths, depths):
+        for w, d in zip(widths, depths, strict=True):
             for i in range(d):
                 blocks.append(_RegNetBlock(cin, w, 2 if i == 0 else 1, candidates))
                 cin = w

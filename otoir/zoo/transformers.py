@@ -45,11 +45,7 @@ class SelfAttention(nn.Module):
         v = self.value(x).reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         probs = self.dropout(torch.softmax(scores, dim=-1))
-        ctx = (
-            torch.matmul(probs, v)
-            .transpose(1, 2)
-            .reshape(b, t, self.heads * self.head_dim)
-        )
+        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         return self.out(ctx)
 
 
@@ -75,9 +71,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Runs the layer on (B, T, hidden)."""
         h = self.attn_norm(x + self.dropout(self.attention(x)))
-        return self.out_norm(
-            h + self.dropout(self.output(F.gelu(self.intermediate(h))))
-        )
+        return self.out_norm(h + self.dropout(self.output(F.gelu(self.intermediate(h)))))
 
 
 class BertLike(nn.Module):
@@ -112,17 +106,13 @@ class BertLike(nn.Module):
         self.position_embeddings = nn.Embedding(max_len, hidden)
         self.emb_norm = nn.LayerNorm(hidden)
         self.emb_dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers))
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Classifies token ids (B, T)."""
         pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        x = self.emb_dropout(
-            self.emb_norm(self.word_embeddings(ids) + self.position_embeddings(pos))
-        )
+        x = self.emb_dropout(self.emb_norm(self.word_embeddings(ids) + self.position_embeddings(pos)))
         for layer in self.layers:
             x = layer(x)
         return self.classifier(x[:, 0])
@@ -165,9 +155,7 @@ class ViTLike(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, hidden))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
-        self.layers = nn.ModuleList(
-            EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, num_classes)
 
