@@ -88,6 +88,8 @@ class GeZIGPartition(Analysis):
         complement: Trainable parameter names outside every GeZIG.
         verdicts: Segment id -> :class:`SegmentVerdict` for every segment with trainable variables.
         segments: The segment graph used.
+        checker: A :class:`~otoir.analyses.validity.ValidityChecker` for these groups (also in
+            every group's ``meta["checker"]``).
         shapes: Value shapes used (name -> dims).
     """
 
@@ -128,6 +130,11 @@ class GeZIGPartition(Analysis):
                 meta={"segment": s.id, "label": s.label, "params": params, "joints": joints,
                       "concat": any(sg.segments[t].first.op_type == "Concat" for t in s.succs if t >= 0)},
             ))
+        from otoir.analyses.validity import ValidityChecker
+
+        self.checker = ValidityChecker(sg, groups)
+        for g in groups:
+            g.meta["checker"] = self.checker
         self.groups: tuple[Group, ...] = tuple(groups)
         self.complement: tuple[str, ...] = tuple(p for p in trainable if p not in in_group)
         self.verdicts = verdicts

@@ -1,0 +1,261 @@
+"""Validity of a sub-network and H2SPG's greedy selection of redundant groups (OTOv3 Figure 2).
+
+Given a set of GeZIGs assumed zero, the sub-network is *valid* when
+
+* every graph output is still computed from a graph input (no output loses its producers),
+* no joint is left without inputs (all of its inputs erased), and
+* no graph output becomes identically zero.
+
+:class:`ValidityChecker` answers this by propagating a state over the segment graph in
+topological order (``O(|V_d| + |E_d|)``): a segment is ``live``, ``zero`` (an erased GeZIG) or
+``broken`` (it lost an input it cannot do without). :func:`select_redundant` walks groups in
+score order and accepts a group only if the set stays valid; for GeZIGs it uses an equivalent
+local test (each joint the group feeds keeps a live input), ``O(deg)`` per candidate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from otoir.analyses.groups import Group
+from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
+
+__all__ = ["ValidityChecker", "ValidityReport", "is_valid", "select_redundant"]
+
+_LIVE, _ZERO, _BROKEN = 0, 1, 2
+_DROP_JOINTS = frozenset({"Add", "Sum", "Concat"})
+
+
+@dataclass(frozen=True)
+class ValidityReport:
+    """Outcome of a validity check.
+
+    Attributes:
+        valid: Whether the sub-network is valid.
+        reasons: Why not (one line each).
+    """
+
+    valid: bool
+    reasons: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+
+class ValidityChecker:
+    """Checks sets of zero groups against one segment graph.
+
+    Args:
+        segments: The segment graph.
+        groups: The GeZIGs (their ``meta["segment"]`` names their segment).
+    """
+
+    def __init__(self, segments: SegmentGraph, groups: Iterable[Group] = ()) -> None:
+        segs = segments.segments
+        self.segments = segments
+        self.group_segment: dict[str, int] = {g.id: g.meta["segment"] for g in groups if "segment" in g.meta}
+        n = len(segs)
+        indeg = [sum(1 for p in s.preds if p >= 0) for s in segs]
+        order: list[int] = []
+        q = deque(i for i in range(n) if indeg[i] == 0)
+        while q:
+            i = q.popleft()
+            order.append(i)
+            for t in segs[i].succs:
+                if t >= 0:
+                    indeg[t] -= 1
+                    if indeg[t] == 0:
+                        q.append(t)
+        self._order = order
+        self._kind: list[str] = []
+        for s in segs:
+            if not s.is_joint:
+                self._kind.append("chain")
+            elif s.first.op_type in _DROP_JOINTS:
+                self._kind.append("drop")
+            elif s.first.op_type == "Sub":
+                self._kind.append("sub")
+            else:
+                self._kind.append("strict")
+        # Producer segment of Sub's minuend.
+        self._minuend: dict[int, int | None] = {}
+        for s in segs:
+            if self._kind[s.id] == "sub":
+                v = s.first.inputs[0]
+                p = v.producer() if v is not None else None
+                self._minuend[s.id] = segments.segment_of.get(p) if p is not None else None
+
+    def segments_of(self, zero: Iterable[Group | str | int]) -> set[int]:
+        """Segment ids of groups (objects, ids, or segment ids)."""
+        out: set[int] = set()
+        for z in zero:
+            if isinstance(z, int):
+                out.add(z)
+            elif isinstance(z, Group):
+                if "segment" in z.meta:
+                    out.add(z.meta["segment"])
+                elif z.id in self.group_segment:
+                    out.add(self.group_segment[z.id])
+            elif z in self.group_segment:
+                out.add(self.group_segment[z])
+            else:
+                raise KeyError(f"unknown group {z!r}")
+        return out
+
+    def check(self, zero: Iterable[Group | str | int]) -> ValidityReport:
+        """Full check of a set of zero groups, ``O(|V_d| + |E_d|)``."""
+        z = self.segments_of(zero)
+        segs = self.segments.segments
+        state = [_LIVE] * len(segs)
+        reasons: list[str] = []
+        for i in self._order:
+            s = segs[i]
+            if i in z:
+                state[i] = _ZERO
+                continue
+            ins = [state[p] for p in s.preds if p >= 0]
+            has_input = INPUT in s.preds
+            kind = self._kind[i]
+            if kind == "chain":
+                st = _LIVE if has_input or all(x == _LIVE for x in ins) else _BROKEN
+            elif kind == "drop" or kind == "sub":
+                if any(x == _BROKEN for x in ins):
+                    st = _BROKEN
+                elif not has_input and ins and all(x == _ZERO for x in ins):
+                    reasons.append(f"joint {s.first.name or s.first.op_type} is left without inputs")
+                    st = _BROKEN
+                elif kind == "sub" and self._minuend.get(i) is not None and state[self._minuend[i]] != _LIVE:
+                    reasons.append(f"Sub {s.first.name} loses its minuend")
+                    st = _BROKEN
+                else:
+                    st = _LIVE
+            else:
+                st = _LIVE if all(x == _LIVE for x in ins) else _BROKEN
+                if st != _LIVE:
+                    reasons.append(f"{s.first.op_type} joint {s.first.name} loses an input")
+            state[i] = st
+        for s in segs:
+            if OUTPUT in s.succs and state[s.id] != _LIVE:
+                what = "becomes identically zero" if state[s.id] == _ZERO else "is no longer computed from the inputs"
+                names = ",".join(o.name for o in s.last.outputs if o.is_graph_output())
+                reasons.append(f"graph output {names} {what}")
+        return ValidityReport(not reasons, tuple(dict.fromkeys(reasons)))
+
+    def can_add(self, current: set[int], segment: int, live_inputs: dict[int, int]) -> bool:
+        """Local test used by :func:`select_redundant` (``live_inputs``: joint -> live producers)."""
+        s = self.segments.segments[segment]
+        for t in s.succs:
+            if t < 0:
+                return False
+            if self._kind[t] == "chain" or self._kind[t] == "strict":
+                return False
+            if self._kind[t] == "sub" and self._minuend.get(t) == segment:
+                return False
+            if live_inputs[t] <= 1:
+                return False
+        return True
+
+
+def _checker_of(groups: Sequence[Group], checker: ValidityChecker | None) -> ValidityChecker | None:
+    if checker is not None:
+        return checker
+    for g in groups:
+        c = g.meta.get("checker")
+        if c is not None:
+            return c
+    return None
+
+
+def is_valid(zero_groups: Iterable[Group | str], checker: ValidityChecker | None = None) -> bool:
+    """Whether the sub-network with ``zero_groups`` erased is valid.
+
+    Args:
+        zero_groups: Groups assumed zero (GeZIG objects, or their ids when ``checker`` is given).
+        checker: The checker; taken from the groups' ``meta["checker"]`` when None.
+    """
+    zero_groups = list(zero_groups)
+    c = _checker_of([g for g in zero_groups if isinstance(g, Group)], checker)
+    if c is None:
+        return _zig_valid([g for g in zero_groups if isinstance(g, Group)], [])
+    return c.check(zero_groups).valid
+
+
+def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[str, float], K: int,
+                     checker: ValidityChecker | None = None) -> list[int]:
+    """H2SPG's hierarchical selection: the K most redundant groups that keep the network valid.
+
+    Groups are visited by decreasing score (ties: list order); a group is accepted only if the
+    accepted set plus it stays valid, otherwise the next one is tried. Non-prunable groups are
+    skipped. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
+    ``O(|groups| + |E_d|)`` overall; other groups (channel ZIGs) are refused when they would zero
+    every channel group of one tensor.
+
+    Args:
+        groups: Candidate groups.
+        scores: Redundancy score per group (same order), or a mapping id -> score.
+        K: Number of groups wanted.
+        checker: Validity checker (default: from ``meta["checker"]`` of the GeZIGs).
+
+    Returns:
+        Indices into ``groups`` of the accepted groups, in acceptance order (at most K).
+    """
+    if isinstance(scores, Mapping):
+        sc = [float(scores.get(g.id, float("-inf"))) for g in groups]
+    else:
+        sc = [float(x) for x in scores]
+        if len(sc) != len(groups):
+            raise ValueError(f"{len(sc)} scores for {len(groups)} groups")
+    order = sorted(range(len(groups)), key=lambda i: (-sc[i], i))
+    c = _checker_of(groups, checker)
+    accepted: list[int] = []
+    if K <= 0:
+        return accepted
+    live: dict[int, int] = {}
+    if c is not None:
+        for s in c.segments.segments:
+            live[s.id] = sum(1 for p in s.preds if p >= 0) + (1 if INPUT in s.preds else 0)
+    zero_segs: set[int] = set()
+    zig_chosen: list[Group] = []
+    for i in order:
+        if len(accepted) >= K:
+            break
+        g = groups[i]
+        if not g.prunable:
+            continue
+        seg = g.meta.get("segment") if c is not None else None
+        if seg is None and c is not None:
+            seg = c.group_segment.get(g.id)
+        if seg is not None:
+            if seg in zero_segs or not c.can_add(zero_segs, seg, live):
+                continue
+            zero_segs.add(seg)
+            for t in c.segments.segments[seg].succs:
+                if t >= 0:
+                    live[t] -= 1
+            accepted.append(i)
+        else:
+            if not _zig_valid(zig_chosen + [g], groups):
+                continue
+            zig_chosen.append(g)
+            accepted.append(i)
+    return accepted
+
+
+def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
+    """Channel groups: refuse zeroing every group that covers one tensor (a stem with no output)."""
+    if not universe:
+        return True
+    total: dict[str, int] = {}
+    for g in universe:
+        if g.slices:
+            total[g.slices[0].tensor] = total.get(g.slices[0].tensor, 0) + 1
+    used: dict[str, int] = {}
+    for g in chosen:
+        if g.slices:
+            t = g.slices[0].tensor
+            used[t] = used.get(t, 0) + 1
+            if used[t] >= total.get(t, 1 << 30):
+                return False
+    return True
