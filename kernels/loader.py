@@ -136,9 +136,9 @@ class CudaHalfspace:
         self.dims = torch.tensor(
             [[t.outer, t.rows, t.inner] for t in layout.tensors], dtype=i64, device=dev
         ).reshape(-1)
-        self.group_row_ptr = torch.as_tensor(layout.group_row_ptr, dtype=i64).to(dev)
-        self.row_tensor = torch.as_tensor(layout.row_tensor[layout.group_rows], dtype=i64).to(dev)
-        self.row_local = torch.as_tensor(layout.row_local[layout.group_rows], dtype=i64).to(dev)
+        self.group_row_ptr = torch.tensor(layout.group_row_ptr, dtype=i64).to(dev)
+        self.row_tensor = torch.tensor(layout.row_tensor[layout.group_rows], dtype=i64).to(dev)
+        self.row_local = torch.tensor(layout.row_local[layout.group_rows], dtype=i64).to(dev)
 
     def supports(self, xs: list[Any], ds: list[Any]) -> bool:
         """True when every tensor is a contiguous float32 tensor on this device."""

@@ -47,36 +47,47 @@ def tensors_with_groups(layout: GroupLayout, group_mask: np.ndarray) -> list[int
 
 
 def _row_stats_numpy(x: np.ndarray, d: np.ndarray | None, view: tuple[int, int, int]):
+    # einsum in the input dtype is single-pass; asking it for float64 output copies (3x slower)
     xv = x.reshape(view)
+    xx = np.einsum("ori,ori->r", xv, xv).astype(np.float64)
     if d is None:
-        xx = np.einsum("ori,ori->r", xv, xv, dtype=np.float64)
         zero = np.zeros_like(xx)
         return zero, xx, zero
-    dv = d.reshape(view)
+    dv = np.asarray(d).reshape(view)
     return (
-        np.einsum("ori,ori->r", xv, dv, dtype=np.float64),
-        np.einsum("ori,ori->r", xv, xv, dtype=np.float64),
-        np.einsum("ori,ori->r", dv, dv, dtype=np.float64),
+        np.einsum("ori,ori->r", xv, dv).astype(np.float64),
+        xx,
+        np.einsum("ori,ori->r", dv, dv).astype(np.float64),
     )
 
 
 def _row_stats_torch(x: Any, d: Any, view: tuple[int, int, int]):
+    """Row reductions of torch tensors: numpy arrays for CPU tensors, torch tensors otherwise.
+
+    On CPU, ``xᵀd`` uses numpy's single-pass einsum on zero-copy views and the squared norms use
+    ``torch.linalg.vector_norm`` (both measured ~5x faster than ``torch.linalg.vecdot`` or
+    ``(x*d).sum`` on one thread, which allocate a temporary or take a slow path).
+    """
     import torch
 
     o, r, i = view
     xv = x.detach().reshape(view)
-    if o == 1:
-        x2 = xv[0]
-        xx = torch.linalg.vecdot(x2, x2)
-        if d is None:
-            return torch.zeros_like(xx), xx, torch.zeros_like(xx)
-        d2 = d.detach().reshape(r, i)
-        return torch.linalg.vecdot(x2, d2), xx, torch.linalg.vecdot(d2, d2)
-    xx = (xv * xv).sum((0, 2))
+    dims = (0, 2)
+    xx = torch.linalg.vector_norm(xv, dim=dims).square_()
     if d is None:
-        return torch.zeros_like(xx), xx, torch.zeros_like(xx)
-    dv = d.detach().reshape(view)
-    return (xv * dv).sum((0, 2)), xx, (dv * dv).sum((0, 2))
+        zero = torch.zeros_like(xx)
+        out = (zero, xx, zero)
+    else:
+        dv = d.detach().reshape(view)
+        dd = torch.linalg.vector_norm(dv, dim=dims).square_()
+        if xv.device.type == "cpu":
+            xd = torch.from_numpy(np.einsum("ori,ori->r", xv.numpy(), dv.numpy()))
+        else:
+            xd = (xv * dv).sum(dims)
+        out = (xd, xx, dd)
+    if xv.device.type == "cpu":
+        return tuple(t.numpy().astype(np.float64) for t in out)
+    return out
 
 
 def group_stats(
@@ -103,7 +114,8 @@ def group_stats(
         return z, z.copy(), z.copy()
     seg = np.concatenate([layout.tensor_row_groups(i) for i in ids])
     seg = np.where(seg < 0, G, seg)
-    if is_torch(xs[ids[0]]):
+    first = xs[ids[0]]
+    if is_torch(first) and first.device.type != "cpu":
         import torch
 
         parts = [_row_stats_torch(xs[i], ds[i], layout.tensors[i].view_shape) for i in ids]
@@ -113,7 +125,8 @@ def group_stats(
         acc.index_add_(0, torch.as_tensor(seg, device=dev), rows.to(torch.float64))
         out = acc[:G].cpu().numpy()
         return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy()
-    parts_np = [_row_stats_numpy(xs[i], ds[i], layout.tensors[i].view_shape) for i in ids]
+    stats = _row_stats_torch if is_torch(first) else _row_stats_numpy
+    parts_np = [stats(xs[i], ds[i], layout.tensors[i].view_shape) for i in ids]
     res = []
     for k in range(3):
         vals = np.concatenate([p[k] for p in parts_np])
@@ -152,8 +165,10 @@ def zero_rows(layout: GroupLayout, xs: Sequence[Any], local_rows: Sequence[Any])
             continue
         t = layout.tensors[i]
         x = xs[i]
-        if is_torch(x):
+        if is_torch(x) and x.device.type != "cpu":
             x.detach().view(t.view_shape).index_fill_(1, rows, 0)
+        elif is_torch(x):
+            x.detach().numpy().reshape(t.view_shape)[:, rows, :] = 0
         else:
             x.reshape(t.view_shape)[:, rows, :] = 0
 
@@ -182,7 +197,7 @@ class ZeroRowCache:
             loc = np.flatnonzero(ext[self.layout.tensor_row_groups(i)])
             if loc.size == 0:
                 out.append(None)
-            elif device is not None:
+            elif device is not None and device.type != "cpu":
                 import torch
 
                 out.append(torch.as_tensor(loc, device=device))

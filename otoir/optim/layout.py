@@ -332,7 +332,7 @@ class GroupLayout:
             return flat[self.flat_index]
         import torch
 
-        return flat[torch.as_tensor(self.flat_index, device=flat.device)]
+        return flat[torch.tensor(self.flat_index, device=flat.device)]
 
     def scatter(self, values: Any, arrays: MutableMapping[str, Any]) -> None:
         """Writes a group-ordered flat vector (as returned by :meth:`gather`) back in place.
@@ -369,7 +369,7 @@ class GroupLayout:
             return np.bincount(self.segment_ids, weights=values, minlength=self.num_groups)
         import torch
 
-        seg = torch.as_tensor(self.segment_ids, device=values.device)
+        seg = torch.tensor(self.segment_ids, device=values.device)
         return torch.zeros(self.num_groups, dtype=values.dtype, device=values.device).index_add_(
             0, seg, values
         )
