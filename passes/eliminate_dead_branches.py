@@ -1,0 +1,72 @@
+"""``eliminate-dead-branches``: construct the sub-network (OTOv3 section 3.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otoir.analyses.gezig import GeZIGPartition
+from otoir.analyses.groups import group_is_zero
+from otoir.analyses.vertices import VertexClasses
+from otoir.infra.passes import Pass, option
+from otoir.infra.registry import register_pass
+from otoir.surgery.erase import erase_segment_outputs, remove_dead_nodes, remove_unused_initializers
+
+__all__ = ["EliminateDeadBranches"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class EliminateDeadBranches(Pass):
+    """Removes the GeZIGs whose parameters are all zero, fixes the joints they fed (Add/Sum
+    drop the input, Concat also drops the matching downstream channels), removes whatever no
+    longer reaches an output and drops unused initializers. Refuses (error) an invalid set.
+    """
+
+    name = "eliminate-dead-branches"
+    summary = "Erase all-zero GeZIG segments, fix joints and Concat consumers, remove dead vertices"
+    statistics = {
+        "segments-erased": "zero GeZIG segments erased",
+        "joints-removed": "joints left with one input and replaced by it",
+        "nodes-removed": "nodes removed",
+        "params-removed": "parameters removed",
+        "initializers-removed": "initializers dropped",
+    }
+
+    skip_invalid: bool = option(False, "erase only a valid subset (score order = group order) instead of failing")
+
+    def run(self, model, ctx) -> bool:
+        p = ctx.analyses.get(GeZIGPartition)
+        vc = ctx.analyses.get(VertexClasses)
+        zero = [g for g in p.groups if group_is_zero(model, g)]
+        if not zero:
+            ctx.stat("segments-erased", 0)
+            return False
+        report = p.checker.check(zero)
+        if not report.valid:
+            if not self.skip_invalid:
+                ctx.error("refusing to erase an invalid set of zero groups "
+                          f"({', '.join(g.id for g in zero)}): " + "; ".join(report.reasons))
+                return False
+            from otoir.analyses.validity import select_redundant
+
+            keep = select_redundant(zero, [float(len(zero) - i) for i in range(len(zero))], len(zero), p.checker)
+            zero = [zero[i] for i in keep]
+        params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        nodes_before = len(model.graph)
+        segs = p.segments.segments
+        values = [o for g in zero for o in segs[g.meta["segment"]].last.outputs if o.uses()]
+        res = erase_segment_outputs(model, values, vc, p.shapes)
+        for msg, node in res.errors:
+            ctx.error(msg, node)
+        if res.errors:
+            return True
+        remove_dead_nodes(model)
+        gone = remove_unused_initializers(model)
+        params_after = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        ctx.stat("segments-erased", len(zero))
+        ctx.stat("joints-removed", res.joints_removed)
+        ctx.stat("nodes-removed", nodes_before - len(model.graph))
+        ctx.stat("params-removed", params_before - params_after)
+        ctx.stat("initializers-removed", len(gone))
+        ctx.results["erased"] = [g.id for g in zero]
+        return True

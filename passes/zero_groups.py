@@ -1,0 +1,87 @@
+"""``zero-groups``: zero chosen groups (tests and experiments), always through ``select_redundant``."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from otoir.analyses.groups import zero_group
+from otoir.analyses.validity import select_redundant
+from otoir.infra.passes import Pass, option
+from otoir.infra.registry import register_pass
+
+__all__ = ["ZeroGroups"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class ZeroGroups(Pass):
+    """Sets the trainable entries of chosen groups to zero.
+
+    ``ids`` lists groups to zero: every one must be accepted by ``select_redundant`` (an error
+    names the refused ones). ``random=F`` zeroes ``round(F * #prunable groups)`` groups chosen by
+    ``select_redundant`` with random scores (``seed``), so the set is always valid.
+    """
+
+    name = "zero-groups"
+    summary = "Zero chosen GeZIG/ZIG groups (ids=... or random=F seed=S), validity-checked"
+    statistics = {"num-zeroed": "groups zeroed", "params-zeroed": "entries set to zero"}
+
+    ids: tuple[str, ...] = option((), "group ids to zero")
+    random: float = option(0.0, "fraction of the prunable groups to zero (random scores)")
+    seed: int = option(0, "seed for random=")
+    kind: str = option("gezig", "group kind: gezig (erasing) or zig (channel pruning)")
+    dependent: bool = option(False, "also zero the groups' dependent entries")
+
+    def run(self, model, ctx) -> bool:
+        groups = self._groups(ctx)
+        if groups is None:
+            return False
+        by_id = {g.id: i for i, g in enumerate(groups)}
+        if self.ids and self.random:
+            ctx.error("give either ids= or random=, not both")
+            return False
+        if self.ids:
+            unknown = [i for i in self.ids if i not in by_id]
+            if unknown:
+                ctx.error(f"unknown {self.kind} group ids: {', '.join(unknown)}")
+                return False
+            cand = [groups[by_id[i]] for i in self.ids]
+            scores = [float(len(cand) - k) for k in range(len(cand))]
+            chosen = [cand[i] for i in select_redundant(cand, scores, len(cand), getattr(self, "_checker", None))]
+            refused = [g.id for g in cand if g not in chosen]
+            if refused:
+                ctx.error(f"refused by the validity check: {', '.join(refused)}")
+                return False
+        else:
+            prunable = [g for g in groups if g.prunable]
+            k = int(round(self.random * len(prunable)))
+            rng = np.random.default_rng(self.seed)
+            scores = rng.random(len(groups))
+            chosen = [groups[i] for i in select_redundant(groups, scores, k)]
+        n = 0
+        for g in chosen:
+            zero_group(model, g, include_dependent=self.dependent)
+            n += sum(1 for _ in g.slices)
+        ctx.stat("num-zeroed", len(chosen))
+        ctx.stat("params-zeroed", sum(g.num_params for g in chosen))
+        ctx.results["zeroed"] = [g.id for g in chosen]
+        return bool(chosen)
+
+    def _groups(self, ctx):
+        if self.kind == "gezig":
+            from otoir.analyses.gezig import GeZIGPartition
+
+            return list(ctx.analyses.get(GeZIGPartition).groups)
+        if self.kind == "zig":
+            try:
+                mod = importlib.import_module("otoir.analyses.zig")
+                cls = mod.ChannelGroups
+            except (ImportError, AttributeError) as exc:
+                ctx.error(f"kind=zig needs otoir.analyses.zig.ChannelGroups, which is not available ({exc})")
+                return None
+            return list(ctx.analyses.get(cls).groups)
+        ctx.error(f"unknown kind '{self.kind}' (expected gezig or zig)")
+        return None
