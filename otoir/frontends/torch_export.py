@@ -14,6 +14,11 @@ Facts about the legacy exporter that callers can rely on (checked with torch 2.1
 * Tied parameters (one tensor reachable under several names, e.g. ``fc.weight = emb.weight``) are
   exported once, under the name that comes first in ``named_parameters(remove_duplicate=False)``
   order; the other names are aliases. :func:`parameter_map` maps every name to that initializer.
+* In TRAINING mode the exporter's tracing forward updates the running statistics of the copy
+  it exports and writes the *updated* values; :func:`export_torch` writes the module's own
+  values back, so every initializer equals the corresponding ``state_dict`` entry.
+* In EVAL mode the exporter de-duplicates initializers with equal values (fresh BatchNorms:
+  ``bn3.weight = Identity(bn2.weight)``); :func:`export_torch` undoes that.
 * In TRAINING mode ``BatchNormalization`` has ``training_mode=1`` and three outputs (Y, running
   mean, running var); ``Dropout`` has two outputs and its ``ratio`` and ``training_mode`` inputs
   come from ``Constant`` nodes, not initializers.
@@ -192,11 +197,33 @@ def export_torch(
     model = ir.from_proto(proto)
     model.ir_version = _IR_VERSION
     _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
+    _restore_state_values(module, model)
 
     unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, training))
     model.meta[UNUSED_PARAMETERS_KEY] = unused
     model.meta[ALIASES_KEY] = aliases
     return model
+
+
+def _restore_state_values(module: torch.nn.Module, model: ir.Model) -> None:
+    """Sets every state_dict-named initializer to the value in ``module`` (the caller's module).
+
+    A TRAINING-mode export runs the forward pass while tracing, which updates the BatchNorm
+    running statistics of the exported copy; the exporter then writes those *updated* running
+    means and variances. Writing back the caller's values makes the model's initial state equal
+    the module's state exactly.
+    """
+    state = module.state_dict()
+    for name, value in model.graph.initializers.items():
+        if name not in state:
+            continue
+        array = state[name].detach().cpu().numpy()
+        old = value.const_value
+        if old is not None and (tuple(old.shape) != array.shape or old.dtype != ir.DataType.from_numpy(array.dtype)):
+            raise ExportError(
+                f"initializer {name!r} has shape/type {old.shape}/{old.dtype}, state_dict {array.shape}/{array.dtype}"
+            )
+        value.const_value = ir.tensor(array.copy(), name=name)
 
 
 def _undo_initializer_dedup(model: ir.Model, order: list[str]) -> None:

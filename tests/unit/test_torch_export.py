@@ -231,3 +231,19 @@ def test_bad_example_inputs() -> None:
 def test_import_does_not_import_torch() -> None:
     code = "import sys, otoir.frontends, otoir.zoo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_initializers_equal_module_state(training: bool) -> None:
+    # The TRAINING export's tracing forward updates the copy's BN running stats; the model
+    # must still start from the module's own state.
+    module, x = build("resnet_basic", seed=4)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 1.5)
+    model = export_torch(module, x, training=training)
+    state = module.state_dict()
+    for name, value in model.graph.initializers.items():
+        np.testing.assert_array_equal(value.const_value.numpy(), state[name].numpy(), err_msg=name)
