@@ -606,7 +606,7 @@ def train_ort(
 
         from tqdm import tqdm
 
-        bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True, desc="train")
     t0 = time.perf_counter()
     samples = 0
     with OrtTrainer(model, loss=loss, threads=threads) as tr:
@@ -644,6 +644,7 @@ def train_ort(
         tr.write_back()
         hist.steps = step
     if bar is not None:
+        bar.refresh()  # the last postfix (loss, samples/s) stays on screen
         bar.close()
     hist.seconds = time.perf_counter() - t0
     hist.samples_per_second = samples / hist.seconds if hist.seconds > 0 else 0.0
