@@ -117,7 +117,7 @@ def _alternatives_checker(n_blocks: int, per_block: int):
 
 
 def synthetic_validity_networks():
-    """Hook: (name, n_groups, valid(set)->bool, selector) for the H2SPG validity test.
+    """Hook: (name, n_groups, valid(set)->bool, selector, largest valid k) for the H2SPG test.
 
     The DemoSupNet / RegNet-style super-networks from the erasing analysis are to be appended
     here once ``otoir.analyses.validity.select_redundant`` exists.
@@ -125,7 +125,7 @@ def synthetic_validity_networks():
     nets = []
     for blocks, per in [(6, 5), (10, 3), (3, 10)]:
         valid, sel = _alternatives_checker(blocks, per)
-        nets.append((f"cells{blocks}x{per}", blocks * per, valid, sel))
+        nets.append((f"cells{blocks}x{per}", blocks * per, valid, sel, blocks * (per - 1)))
     return nets
 
 
@@ -135,13 +135,12 @@ def validity_network(request):
 
 
 def test_h2spg_never_selects_an_invalid_set(validity_network):
-    _, n_groups, valid, selector = validity_network
+    _, n_groups, valid, selector, max_valid = validity_network
     shapes = {"w": (n_groups, 3)}
     lay = GroupLayout.from_slices([[("w", 0, [g])] for g in range(n_groups)], shapes)
-    max_valid = n_groups - n_groups // (n_groups // 1)  # upper bound only used for the loop
     rng = np.random.default_rng(0)
     for trial in range(6):
-        k = int(rng.integers(1, max(2, n_groups - 10)))
+        k = int(rng.integers(1, n_groups))
         # scores that favour zeroing whole cells (the invalid choice DHSPG would make)
         w0 = rng.normal(size=(n_groups, 3))
         w0[: n_groups // 2] *= 1e-3
@@ -152,17 +151,11 @@ def test_h2spg_never_selects_an_invalid_set(validity_network):
                 st.step(p, {"w": rng.normal(size=(n_groups, 3)) * 0.01})
         except ValueError:
             # only acceptable when no valid set of size k exists
-            assert k > n_groups - (n_groups // max(1, _per_block(validity_network)))
+            assert k > max_valid
             continue
         zero = set(np.flatnonzero(~p["w"].any(axis=1)).tolist())
         assert len(zero) == k and valid(zero)
         assert zero == set(np.flatnonzero(st.redundant_groups).tolist())
-    assert max_valid >= 0
-
-
-def _per_block(net):
-    name = net[0]
-    return int(name.split("x")[1])
 
 
 def test_selector_returning_too_few_raises():
