@@ -1,0 +1,285 @@
+"""Static shapes and constant folding of shape sub-graphs.
+
+Channel tracking needs the static size of every axis and the value of every shape tensor
+(Reshape targets, Slice bounds, Split sizes), which torch exports compute with
+``Shape -> Gather -> Unsqueeze -> Concat`` sub-graphs. Symbolic dimensions of graph inputs
+(the batch) are replaced by :data:`SENTINEL` so every shape is concrete; a dimension that is a
+multiple of :data:`SENTINEL` is symbolic in the real model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_ir as ir
+
+from otoir.infra.analysis import Analysis
+
+if TYPE_CHECKING:
+    from otoir.infra.analysis import AnalysisManager
+
+__all__ = ["SENTINEL", "StaticShapes", "infer_static_shapes", "fold_constants"]
+
+#: Concrete size substituted for symbolic input dimensions (a prime unlikely to occur).
+SENTINEL = 9973
+
+_MAX_FOLD = 1 << 16
+
+
+def infer_static_shapes(model: ir.Model, max_rounds: int = 4) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray]]:
+    """Static shapes and folded constants, iterated to a fixed point.
+
+    ONNX shape inference cannot always see through shape sub-graphs (``Div``/``Cast`` of
+    ``Shape`` outputs); the values folded by :func:`fold_constants` are fed back as
+    initializers until no new shape is found.
+
+    Returns:
+        ``(shapes, consts)``: value name -> static shape; value name -> folded value.
+    """
+    proto = _shape_proto(model)
+    shapes = _infer(proto, {})
+    consts = fold_constants(model, shapes)
+    for _ in range(max_rounds):
+        if all(o.name in shapes for n in model.graph for o in n.outputs if o.name):
+            break
+        overrides = {k: v for k, v in consts.items() if k not in model.graph.initializers
+                     and np.issubdtype(v.dtype, np.integer) and v.size <= 64}
+        new = _infer(proto, overrides)
+        if new == shapes:
+            break
+        shapes = new
+        consts = fold_constants(model, shapes)
+    return shapes, consts
+
+
+def _infer(proto: onnx.ModelProto, overrides: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    if overrides:
+        p = onnx.ModelProto()
+        p.CopyFrom(proto)
+        keep = [n for n in p.graph.node if not any(o in overrides for o in n.output)]
+        del p.graph.node[:]
+        p.graph.node.extend(keep)
+        for name, arr in overrides.items():
+            p.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(arr), name))
+        proto = p
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    out: dict[str, tuple[int, ...]] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = []
+        for d in t.shape.dim:
+            if not d.HasField("dim_value"):
+                break
+            dims.append(int(d.dim_value))
+        else:
+            out[vi.name] = tuple(dims)
+    for i in inferred.graph.initializer:
+        out[i.name] = tuple(int(d) for d in i.dims)
+    return out
+
+
+def _shape_proto(model: ir.Model) -> onnx.ModelProto:
+    proto = ir.to_proto(model)
+    for init in proto.graph.initializer:  # shapes only: drop the payload
+        dims = list(init.dims)
+        if int(np.prod(dims)) > 64:
+            init.ClearField("raw_data")
+            init.ClearField("float_data")
+            init.data_location = onnx.TensorProto.DEFAULT
+            del init.external_data[:]
+            init.raw_data = b""
+            init.dims[:] = dims
+    big = {i.name for i in proto.graph.initializer if int(np.prod(list(i.dims))) > 64}
+    keep_inits = [i for i in proto.graph.initializer if i.name not in big]
+    extra_inputs = []
+    for i in proto.graph.initializer:
+        if i.name in big:
+            extra_inputs.append(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)))
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep_inits)
+    proto.graph.input.extend(extra_inputs)
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.ClearField("dim_param")
+                d.dim_value = SENTINEL
+    del proto.graph.value_info[:]
+    for vi in proto.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    return proto
+
+
+def _attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _eval(node: ir.Node, args: list[np.ndarray | None], shapes: dict[str, tuple[int, ...]]):
+    op = node.op_type
+    if op == "Constant":
+        for key in ("value", "value_ints", "value_int", "value_floats", "value_float"):
+            a = node.attributes.get(key)
+            if a is not None:
+                v = a.value
+                return [v.numpy() if hasattr(v, "numpy") else np.array(v)]
+        return None
+    if op == "Shape":
+        v = node.inputs[0]
+        if v is None or v.name not in shapes:
+            return None
+        s = np.array(shapes[v.name], dtype=np.int64)
+        start, end = _attr(node, "start", 0), _attr(node, "end", None)
+        return [s[start:end]]
+    if op == "Size":
+        v = node.inputs[0]
+        if v is None or v.name not in shapes:
+            return None
+        return [np.array(int(np.prod(shapes[v.name])), dtype=np.int64)]
+    if any(a is None for a in args[:1]):
+        return None
+    x = args[0]
+    if op in ("Identity",):
+        return [x]
+    if op == "Cast":
+        return [x.astype(ir.DataType(_attr(node, "to")).numpy())]
+    if op == "Gather":
+        return [np.take(x, args[1], axis=_attr(node, "axis", 0))]
+    if op in ("Unsqueeze", "Squeeze"):
+        axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes", None)
+        if op == "Unsqueeze":
+            axes = sorted(int(a) % (x.ndim + len(axes)) for a in np.atleast_1d(axes))
+            for a in axes:
+                x = np.expand_dims(x, a)
+            return [x]
+        return [np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))]
+    if op == "Concat":
+        if any(a is None for a in args):
+            return None
+        return [np.concatenate([np.atleast_1d(a) if a.ndim == 0 else a for a in args], axis=_attr(node, "axis", 0))]
+    if op in ("Add", "Sub", "Mul", "Div", "Equal", "Min", "Max", "Mod", "Pow"):
+        if any(a is None for a in args):
+            return None
+        a, b = args[0], args[1]
+        if op == "Add":
+            return [a + b]
+        if op == "Sub":
+            return [a - b]
+        if op == "Mul":
+            return [a * b]
+        if op == "Div":
+            if np.issubdtype(a.dtype, np.integer):
+                return [(np.trunc(a / b)).astype(a.dtype)]
+            return [a / b]
+        if op == "Equal":
+            return [a == b]
+        if op == "Min":
+            return [np.minimum(*args)]
+        if op == "Max":
+            return [np.maximum(*args)]
+        if op == "Mod":
+            return [np.fmod(a, b) if _attr(node, "fmod", 0) else np.mod(a, b)]
+        return [np.power(a, b)]
+    if op in ("Neg", "Abs", "Floor", "Ceil", "Sqrt", "Not"):
+        fn = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt,
+              "Not": np.logical_not}[op]
+        return [fn(x)]
+    if op == "Where":
+        if any(a is None for a in args[:3]):
+            return None
+        return [np.where(args[0], args[1], args[2])]
+    if op == "Slice":
+        if any(a is None for a in args[1:3]):
+            return None
+        starts, ends = args[1], args[2]
+        axes = args[3] if len(args) > 3 and args[3] is not None else np.arange(len(starts))
+        steps = args[4] if len(args) > 4 and args[4] is not None else np.ones(len(starts), np.int64)
+        idx = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            idx[int(a)] = slice(int(s), int(e), int(st))
+        return [x[tuple(idx)]]
+    if op == "Range":
+        if any(a is None for a in args[:3]):
+            return None
+        return [np.arange(args[0], args[1], args[2]).astype(args[0].dtype)]
+    if op == "ConstantOfShape":
+        a = node.attributes.get("value")
+        fill = a.value.numpy() if a is not None else np.zeros(1, np.float32)
+        return [np.full([int(d) for d in x], fill.reshape(-1)[0], dtype=fill.dtype)]
+    if op == "Expand":
+        if args[1] is None:
+            return None
+        return [x * np.ones([int(d) for d in args[1]], dtype=x.dtype)]
+    if op == "Reshape":
+        if args[1] is None:
+            return None
+        tgt = [int(d) if int(d) != 0 else x.shape[i] for i, d in enumerate(args[1])]
+        return [x.reshape(tgt)]
+    if op == "ReduceProd":
+        return [np.prod(x, keepdims=bool(_attr(node, "keepdims", 1)))]
+    return None
+
+
+def fold_constants(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Evaluates shape sub-graphs and small constants.
+
+    Args:
+        model: The model.
+        shapes: Static shapes (from :func:`infer_static_shapes`).
+
+    Returns:
+        Value name -> numpy value, for initializers and every foldable node output.
+    """
+    known: dict[str, np.ndarray] = {}
+    for name, v in model.graph.initializers.items():
+        if v.const_value is not None and v.const_value.size <= _MAX_FOLD:
+            known[name] = v.const_value.numpy()
+    for node in model.graph:
+        args = [None if v is None else known.get(v.name) for v in node.inputs]
+        if node.op_type not in ("Constant", "Shape", "Size") and any(
+            v is not None and a is None for v, a in zip(node.inputs, args)
+        ):
+            continue
+        if any(a is not None and a.size > _MAX_FOLD for a in args):
+            continue
+        try:
+            res = _eval(node, args, shapes)
+        except Exception:  # noqa: BLE001 - unfoldable: leave unknown
+            res = None
+        if res is None:
+            continue
+        for out, r in zip(node.outputs, res):
+            known[out.name] = np.asarray(r)
+    return known
+
+
+class StaticShapes(Analysis):
+    """Static shapes of all values and folded values of shape sub-graphs.
+
+    Attributes:
+        shapes: Value name -> static shape (symbolic dims are :data:`SENTINEL`).
+        consts: Value name -> folded value (initializers, Constant nodes, shape sub-graphs).
+    """
+
+    name = "shapes"
+
+    def __init__(self, model: ir.Model, am: AnalysisManager | None = None) -> None:
+        self.shapes, self.consts = infer_static_shapes(model)
+
+    def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
+        """The static shape of ``value`` (None when unknown)."""
+        if value is None:
+            return None
+        return self.shapes.get(value.name)
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        """The folded value of ``value`` (None when it is not a constant)."""
+        if value is None:
+            return None
+        return self.consts.get(value.name)
