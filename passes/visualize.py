@@ -1,0 +1,47 @@
+"""``visualize``: write Graphviz DOT (and SVG when ``dot`` exists) of the trace/segment graphs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from otoir.analyses.gezig import GeZIGPartition
+from otoir.analyses.groups import group_is_zero
+from otoir.infra.analysis import PRESERVE_ALL
+from otoir.infra.passes import Pass, option
+from otoir.infra.registry import register_pass
+
+__all__ = ["Visualize"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Visualize(Pass):
+    """Writes ``DIR/<what>.dot`` (and ``.svg``): the trace graph, the segment graph with GeZIGs
+    coloured and all-zero groups marked, or the current (sub-)network.
+    """
+
+    name = "visualize"
+    summary = "Write Graphviz DOT/SVG of the trace graph, the segment graph or the sub-network"
+    statistics = {"files": "files written"}
+    preserves = PRESERVE_ALL
+
+    what: str = option("segments", "trace | segments | subnet")
+    out: str = option(".", "output directory")
+
+    def run(self, model, ctx) -> bool:
+        from otoir import viz
+
+        if self.what in ("trace", "subnet"):
+            text = viz.trace_dot(model, self.what)
+        elif self.what == "segments":
+            p = ctx.analyses.get(GeZIGPartition)
+            zero = [g.id for g in p.groups if group_is_zero(model, g)]
+            text = viz.segments_dot(model, zero)
+        else:
+            ctx.error(f"unknown what='{self.what}' (trace, segments or subnet)")
+            return False
+        files = viz.write_dot(text, os.path.join(self.out, f"{self.what}.dot"))
+        ctx.stat("files", len(files))
+        ctx.results.setdefault("visualize", []).extend(files)
+        return False
