@@ -1,0 +1,262 @@
+"""Channel surgery: remove the channels of chosen ZIGs from a model.
+
+Slices every initializer entry attached to the removed channel atoms (producer rows, biases,
+normalisation entries, consumer columns, running statistics) and rewrites what depends on
+channel counts: Conv ``group``, GroupNormalization ``num_groups``, Reshape targets (including
+head counts of attention reshapes), Slice bounds, Split sizes and Expand shapes. Shape
+sub-graphs feeding rewritten inputs are replaced by constants computed from the static shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_ir as ir
+
+from otoir.analyses.groups import set_tensor_array, tensor_array
+from otoir.analyses.shapes import SENTINEL
+from otoir.ops.channels import slice_bounds, split_sizes
+
+if TYPE_CHECKING:
+    from otoir.analyses.zig import ChannelGroups
+
+__all__ = ["PruneError", "PruneResult", "prune_channel_groups", "remove_dead_nodes"]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What :func:`prune_channel_groups` did.
+
+    Attributes:
+        groups_removed: Number of groups removed.
+        params_removed: Initializer entries removed.
+        tensors_sliced: Number of initializers sliced.
+        nodes_rewritten: Number of nodes whose attributes or shape inputs changed.
+    """
+
+    groups_removed: int
+    params_removed: int
+    tensors_sliced: int
+    nodes_rewritten: int
+
+
+class PruneError(ValueError):
+    """The pruning cannot be expressed exactly (the analysis should have prevented it)."""
+
+
+def _mask_along(mask: np.ndarray, k: int) -> np.ndarray:
+    other = tuple(i for i in range(mask.ndim) if i != k)
+    return np.any(mask, axis=other) if other else mask
+
+
+def _const_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, tag: str) -> None:
+    base = f"{node.name or node.op_type}__{tag}"
+    name = base
+    k = 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    arr = np.asarray(array, dtype=np.int64)
+    v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
+                 const_value=ir.tensor(arr, name=name))
+    graph.register_initializer(v)
+    if index < len(node.inputs):
+        node.replace_input_with(index, v)
+    else:
+        node.resize_inputs(index + 1)
+        node.replace_input_with(index, v)
+
+
+def _shape_target(new_out: list[int], new_in: list[int], allowzero: bool) -> np.ndarray:
+    tgt: list[int] = []
+    minus = 0
+    for i, d in enumerate(new_out):
+        if d % SENTINEL == 0 and d > 0:
+            if not allowzero and i < len(new_in) and new_in[i] == d:
+                tgt.append(0)
+            else:
+                tgt.append(-1)
+                minus += 1
+        else:
+            tgt.append(int(d))
+    if minus > 1:
+        raise PruneError("reshape target with several symbolic dimensions")
+    return np.array(tgt, dtype=np.int64)
+
+
+def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[int]) -> PruneResult:
+    """Removes the channels of the groups with the given labels.
+
+    Args:
+        model: The model the analysis describes (modified in place).
+        cg: The channel-group analysis of ``model``.
+        labels: Group labels (``group.meta["label"]``) to remove; must be prunable.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        PruneError: A layout cannot be pruned exactly (a bug in the analysis).
+    """
+    remove = np.array(sorted(set(int(x) for x in labels)), dtype=np.int64)
+    if remove.size == 0:
+        return PruneResult(0, 0, 0, 0)
+    lab = cg.labels
+    st = cg.state
+    graph = model.graph
+    removed_label = np.zeros(lab.size, dtype=bool)
+    removed_label[remove] = True
+
+    def keep(ids: np.ndarray) -> np.ndarray:
+        return ~removed_label[lab[ids]]
+
+    shapes = st.shapes
+    # 1. new static shapes of tracked values
+    new_shape: dict[ir.Value, list[int]] = {}
+    masks: dict[ir.Value, np.ndarray] = {}
+    for v, t in st.tracks.items():
+        m = keep(t.ids)
+        if m.all():
+            continue
+        old = shapes.shape(v)
+        if old is None:
+            raise PruneError(f"no static shape for '{v.name}'")
+        s = list(old)
+        per_axis = []
+        for k, a in enumerate(t.axes):
+            mk = _mask_along(m, k)
+            per_axis.append(mk)
+            s[a] = int(mk.sum())
+        prod = per_axis[0]
+        for mk in per_axis[1:]:
+            prod = np.multiply.outer(prod, mk)
+        if not np.array_equal(prod.reshape(m.shape), m):
+            raise PruneError(f"pruned channels of '{v.name}' do not form a box")
+        new_shape[v] = s
+        masks[v] = m
+
+    def axis_mask(v: ir.Value, axis: int) -> np.ndarray | None:
+        t = st.tracks.get(v)
+        if t is None or axis not in t.axes or v not in masks:
+            return None
+        return _mask_along(masks[v], t.axes.index(axis))
+
+    def shape_now(v: ir.Value) -> list[int]:
+        return list(new_shape.get(v, shapes.shape(v) or ()))
+
+    # 2. slice initializers
+    per_tensor: dict[str, dict[int, np.ndarray]] = {}
+    for pu in st.params:
+        m = keep(pu.ids)
+        if m.all():
+            continue
+        per_tensor.setdefault(pu.tensor, {})[pu.axis] = m
+    params_removed = 0
+    for name, axes in per_tensor.items():
+        arr = np.asarray(tensor_array(model, name))
+        before = arr.size
+        for axis, m in axes.items():
+            arr = np.compress(m, arr, axis=axis)
+        params_removed += before - arr.size
+        set_tensor_array(model, name, arr)
+
+    # 3. rewrite attributes and shape inputs
+    rewritten = 0
+    for node in list(graph):
+        op = node.op_type
+        if node in st.conv_groups and any(o in masks for o in node.outputs[:1]):
+            g, ids = st.conv_groups[node]
+            kept = keep(ids).reshape(g, -1)
+            new_g = int(np.all(kept, axis=1).sum())
+            if not np.all(np.any(kept, axis=1) == np.all(kept, axis=1)):
+                raise PruneError(f"partial conv group removed in '{node.name}'")
+            attr = "num_groups" if op == "GroupNormalization" else "group"
+            node.attributes[attr] = ir.AttrInt64(attr, new_g)
+            rewritten += 1
+            continue
+        if op in ("Reshape",) and (node.outputs[0] in masks or node.inputs[0] in masks):
+            out = node.outputs[0]
+            allowzero = bool(node.attributes.get("allowzero").value) if node.attributes.get("allowzero") else False
+            tgt = _shape_target(shape_now(out), shape_now(node.inputs[0]), allowzero)
+            _const_input(graph, node, 1, tgt, "shape")
+            rewritten += 1
+        elif op == "Expand" and node.outputs[0] in masks:
+            old_t = shapes.const(node.inputs[1])
+            if old_t is None:
+                raise PruneError(f"Expand '{node.name}' with a computed shape")
+            tgt = np.array(old_t, dtype=np.int64).copy()
+            new_out = shape_now(node.outputs[0])
+            off = len(new_out) - len(tgt)
+            for i in range(len(tgt)):
+                if tgt[i] not in (1, -1) and new_out[i + off] != shapes.shape(node.outputs[0])[i + off]:
+                    tgt[i] = new_out[i + off]
+            _const_input(graph, node, 1, tgt, "shape")
+            rewritten += 1
+        elif op == "Slice" and node.inputs[0] in masks:
+            x = node.inputs[0]
+            xs = shapes.shape(x)
+            b = slice_bounds(node, shapes, xs)
+            t = st.tracks.get(x)
+            axes = sorted(b)
+            starts, ends, steps = [], [], []
+            for a in axes:
+                s, e, k = b[a]
+                m = axis_mask(x, a)
+                if m is not None and a in t.axes:
+                    ns = int(m[:s].sum())
+                    ne = ns + int(m[s:e].sum())
+                    s, e = ns, ne
+                if k < 0 and e < 0:
+                    e = -(1 << 62)
+                starts.append(s)
+                ends.append(e)
+                steps.append(k)
+            _const_input(graph, node, 1, np.array(starts), "starts")
+            _const_input(graph, node, 2, np.array(ends), "ends")
+            _const_input(graph, node, 3, np.array(axes), "axes")
+            _const_input(graph, node, 4, np.array(steps), "steps")
+            rewritten += 1
+        elif op == "Split" and node.inputs[0] in masks:
+            x = node.inputs[0]
+            xs = shapes.shape(x)
+            axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+            axis %= len(xs)
+            sizes = split_sizes(node, shapes, xs)
+            m = axis_mask(x, axis)
+            if m is not None:
+                new_sizes, start = [], 0
+                for s in sizes:
+                    new_sizes.append(int(m[start:start + s].sum()))
+                    start += s
+                if "num_outputs" in node.attributes:
+                    del node.attributes["num_outputs"]
+                if "split" in node.attributes:
+                    node.attributes["split"] = ir.AttrInt64s("split", new_sizes)
+                else:
+                    _const_input(graph, node, 1, np.array(new_sizes), "split")
+                rewritten += 1
+    # 4. value shapes
+    for v, s in new_shape.items():
+        if v.shape is not None and not v.is_graph_output():
+            v.shape = None
+    remove_dead_nodes(model)
+    return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten)
+
+
+def remove_dead_nodes(model: ir.Model) -> int:
+    """Removes nodes none of whose outputs is used (e.g. replaced shape sub-graphs)."""
+    graph = model.graph
+    outputs = set(graph.outputs)
+    removed = 0
+    for node in reversed(list(graph)):
+        if any(o in outputs or o.uses() for o in node.outputs):
+            continue
+        graph.remove(node, safe=True)
+        removed += 1
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()
+                 and n.endswith(("__shape", "__starts", "__ends", "__axes", "__steps", "__split"))]:
+        del graph.initializers[name]
+    return removed

@@ -1,0 +1,76 @@
+"""``prune-channels``: remove the channels of zero channel groups (ZIG sub-network construction)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otoir.analyses.groups import group_is_zero
+from otoir.analyses.zig import ChannelGroups
+from otoir.infra.passes import Pass, option
+from otoir.infra.registry import register_pass
+from otoir.surgery.channels import PruneError, prune_channel_groups
+
+__all__ = ["PruneChannels"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class PruneChannels(Pass):
+    """Removes every prunable channel group whose trainable entries are all zero.
+
+    Slices producer rows, biases, normalisation entries, consumer columns and running
+    statistics, and rewrites Conv ``group``, Reshape targets (attention head counts), Slice
+    bounds and Split sizes. Groups that are not exactly zero-invariant (LayerNorm over the
+    pruned axis) are kept unless ``allow-inexact`` is set.
+    """
+
+    name = "prune-channels"
+    summary = "Remove the channels of all-zero ZIGs (slice weights, rewrite group/reshape/slice/split)"
+    statistics = {
+        "num-groups-removed": "channel groups removed",
+        "num-params-removed": "initializer entries removed",
+        "num-tensors-sliced": "initializers sliced",
+        "num-nodes-rewritten": "nodes whose attributes or shape inputs changed",
+        "num-inexact-kept": "zero groups kept because removing them is not exact",
+    }
+
+    allow_inexact: bool = option(False, "also remove zero groups that are not exactly zero-invariant")
+    ids: tuple[str, ...] = option((), "remove exactly these groups (zero or not); default: all zero groups")
+
+    def run(self, model, ctx) -> bool:
+        cg = ctx.analyses.get(ChannelGroups)
+        chosen = []
+        kept_inexact = 0
+        wanted = set(self.ids)
+        for g in cg.groups:
+            if wanted:
+                if g.id not in wanted:
+                    continue
+                wanted.discard(g.id)
+                if not g.prunable:
+                    ctx.error(f"group {g.id} is not prunable: {g.reason}")
+                    continue
+            elif not g.prunable or not group_is_zero(model, g):
+                continue
+            if not g.meta.get("exact", True) and not self.allow_inexact:
+                kept_inexact += 1
+                continue
+            chosen.append(g)
+        for gid in sorted(wanted):
+            ctx.error(f"unknown group id {gid}")
+        ctx.stat("num-inexact-kept", kept_inexact)
+        if kept_inexact:
+            ctx.remark(f"kept {kept_inexact} zero group(s) that are not exactly zero-invariant (allow-inexact=true removes them)")
+        if not chosen:
+            return False
+        try:
+            res = prune_channel_groups(model, cg, [g.meta["label"] for g in chosen])
+        except PruneError as e:
+            ctx.error(f"prune-channels: {e}")
+            return False
+        ctx.stat("num-groups-removed", res.groups_removed)
+        ctx.stat("num-params-removed", res.params_removed)
+        ctx.stat("num-tensors-sliced", res.tensors_sliced)
+        ctx.stat("num-nodes-rewritten", res.nodes_rewritten)
+        ctx.results[self.name] = res
+        return True
