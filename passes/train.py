@@ -78,7 +78,7 @@ class Train(Pass):
         dims = _static_dims(inputs[0])
         sample = ds.input_shape
         if dims is not None and (
-            len(dims) != len(sample) + 1 or any(d is not None and d != s for d, s in zip(dims[1:], sample))
+            len(dims) != len(sample) + 1 or any(d is not None and d != s for d, s in zip(dims[1:], sample, strict=False))
         ):
             ctx.error(
                 f"train: dataset '{ds.name}' samples have shape {sample}, but model input "

@@ -52,6 +52,7 @@ __all__ = [
     "batchnorm_stats",
     "train_ort",
     "require_ort_training",
+    "recalibrate_bn",
 ]
 
 #: Loss names: cross-entropy over class indices, MSE against float targets (int labels are
@@ -364,8 +365,8 @@ class OrtTrainer:
         so.log_severity_level = 3
         sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        res = sess.run(None, dict(zip(self.input_names, xs)))
-        shapes = {n: r.shape for n, r in zip(names, res)}
+        res = sess.run(None, dict(zip(self.input_names, xs, strict=False)))
+        shapes = {n: r.shape for n, r in zip(names, res, strict=False)}
         counts = []
         for name in wanted:
             s = shapes[name]
@@ -389,7 +390,7 @@ class OrtTrainer:
         self.module.lazy_reset_grad()
         loss = self.module(*xs, *ys)
         if fix:
-            for (_, var, mom, _, _), n, before in zip(self._bn, counts, old):
+            for (_, var, mom, _, _), n, before in zip(self._bn, counts, old, strict=False):
                 if n <= 1:
                     continue
                 cur = ps[var].data
@@ -501,7 +502,7 @@ def evaluate(
     total, correct = 0.0, 0
     is_class = np.issubdtype(y.dtype, np.integer)
     for s in range(0, n, max(1, int(batch))):
-        feeds = {k: x[s : s + batch] for k, x in zip(in_names, xs)}
+        feeds = {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)}
         (z,) = sess.run([out_name], feeds)
         yb = y[s : s + batch]
         if loss == "output":
@@ -519,6 +520,77 @@ def evaluate(
         if is_class and z.ndim >= 2:
             correct += int((z.argmax(axis=1) == yb).sum())
     return EvalResult(total / max(1, n), (correct / n) if is_class and n else None, n)
+
+
+def recalibrate_bn(
+    model: ir.Model,
+    inputs: np.ndarray | Sequence[np.ndarray],
+    batch: int = 256,
+    *,
+    threads: int | None = None,
+) -> int:
+    """Recomputes every training-mode BatchNorm's running statistics from data, in place.
+
+    Equivalent to torch's recalibration with ``momentum=None``: the model runs in training
+    mode (each BatchNorm normalises with its batch statistics) over ``inputs`` in order, and
+    each running mean / var becomes the average over batches of the batch mean / unbiased batch
+    variance of its input. Useful after surgery or when the statistics were never tracked.
+
+    Args:
+        model: Training-mode model; its running-statistics initializers are overwritten.
+        inputs: Input array (or one array per graph input), batch first.
+        batch: Batch size.
+        threads: Intra-op threads.
+
+    Returns:
+        Number of BatchNorm nodes recalibrated.
+    """
+    ort = _require_ort()
+    bns = batchnorm_stats(model)
+    if not bns:
+        return 0
+    m = model.clone()
+    by_name = {v.name: v for n in m.graph for v in n.outputs}
+    by_name.update({v.name: v for v in m.graph.inputs})
+    wanted = [node.inputs[0].name for node, _, _ in bns]
+    extra = []
+    for name in dict.fromkeys(wanted):
+        v = by_name[name]
+        if v not in list(m.graph.outputs):
+            m.graph.outputs.append(v)
+        extra.append(name)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    # ORT's Conv+BatchNormalization fusion ignores training_mode and would normalise with the
+    # running statistics: keep the graph as it is.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in sess.get_inputs()]
+    xs = [_prep(x) for x in _as_list(inputs)]
+    n = xs[0].shape[0]
+    sums: dict[str, list[np.ndarray]] = {k: [np.zeros(0), np.zeros(0)] for k in extra}
+    count = 0
+    for s in range(0, n, max(1, int(batch))):
+        res = sess.run(extra, {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)})
+        for name, h in zip(extra, res, strict=False):
+            h64 = h.astype(np.float64)
+            axes = (0, *range(2, h.ndim))
+            mean = h64.mean(axis=axes)
+            cnt = h64.size // h64.shape[1]
+            var = h64.var(axis=axes) * (cnt / (cnt - 1) if cnt > 1 else 1.0)
+            acc = sums[name]
+            acc[0] = mean if acc[0].size == 0 else acc[0] + mean
+            acc[1] = var if acc[1].size == 0 else acc[1] + var
+        count += 1
+    inits = model.graph.initializers
+    for (_node, mean_name, var_name), x_name in zip(bns, wanted, strict=False):
+        mean, var = sums[x_name]
+        for name, val in ((mean_name, mean / count), (var_name, var / count)):
+            old = inits[name].const_value
+            inits[name].const_value = ir.tensor(val.astype(old.numpy().dtype).reshape(old.shape), name=name)
+    return len(bns)
 
 
 # ---------------------------------------------------------------------------------------------

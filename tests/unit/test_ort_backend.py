@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.training")
 
 from otoir.frontends.torch_export import export_torch  # noqa: E402
+from otoir.testing import run_ort  # noqa: E402
 from otoir.train import SGD, OrtTrainer, evaluate, make_optimizer, to_inference  # noqa: E402
 from otoir.train.optimizers import OptimizerUnavailable  # noqa: E402
 from otoir.train.ort_backend import BackendUnavailable, TrainingError, require_ort_training  # noqa: E402
-from otoir.testing import run_ort  # noqa: E402
 
 
 class SmallCNN(torch.nn.Module):
@@ -192,3 +192,23 @@ def test_make_optimizer():
     if getattr(optim, "make_numpy_stepper", None) is None:
         with pytest.raises(OptimizerUnavailable, match="not available yet"):
             make_optimizer("dhspg", None, None, lr=0.1)
+
+
+def test_recalibrate_bn_matches_torch_cumulative_recalibration():
+    from otoir.train.ort_backend import recalibrate_bn
+
+    m, model = _pair()
+    x = np.random.default_rng(3).standard_normal((20, 1, 8, 8)).astype(np.float32)
+    assert recalibrate_bn(model, x, batch=8) == 3  # batches of 8, 8, 4
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None
+    m.train()
+    with torch.no_grad():
+        for s in range(0, 20, 8):
+            m(torch.from_numpy(x[s : s + 8]))
+    inits = model.graph.initializers
+    for name in ("bn1.running_mean", "bn1.running_var", "bn2.running_var", "bn3.running_mean", "bn3.running_var"):
+        np.testing.assert_allclose(inits[name].const_value.numpy(), m.state_dict()[name].numpy(), rtol=1e-4,
+                                   atol=1e-6, err_msg=name)
