@@ -1,0 +1,200 @@
+"""Oracle tests for prune-channels: zero random prunable groups, prune, compare with onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from otoir.analyses.groups import zero_group  # noqa: E402
+from otoir.analyses.zig import ChannelGroups  # noqa: E402
+from otoir.frontends.torch_export import export_torch  # noqa: E402
+from otoir.infra.analysis import AnalysisManager  # noqa: E402
+from otoir.infra.pass_manager import PassManager  # noqa: E402
+from otoir.testing import random_feeds, run_ort  # noqa: E402
+from otoir.zoo import build  # noqa: E402
+
+
+def _nparams(model) -> int:
+    return sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _max_rel(a, b) -> float:
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape
+        scale = max(1.0, float(np.max(np.abs(x))))
+        worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y))) / scale)
+    return worst
+
+
+def oracle(model, *, fraction: float = 0.4, seed: int = 0, exact_only: bool = True):
+    """Zero random prunable groups, prune with the pass pipeline, return (diff, before, after, n)."""
+    cg = AnalysisManager(model).get(ChannelGroups)
+    rng = np.random.default_rng(seed)
+    cands = [g for g in cg.groups if g.prunable and (g.meta["exact"] or not exact_only)]
+    chosen = [g for g in cands if rng.random() < fraction] or cands[:1]
+    for g in chosen:
+        zero_group(model, g)
+    feeds = random_feeds(model, seed + 1)
+    ref = run_ort(model, feeds)
+    before = _nparams(model)
+    PassManager.from_text("prune-channels" + ("{allow-inexact=true}" if not exact_only else "")).run(model)
+    after = _nparams(model)
+    out = run_ort(model, feeds)
+    return _max_rel(ref, out), before, after, len(chosen)
+
+
+NETS = ["resnet_basic", "resnet_bottleneck", "vgg_bn", "densenet", "mobilenetv2", "resnext_block", "se_block",
+        "shufflenet", "conv_view_linear", "unet", "bert_like", "vit_like"]
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_oracle_zoo_eval_mode(name):
+    module, x = build(name)
+    model = export_torch(module, (x,), training=False)
+    diff, before, after, n = oracle(model)
+    assert n > 0
+    assert diff <= 1e-5
+    assert after < before
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "densenet", "unet", "shufflenet"])
+def test_oracle_training_mode_batchnorm(name):
+    """Training-mode BatchNorm (batch statistics per channel) is exact too (no Dropout here)."""
+    module, x = build(name)
+    model = export_torch(module, (x,), training=True)
+    diff, before, after, _ = oracle(model, seed=3)
+    assert diff <= 1e-5
+    assert after < before
+
+
+def test_attention_groups_are_whole_heads_and_ffn_units():
+    module, x = build("bert_like")
+    model = export_torch(module, (x,), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    q = [g for g in cg.groups if any(s.tensor == "layers.0.attention.query.weight" for s in g.slices)]
+    sizes = {len(next(s for s in g.slices if s.tensor == "layers.0.attention.query.weight").indices) for g in q}
+    heads = module.layers[0].attention.num_heads if hasattr(module.layers[0].attention, "num_heads") else None
+    assert len(sizes) == 1
+    d = sizes.pop()
+    assert d > 1  # a head = head_dim rows of q, k and v
+    if heads is not None:
+        assert len(q) == heads
+    g0 = q[0]
+    tensors = {s.tensor for s in g0.slices}
+    assert {"layers.0.attention.key.weight", "layers.0.attention.value.weight"} <= tensors
+    assert any(s.tensor == "layers.0.attention.out.weight" for s in g0.dependent)
+    assert g0.meta["exact"]
+
+
+def test_layernorm_hidden_axis_flagged_inexact():
+    module, x = build("bert_like")
+    model = export_torch(module, (x,), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    inexact = [g for g in cg.groups if g.prunable and not g.meta["exact"]]
+    assert inexact
+    assert all("LayerNormalization" in g.reason for g in inexact)
+    assert any(s.tensor.endswith("norm.weight") for s in inexact[0].slices)
+
+
+def test_inexact_groups_kept_by_default():
+    module, x = build("bert_like")
+    model = export_torch(module, (x,), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    g = next(g for g in cg.groups if g.prunable and not g.meta["exact"])
+    zero_group(model, g)
+    before = _nparams(model)
+    PassManager.from_text("prune-channels").run(model)
+    assert _nparams(model) == before
+
+
+# -- the three OTO failure cases --------------------------------------------------------------
+class _Shuffle(torch.nn.Module):
+    """conv-BN-ReLU -> channel shuffle (view/transpose/reshape) -> conv (OTO: max error 0.14)."""
+
+    def __init__(self, c: int = 8, g: int = 2) -> None:
+        super().__init__()
+        self.g = g
+        self.conv1 = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv1(x)))
+        b, c, h, w = y.shape
+        y = y.view(b, self.g, c // self.g, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.conv2(y)
+
+
+class _ViewLinear(torch.nn.Module):
+    """conv-BN-ReLU -> view(B, -1) -> Linear (OTO: construction crashes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.fc = torch.nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(y.view(y.shape[0], -1))
+
+
+class _ConcatSlice(torch.nn.Module):
+    """two convs -> cat -> slice a window that straddles both -> conv (OTO: misaligned indices)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 5, 1)
+        self.b = torch.nn.Conv2d(3, 7, 1)
+        self.c = torch.nn.Conv2d(6, 4, 1)
+        self.d = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.c(y[:, 3:9]) + self.d(y[:, 6:12])
+
+
+@pytest.mark.parametrize("cls,shape", [(_Shuffle, (2, 3, 4, 4)), (_ViewLinear, (2, 3, 4, 4)), (_ConcatSlice, (2, 3, 4, 4))])
+def test_oto_failure_cases_are_exact(cls, shape):
+    torch.manual_seed(0)
+    module = cls().eval()
+    x = torch.randn(*shape)
+    for seed in range(3):
+        model = export_torch(module, (x,), training=False)
+        diff, before, after, n = oracle(model, seed=seed, fraction=0.5)
+        assert n > 0
+        assert diff <= 1e-5, (cls.__name__, seed, diff)
+        assert after < before
+
+
+def test_shuffle_groups_couple_the_permuted_channels():
+    torch.manual_seed(0)
+    model = export_torch(_Shuffle().eval(), (torch.randn(2, 3, 4, 4),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    g = [g for g in cg.groups if any(s.tensor == "conv1.weight" for s in g.slices)]
+    # one group per column of the (g=2, c/g=4) view: channels j and j+4 move together
+    assert sorted(next(s for s in x.slices if s.tensor == "conv1.weight").indices for x in g) == [
+        (0, 4), (1, 5), (2, 6), (3, 7)]
+    for grp in g:
+        cols = next(s for s in grp.dependent if s.tensor == "conv2.weight").indices
+        assert len(cols) == 2  # the shuffled positions of those two channels
+
+
+def test_view_linear_columns_expand_by_spatial_stride():
+    model = export_torch(_ViewLinear().eval(), (torch.randn(2, 3, 4, 4),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    g = next(g for g in cg.groups if any(s.tensor == "conv.weight" and s.indices == (2,) for s in g.slices))
+    cols = next(s for s in g.dependent if s.tensor == "fc.weight")
+    assert cols.axis == 1 and cols.indices == tuple(range(32, 48))
+
+
+def test_concat_slice_offsets():
+    model = export_torch(_ConcatSlice().eval(), (torch.randn(2, 3, 4, 4),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    g = next(g for g in cg.groups if any(s.tensor == "b.weight" and s.indices == (2,) for s in g.slices))
+    # b's channel 2 is concat position 7: column 4 of c (window 3:9) and column 1 of d (6:12)
+    dep = {s.tensor: s.indices for s in g.dependent}
+    assert dep["c.weight"] == (4,) and dep["d.weight"] == (1,)
