@@ -196,6 +196,9 @@ class OrtTrainer:
         trainable: Names of the initializers to train (default :func:`trainable_names`).
         threads: Intra-op threads of the ORT session (default: ORT's choice).
         bn_unbiased_var: Correct BatchNorm running variances to torch's unbiased estimate.
+        batch_size: Fix the symbolic batch dimension of the training graph to this size (every
+            step must then use it). Required for models with ``AveragePool``: onnxruntime-training
+            1.19.2's AveragePool gradient crashes the process (SIGFPE) on a symbolic batch.
         workdir: Folder for the artifacts (default: a temporary folder removed by :meth:`close`).
 
     Raises:
@@ -212,6 +215,7 @@ class OrtTrainer:
         trainable: Sequence[str] | None = None,
         threads: int | None = None,
         bn_unbiased_var: bool = True,
+        batch_size: int | None = None,
         workdir: str | None = None,
     ) -> None:
         training = require_ort_training()
@@ -230,6 +234,14 @@ class OrtTrainer:
         if output not in outputs:
             raise TrainingError(f"the model has no output '{output}' (outputs: {', '.join(outputs)})")
         self.output = output
+        self.batch_size = int(batch_size) if batch_size else None
+        if self.batch_size is None:
+            pools = [n.name for n in model.graph if n.op_type == "AveragePool"]
+            if pools:
+                raise TrainingError(
+                    f"the model has AveragePool ({pools[0]!r}): give batch_size= (onnxruntime-training's "
+                    "AveragePool gradient crashes the process on a symbolic batch dimension)"
+                )
         inits = model.graph.initializers
         self.trainable = list(trainable) if trainable is not None else trainable_names(model)
         missing = [n for n in self.trainable if n not in inits]
@@ -292,10 +304,31 @@ class OrtTrainer:
         keep = [o for o in g.output if o.name == self.output]
         del g.output[:]
         g.output.extend(keep)
+        if self.batch_size is not None:
+            self._fix_batch_dim(g)
         for i, n in enumerate(g.node):  # fix A: LayerNorm gradients need Mean / InvStdDev outputs
             if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
                 n.output.extend([f"{n.name or 'ln'}_{i}_otoir_mean", f"{n.name or 'ln'}_{i}_otoir_invstd"])
         return proto
+
+    def _fix_batch_dim(self, g: onnx.GraphProto) -> None:
+        """Replaces the symbolic batch dimension (dim 0 of the data inputs) by ``batch_size``."""
+        inits = {t.name for t in g.initializer}
+        symbols = {
+            vi.type.tensor_type.shape.dim[0].dim_param
+            for vi in g.input
+            if vi.name not in inits
+            and vi.type.tensor_type.HasField("shape")
+            and len(vi.type.tensor_type.shape.dim) > 0
+            and vi.type.tensor_type.shape.dim[0].dim_param
+        }
+        for vi in [*g.input, *g.output, *g.value_info]:
+            if not vi.type.tensor_type.HasField("shape"):
+                continue
+            for d in vi.type.tensor_type.shape.dim:
+                if d.dim_param and d.dim_param in symbols:
+                    d.ClearField("dim_param")
+                    d.dim_value = self.batch_size  # type: ignore[assignment]
 
     # -- parameters ----------------------------------------------------------------------
     def params(self) -> dict[str, np.ndarray]:
@@ -381,6 +414,8 @@ class OrtTrainer:
         module docstring).
         """
         xs = [_prep(x) for x in _as_list(inputs)]
+        if self.batch_size is not None and xs[0].shape[0] != self.batch_size:
+            raise TrainingError(f"this trainer was built for batches of {self.batch_size}, got {xs[0].shape[0]}")
         ys = self._labels(labels)
         fix = self.bn_unbiased_var and self._bn
         if fix:
@@ -633,7 +668,7 @@ def train_ort(
     max_steps: int | None = None,
     threads: int | None = None,
     progress: bool = True,
-    drop_last: bool = False,
+    drop_last: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainHistory:
     """Trains ``model`` in place with :class:`OrtTrainer` (initializer values change, nothing else).
@@ -656,7 +691,9 @@ def train_ort(
         max_steps: Stop after this many steps (all epochs otherwise).
         threads: ORT intra-op threads.
         progress: Show the tqdm progress bar.
-        drop_last: Skip the last incomplete batch of every epoch.
+        drop_last: Skip the last incomplete batch of every epoch (default). The training graph
+            then has a static batch dimension (see ``batch_size`` of :class:`OrtTrainer`);
+            with ``False`` it keeps a symbolic one, which fails for models with AveragePool.
         on_step: Called as ``on_step(step, loss)`` after every step.
 
     Returns:
@@ -681,7 +718,7 @@ def train_ort(
         bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True, desc="train")
     t0 = time.perf_counter()
     samples = 0
-    with OrtTrainer(model, loss=loss, threads=threads) as tr:
+    with OrtTrainer(model, loss=loss, threads=threads, batch_size=batch if drop_last else None) as tr:
         step = 0
         for _epoch in range(int(epochs)):
             if step >= total:

@@ -212,3 +212,29 @@ def test_recalibrate_bn_matches_torch_cumulative_recalibration():
     for name in ("bn1.running_mean", "bn1.running_var", "bn2.running_var", "bn3.running_mean", "bn3.running_var"):
         np.testing.assert_allclose(inits[name].const_value.numpy(), m.state_dict()[name].numpy(), rtol=1e-4,
                                    atol=1e-6, err_msg=name)
+
+
+def test_average_pool_needs_and_works_with_a_static_batch():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.AvgPool2d(3, 1, 1),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3),
+    )
+    model = export_torch(m, torch.randn(2, 1, 6, 6))
+    with pytest.raises(TrainingError, match="AveragePool"):
+        OrtTrainer(model)  # a symbolic batch would crash ORT's AveragePoolGrad with SIGFPE
+    inits = model.graph.initializers
+    m.load_state_dict({k: torch.from_numpy(inits[k].const_value.numpy().copy()) for k in m.state_dict() if k in inits},
+                      strict=False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 4)
+    with OrtTrainer(model, batch_size=4, threads=1) as tr:
+        loss = tr.forward_backward(x, y)
+        grads = tr.grads()
+        with pytest.raises(TrainingError, match="batches of 4"):
+            tr.forward_backward(x[:3], y[:3])
+    lt = torch.nn.functional.cross_entropy(m(torch.from_numpy(x)), torch.from_numpy(y))
+    lt.backward()
+    assert loss == pytest.approx(lt.item(), rel=1e-5)
+    np.testing.assert_allclose(grads["0.weight"], m[0].weight.grad.numpy(), rtol=1e-3, atol=1e-5)
