@@ -290,9 +290,19 @@ class OrtTrainer:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
         self.state = training.api.CheckpointState.load_checkpoint(os.path.join(self.workdir, "checkpoint"))
-        self.module = training.api.Module(
-            os.path.join(self.workdir, "training_model.onnx"), self.state, device="cpu", session_options=so
-        )
+        try:
+            self.module = training.api.Module(
+                os.path.join(self.workdir, "training_model.onnx"), self.state, device="cpu", session_options=so
+            )
+        except Exception as exc:
+            text = str(exc)
+            detail = text[text.find("NOT_IMPLEMENTED"):] if "NOT_IMPLEMENTED" in text else text[-500:]
+            self.close()
+            raise TrainingError(
+                f"onnxruntime-training cannot train this model on CPU: {detail.strip()} "
+                "(onnxruntime-training 1.19.2 has no CPU gradient kernel for e.g. ConvTranspose and Resize; "
+                "use the torch backend for such models)"
+            ) from exc
         self.module.train()
         self._label_shape = None
 

@@ -238,3 +238,12 @@ def test_average_pool_needs_and_works_with_a_static_batch():
     lt.backward()
     assert loss == pytest.approx(lt.item(), rel=1e-5)
     np.testing.assert_allclose(grads["0.weight"], m[0].weight.grad.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_op_without_cpu_gradient_kernel_gives_a_training_error():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ConvTranspose2d(2, 3, 2, stride=2),
+                            torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2))
+    model = export_torch(m, torch.randn(2, 1, 4, 4))
+    with pytest.raises(TrainingError, match="ConvTransposeGrad.*torch backend"):
+        OrtTrainer(model)
