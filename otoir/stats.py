@@ -1,0 +1,150 @@
+"""Parameter and FLOP accounting (``otoir.stats(model)``, ``otoir-opt --report``).
+
+FLOPs are counted per forward pass per sample (symbolic batch dimensions count as 1), with
+multiply and add counted separately: Conv ``2·Cout·Cin/g·k·Hout·Wout``, ConvTranspose
+``2·Cin·Cout/g·k·Hin·Win``, Gemm/MatMul ``2·M·K·N``, normalisations 5 per element (BatchNorm
+4), pooling one per input element, element-wise ops one per output element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from otoir.analyses.groups import Group
+
+__all__ = ["Stats", "stats", "format_report"]
+
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+                "Gelu", "Erf", "Softplus", "Clip", "PRelu", "Pow", "Sqrt", "Exp", "Max", "Min", "Where", "Elu",
+                "Softmax", "LogSoftmax", "Neg", "Abs", "Mish", "Selu", "Celu"}
+_NORMS = {"LayerNormalization": 5, "GroupNormalization": 5, "InstanceNormalization": 5, "BatchNormalization": 4}
+_POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceSum"}
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Parameters and FLOPs of a model.
+
+    Attributes:
+        params: Elements of all initializers.
+        flops: Forward FLOPs per sample (see the module docstring).
+        per_op: Op type -> (parameters, FLOPs).
+        per_node: Node name -> (parameters, FLOPs).
+    """
+
+    params: int
+    flops: int
+    per_op: dict[str, tuple[int, int]] = field(default_factory=dict)
+    per_node: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _per_sample(shape) -> list[int]:
+    from otoir.analyses.shapes import SENTINEL
+
+    return [1 if (d % SENTINEL == 0) else int(d) for d in shape]
+
+
+def _node_flops(node: ir.Node, shp) -> int:
+    op = node.op_type
+    ys = shp(node.outputs[0]) if node.outputs else None
+    if ys is None:
+        return 0
+    ys = _per_sample(ys)
+    out = int(np.prod(ys)) if ys else 1
+    xs = shp(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    xs = _per_sample(xs) if xs is not None else None
+    if op in ("Conv", "ConvTranspose"):
+        ws = shp(node.inputs[1])
+        if ws is None or xs is None:
+            return 0
+        k = int(np.prod(ws[2:])) if len(ws) > 2 else 1
+        if op == "Conv":
+            return 2 * out * ws[1] * k
+        return 2 * int(np.prod(xs)) * ws[1] * k
+    if op == "Gemm":
+        ws = shp(node.inputs[1])
+        if ws is None:
+            return 0
+        kdim = ws[0] if not (node.attributes.get("transB") and node.attributes["transB"].value) else ws[1]
+        return 2 * out * int(kdim)
+    if op == "MatMul":
+        if xs is None or not xs:
+            return 0
+        return 2 * out * int(xs[-1])
+    if op in _NORMS:
+        return _NORMS[op] * out
+    if op in _POOLS:
+        return int(np.prod(xs)) if xs else out
+    if op in _ELEMENTWISE:
+        return out
+    return 0
+
+
+def stats(model: ir.Model) -> Stats:
+    """Counts parameters and FLOPs of ``model`` (shapes from static shape inference)."""
+    from otoir.analyses.shapes import infer_static_shapes
+
+    shapes, _ = infer_static_shapes(model)
+
+    def shp(v):
+        return None if v is None else shapes.get(v.name)
+
+    graph = model.graph
+    params = sum(int(v.const_value.size) for v in graph.initializers.values() if v.const_value is not None)
+    per_op: dict[str, list[int]] = {}
+    per_node: dict[str, tuple[int, int]] = {}
+    total = 0
+    for node in graph:
+        p = sum(int(v.const_value.size) for v in node.inputs
+                if v is not None and v.is_initializer() and v.const_value is not None)
+        f = _node_flops(node, shp)
+        total += f
+        acc = per_op.setdefault(node.op_type, [0, 0])
+        acc[0] += p
+        acc[1] += f
+        per_node[node.name or f"{node.op_type}#{len(per_node)}"] = (p, f)
+    return Stats(params, total, {k: (v[0], v[1]) for k, v in per_op.items()}, per_node)
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def format_report(before: Stats, after: Stats, groups: Sequence[Group] | None = None) -> str:
+    """A plain-text table of parameters and FLOPs before and after, per op type and total.
+
+    Args:
+        before: Statistics of the original model.
+        after: Statistics of the transformed model.
+        groups: Optionally the groups removed; adds one line per group (params, FLOPs).
+    """
+    lines = [f"{'op':<24}{'params before':>15}{'params after':>15}{'FLOPs before':>15}{'FLOPs after':>15}"]
+    ops = sorted(set(before.per_op) | set(after.per_op))
+    for op in ops:
+        pb, fb = before.per_op.get(op, (0, 0))
+        pa, fa = after.per_op.get(op, (0, 0))
+        if pb == pa == fb == fa == 0:
+            continue
+        lines.append(f"{op:<24}{_fmt(pb):>15}{_fmt(pa):>15}{_fmt(fb):>15}{_fmt(fa):>15}")
+
+    def pct(a: int, b: int) -> str:
+        return f"{100.0 * (1 - a / b):.1f}%" if b else "-"
+
+    lines.append(f"{'total':<24}{_fmt(before.params):>15}{_fmt(after.params):>15}{_fmt(before.flops):>15}"
+                 f"{_fmt(after.flops):>15}")
+    lines.append(f"removed: {pct(after.params, before.params)} of parameters, {pct(after.flops, before.flops)} of FLOPs")
+    if groups:
+        lines.append(f"groups ({len(groups)}):")
+        for g in groups:
+            lines.append(f"  {g.id:<48}{_fmt(g.num_params):>10} params{_fmt(g.flops):>10} FLOPs")
+    return "\n".join(lines)
