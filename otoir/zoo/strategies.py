@@ -22,7 +22,7 @@ def conv_dag_params(
 
     Args:
         max_blocks: Largest ``n_blocks``.
-        max_channels: Largest channel count.
+        max_channels: Largest channel count (channel counts are drawn from 2 upwards).
         sizes: Candidate input sizes.
 
     Returns:
@@ -35,7 +35,10 @@ def conv_dag_params(
         {
             "seed": st.integers(0, 2**31 - 1),
             "n_blocks": st.integers(1, max_blocks),
-            "channels": st.integers(1, max_channels).flatmap(lambda lo: st.tuples(st.just(lo), st.integers(lo, max_channels))),
+            # At least 2 channels: a 1-channel conv has no channel that pruning may remove.
+            "channels": st.integers(2, max(2, max_channels)).flatmap(
+                lambda lo: st.tuples(st.just(lo), st.integers(lo, max(lo, max_channels)))
+            ),
             "in_channels": st.integers(1, 3),
             "image_size": st.sampled_from(sizes),
             "max_branches": st.integers(1, 3),
