@@ -3,11 +3,16 @@
 Usage: ``python tools/bench_erase.py [--sizes 1000,10000,100000]``. Each network is a chain of
 residual blocks ``x + conv-bn-relu(x) + conv-bn(x)`` (Sum of three inputs); one candidate per
 block is zeroed. Prints the time per phase and the time per vertex (constant = linear growth).
+
+Times are CPU seconds of this process (``time.process_time``): the machine is shared, and wall
+time mostly measures the other jobs. ``wall s`` is the wall-clock total for reference.
+``--gc-stats`` also prints the time spent in Python's garbage collector per size.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 
@@ -46,7 +51,7 @@ def make_supernet(n_vertices: int, c: int = 2, hw: int = 4) -> ir.Model:
     return ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
 
 
-def _run(n: int) -> tuple[int, float, float, float, int]:
+def _run(n: int) -> tuple[int, float, float, float, int, float]:
     from otoir.analyses.gezig import GeZIGPartition
     from otoir.analyses.groups import zero_group
     from otoir.analyses.segments import SegmentGraph
@@ -54,29 +59,47 @@ def _run(n: int) -> tuple[int, float, float, float, int]:
     from otoir.infra.analysis import AnalysisManager
 
     model = make_supernet(n)
-    t0 = time.perf_counter()
+    w0 = time.perf_counter()
+    t0 = time.process_time()
     am = AnalysisManager(model)
     am.get(SegmentGraph)
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     part = am.get(GeZIGPartition)
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     for g in part.groups[::2]:
         zero_group(model, g)
-    t3 = time.perf_counter()
+    t3 = time.process_time()
     PassManager.from_text("eliminate-dead-branches").run(model)
-    t4 = time.perf_counter()
-    return len(am.get(SegmentGraph).data_nodes), t1 - t0, t2 - t1, t4 - t3, len(part.groups)
+    t4 = time.process_time()
+    wall = time.perf_counter() - w0 - (t3 - t2)
+    return len(am.get(SegmentGraph).data_nodes), t1 - t0, t2 - t1, t4 - t3, len(part.groups), wall
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--gc-stats", action="store_true", help="also print the CPU time spent in the garbage collector")
     args = ap.parse_args(argv)
-    print(f"{'vertices':>9} {'groups':>7} {'grow-seg s':>10} {'partition s':>11} {'eliminate s':>11} {'total s':>8} {'us/vertex':>9}")
+    gc_time = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_time[1] = time.process_time()
+        else:
+            gc_time[0] += time.process_time() - gc_time[1]
+
+    if args.gc_stats:
+        gc.callbacks.append(on_gc)
+    print(f"{'vertices':>9} {'groups':>7} {'grow-seg s':>10} {'partition s':>11} {'eliminate s':>11} {'total s':>8} "
+          f"{'us/vertex':>9} {'wall s':>7}" + (f" {'gc s':>6}" if args.gc_stats else ""))
     for n in (int(s) for s in args.sizes.split(",")):
-        v, a, b, c, ng = _run(n)
+        gc_time[0] = 0.0
+        v, a, b, c, ng, wall = _run(n)
         tot = a + b + c
-        print(f"{v:>9} {ng:>7} {a:>10.3f} {b:>11.3f} {c:>11.3f} {tot:>8.3f} {1e6 * tot / v:>9.1f}")
+        print(f"{v:>9} {ng:>7} {a:>10.3f} {b:>11.3f} {c:>11.3f} {tot:>8.3f} {1e6 * tot / v:>9.1f} {wall:>7.2f}"
+              + (f" {gc_time[0]:>6.2f}" if args.gc_stats else ""), flush=True)
+    if args.gc_stats:
+        gc.callbacks.remove(on_gc)
     return 0
 
 

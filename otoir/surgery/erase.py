@@ -71,8 +71,8 @@ def value_shapes(model: ir.Model, *, probe: bool = True) -> dict[str, Shape]:
     try:
         import onnx
 
-        proto = ir.to_proto(model)
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_inference_proto(model), check_type=False, strict_mode=False,
+                                                     data_prop=True)
     except Exception:  # noqa: BLE001 - shape inference is best effort
         inferred = None
     unknown = False
@@ -87,22 +87,84 @@ def value_shapes(model: ir.Model, *, probe: bool = True) -> dict[str, Shape]:
                 unknown = True
             put(vi.name, dims)
     if unknown and probe and inferred is not None:
-        probed = _probe_shapes(model, inferred)
+        probed = _probe_shapes(model, inferred.graph.value_info)
         if probed is not None:
             return probed
     return shapes
 
 
-def _probe_shapes(model: ir.Model, inferred) -> dict[str, Shape] | None:
+#: Initializers up to this many elements keep their data for shape inference (Reshape targets,
+#: Resize scales, Slice bounds); larger ones are passed as typed graph inputs, without payload.
+_SMALL_INIT = 64
+
+
+def _inference_proto(model: ir.Model):
+    """A ModelProto for ONNX shape inference only: no large tensor payloads are copied.
+
+    ``ir.to_proto`` copies every weight into protobuf (a second copy of the model, and most of
+    the cost of shape inference on large models); here large initializers become typed graph
+    inputs and only small ones (which may be shape data) are serialized.
+    """
+    import onnx
+    from onnx_ir import serde
+
+    mp = onnx.ModelProto()
+    mp.ir_version = model.ir_version
+    for domain, version in model.opset_imports.items():
+        op = mp.opset_import.add()
+        op.domain = domain
+        op.version = version
+    for fn in model.functions.values():
+        serde.serialize_function_into(mp.functions.add(), fn)
+    graph = model.graph
+    g = mp.graph
+    g.name = graph.name or "g"
+    input_names = set()
+    for v in graph.inputs:
+        serde.serialize_value_into(g.input.add(), v)
+        input_names.add(v.name)
+    for name, v in graph.initializers.items():
+        if name in input_names:
+            continue
+        cv = v.const_value
+        shape = cv.shape if cv is not None else v.shape
+        dtype = cv.dtype if cv is not None else v.dtype
+        if cv is not None and cv.size <= _SMALL_INIT:
+            serde.serialize_tensor_into(g.initializer.add(), cv)
+            g.initializer[len(g.initializer) - 1].name = name
+            continue
+        vi = g.input.add()
+        vi.name = name
+        tt = vi.type.tensor_type
+        if dtype is not None:
+            tt.elem_type = int(dtype)
+        if shape is not None:
+            dims = tt.shape
+            for d in shape.dims:
+                dd = dims.dim.add()
+                if isinstance(d, int):
+                    dd.dim_value = d
+                elif isinstance(getattr(d, "value", None), str):
+                    dd.dim_param = d.value
+    for node in graph:
+        serde.serialize_node_into(g.node.add(), from_=node)
+        for o in node.outputs:
+            if not o.is_graph_output() and o.name and (o.type is not None or o.shape is not None):
+                serde.serialize_value_into(g.value_info.add(), o)
+    for v in graph.outputs:
+        serde.serialize_value_into(g.output.add(), v)
+    return mp
+
+
+def _probe_shapes(model: ir.Model, value_info) -> dict[str, Shape] | None:
     try:
         import onnxruntime as ort
 
         from otoir.testing import random_feeds
 
-        proto = type(inferred)()
-        proto.CopyFrom(inferred)
+        proto = ir.to_proto(model)
         have = {o.name for o in proto.graph.output}
-        for vi in proto.graph.value_info:
+        for vi in value_info:
             if vi.name not in have and vi.type.tensor_type.elem_type:
                 proto.graph.output.append(vi)
                 have.add(vi.name)
