@@ -204,7 +204,9 @@ class HybridCore:
 
     # ------------------------------------------------------------------ the step
     def _score_update(self, be: Backend) -> None:
-        xd, xx, dd = self._stats(be.layout_params(), be.layout_grads())
+        self._apply_score(*self._stats(be.layout_params(), be.layout_grads()))
+
+    def _apply_score(self, xd: np.ndarray, xx: np.ndarray, dd: np.ndarray) -> None:
         s_t = redundancy_score(xd, xx, dd, self.layout.group_numel)
         w = self.schedule.score_momentum
         self.scores = s_t if self.scores is None else w * self.scores + (1.0 - w) * s_t
@@ -236,7 +238,15 @@ class HybridCore:
         self.redundant[chosen] = True
 
     def step(self, be: Backend, lr: float) -> None:
-        """Runs one optimizer step through the backend."""
+        """Runs one optimizer step through the backend.
+
+        A backend with a ``fused_step(request)`` method (see :mod:`otoir.optim.fused`) does the
+        whole step in one call when it returns a result; ``None`` means "not supported for these
+        tensors" and the step goes through the generic protocol methods.
+        """
+        if getattr(be, "fused_step", None) is not None and self._fused(be, lr):
+            self.step_count += 1
+            return
         s = self.schedule
         t = self.step_count
         if t < s.warmup_steps:
@@ -258,6 +268,41 @@ class HybridCore:
             if self.zero.any():
                 be.rezero(self.zero)
         self.step_count += 1
+
+    def _fused(self, be: Any, lr: float) -> bool:
+        from otoir.optim.fused import StepRequest
+
+        fused = be.fused_step
+        s = self.schedule
+        t = self.step_count
+        if t < s.warmup_steps:
+            score = t % s.score_interval == 0 or t == s.warmup_steps - 1
+            out = fused(StepRequest(lr, score=score))
+            if out is None:
+                return False
+            if score:
+                self._apply_score(*out[0])
+            return True
+        if self.selected is None:  # as in the generic path (which then finds it done)
+            if self.scores is None and not self.penalise_all:
+                self._score_update(be)
+            self.partition()
+        active = self.redundant & ~self.zero
+        force = (not self.penalise_all) and t >= s.final_step
+        req = StepRequest(
+            lr,
+            active=active if active.any() else None,
+            rule=s.lam,
+            epsilon=s.epsilon,
+            force=force,
+            zero=self.zero.copy(),
+        )
+        out = fused(req)
+        if out is None:
+            return False
+        if out[1] is not None:
+            self.zero |= out[1]
+        return True
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

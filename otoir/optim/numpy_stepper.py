@@ -67,6 +67,7 @@ class NumpyStepper:
         self._params: MutableMapping[str, np.ndarray] = {}
         self._grads: Mapping[str, np.ndarray] = {}
         self._dirs: dict[str, np.ndarray] = {}
+        self._fused_impl: Any = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -167,6 +168,47 @@ class NumpyStepper:
                 v += (1.0 - b2) * g * g
                 denom = np.sqrt(v / (1.0 - b2**t)) + b.eps
                 self._dirs[n] = (m / (1.0 - b1**t)) / denom
+
+    def fused_step(self, req: Any) -> Any:
+        """The cache-blocked fused step (:mod:`otoir.optim.fused`) for the SGD base rule.
+
+        Returns ``None`` without changing anything when it does not apply (Adam/AdamW,
+        non-contiguous parameters, a grouped tensor without gradient).
+        """
+        b = self.base
+        if b.variant != "sgd":
+            return None
+        xs = [self._params[n] for n in self.names]
+        gs: list[Any] = []
+        for n, x in zip(self.names, xs, strict=True):
+            if not (isinstance(x, np.ndarray) and x.flags.c_contiguous and x.flags.writeable):
+                return None
+            g = self._grads.get(n)
+            gs.append(None if g is None else np.ascontiguousarray(g, dtype=x.dtype))
+        lay_names = set(self.layout.names)
+        if any(g is None for n, g in zip(self.names, gs, strict=True) if n in lay_names):
+            return None
+        if self._fused_impl is None:
+            from otoir.optim.fused import FusedSGD
+
+            index = [self.layout.tensor_index(n) if n in lay_names else -1 for n in self.names]
+            self._fused_impl = FusedSGD(
+                self.layout, [self.shapes[n] for n in self.names], index, torch_mode=False
+            )
+        self.base_steps += 1
+        bufs: list[Any] = [None] * len(xs)
+        if b.momentum:
+            for i, n in enumerate(self.names):
+                if gs[i] is not None:
+                    bufs[i] = self.state[n].get("momentum_buffer")
+        out = self._fused_impl.step(
+            xs, gs, bufs, req, momentum=b.momentum, dampening=b.dampening, weight_decay=b.weight_decay
+        )
+        if b.momentum:
+            for i, n in enumerate(self.names):
+                if bufs[i] is not None:
+                    self.state[n]["momentum_buffer"] = bufs[i]
+        return out
 
     def fused_halfspace(
         self, active: np.ndarray, lr: float, rule: LambdaRule, epsilon: float, force: bool

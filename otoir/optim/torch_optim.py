@@ -97,6 +97,8 @@ class HybridSparseOptimizer(torch.optim.Optimizer):
         self._dirs: dict[int, torch.Tensor] = {}
         self._live: list[torch.Tensor] = []
         self._cuda_impl: Any = None
+        self._fused_impl: Any = None
+        self._fused_key: Any = None
 
     # ------------------------------------------------------------------ public
     @property
@@ -206,6 +208,62 @@ class HybridSparseOptimizer(torch.optim.Optimizer):
             dirs = torch._foreach_div(ms, denom)
             torch._foreach_div_(dirs, 1.0 - b1**t)
         self._dirs = {id(p): d for p, d in zip(ps, dirs)}
+
+    def fused_step(self, req: Any) -> Any:
+        """The cache-blocked fused step (:mod:`otoir.optim.fused`) for SGD on CPU tensors.
+
+        Returns ``None`` without changing anything when the step cannot be fused (Adam/AdamW,
+        non-CPU, sparse or non-contiguous gradients, a grouped tensor without gradient).
+        """
+        b = self.base
+        if b.variant != "sgd":
+            return None
+        ps = self.param_groups[0]["params"]
+        if not ps:
+            return None
+        for p in ps:
+            g = p.grad
+            if p.device.type != "cpu" or not p.is_contiguous():
+                return None
+            if g is not None and (g.is_sparse or g.dtype != p.dtype or not g.is_contiguous()):
+                return None
+        for p in self._layout_tensors:
+            if p.grad is None:
+                return None
+        impl = self._fused_plan(ps)
+        live = [p for p in ps if p.grad is not None]
+        if live:
+            self._base_steps += 1
+        bufs: list[Any] = [None] * len(ps)
+        if b.momentum:
+            for i, p in enumerate(ps):
+                if p.grad is not None:
+                    bufs[i] = self.state[p].get("momentum_buffer")
+        fresh = [i for i, v in enumerate(bufs) if v is None and ps[i].grad is not None]
+        out = impl.step(
+            [p.detach() for p in ps],
+            [p.grad for p in ps],
+            bufs,
+            req,
+            momentum=b.momentum,
+            dampening=b.dampening,
+            weight_decay=b.weight_decay,
+        )
+        if b.momentum:
+            for i in fresh:
+                self.state[ps[i]]["momentum_buffer"] = bufs[i]
+        return out
+
+    def _fused_plan(self, ps: list[torch.Tensor]) -> Any:
+        key = tuple((id(p), tuple(p.shape)) for p in ps)
+        if self._fused_impl is None or key != self._fused_key:
+            from otoir.optim.fused import FusedSGD
+
+            ids = {id(p): i for i, p in enumerate(self._layout_tensors)}
+            index = [ids.get(id(p), -1) for p in ps]
+            self._fused_impl = FusedSGD(self.layout, [tuple(p.shape) for p in ps], index, torch_mode=True)
+            self._fused_key = key
+        return self._fused_impl
 
     def _cuda(self) -> Any:
         if self._cuda_impl is None:

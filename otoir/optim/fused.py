@@ -1,0 +1,464 @@
+"""Cache-blocked fused optimizer step on CPU (torch CPU tensors and numpy arrays).
+
+The unfused step streams every parameter through memory several times: the momentum update
+(``m ← μm + g``: read m, read g, write m — twice for ``mul_`` then ``add_``), the per-row
+statistics (``xᵀd``, ``‖x‖²``, ``‖d‖²``: read x, d — once per reduction), the half-space scale
+(read and write x) and the base step (read x, d, write x). A plain SGD(momentum) step is about
+eight passes over the parameters; the unfused DHSPG step was about twelve to fourteen.
+
+Here every tensor is cut into *chunks* of whole rows (about :data:`CHUNK_ELEMS` elements, so the
+x, g and m slices of a chunk stay in the L2 cache) and each chunk runs the whole sequence of
+element-wise operations while it is cache-resident:
+
+* warm-up / done steps (one sweep): row statistics of ``(x, g)`` when scores are due, the
+  momentum update, the base step ``x ← x − lr·m`` and re-zeroing of zero groups;
+* hybrid steps (two sweeps, because λ_g needs a group's statistics summed over all its tensors
+  before any of its rows can be updated): sweep 1 updates the momentum and reduces the row
+  statistics of ``(x, m)``; tensors without active groups also take their base step there;
+  sweep 2 applies ``x ← s_row·x − lr·m`` and re-zeroes, chunk by chunk.
+
+So DRAM traffic is about five passes (read x, g, m; write x, m) plus one more read of x and m
+in hybrid steps, less than torch's own SGD step. The element-wise operations are the same calls
+in the same order as the unfused code (``mul_``/``add_`` for torch, the numpy stepper's in-place
+operators for numpy), so iterates and momentum buffers are bit-for-bit those of the unfused path;
+only the float32 row reductions may round differently (summation order).
+
+Only the SGD base rule (any momentum, dampening, weight decay) is fused; Adam/AdamW, CUDA
+tensors, sparse or non-contiguous gradients and missing gradients of grouped tensors fall back
+to the generic path (the caller checks :meth:`FusedSGD.supports` first).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from otoir.optim.layout import GroupLayout
+from otoir.optim.rules import LambdaRule
+
+__all__ = ["CHUNK_ELEMS", "FusedSGD", "StepRequest", "halfspace_scales"]
+
+#: Target elements per chunk: three float32 operands of 128 Ki elements are 1.5 MiB (L2-sized).
+CHUNK_ELEMS = int(os.environ.get("OTOIR_FUSED_CHUNK", 1 << 17))
+
+
+@dataclass
+class StepRequest:
+    """What one fused step must do (built by :class:`~otoir.optim.core.HybridCore`).
+
+    Attributes:
+        lr: Step size.
+        score: Return the per-group ``(xᵀg, ‖x‖², ‖g‖²)`` of the iterate and the raw gradient,
+            taken before the update.
+        active: ``(G,)`` bool, groups that take the half-space step (``None``: none).
+        rule: λ_g rule.
+        epsilon: Half-space threshold.
+        force: Project every active group.
+        zero: ``(G,)`` bool, groups held at zero before this step.
+    """
+
+    lr: float
+    score: bool = False
+    active: np.ndarray | None = None
+    rule: LambdaRule | None = None
+    epsilon: float = 0.0
+    force: bool = False
+    zero: np.ndarray | None = None
+
+
+def halfspace_scales(
+    xd: np.ndarray,
+    xx: np.ndarray,
+    dd: np.ndarray,
+    active: np.ndarray,
+    lr: float,
+    rule: LambdaRule,
+    epsilon: float,
+    *,
+    project: bool = True,
+    force: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group factor applied to x before the base step and the projected mask.
+
+    The decision of :func:`otoir.optim.halfspace.halfspace_project` on given group statistics
+    (``xd``/``xx``/``dd`` may be ``None`` when ``force``). Returns ``(scale, projected)``:
+    ``scale`` is ``(G,)`` float64, 1 for inactive groups and 0 for projected ones.
+    """
+    from otoir.optim.rules import halfspace_decision
+
+    active = np.asarray(active, dtype=bool)
+    if force:
+        return np.where(active, 0.0, 1.0), active.copy()
+    lam = rule(xd, xx, dd)
+    scale, proj = halfspace_decision(xd, xx, lam, lr, epsilon)
+    projected = active & proj if project else active & (xx <= 0)
+    scale = np.where(active, np.where(projected, 0.0, scale), 1.0)
+    return scale, projected
+
+
+_WD, _HM, _UX, _FM = 1, 2, 4, 8  # flag bits of kernels/cpu_step.c
+
+
+def _load_kernel() -> Any:
+    from otoir.optim._kernel_bridge import import_kernels
+
+    kernels = import_kernels()
+    if kernels is None:
+        return None
+    try:
+        from otoir.kernels.cpu import cpu_kernel  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return cpu_kernel()
+
+
+def _ptr(a: Any, tm: bool) -> int:
+    return a.data_ptr() if tm else a.ctypes.data
+
+
+def _same_layout(m: Any, x: Any, tm: bool) -> bool:
+    """``m`` is a contiguous array of ``x``'s dtype and size (a usable momentum buffer)."""
+    if m is None:
+        return False
+    if tm:
+        return m.dtype == x.dtype and m.is_contiguous() and m.numel() == x.numel() and m.device == x.device
+    return m.dtype == x.dtype and m.flags.c_contiguous and m.size == x.size
+
+
+def _kernel_fn(kern: Any, x: Any, tm: bool, which: str) -> Any:
+    """The kernel entry for ``x``'s dtype (float32/float64), or ``None``."""
+    if tm:
+        import torch
+
+        dt = {torch.float32: "f32", torch.float64: "f64"}.get(x.dtype)
+    else:
+        dt = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}.get(x.dtype)
+    return None if dt is None else getattr(kern, f"{which}_{dt}")
+
+
+class _Chunk:
+    """Rows ``r0:r1`` of parameter ``pi`` (layout tensor ``li`` or -1; flat elements if -1)."""
+
+    __slots__ = ("pi", "li", "r0", "r1", "grow", "whole")
+
+    def __init__(self, pi: int, li: int, r0: int, r1: int, grow: int, whole: bool) -> None:
+        self.pi, self.li, self.r0, self.r1, self.grow, self.whole = pi, li, r0, r1, grow, whole
+
+
+class FusedSGD:
+    """The chunked SGD(momentum) + DHSPG step over a fixed list of parameters.
+
+    Args:
+        layout: Group layout.
+        shapes: Shape of each parameter, in parameter order.
+        layout_index: For each parameter, its index in ``layout.tensors`` or -1.
+        torch_mode: Parameters are torch CPU tensors (else numpy arrays).
+    """
+
+    def __init__(
+        self,
+        layout: GroupLayout,
+        shapes: Sequence[Sequence[int]],
+        layout_index: Sequence[int],
+        *,
+        torch_mode: bool,
+    ) -> None:
+        self.layout = layout
+        self.torch_mode = torch_mode
+        self.layout_index = list(layout_index)
+        self.chunks: list[_Chunk] = []
+        self.param_chunks: list[list[int]] = []
+        for pi, shape in enumerate(shapes):
+            li = self.layout_index[pi]
+            mine: list[int] = []
+            if li >= 0:
+                t = layout.tensors[li]
+                goff = int(layout.row_offset[li])
+                if t.outer != 1:  # rows are strided: one chunk with a (outer, rows, inner) view
+                    mine.append(self._add(_Chunk(pi, li, 0, t.rows, goff, True)))
+                else:
+                    step = max(1, CHUNK_ELEMS // max(t.inner, 1))
+                    for r0 in range(0, t.rows, step):
+                        r1 = min(t.rows, r0 + step)
+                        mine.append(self._add(_Chunk(pi, li, r0, r1, goff + r0, False)))
+            else:
+                n = int(np.prod(shape, dtype=np.int64))
+                for e0 in range(0, max(n, 1), CHUNK_ELEMS):
+                    mine.append(self._add(_Chunk(pi, -1, e0, min(n, e0 + CHUNK_ELEMS), 0, False)))
+            self.param_chunks.append(mine)
+        R = layout.total_rows
+        self._stats = np.zeros((3, R), dtype=np.float64)
+        self._stats_ptr = self._stats.ctypes.data
+        self.kernel = _load_kernel()
+        # rows/inner of the kernel's 2-D view per parameter, or None (strided rows: chunk path)
+        self._kview: list[tuple[int, int] | None] = []
+        for pi, shape in enumerate(shapes):
+            li = self.layout_index[pi]
+            if li >= 0:
+                t = layout.tensors[li]
+                self._kview.append(None if t.outer != 1 else (t.rows, t.inner))
+            else:
+                self._kview.append((1, int(np.prod(shape, dtype=np.int64))))
+        self._seg = np.where(layout.row_group < 0, layout.num_groups, layout.row_group)
+        self._zero_key: bytes | None = None
+        self._zero_rows: list[Any] = [None] * len(self.chunks)
+
+    def _add(self, c: _Chunk) -> int:
+        self.chunks.append(c)
+        return len(self.chunks) - 1
+
+    # ------------------------------------------------------------------ views
+    def _views(self, arr: Any, pi: int) -> list[Any]:
+        """Chunk views of ``arr`` (parameter ``pi``'s shape): 2-D rows, 3-D strided or 1-D flat."""
+        out = []
+        for ci in self.param_chunks[pi]:
+            c = self.chunks[ci]
+            if c.li >= 0:
+                t = self.layout.tensors[c.li]
+                if c.whole:
+                    out.append(arr.reshape(t.view_shape))
+                else:
+                    out.append(arr.reshape(t.rows, t.inner)[c.r0 : c.r1])
+            else:
+                out.append(arr.reshape(-1)[c.r0 : c.r1])
+        return out
+
+    def _zero_row_index(self, zero: np.ndarray) -> list[Any]:
+        key = np.packbits(zero).tobytes()
+        if key == self._zero_key:
+            return self._zero_rows
+        ext = np.concatenate([zero, [False]])
+        rz = ext[self._seg]
+        out: list[Any] = []
+        for c in self.chunks:
+            if c.li < 0:
+                out.append(None)
+                continue
+            loc = np.flatnonzero(rz[c.grow : c.grow + (c.r1 - c.r0)])
+            if loc.size == 0:
+                out.append(None)
+            elif self.torch_mode:
+                import torch
+
+                out.append(torch.from_numpy(loc))
+            else:
+                out.append(loc)
+        self._zero_key, self._zero_rows = key, out
+        return out
+
+    # ------------------------------------------------------------------ the step
+    def step(
+        self,
+        xs: Sequence[Any],
+        gs: Sequence[Any],
+        bufs: list[Any | None],
+        req: StepRequest,
+        *,
+        momentum: float,
+        dampening: float,
+        weight_decay: float,
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, np.ndarray | None]:
+        """One fused step in place on ``xs`` and ``bufs``.
+
+        Args:
+            xs: Parameters (all, in the constructor's order).
+            gs: Their gradients (``None``: no gradient, parameter untouched; not allowed for
+                layout tensors).
+            bufs: Momentum buffers (``None`` entries are created as a copy of the gradient and
+                stored back into the list); ignored when ``momentum == 0``.
+            req: What to do this step.
+            momentum, dampening, weight_decay: SGD settings.
+
+        Returns:
+            ``(score_stats, projected)``: per-group ``(xᵀg, ‖x‖², ‖g‖²)`` when ``req.score``,
+            and the mask of groups projected this step when ``req.active`` is given.
+        """
+        lay = self.layout
+        G = lay.num_groups
+        lr = req.lr
+        tm = self.torch_mode
+        if tm:
+            import torch
+        stats = self._stats
+        active = req.active
+        hs = active is not None and bool(active.any())
+        if hs:
+            hs_rows = np.concatenate([active, [False]])[self._seg]
+            hs_tensors = set(np.unique(lay.row_tensor[hs_rows]).tolist())
+        else:
+            hs_tensors = set()
+        need_dstats = hs and not req.force
+        zero = req.zero if req.zero is not None else np.zeros(G, dtype=bool)
+        zrows = self._zero_row_index(zero) if zero.any() else None
+        if req.score or need_dstats:
+            stats.fill(0.0)
+        kern = self.kernel
+        R = lay.total_rows
+        zmask = np.concatenate([zero, [False]])[self._seg].astype(np.uint8) if zrows is not None else None
+        base_flags = (_WD if weight_decay else 0) | (_HM if momentum else 0) | (_FM if tm else 0)
+        deferred: list[tuple[int, list[Any], list[Any]]] = []
+        kdeferred: list[tuple[int, Any, Any]] = []
+        for pi, x in enumerate(xs):
+            g = gs[pi]
+            if g is None:
+                continue
+            li = self.layout_index[pi]
+            kv = self._kview[pi] if kern is not None else None
+            if kv is not None:
+                fn = _kernel_fn(kern, x, tm, "sweep")
+                m = bufs[pi] if momentum else None
+                if fn is None or (momentum and not _same_layout(m, x, tm)):
+                    kv = None  # unsupported dtype, or a new/foreign momentum buffer: chunk path
+            if kv is not None:
+                later = li in hs_tensors
+                grow = int(lay.row_offset[li]) if li >= 0 else 0
+                sm = 1 if (req.score and li >= 0) else (2 if (need_dstats and later) else 0)
+                zp = None
+                if not later and zmask is not None and li >= 0:
+                    zp = zmask.ctypes.data + grow
+                sp = self._stats_ptr + 8 * grow
+                fn(
+                    _ptr(x, tm), _ptr(g, tm), None if m is None else _ptr(m, tm), kv[0], kv[1],
+                    momentum, 1.0 - dampening, weight_decay, lr,
+                    sp, sp + 8 * R, sp + 16 * R, zp, sm, base_flags | (0 if later else _UX),
+                )
+                if later:
+                    kdeferred.append((pi, x, m if momentum else g))
+                continue
+            xv = self._views(x, pi)
+            gv = self._views(g, pi)
+            cis = self.param_chunks[pi]
+            if momentum:
+                fresh = bufs[pi] is None
+                if fresh:
+                    if weight_decay:
+                        g0 = g + weight_decay * x if not tm else torch.add(g, x, alpha=weight_decay)
+                    else:
+                        g0 = g
+                    bufs[pi] = g0.detach().clone() if tm else np.array(g0, copy=True)
+                dv = self._views(bufs[pi], pi)
+            else:
+                fresh = False
+                dv = None
+            later = li in hs_tensors
+            dcs: list[Any] = []
+            for k, ci in enumerate(cis):
+                xc, gc = xv[k], gv[k]
+                if req.score and li >= 0:
+                    self._row_stats(xc, gc, ci, stats)
+                if weight_decay:
+                    ge = torch.add(gc, xc, alpha=weight_decay) if tm else gc + weight_decay * xc
+                else:
+                    ge = gc
+                if momentum:
+                    dc = dv[k]
+                    if not fresh:
+                        if tm:
+                            dc.mul_(momentum).add_(ge, alpha=1.0 - dampening)
+                        else:
+                            dc *= momentum
+                            dc += ge if dampening == 0.0 else (1.0 - dampening) * ge
+                else:
+                    dc = ge
+                if later:
+                    dcs.append(dc)
+                if need_dstats and later:
+                    self._row_stats(xc, dc, ci, stats)
+                if not later:
+                    self._base(xc, dc, lr)
+                    if zrows is not None and zrows[ci] is not None:
+                        self._fill_zero(xc, zrows[ci], self.chunks[ci].whole)
+            if later:
+                deferred.append((pi, xv, dcs))
+        score_out = None
+        if req.score or need_dstats:
+            sums = [np.bincount(self._seg, weights=stats[j], minlength=G + 1)[:G] for j in range(3)]
+            if req.score:
+                score_out = (sums[0], sums[1], sums[2])
+        projected = None
+        if hs:
+            if need_dstats:
+                if req.score:
+                    raise ValueError("a fused step cannot both score and project")
+                scale, projected = halfspace_scales(
+                    sums[0], sums[1], sums[2], active, lr, req.rule, req.epsilon
+                )
+            else:
+                scale, projected = halfspace_scales(None, None, None, active, lr, req.rule,
+                                                    req.epsilon, force=True)
+            new_zero = zero | projected
+            zrows = self._zero_row_index(new_zero) if new_zero.any() else None
+            ext = np.concatenate([scale, [1.0]])
+            row_scale64 = ext[self._seg]
+            if kdeferred:
+                zmask = (
+                    np.concatenate([new_zero, [False]])[self._seg].astype(np.uint8)
+                    if new_zero.any() else None
+                )
+                wflags = (0 if momentum else (_WD if weight_decay else 0)) | (_FM if tm else 0)
+                for pi, x, src in kdeferred:
+                    li = self.layout_index[pi]
+                    grow = int(lay.row_offset[li])
+                    rows, inner = self._kview[pi]  # type: ignore[misc]
+                    _kernel_fn(kern, x, tm, "scale")(
+                        _ptr(x, tm), _ptr(src, tm), rows, inner,
+                        row_scale64.ctypes.data + 8 * grow, weight_decay, lr,
+                        None if zmask is None else zmask.ctypes.data + grow, wflags,
+                    )
+            for pi, xv, dv in deferred:
+                cis = self.param_chunks[pi]
+                x = xs[pi]
+                dt = x.detach().numpy().dtype if tm else x.dtype
+                rs = row_scale64.astype(dt, copy=False)
+                for k, ci in enumerate(cis):
+                    c = self.chunks[ci]
+                    s = rs[c.grow : c.grow + (c.r1 - c.r0)]
+                    xc = xv[k]
+                    if (s != 1.0).any():
+                        if c.whole:
+                            t = lay.tensors[c.li]
+                            sv = s.reshape(1, t.rows, 1)
+                        else:
+                            sv = s.reshape(-1, 1)
+                        if tm:
+                            xc.mul_(torch.from_numpy(np.ascontiguousarray(sv)))
+                        else:
+                            xc *= sv
+                    self._base(xc, dv[k], lr)
+                    if zrows is not None and zrows[ci] is not None:
+                        self._fill_zero(xc, zrows[ci], c.whole)
+        return score_out, projected
+
+    # ------------------------------------------------------------------ element-wise kernels
+    def _row_stats(self, xc: Any, dc: Any, ci: int, stats: np.ndarray) -> None:
+        c = self.chunks[ci]
+        n = c.r1 - c.r0
+        sl = slice(c.grow, c.grow + n)
+        if self.torch_mode:
+            xa, da = xc.detach().numpy(), dc.detach().numpy()
+        else:
+            xa, da = xc, dc
+        sub = "ori,ori->r" if c.whole else "ri,ri->r"
+        # einsum in the input dtype is one pass (cache-resident here); float64 accumulation of
+        # the rows happens in the group sums
+        stats[0, sl] = np.einsum(sub, xa, da)
+        stats[1, sl] = np.einsum(sub, xa, xa)
+        stats[2, sl] = np.einsum(sub, da, da)
+
+    def _base(self, xc: Any, dc: Any, lr: float) -> None:
+        if self.torch_mode:
+            xc.add_(dc, alpha=-lr)
+        else:
+            xc -= (lr * dc).astype(xc.dtype, copy=False)
+
+    def _fill_zero(self, xc: Any, rows: Any, whole: bool) -> None:
+        if self.torch_mode:
+            xc.index_fill_(1 if whole else 0, rows, 0)
+        elif whole:
+            xc[:, rows, :] = 0
+        else:
+            xc[rows] = 0
