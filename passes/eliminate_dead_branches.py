@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from otoir.analyses.gezig import GeZIGPartition
@@ -51,7 +52,6 @@ class EliminateDeadBranches(Pass):
 
             keep = select_redundant(zero, [float(len(zero) - i) for i in range(len(zero))], len(zero), p.checker)
             zero = [zero[i] for i in keep]
-        params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
         nodes_before = len(model.graph)
         segs = p.segments.segments
         values = [o for g in zero for o in segs[g.meta["segment"]].last.outputs if o.uses()]
@@ -61,12 +61,21 @@ class EliminateDeadBranches(Pass):
         if res.errors:
             return True
         remove_dead_nodes(model)
+        inits = dict(model.graph.initializers)
         gone = remove_unused_initializers(model)
-        params_after = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        # Removed = sliced out of kept tensors + dropped tensors (no walk over every initializer).
+        params_removed = res.params_sliced + sum(_numel(inits[name]) for name in gone)
         ctx.stat("segments-erased", len(zero))
         ctx.stat("joints-removed", res.joints_removed)
         ctx.stat("nodes-removed", nodes_before - len(model.graph))
-        ctx.stat("params-removed", params_before - params_after)
+        ctx.stat("params-removed", params_removed)
         ctx.stat("initializers-removed", len(gone))
         ctx.results["erased"] = [g.id for g in zero]
         return True
+
+
+def _numel(v) -> int:
+    cv = v.const_value
+    if cv is None:
+        return 0
+    return math.prod(cv.shape.dims)

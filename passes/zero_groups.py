@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from otoir.analyses.gezig import GeZIGPartition
 from otoir.analyses.groups import zero_group
+from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import select_redundant
+from otoir.analyses.vertices import VertexClasses
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
 
@@ -28,6 +31,9 @@ class ZeroGroups(Pass):
     name = "zero-groups"
     summary = "Zero chosen GeZIG/ZIG groups (ids=... or random=F seed=S), validity-checked"
     statistics = {"num-zeroed": "groups zeroed", "params-zeroed": "entries set to zero"}
+    # Only initializer values change: the structural analyses stay valid, so a following
+    # eliminate-dead-branches does not recompute shapes, segments and GeZIGs.
+    preserves = (VertexClasses, SegmentGraph, GeZIGPartition)
 
     ids: tuple[str, ...] = option((), "group ids to zero")
     random: float = option(0.0, "fraction of the prunable groups to zero (random scores)")
@@ -72,8 +78,6 @@ class ZeroGroups(Pass):
 
     def _groups(self, ctx):
         if self.kind == "gezig":
-            from otoir.analyses.gezig import GeZIGPartition
-
             return list(ctx.analyses.get(GeZIGPartition).groups)
         if self.kind == "zig":
             try:

@@ -13,10 +13,10 @@ recorded with the reason; their variables go to the complement.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx_ir as ir
 
 from otoir.analyses.groups import Group, TensorSlice
@@ -60,14 +60,15 @@ def node_flops(node: ir.Node, shapes: dict) -> int:
     out = shapes.get(node.outputs[0].name) if node.outputs and node.outputs[0].name else None
     if out is None or not all(isinstance(d, int) for d in out[1:]):
         return 0
-    per_sample = int(np.prod(out[1:])) if len(out) > 1 else 1
+    per_sample = math.prod(out[1:])
     if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and node.inputs[1] is not None:
         w = node.inputs[1].shape
         if w is None or not all(isinstance(d, int) for d in w.dims):
             return 0
         wd = list(w.dims)
-        fan_in = int(np.prod(wd[1:])) if node.op_type == "Conv" else int(np.prod(wd[2:])) * wd[0]
-        return per_sample * fan_in if node.op_type == "Conv" else per_sample * int(np.prod(wd[2:])) * wd[0] // max(1, out[1])
+        if node.op_type == "Conv":
+            return per_sample * math.prod(wd[1:])
+        return per_sample * math.prod(wd[2:]) * wd[0] // max(1, out[1])
     if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1 and node.inputs[1] is not None:
         w = node.inputs[1].shape
         if w is None or len(w.dims) < 2 or not isinstance(w.dims[0], int):
@@ -266,4 +267,8 @@ def _numel(graph: ir.Graph, sl: TensorSlice) -> int:
     v = graph.initializers.get(sl.tensor)
     if v is None or v.shape is None:
         return 0
-    return sl.numel([int(d) for d in v.shape.dims])
+    dims = [int(d) for d in v.shape.dims]
+    n = math.prod(dims)  # TensorSlice.numel, without numpy's per-call overhead
+    if sl.axis is None:
+        return n
+    return n // max(dims[sl.axis], 1) * len(sl.indices or ())

@@ -17,6 +17,7 @@ depend on it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -127,9 +128,12 @@ def _inference_proto(model: ir.Model):
         if name in input_names:
             continue
         cv = v.const_value
-        shape = cv.shape if cv is not None else v.shape
-        dtype = cv.dtype if cv is not None else v.dtype
-        if cv is not None and cv.size <= _SMALL_INIT:
+        # The value's own shape first: a proto-backed tensor rebuilds its Shape on every access.
+        shape = v.shape if v.shape is not None else (cv.shape if cv is not None else None)
+        dtype = v.dtype if v.dtype is not None else (cv.dtype if cv is not None else None)
+        small = shape is not None and all(isinstance(d, int) for d in shape.dims) \
+            and math.prod(shape.dims) <= _SMALL_INIT
+        if cv is not None and small:
             serde.serialize_tensor_into(g.initializer.add(), cv)
             g.initializer[len(g.initializer) - 1].name = name
             continue
@@ -183,7 +187,7 @@ def _probe_shapes(model: ir.Model, value_info) -> dict[str, Shape] | None:
             out[v.name] = tuple(feeds[v.name].shape)
         elif v.const_value is not None:
             out[v.name] = tuple(v.const_value.shape.dims)
-    for name, arr in zip(names, arrays):
+    for name, arr in zip(names, arrays, strict=True):
         out[name] = tuple(np.shape(arr))
     return out
 
