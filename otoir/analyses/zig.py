@@ -161,7 +161,15 @@ class ChannelGroups(Analysis):
     def groups(self) -> tuple[Group, ...]:
         """All groups with parameter entries, ordered by their first parameter use."""
         if self._groups is None:
-            self._groups = self._build_groups()
+            import gc
+
+            enabled = gc.isenabled()
+            gc.disable()  # hundreds of thousands of small objects: avoid repeated full collections
+            try:
+                self._groups = self._build_groups()
+            finally:
+                if enabled:
+                    gc.enable()
         return self._groups
 
     def _build_groups(self) -> tuple[Group, ...]:
@@ -179,58 +187,58 @@ class ChannelGroups(Analysis):
         use = np.concatenate(use_parts)
         pos = np.concatenate(pos_parts)
         order = np.lexsort((pos, use, lab))
-        lab, use, pos = lab[order], use[order], pos[order]
-        bounds = np.flatnonzero(np.diff(lab)) + 1
-        starts = np.concatenate([[0], bounds])
-        ends = np.concatenate([bounds, [lab.size]])
+        lab_l = lab[order].tolist()
+        use_l = use[order].tolist()
+        pos_l = pos[order].tolist()
         numel_per_entry = []
         flop_per_entry = []
+        trainable = [pu.trainable for pu in uses]
+        keys = [(pu.tensor, pu.axis) for pu in uses]
         for pu in uses:
             arr_shape = graph.initializers[pu.tensor].const_value.shape
             n = int(np.prod(arr_shape)) // max(int(arr_shape[pu.axis]), 1)
             numel_per_entry.append(n)
             flop_per_entry.append(2.0 * n * _flops_factor(pu.node, self._shapes))
+        poison, inexact = self._poison, self._inexact
+        per_key_numel = {}
+        for k, key in enumerate(keys):
+            per_key_numel.setdefault(key, numel_per_entry[k])
         groups = []
-        for s, e in zip(starts, ends):
-            label = int(lab[s])
-            u = use[s:e]
-            p = pos[s:e]
-            slices: dict[tuple[str, int], list[int]] = {}
-            dependent: dict[tuple[str, int], list[int]] = {}
-            counted: set = set()
-            num_params = 0
+        total = len(lab_l)
+        i = 0
+        while i < total:
+            label = lab_l[i]
+            slices: dict[tuple[str, int], set] = {}
+            dependent: dict[tuple[str, int], set] = {}
             flops = 0.0
-            ub = np.flatnonzero(np.diff(u)) + 1
-            for a, b in zip(np.concatenate([[0], ub]), np.concatenate([ub, [u.size]])):
-                pu = uses[int(u[a])]
-                key = (pu.tensor, pu.axis)
-                target = slices if pu.trainable else dependent
-                idx = p[a:b].tolist()
-                lst = target.setdefault(key, [])
-                lst.extend(idx)
-                flops += flop_per_entry[int(u[a])] * len(idx)
-                if key not in counted:
-                    counted.add(key)
-                    num_params += numel_per_entry[int(u[a])] * len(set(idx))
-            # dependent entries already covered by a trainable slice of the same tensor/axis
+            first_u, first_p = use_l[i], pos_l[i]
+            while i < total and lab_l[i] == label:
+                u = use_l[i]
+                key = keys[u]
+                (slices if trainable[u] else dependent).setdefault(key, set()).add(pos_l[i])
+                flops += flop_per_entry[u]
+                i += 1
             for key in list(dependent):
                 if key in slices:
-                    slices[key] = sorted(set(slices[key]) | set(dependent.pop(key)))
-            sl = tuple(TensorSlice(t, ax, tuple(sorted(set(ix)))) for (t, ax), ix in slices.items())
-            dp = tuple(TensorSlice(t, ax, tuple(sorted(set(ix)))) for (t, ax), ix in dependent.items())
-            reason = self._poison.get(label, "")
+                    slices[key] |= dependent.pop(key)
+            sl = []
+            for key, ix in slices.items():
+                sl.append(TensorSlice(key[0], key[1], tuple(sorted(ix))))
+            dp = [TensorSlice(key[0], key[1], tuple(sorted(ix))) for key, ix in dependent.items()]
+            num_params = sum(per_key_numel[(s_.tensor, s_.axis)] * len(s_.indices) for s_ in sl) + sum(
+                per_key_numel[(s_.tensor, s_.axis)] * len(s_.indices) for s_ in dp)
+            reason = poison.get(label, "")
             prunable = not reason and bool(sl)
             if not sl and not reason:
                 reason = "no trainable parameter entries"
-            exact = label not in self._inexact
+            exact = label not in inexact
             if prunable and not exact:
-                reason = self._inexact[label]
-            first_use = uses[int(u[0])]
-            gid = f"zig:{first_use.tensor}:{int(p[0])}"
-            groups.append((int(u[0]), int(p[0]), Group(
-                id=gid, kind="zig", slices=sl, dependent=dp, num_params=num_params, flops=int(flops),
-                prunable=prunable, reason=reason,
-                meta={"label": label, "exact": exact, "size": int(max((len(s.indices or ()) for s in sl), default=0))},
+                reason = inexact[label]
+            first_use = uses[first_u]
+            groups.append((first_u, first_p, Group(
+                id=f"zig:{first_use.tensor}:{first_p}", kind="zig", slices=tuple(sl), dependent=tuple(dp),
+                num_params=num_params, flops=int(flops), prunable=prunable, reason=reason,
+                meta={"label": label, "exact": exact, "size": max((len(s_.indices) for s_ in sl), default=0)},
             )))
         groups.sort(key=lambda x: (x[0], x[1]))
         return tuple(g for _, _, g in groups)
