@@ -46,9 +46,13 @@ def trace_dot(model: ir.Model, title: str = "trace") -> str:
     return "\n".join(lines) + "\n"
 
 
-def segments_dot(model: ir.Model, zero: Iterable[str] = (), title: str = "segments") -> str:
-    """DOT of the segment dependency graph: GeZIGs coloured, zero groups dashed and marked."""
-    p = GeZIGPartition(model, None)
+def segments_dot(model: ir.Model, zero: Iterable[str] = (), title: str = "segments",
+                 partition: GeZIGPartition | None = None) -> str:
+    """DOT of the segment dependency graph: GeZIGs coloured, zero groups dashed and marked.
+
+    ``partition``: the model's GeZIG partition when already computed (else it is computed).
+    """
+    p = partition if partition is not None else GeZIGPartition(model, None)
     sg: SegmentGraph = p.segments
     zero = set(zero)
     lines = [f"digraph {_q(title)} {{", "  rankdir=TB; node [shape=box, style=filled, fontsize=10];",

@@ -37,11 +37,20 @@ class Visualize(Pass):
         elif self.what == "segments":
             p = ctx.analyses.get(GeZIGPartition)
             zero = [g.id for g in p.groups if group_is_zero(model, g)]
-            text = viz.segments_dot(model, zero)
+            text = viz.segments_dot(model, zero, partition=p)
         else:
             ctx.error(f"unknown what='{self.what}' (trace, segments or subnet)")
             return False
-        files = viz.write_dot(text, os.path.join(self.out, f"{self.what}.dot"))
+        # The pipeline result merges each pass's results with dict.update: start from the files
+        # of earlier visualize passes, and never overwrite one of them (segments.1.dot, ...).
+        pr = getattr(ctx, "pipeline_result", None)
+        earlier = list(ctx.results.get("visualize") or (pr.results.get("visualize", []) if pr is not None else []))
+        path = os.path.join(self.out, f"{self.what}.dot")
+        k = 0
+        while path in earlier:
+            k += 1
+            path = os.path.join(self.out, f"{self.what}.{k}.dot")
+        files = viz.write_dot(text, path)
         ctx.stat("files", len(files))
-        ctx.results.setdefault("visualize", []).extend(files)
+        ctx.results["visualize"] = earlier + files
         return False
