@@ -1,4 +1,9 @@
-"""Property: erasing a random valid set of zero GeZIGs keeps the outputs of the zeroed model."""
+"""Property: erasing a random valid set of zero GeZIGs keeps the outputs of the zeroed model.
+
+Networks: the zoo's super-networks, this file's own random conv DAGs (Sum joints, Concat
+followed by ReLU), and the zoo's ``random_conv_dag`` drawn by ``otoir.zoo.strategies``
+(downsampling, skips, identity inputs of Add, BN-free branches, the Gemm head after a Concat).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 import otoir
 from otoir.analyses.gezig import GeZIGPartition
 from otoir.testing import assert_same_outputs
+from otoir.zoo.random_dag import random_conv_dag as zoo_random_conv_dag
+from otoir.zoo.strategies import conv_dag_params
 
 
 def _copy(m: ir.Model) -> ir.Model:
@@ -37,7 +44,7 @@ def _erase_and_compare(model: ir.Model, frac: float, seed: int) -> int:
     return len(zeroed_ids)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zoo(name: str) -> ir.Model:
     pytest.importorskip("torch")
     import otoir.zoo as zoo
@@ -135,3 +142,14 @@ def test_random_dags(seed, frac):
     n = _erase_and_compare(model, frac, seed)
     if p.groups and frac >= 0.5:
         assert n > 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=conv_dag_params(max_blocks=6, max_channels=6), frac=st.sampled_from([0.3, 0.7, 1.0]),
+       seed=st.integers(0, 1000))
+def test_zoo_random_dags(params, frac, seed):
+    model = zoo_random_conv_dag(**params)
+    p = GeZIGPartition(model, None)
+    n = _erase_and_compare(model, frac, seed)
+    if p.groups and frac >= 0.7:
+        assert n > 0, params
