@@ -10,9 +10,18 @@ from __future__ import annotations
 from otoir.errors import InputError, OtoirError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
 from otoir.infra import PassManager
 from otoir.io import from_graphsurgeon, load, save, to_graphsurgeon
+from otoir.stats import stats
 from otoir.textir import print_model
 
 __version__ = "0.1.0"
+
+
+def compress(*args, **kwargs):
+    """Compresses a model; see :func:`otoir.api.compress` (imported lazily)."""
+    from otoir.api import compress as _compress
+
+    return _compress(*args, **kwargs)
+
 
 __all__ = [
     "InputError",
@@ -22,6 +31,8 @@ __all__ = [
     "PipelineError",
     "PipelineSyntaxError",
     "VerifierError",
+    "compress",
+    "stats",
     "from_graphsurgeon",
     "load",
     "print_model",

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from otoir.infra.analysis import PRESERVE_ALL
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
 
@@ -31,6 +32,7 @@ class Train(Pass):
     """
 
     name = "train"
+    preserves = PRESERVE_ALL  # only initializer values change; the analyses describe structure
     summary = "Train parameter values with ONNX Runtime training (optimizer=sgd|h2spg|dhspg, data=NAME|PATH.npz)"
     statistics = {
         "steps": "training steps run",
@@ -49,7 +51,11 @@ class Train(Pass):
     momentum: float = option(0.9, "momentum")
     weight_decay: float = option(0.0, "L2 weight decay")
     target_sparsity: float = option(0.5, "fraction of groups to zero (h2spg/dhspg)")
-    warmup: int = option(0, "warm-up steps before sparsification starts (h2spg/dhspg)")
+    warmup: float = option(0.25, "warm-up before sparsification (h2spg/dhspg): a fraction of all steps, or a step count if >= 1")
+    projection: float = option(0.35, "length of the projection window (fraction of all steps, or steps if >= 1)")
+    groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg) | gezig | zig")
+    epsilon: float = option(0.0, "half-space projection threshold (h2spg/dhspg)")
+    lam: float = option(1e-3, "base group-lasso coefficient lambda (h2spg/dhspg)")
     seed: int = option(0, "seed of the batch order")
     loss: str = option("cross-entropy", "cross-entropy | mse | output (the model's output is the loss)")
     max_steps: int = option(0, "stop after this many steps (0: all epochs)")
@@ -107,17 +113,31 @@ class Train(Pass):
             return False
         if not self._check_data(model, ds, ctx):
             return False
+        groups = None
+        n = int(np.shape(ds.train_x)[0])
+        total = self.epochs * max(n // self.batch, 1)
+        if self.max_steps:
+            total = min(total, self.max_steps)
+        extra = {}
+        if self.optimizer in ("h2spg", "dhspg"):
+            kind = self.groups if self.groups != "auto" else ("gezig" if self.optimizer == "h2spg" else "zig")
+            from otoir.optim.from_groups import groups_for
+
+            try:
+                groups = groups_for(model, kind, ctx.analyses)
+            except (ImportError, ValueError) as exc:
+                ctx.error(f"train: cannot get the {kind} groups: {exc}")
+                return False
+            warm = int(self.warmup) if self.warmup >= 1 else int(self.warmup * total)
+            proj = int(self.projection) if self.projection >= 1 else int(self.projection * total)
+            if warm + max(proj, 1) > total:
+                ctx.error(f"train: warm-up ({warm}) + projection ({proj}) steps exceed the {total} training steps")
+                return False
+            extra = dict(target_sparsity=self.target_sparsity, warmup_steps=warm, projection_steps=proj,
+                         epsilon=self.epsilon, lam=self.lam)
         try:
-            opt = make_optimizer(
-                self.optimizer,
-                model,
-                None,  # groups: wired by the structured-sparsity integration
-                lr=self.lr,
-                momentum=self.momentum,
-                weight_decay=self.weight_decay,
-                target_sparsity=self.target_sparsity,
-                warmup=self.warmup,
-            )
+            opt = make_optimizer(self.optimizer, model, groups, lr=self.lr, momentum=self.momentum,
+                                 weight_decay=self.weight_decay, **extra)
         except (OptimizerUnavailable, ValueError) as exc:
             ctx.error(f"train: {exc}")
             return False

@@ -50,6 +50,8 @@ def group_sparsity(opt: Any) -> float | None:
     if isinstance(val, (int, float)):
         return float(val)
     zero, total = getattr(opt, "num_zero_groups", None), getattr(opt, "num_groups", None)
+    if total is None and getattr(opt, "layout", None) is not None:
+        total = opt.layout.num_groups
     if isinstance(zero, (int, np.integer)) and isinstance(total, (int, np.integer)) and total > 0:
         return float(zero) / float(total)
     return None
@@ -78,15 +80,9 @@ def make_optimizer(name: str, model: ir.Model | None = None, groups: Any = None,
         known = {"lr", "momentum", "weight_decay", "nesterov"}
         return SGD(**{k: v for k, v in opts.items() if k in known and v is not None})
     if key in ("h2spg", "dhspg"):
-        factory = None
-        try:
-            factory = getattr(importlib.import_module("otoir.optim"), "make_numpy_stepper", None)
-        except ImportError:
-            factory = None
-        if factory is None:
-            raise OptimizerUnavailable(
-                f"optimizer '{key}' is not available yet: otoir.optim provides no numpy stepper factory "
-                "(otoir.optim.make_numpy_stepper); use optimizer=sgd"
-            )
+        from otoir.optim.from_groups import make_numpy_stepper as factory
+
+        if groups is None:
+            raise ValueError(f"optimizer '{key}' needs the group analysis (gezig or zig groups)")
         return factory(key, model, groups, **opts)
     raise ValueError(f"unknown optimizer '{name}' (choose one of: {', '.join(OPTIMIZERS)})")

@@ -1,0 +1,150 @@
+"""The torch training backend: the user's own module, data loader and loss.
+
+otoir exports the module, analyses it, maps groups to the module's parameters by name (the
+exporter keeps ``state_dict`` names), trains with the ``torch.optim.Optimizer`` front end
+(:class:`otoir.optim.DHSPG` / :class:`otoir.optim.H2SPG`) on CPU or CUDA, and copies the
+trained values back into the ONNX model so the construction passes can cut the zero groups out.
+Works unchanged under ``torch.nn.parallel.DistributedDataParallel`` (every rank sees the same
+all-reduced gradients, so every rank makes the same partition and projection).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from otoir.optim.from_groups import layout_from_groups
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from otoir.analyses.groups import Group
+
+__all__ = ["TorchTrainResult", "make_torch_optimizer", "train_torch", "copy_state_to_model", "unwrap"]
+
+
+@dataclass
+class TorchTrainResult:
+    """What :func:`train_torch` did.
+
+    Attributes:
+        losses: Mean loss of every epoch.
+        steps: Optimizer steps taken.
+        zero_groups: Boolean mask over the groups: exactly zero at the end.
+        optimizer: The optimizer (for its state or further steps).
+        seconds: Wall time.
+    """
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    zero_groups: np.ndarray | None = None
+    optimizer: Any = None
+    seconds: float = 0.0
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or the module)."""
+    return getattr(module, "module", module) if isinstance(
+        module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else module
+
+
+def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, optimizer: str = "dhspg",
+                         selector: Callable[[np.ndarray, int], list[int]] | None = None, **kwargs: Any):
+    """Builds a DHSPG or H2SPG ``torch.optim.Optimizer`` over ``module``'s parameters.
+
+    Args:
+        module: The module (DDP-wrapped or not). Group tensor names must be its parameter names.
+        groups: The prunable groups.
+        optimizer: ``"dhspg"`` (top-K partition) or ``"h2spg"`` (needs ``selector``).
+        selector: Validity-checked selection ``selector(scores, k) -> indices`` (H2SPG).
+        **kwargs: Passed to the optimizer (lr, momentum, target, warmup_steps, ...).
+    """
+    from otoir.optim import DHSPG, H2SPG
+
+    named = [(n, p) for n, p in unwrap(module).named_parameters() if p.requires_grad]
+    shapes = {n: tuple(p.shape) for n, p in named}
+    missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
+    if missing:
+        raise ValueError(f"groups name tensors that are not trainable parameters of the module: {missing[:5]}")
+    layout = layout_from_groups(groups, shapes)
+    if optimizer == "h2spg":
+        if selector is None:
+            raise ValueError("h2spg needs a validity selector (otoir.analyses.validity.select_redundant)")
+        return H2SPG(named, layout, selector=selector, **kwargs)
+    if optimizer == "dhspg":
+        return DHSPG(named, layout, selector=selector, **kwargs)
+    raise ValueError(f"unknown optimizer '{optimizer}' (dhspg or h2spg)")
+
+
+def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, groups: Sequence[Group], *,
+                optimizer: str = "dhspg", epochs: int = 1, device: str | torch.device = "cpu",
+                selector: Callable[[np.ndarray, int], list[int]] | None = None, progress: bool = True,
+                **opt_kwargs: Any) -> TorchTrainResult:
+    """Trains ``module`` with DHSPG/H2SPG until exactly the target number of groups is zero.
+
+    Args:
+        module: The module (may be DDP-wrapped); trained in place.
+        loader: Iterable of ``(inputs, targets)`` batches (a ``DataLoader``).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+        groups: Groups from the analysis (tensor names = parameter names).
+        optimizer: ``"dhspg"`` or ``"h2spg"``.
+        epochs: Passes over ``loader``.
+        device: Where to train.
+        selector: Validity selector (H2SPG).
+        progress: Show a progress bar on stderr (rank 0 only under DDP).
+        **opt_kwargs: Optimizer options; ``warmup_steps`` and ``projection_steps`` must fit in
+            ``epochs × len(loader)`` steps for the target to be reached.
+    """
+    from tqdm import tqdm
+
+    module.to(device)
+    opt = make_torch_optimizer(module, groups, optimizer=optimizer, selector=selector, **opt_kwargs)
+    rank0 = not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    result = TorchTrainResult(optimizer=opt)
+    t0 = time.perf_counter()
+    n_groups = opt.layout.num_groups
+    for epoch in range(epochs):
+        module.train()
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and rank0), leave=False)
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(module(x), y)
+            loss.backward()
+            opt.step()
+            result.steps += 1
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", zero=f"{opt.num_zero_groups}/{n_groups}")
+        result.losses.append(total / max(count, 1))
+    result.zero_groups = opt.zero_groups
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def copy_state_to_model(module: torch.nn.Module, model: ir.Model, aliases: dict[str, str] | None = None) -> int:
+    """Copies the module's parameters and buffers into the ONNX model's initializers by name.
+
+    Returns the number of initializers updated.
+    """
+    from otoir.analyses.groups import set_tensor_array
+
+    state = unwrap(module).state_dict()
+    n = 0
+    for name, value in model.graph.initializers.items():
+        key = name if name in state else (aliases or {}).get(name)
+        if key is None or key not in state:
+            continue
+        arr = state[key].detach().cpu().numpy()
+        old = value.const_value
+        if old is not None and tuple(old.shape) != arr.shape:
+            raise ValueError(f"initializer '{name}' has shape {tuple(old.shape)}, the module's is {arr.shape}")
+        set_tensor_array(model, name, arr.astype(old.dtype.numpy() if old is not None else arr.dtype, copy=False))
+        n += 1
+    return n
