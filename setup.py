@@ -75,6 +75,7 @@ setup(
         "torch": ["torch>=2.1"],
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
     },
-    entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main"]},
+    entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main",
+                                      "otoir-demo=otoir.tools.demo:console_main"]},
     cmdclass={"build_py": BuildPyWithKernels},
 )

@@ -74,6 +74,12 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--no-verify-each", action="store_true", help="do not run the structural verifier after every pass")
     p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data (always done above 2 GB)")
+    p.add_argument("--verify", action="store_true",
+                   help="run the result and the reference model (the trained full model, or the input) on held-out "
+                        "inputs; fail (exit 1, nothing written) if outputs differ by more than 1e-4 of their scale")
+    p.add_argument("--report", action="store_true",
+                   help="print a before/after table (parameters, FLOPs, held-out accuracy, ORT CPU latency) to stderr")
+    p.add_argument("--report-json", metavar="PATH", help="write the before/after report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
     p.add_argument("--debug", action="store_true", help="print tracebacks")
     return p
@@ -158,6 +164,12 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         if args.timing:
             instruments.append(Timing(stderr))
         pm.instruments = instruments
+        want_reference = args.verify or args.report or args.report_json
+        reference = None
+        if want_reference:
+            from otoir.api import clone_model
+
+            reference = clone_model(model)
 
         try:
             result = pm.run(model)
@@ -172,6 +184,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             for d in result.diagnostics:
                 if d.severity is Severity.WARNING:
                     stderr.write(f"{PROG}: {d}\n")
+
+        if want_reference:
+            code = _report_and_verify(args, reference, model, result, stderr)
+            if code:
+                return code
 
         if args.output:
             import otoir
@@ -192,6 +209,44 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return fail(2 if getattr(exc, "filename", None) == getattr(args, "input", None) else 1, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except Exception as exc:  # a bug: still one line unless --debug
         return fail(1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+
+
+def _report_and_verify(args, reference, model, result, stderr) -> int:
+    """Builds the report / runs the verification; returns a non-zero exit status on mismatch."""
+    from otoir.io import atomic_write_text
+    from otoir.report import build_report
+    from otoir.train.inference import to_inference
+
+    full = result.results.get("otoir-full-model") or to_inference(reference)
+    sub = to_inference(model)
+    val = inputs = None
+    train = result.results.get("train")
+    if train:
+        from otoir.data import load_dataset
+
+        ds = load_dataset(train["dataset"])
+        if ds.val_x is not None:
+            val = (ds.val_x, ds.val_y)
+        inputs = (ds.val_x if ds.val_x is not None else ds.train_x)[:512]
+    if inputs is None:
+        from otoir.testing import random_feeds
+
+        feeds = random_feeds(full, seed=0, batch=4)
+        inputs = next(iter(feeds.values())) if len(feeds) == 1 else None
+    if inputs is None:
+        stderr.write(f"{PROG}: error: --verify/--report need a model with exactly one data input\n")
+        return 1
+    rep = build_report(full, sub, val=val, verify_inputs=inputs, latency_runs=50 if (args.report or args.report_json) else 0,
+                       details={"pipeline": args.pipeline})
+    if args.report:
+        stderr.write(rep.to_text() + "\n")
+    if args.report_json:
+        atomic_write_text(args.report_json, rep.to_json() + "\n")
+    if args.verify and not rep.verified:
+        stderr.write(f"{PROG}: error: verification failed: outputs differ from the reference by "
+                     f"{rep.max_rel_diff:.3g} of their scale (> {rep.tolerance:g}); nothing written\n")
+        return 1
+    return 0
 
 
 def _print_warnings(stderr, exc, quiet: bool) -> None:
