@@ -113,6 +113,23 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
     def keep(ids: np.ndarray) -> np.ndarray:
         return ~removed_label[lab[ids]]
 
+    # Never empty a tensor: keep one group of any channel axis that would lose every channel.
+    changed = True
+    while changed:
+        changed = False
+        for t in st.tracks.values():
+            m = keep(t.ids)
+            if m.all():
+                continue
+            for k in range(m.ndim):
+                if not _mask_along(m, k).any():
+                    removed_label[lab[t.ids.ravel()[0]]] = False
+                    changed = True
+                    break
+    remove = np.flatnonzero(removed_label).astype(np.int64)
+    if remove.size == 0:
+        return PruneResult(0, 0, 0, 0)
+
     shapes = st.shapes
     # 1. new static shapes of tracked values
     new_shape: dict[ir.Value, list[int]] = {}
