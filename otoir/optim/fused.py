@@ -1,31 +1,31 @@
-"""Cache-blocked fused optimizer step on CPU (torch CPU tensors and numpy arrays).
+"""Fused optimizer step on CPU (torch CPU tensors and numpy arrays), SGD base rule.
 
 The unfused step streams every parameter through memory several times: the momentum update
-(``m ← μm + g``: read m, read g, write m — twice for ``mul_`` then ``add_``), the per-row
-statistics (``xᵀd``, ``‖x‖²``, ``‖d‖²``: read x, d — once per reduction), the half-space scale
-(read and write x) and the base step (read x, d, write x). A plain SGD(momentum) step is about
-eight passes over the parameters; the unfused DHSPG step was about twelve to fourteen.
+(``m ← μm + g``: ``mul_`` then ``add_``), the per-row statistics (``xᵀd``, ``‖x‖²``, ``‖d‖²``, one
+pass per reduction), the half-space scale (read and write x) and the base step (read x, d,
+write x). A plain SGD(momentum) step is three passes, the unfused DHSPG step six to eight.
 
-Here every tensor is cut into *chunks* of whole rows (about :data:`CHUNK_ELEMS` elements, so the
-x, g and m slices of a chunk stay in the L2 cache) and each chunk runs the whole sequence of
-element-wise operations while it is cache-resident:
+:class:`FusedSGD` does each step row by row, so every row is read once while it is in cache:
 
 * warm-up / done steps (one sweep): row statistics of ``(x, g)`` when scores are due, the
   momentum update, the base step ``x ← x − lr·m`` and re-zeroing of zero groups;
 * hybrid steps (two sweeps, because λ_g needs a group's statistics summed over all its tensors
   before any of its rows can be updated): sweep 1 updates the momentum and reduces the row
-  statistics of ``(x, m)``; tensors without active groups also take their base step there;
-  sweep 2 applies ``x ← s_row·x − lr·m`` and re-zeroes, chunk by chunk.
+  statistics of ``(x, m)`` (tensors without active groups also take their base step there);
+  sweep 2 applies ``x ← s_row·x − lr·m`` and re-zeroes.
 
-So DRAM traffic is about five passes (read x, g, m; write x, m) plus one more read of x and m
-in hybrid steps, less than torch's own SGD step. The element-wise operations are the same calls
-in the same order as the unfused code (``mul_``/``add_`` for torch, the numpy stepper's in-place
-operators for numpy), so iterates and momentum buffers are bit-for-bit those of the unfused path;
-only the float32 row reductions may round differently (summation order).
+The work is done by the C kernel ``kernels/cpu_step.c`` (built at first use, see
+:mod:`otoir.kernels.cpu`), one call per tensor and sweep. Without a C compiler, and for tensors
+grouped along a strided axis, the same sequence runs as torch/numpy calls on chunks of about
+:data:`CHUNK_ELEMS` elements (cache-sized; Python overhead per chunk). Both reproduce the
+rounding of the unfused code (torch's fused multiply-add in ``add_(t, alpha=a)``, numpy's
+separately rounded ``x -= lr*d``), so iterates and momentum buffers are bit-for-bit those of the
+generic path and, during warm-up, of ``torch.optim.SGD``; only the row reductions round
+differently (summation order, double accumulation in the kernel).
 
-Only the SGD base rule (any momentum, dampening, weight decay) is fused; Adam/AdamW, CUDA
-tensors, sparse or non-contiguous gradients and missing gradients of grouped tensors fall back
-to the generic path (the caller checks :meth:`FusedSGD.supports` first).
+The step that creates the momentum buffers uses the chunk path. Adam/AdamW, CUDA tensors,
+sparse or non-contiguous gradients and a grouped tensor without a gradient go through the
+generic path (the front ends return ``None`` from ``fused_step`` before changing anything).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ import numpy as np
 from otoir.optim.layout import GroupLayout
 from otoir.optim.rules import LambdaRule
 
-__all__ = ["CHUNK_ELEMS", "FusedSGD", "StepRequest", "halfspace_scales"]
+__all__ = ["CHUNK_ELEMS", "PARALLEL_MIN_ELEMS", "FusedSGD", "StepRequest", "halfspace_scales"]
 
 #: Target elements per chunk: three float32 operands of 128 Ki elements are 1.5 MiB (L2-sized).
 CHUNK_ELEMS = int(os.environ.get("OTOIR_FUSED_CHUNK", 1 << 17))
+#: Kernel calls of a sweep run on several threads only above this many elements in total.
+PARALLEL_MIN_ELEMS = 1 << 18
 
 
 @dataclass
@@ -194,6 +196,10 @@ class FusedSGD:
         self._stats = np.zeros((3, R), dtype=np.float64)
         self._stats_ptr = self._stats.ctypes.data
         self.kernel = _load_kernel()
+        #: Worker threads for the kernel calls (``None``: torch's thread count / 1 for numpy).
+        self.threads: int | None = None
+        self._pool: Any = None
+        self._pool_size = 0
         # rows/inner of the kernel's 2-D view per parameter, or None (strided rows: chunk path)
         self._kview: list[tuple[int, int] | None] = []
         for pi, shape in enumerate(shapes):
@@ -302,6 +308,7 @@ class FusedSGD:
         base_flags = (_WD if weight_decay else 0) | (_HM if momentum else 0) | (_FM if tm else 0)
         deferred: list[tuple[int, list[Any], list[Any]]] = []
         kdeferred: list[tuple[int, Any, Any]] = []
+        calls: list[tuple[int, Any, tuple[Any, ...]]] = []
         for pi, x in enumerate(xs):
             g = gs[pi]
             if g is None:
@@ -321,11 +328,11 @@ class FusedSGD:
                 if not later and zmask is not None and li >= 0:
                     zp = zmask.ctypes.data + grow
                 sp = self._stats_ptr + 8 * grow
-                fn(
+                calls.append((kv[0] * kv[1], fn, (
                     _ptr(x, tm), _ptr(g, tm), None if m is None else _ptr(m, tm), kv[0], kv[1],
                     momentum, 1.0 - dampening, weight_decay, lr,
                     sp, sp + 8 * R, sp + 16 * R, zp, sm, base_flags | (0 if later else _UX),
-                )
+                )))
                 if later:
                     kdeferred.append((pi, x, m if momentum else g))
                 continue
@@ -374,6 +381,7 @@ class FusedSGD:
                         self._fill_zero(xc, zrows[ci], self.chunks[ci].whole)
             if later:
                 deferred.append((pi, xv, dcs))
+        self._run(calls)
         score_out = None
         if req.score or need_dstats:
             sums = [np.bincount(self._seg, weights=stats[j], minlength=G + 1)[:G] for j in range(3)]
@@ -400,15 +408,17 @@ class FusedSGD:
                     if new_zero.any() else None
                 )
                 wflags = (0 if momentum else (_WD if weight_decay else 0)) | (_FM if tm else 0)
+                calls = []
                 for pi, x, src in kdeferred:
                     li = self.layout_index[pi]
                     grow = int(lay.row_offset[li])
                     rows, inner = self._kview[pi]  # type: ignore[misc]
-                    _kernel_fn(kern, x, tm, "scale")(
+                    calls.append((rows * inner, _kernel_fn(kern, x, tm, "scale"), (
                         _ptr(x, tm), _ptr(src, tm), rows, inner,
                         row_scale64.ctypes.data + 8 * grow, weight_decay, lr,
                         None if zmask is None else zmask.ctypes.data + grow, wflags,
-                    )
+                    )))
+                self._run(calls)
             for pi, xv, dv in deferred:
                 cis = self.param_chunks[pi]
                 x = xs[pi]
@@ -432,6 +442,52 @@ class FusedSGD:
                     if zrows is not None and zrows[ci] is not None:
                         self._fill_zero(xc, zrows[ci], c.whole)
         return score_out, projected
+
+    def _run(self, calls: list[tuple[int, Any, tuple[Any, ...]]]) -> None:
+        """Runs kernel calls (independent tensors); on ``threads`` workers when more than one.
+
+        ctypes releases the GIL during a foreign call, so the calls of different tensors run in
+        parallel threads. Torch mode follows ``torch.get_num_threads()``; numpy mode uses one
+        thread unless ``threads`` is set.
+        """
+        if not calls:
+            return
+        n = self.threads
+        if n is None:
+            n = 1
+            if self.torch_mode:
+                import torch
+
+                n = torch.get_num_threads()
+        total = sum(c[0] for c in calls)
+        if n <= 1 or len(calls) < 2 or total < PARALLEL_MIN_ELEMS:
+            for _, fn, args in calls:
+                fn(*args)
+            return
+        # greedy balance of whole tensors over n bins (largest first)
+        bins: list[list[tuple[Any, tuple[Any, ...]]]] = [[] for _ in range(n)]
+        load = [0] * n
+        for size, fn, args in sorted(calls, key=lambda c: -c[0]):
+            j = load.index(min(load))
+            bins[j].append((fn, args))
+            load[j] += size
+        pool = self._pool
+        if pool is None or self._pool_size != n:
+            from concurrent.futures import ThreadPoolExecutor
+
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = self._pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="otoir-fused")
+            self._pool_size = n
+
+        def work(items: list[tuple[Any, tuple[Any, ...]]]) -> None:
+            for fn, args in items:
+                fn(*args)
+
+        futures = [pool.submit(work, b) for b in bins[1:] if b]
+        work(bins[0])
+        for f in futures:
+            f.result()
 
     # ------------------------------------------------------------------ element-wise kernels
     def _row_stats(self, xc: Any, dc: Any, ci: int, stats: np.ndarray) -> None:

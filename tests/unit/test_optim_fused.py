@@ -74,6 +74,33 @@ def test_numpy_fused_equals_generic(cfg, dtype, mode):
         assert np.array_equal(sa.state[n]["momentum_buffer"], sb.state[n]["momentum_buffer"]) if cfg["momentum"] else True
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_kernel_calls_equal_generic(threads, monkeypatch):
+    if fused_mod._load_kernel() is None:
+        pytest.skip("CPU kernel unavailable (no C compiler)")
+    monkeypatch.setattr(fused_mod, "PARALLEL_MIN_ELEMS", 0)
+    lay = _layout()
+    cfg = CONFIGS[0]
+    runs = []
+    for use_fused in (True, False):
+        g = torch.Generator().manual_seed(4)
+        params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in SHAPES.items()}
+        opt = DHSPG(params, lay, lr=0.05, **cfg)
+        if not use_fused:
+            opt.fused_step = None
+        for t in range(12):
+            for p in params.values():
+                p.grad = torch.randn(p.shape, generator=g) + 0.3 * p.detach()
+            opt.step()
+            if use_fused and t == 0:
+                opt._fused_impl.threads = threads
+        runs.append((params, opt))
+    (pa, oa), (pb, ob) = runs
+    assert np.array_equal(oa.zero_groups, ob.zero_groups)
+    for n in SHAPES:
+        assert torch.equal(pa[n], pb[n]), n
+
+
 def test_hspg_fused_equals_generic(mode):
     lay = _layout()
     out = []
