@@ -189,8 +189,8 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
     Groups are visited by decreasing score (ties: list order); a group is accepted only if the
     accepted set plus it stays valid, otherwise the next one is tried. Non-prunable groups are
     skipped. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
-    ``O(|groups| + |E_d|)`` overall; other groups (channel ZIGs) are refused when they would zero
-    every channel group of one tensor.
+    ``O(|groups| log |groups| + |E_d|)`` overall (the sort); other groups (channel ZIGs) are
+    refused when they would zero every channel group of one tensor (counted incrementally).
 
     Args:
         groups: Candidate groups.
@@ -217,7 +217,10 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         for s in c.segments.segments:
             live[s.id] = sum(1 for p in s.preds if p >= 0) + (1 if INPUT in s.preds else 0)
     zero_segs: set[int] = set()
-    zig_chosen: list[Group] = []
+    # Channel groups: groups per tensor (first slice) in the universe, and chosen so far; a
+    # tensor may not lose all of them. Counted once, updated per acceptance: O(|groups|).
+    zig_total = _groups_per_tensor(groups)
+    zig_used: dict[str, int] = {}
     for i in order:
         if len(accepted) >= K:
             break
@@ -236,21 +239,28 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
                     live[t] -= 1
             accepted.append(i)
         else:
-            if not _zig_valid(zig_chosen + [g], groups):
-                continue
-            zig_chosen.append(g)
+            if g.slices:
+                t = g.slices[0].tensor
+                if zig_used.get(t, 0) + 1 >= zig_total[t]:
+                    continue
+                zig_used[t] = zig_used.get(t, 0) + 1
             accepted.append(i)
     return accepted
+
+
+def _groups_per_tensor(groups: Iterable[Group]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for g in groups:
+        if g.slices:
+            total[g.slices[0].tensor] = total.get(g.slices[0].tensor, 0) + 1
+    return total
 
 
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
     """Channel groups: refuse zeroing every group that covers one tensor (a stem with no output)."""
     if not universe:
         return True
-    total: dict[str, int] = {}
-    for g in universe:
-        if g.slices:
-            total[g.slices[0].tensor] = total.get(g.slices[0].tensor, 0) + 1
+    total = _groups_per_tensor(universe)
     used: dict[str, int] = {}
     for g in chosen:
         if g.slices:
