@@ -14,7 +14,7 @@ from otoir.analyses.gezig import GeZIGPartition
 from otoir.infra.analysis import AnalysisManager
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, width: float):
     pytest.importorskip("torch")
     import otoir.zoo as zoo

@@ -13,7 +13,7 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph  # noqa: E402
 from otoir.infra.analysis import AnalysisManager  # noqa: E402
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, width: float):
     import otoir.zoo as zoo
 
@@ -73,7 +73,7 @@ def test_every_data_node_in_exactly_one_segment():
     assert len(seen) == len(set(seen)) == len(sg.data_nodes)
     for s in sg.segments:
         # chains: single producer inside, single consumer inside
-        for a, b in zip(s.nodes, s.nodes[1:]):
+        for a, b in zip(s.nodes, s.nodes[1:], strict=False):
             assert not s.is_joint
             assert b in {u.node for o in a.outputs for u in o.uses()}
         for t in s.succs:
