@@ -58,7 +58,7 @@ setup(
     python_requires=">=3.10",
     packages=_packages(),
     package_dir=PACKAGE_DIRS,
-    package_data={"otoir.kernels": ["*.cu", "*.so"], "otoir": ["data/*.npz", "data/*.md"]},
+    package_data={"otoir.kernels": ["*.cu", "*.c", "*.so"], "otoir": ["data/*.npz", "data/*.md"]},
     install_requires=[
         "numpy>=1.24",
         "onnx>=1.16",

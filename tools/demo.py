@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(ds.val_x)} held-out), backend {args.backend}", flush=True)
         t0 = time.perf_counter()
         try:
-            res = otoir.compress(module, ds, mode=mode, target_sparsity=target, epochs=epochs, lr=0.05,
+            res = otoir.compress(module, ds, mode=mode, target_sparsity=target, epochs=epochs, lr=1e-3, variant="adam",
                                  backend=args.backend, example_inputs=example, seed=args.seed,
                                  progress=not args.quiet)
         except OtoirError as exc:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from otoir.analyses.groups import Group
 
-__all__ = ["TorchTrainResult", "make_torch_optimizer", "train_torch", "copy_state_to_model", "unwrap"]
+__all__ = ["TorchTrainResult", "make_torch_optimizer", "train_torch", "copy_state_to_model", "unwrap", "recalibrate_bn"]
 
 
 @dataclass
@@ -148,3 +148,29 @@ def copy_state_to_model(module: torch.nn.Module, model: ir.Model, aliases: dict[
         set_tensor_array(model, name, arr.astype(old.dtype.numpy() if old is not None else arr.dtype, copy=False))
         n += 1
     return n
+
+
+@torch.no_grad()
+def recalibrate_bn(module: torch.nn.Module, inputs: torch.Tensor, batch: int = 256) -> int:
+    """Re-estimates every BatchNorm's running statistics from ``inputs`` (no parameter changes).
+
+    Running averages taken while the weights move lag behind the final weights; this replaces
+    them by the plain average over batches of the batch statistics (``momentum=None``), as in
+    ``torch.optim.swa_utils.update_bn``. Returns the number of BatchNorm modules recalibrated.
+    """
+    bns = [m for m in unwrap(module).modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    was_training = module.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    device = next(unwrap(module).parameters()).device
+    for i in range(0, len(inputs), batch):
+        module(inputs[i : i + batch].to(device))
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    module.train(was_training)
+    return len(bns)
