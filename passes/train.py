@@ -32,6 +32,7 @@ class Train(Pass):
     """
 
     name = "train"
+    values_only = True
     preserves = PRESERVE_ALL  # only initializer values change; the analyses describe structure
     summary = "Train parameter values with ONNX Runtime training (optimizer=sgd|h2spg|dhspg, data=NAME|PATH.npz)"
     statistics = {

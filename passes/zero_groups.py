@@ -29,6 +29,7 @@ class ZeroGroups(Pass):
     """
 
     name = "zero-groups"
+    values_only = True
     summary = "Zero chosen GeZIG/ZIG groups (ids=... or random=F seed=S), validity-checked"
     statistics = {"num-zeroed": "groups zeroed", "params-zeroed": "entries set to zero"}
     # Only initializer values change: the structural analyses stay valid, so a following

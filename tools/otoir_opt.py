@@ -165,11 +165,10 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             instruments.append(Timing(stderr))
         pm.instruments = instruments
         want_reference = args.verify or args.report or args.report_json
-        reference = None
+        snapshot = None
         if want_reference:
-            from otoir.api import clone_model
-
-            reference = clone_model(model)
+            snapshot = _reference_snapshot(model)
+            instruments.append(snapshot)
 
         try:
             result = pm.run(model)
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
                     stderr.write(f"{PROG}: {d}\n")
 
         if want_reference:
-            code = _report_and_verify(args, reference, model, result, stderr)
+            code = _report_and_verify(args, snapshot.reference, model, result, stderr)
             if code:
                 return code
 
@@ -211,13 +210,30 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return fail(1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
 
 
+def _reference_snapshot(model):
+    """An instrument keeping the reference for --verify/--report: the input, or the model after
+    the last values-only pass (``train``, ``zero-groups``), which construction passes must match."""
+    from otoir.api import clone_model
+    from otoir.infra.instruments import Instrument
+
+    class ReferenceSnapshot(Instrument):
+        def __init__(self) -> None:
+            self.reference = clone_model(model)
+
+        def after_pass(self, p, model, ctx, changed) -> None:
+            if changed and type(p).values_only:
+                self.reference = clone_model(model)
+
+    return ReferenceSnapshot()
+
+
 def _report_and_verify(args, reference, model, result, stderr) -> int:
     """Builds the report / runs the verification; returns a non-zero exit status on mismatch."""
     from otoir.io import atomic_write_text
     from otoir.report import build_report
     from otoir.train.inference import to_inference
 
-    full = result.results.get("otoir-full-model") or to_inference(reference)
+    full = to_inference(reference)
     sub = to_inference(model)
     val = inputs = None
     train = result.results.get("train")

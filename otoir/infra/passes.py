@@ -111,6 +111,9 @@ class Pass:
     preserves: ClassVar[tuple] = ()
     #: Whether the pass takes a nested pipeline in parentheses (e.g. ``repeat``).
     takes_pipeline: ClassVar[bool] = False
+    #: Whether the pass changes initializer values only, never structure (``train``,
+    #: ``zero-groups``): the model after it is the reference the construction passes must match.
+    values_only: ClassVar[bool] = False
 
     def run(self, model: ir.Model, ctx: PassContext) -> bool:
         """Runs the pass in place; returns whether the model changed."""
