@@ -95,11 +95,23 @@ def test_input_shape_mismatch_is_reported(tmp_path):
     assert "(1, 8, 8)" in str(info.value) + "".join(str(d) for d in getattr(info.value, "diagnostics", []))
 
 
-def test_structured_optimizer_error_is_clear():
-    import otoir.optim as optim
+def test_structured_optimizer_reaches_exact_group_sparsity():
+    from otoir.analyses.groups import group_is_zero
+    from otoir.optim.from_groups import groups_for
 
-    if getattr(optim, "make_numpy_stepper", None) is not None:
-        pytest.skip("otoir.optim provides the stepper now")
+    model = _model()
+    struct = _structure(model)
+    res = PassManager.from_text(
+        "train{optimizer=dhspg batch=64 lr=0.1 max-steps=40 warmup=10 projection=10 target-sparsity=0.5 "
+        "threads=1 quiet=true}").run(model)
+    assert _structure(model) == struct  # values only
+    groups = groups_for(model, "zig", res.analyses)
+    zero = sum(group_is_zero(model, g) for g in groups)
+    assert zero == len(groups) // 2  # exactly the target
+    assert res.statistics[0][1]["group-sparsity"] == pytest.approx(zero / len(groups))
+
+
+def test_structured_optimizer_schedule_error_is_clear():
     with pytest.raises(PassFailure) as info:
-        PassManager.from_text("train{optimizer=dhspg quiet=true}").run(_model())
-    assert "not available yet" in str(info.value) + "".join(str(d) for d in getattr(info.value, "diagnostics", []))
+        PassManager.from_text("train{optimizer=dhspg max-steps=10 warmup=8 projection=8 quiet=true}").run(_model())
+    assert "exceed the 10 training steps" in str(info.value)
