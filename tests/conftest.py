@@ -101,3 +101,20 @@ def _run_filecheck(args: list[str], text: str) -> None:
             raise FileCheckFailure(f"filecheck failed:\n{buf_out.getvalue()}{buf_err.getvalue()}\n--- input ---\n{text}")
     finally:
         os.unlink(tmp)
+
+
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    """Pins torch to one intra-op thread per test (2-core CI machines stall with OpenMP spinning)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
