@@ -190,6 +190,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         f"(target {target_sparsity:g} -> {int(np.floor(target_sparsity * len(groups) + 1e-9))})",
         "training time": f"{train_seconds:.1f} s",
     }
+    removed = [str(g.meta.get("label") or g.id) for g, z in zip(groups, np.asarray(zero_mask), strict=True) if z]
+    if mode == "erase":
+        details["removed segments"] = "; ".join(removed)
     report = build_report(full, sub, val=(ds.val_x, ds.val_y) if ds.val_x is not None else None,
                           tolerance=tolerance, latency_runs=latency_runs, details=details)
     res = CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
