@@ -133,8 +133,6 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         onnx_model = otoir.load(model)
     pm = PassManager.from_text("classify-vertices")
     result = pm.run(onnx_model)
-    for d in result.diagnostics:
-        pass  # barriers are reported by classify-vertices; they only make groups non-prunable
     groups = groups_for(onnx_model, kind, result.analyses)
     if not groups:
         raise OtoirError(f"no prunable {kind} groups found: nothing to {mode}")

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from otoir.errors import InputError
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 __all__ = [
     "load",

@@ -76,7 +76,7 @@ def resnet18_groups(model: Any) -> list[list[tuple[str, int, list[int]]]]:
                      (f"{groups_block[1]}.bias", 0, [ch])]
                 )
             stage_members[i] += [f"{p}.conv2", f"{p}.bn2"]
-            if getattr(model.get_submodule(p), "downsample") is not None:
+            if model.get_submodule(p).downsample is not None:
                 stage_members[i] += [f"{p}.downsample.0", f"{p}.downsample.1"]
     # stage 0 (stem) and stage 1 share the residual stream of 64 channels
     stage_members[1] = stage_members[0] + stage_members[1]
@@ -239,8 +239,8 @@ def bench_cuda(steps: int) -> str:
         return "(b) skipped: torch not installed"
     if not torch.cuda.is_available():
         return "(b) skipped: no CUDA device"
-    from otoir.optim._kernel_bridge import import_kernels
     from otoir.optim import GroupLayout, LambdaRule
+    from otoir.optim._kernel_bridge import import_kernels
     from otoir.optim.halfspace import halfspace_project
 
     kernels = import_kernels()

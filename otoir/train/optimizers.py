@@ -14,7 +14,6 @@ into them, never rebind). Optional attributes the progress bar and the trainer u
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
