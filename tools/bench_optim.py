@@ -379,12 +379,12 @@ def bench_recovery(seeds: int, steps: int) -> str:
             results.setdefault("oracle (full batch)", []).append(
                 (2 * tp / (len(found) + len(truth)), found == truth, len(found)))
             makers: dict[str, Callable[[], Any]] = {
-                "DHSPG": lambda: DHSPGStepper(layout, shapes, lr=lr[kind], target=k_zero,
+                "DHSPG": lambda kind=kind: DHSPGStepper(layout, shapes, lr=lr[kind], target=k_zero,
                                               warmup_steps=warm, projection_steps=window),
-                "H2SPG (block validity)": lambda: H2SPGStepper(
+                "H2SPG (block validity)": lambda kind=kind: H2SPGStepper(
                     layout, shapes, lr=lr[kind], target=k_zero, warmup_steps=warm,
                     projection_steps=window, selector=_block_selector(G, blocks)),
-                f"HSPG (lam={lam[kind]})": lambda: HSPGStepper(layout, shapes, lr=lr[kind],
+                f"HSPG (lam={lam[kind]})": lambda kind=kind: HSPGStepper(layout, shapes, lr=lr[kind],
                                                                warmup_steps=warm, lam=lam[kind]),
                 f"prox-SGD (lam={lam[kind]})": lambda: None,
             }

@@ -139,7 +139,7 @@ def test_h2spg_never_selects_an_invalid_set(validity_network):
     shapes = {"w": (n_groups, 3)}
     lay = GroupLayout.from_slices([[("w", 0, [g])] for g in range(n_groups)], shapes)
     rng = np.random.default_rng(0)
-    for trial in range(6):
+    for _trial in range(6):
         k = int(rng.integers(1, n_groups))
         # scores that favour zeroing whole cells (the invalid choice DHSPG would make)
         w0 = rng.normal(size=(n_groups, 3))
