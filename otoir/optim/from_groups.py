@@ -10,7 +10,25 @@ from otoir.optim.layout import GroupLayout
 if TYPE_CHECKING:
     from otoir.analyses.groups import Group
 
-__all__ = ["layout_from_groups", "groups_for", "make_numpy_stepper"]
+__all__ = ["layout_from_groups", "groups_for", "make_numpy_stepper", "check_valid_target"]
+
+
+def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
+    """Checks that H2SPG can reach ``target``: that many groups can be zero together validly.
+
+    Returns K. Raises ValueError naming the largest reachable target otherwise (the
+    hierarchy forbids erasing a segment together with all of its alternatives).
+    """
+    import math
+
+    from otoir.analyses.validity import select_redundant
+
+    k = target if isinstance(target, int) else int(math.floor(target * len(groups) + 1e-9))
+    most = len(select_redundant(list(groups), [0.0] * len(groups), len(groups)))
+    if k > most:
+        raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
+                         f"together while the network stays valid (target <= {most / len(groups):.3f})")
+    return k
 
 
 def layout_from_groups(groups: Sequence[Group], shapes: Mapping[str, Sequence[int]],
@@ -86,6 +104,7 @@ def make_numpy_stepper(name: str, model, groups: Sequence[Group] | None, *, lr: 
         from otoir.analyses.validity import select_redundant
 
         glist = list(groups)
+        check_valid_target(glist, target_sparsity)
         stepper = H2SPGStepper(layout, shapes, selector=lambda s, k: select_redundant(glist, s, k), **common)
     elif name == "dhspg":
         stepper = DHSPGStepper(layout, shapes, **common)

@@ -75,6 +75,9 @@ def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, op
     if optimizer == "h2spg":
         if selector is None:
             raise ValueError("h2spg needs a validity selector (otoir.analyses.validity.select_redundant)")
+        from otoir.optim.from_groups import check_valid_target
+
+        check_valid_target(groups, kwargs.get("target", 0.5))
         return H2SPG(named, layout, selector=selector, **kwargs)
     if optimizer == "dhspg":
         return DHSPG(named, layout, selector=selector, **kwargs)
