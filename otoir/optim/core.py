@@ -31,6 +31,7 @@ __all__ = [
     "Backend",
     "BaseRule",
     "HybridCore",
+    "HybridStatus",
     "Selector",
     "SparsitySchedule",
 ]
@@ -330,3 +331,35 @@ class HybridCore:
         self.redundant = np.asarray(state["redundant"], dtype=bool).copy()
         self.zero = np.asarray(state["zero"], dtype=bool).copy()
         self.target_count = int(state["target_count"])
+
+
+class HybridStatus:
+    """Read-only views of a front end's :class:`HybridCore` (``self.core``), shared by the
+    numpy stepper and the torch optimizers."""
+
+    core: HybridCore
+
+    @property
+    def num_zero_groups(self) -> int:
+        """Groups currently held at zero."""
+        return self.core.num_zero_groups
+
+    @property
+    def num_groups(self) -> int:
+        """Groups in the layout."""
+        return self.core.layout.num_groups
+
+    @property
+    def zero_groups(self) -> np.ndarray:
+        """``(G,)`` bool mask of zero groups."""
+        return self.core.zero.copy()
+
+    @property
+    def redundant_groups(self) -> np.ndarray:
+        """``(G,)`` bool mask of the redundant set (all False before the partition)."""
+        return self.core.redundant.copy()
+
+    @property
+    def phase(self) -> str:
+        """``"warmup"``, ``"hybrid"`` or ``"done"`` for the next step."""
+        return self.core.phase

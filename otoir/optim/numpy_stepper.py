@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from otoir.optim.core import BaseRule, HybridCore, Selector, SparsitySchedule
+from otoir.optim.core import BaseRule, HybridCore, HybridStatus, Selector, SparsitySchedule
 from otoir.optim.halfspace import ZeroRowCache, halfspace_project, zero_rows
 from otoir.optim.layout import GroupLayout
 from otoir.optim.rules import LambdaRule
@@ -25,7 +25,7 @@ from otoir.optim.rules import LambdaRule
 __all__ = ["DHSPGStepper", "H2SPGStepper", "HSPGStepper", "NumpyStepper"]
 
 
-class NumpyStepper:
+class NumpyStepper(HybridStatus):
     """Structured-sparsity optimizer over named numpy arrays (the shared core, numpy backend).
 
     Args:
@@ -70,20 +70,6 @@ class NumpyStepper:
         self._fused_impl: Any = None
 
     # ------------------------------------------------------------------ public
-    @property
-    def num_zero_groups(self) -> int:
-        """Groups currently held at zero."""
-        return self.core.num_zero_groups
-
-    @property
-    def zero_groups(self) -> np.ndarray:
-        """``(G,)`` bool mask of zero groups."""
-        return self.core.zero.copy()
-
-    @property
-    def redundant_groups(self) -> np.ndarray:
-        """``(G,)`` bool mask of the redundant set (all False before the partition)."""
-        return self.core.redundant.copy()
 
     def step(
         self,

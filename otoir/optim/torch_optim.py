@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otoir.optim.core import BaseRule, HybridCore, Selector, SparsitySchedule
+from otoir.optim.core import BaseRule, HybridCore, HybridStatus, Selector, SparsitySchedule
 from otoir.optim.halfspace import ZeroRowCache, halfspace_project, zero_rows
 from otoir.optim.layout import GroupLayout
 from otoir.optim.rules import LambdaRule
@@ -44,7 +44,7 @@ def _named(params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tenso
     return names, tensors
 
 
-class HybridSparseOptimizer(torch.optim.Optimizer):
+class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
     """Shared implementation of :class:`DHSPG` and :class:`H2SPG` (and HSPG with ``penalise_all``).
 
     Args:
@@ -101,25 +101,6 @@ class HybridSparseOptimizer(torch.optim.Optimizer):
         self._fused_key: Any = None
 
     # ------------------------------------------------------------------ public
-    @property
-    def num_zero_groups(self) -> int:
-        """Groups currently held at zero."""
-        return self.core.num_zero_groups
-
-    @property
-    def zero_groups(self) -> np.ndarray:
-        """``(G,)`` bool mask of zero groups."""
-        return self.core.zero.copy()
-
-    @property
-    def redundant_groups(self) -> np.ndarray:
-        """``(G,)`` bool mask of the redundant set (all False before the partition)."""
-        return self.core.redundant.copy()
-
-    @property
-    def phase(self) -> str:
-        """``"warmup"``, ``"hybrid"`` or ``"done"`` for the next step."""
-        return self.core.phase
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]

@@ -49,8 +49,6 @@ def group_sparsity(opt: Any) -> float | None:
     if isinstance(val, (int, float)):
         return float(val)
     zero, total = getattr(opt, "num_zero_groups", None), getattr(opt, "num_groups", None)
-    if total is None and getattr(opt, "layout", None) is not None:
-        total = opt.layout.num_groups
     if isinstance(zero, (int, np.integer)) and isinstance(total, (int, np.integer)) and total > 0:
         return float(zero) / float(total)
     return None
