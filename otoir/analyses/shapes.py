@@ -83,37 +83,77 @@ def _infer(proto: onnx.ModelProto, overrides: dict[str, np.ndarray]) -> dict[str
     return out
 
 
+#: Initializers up to this many elements keep their data in the shape-inference proto (they
+#: may be shape data: Reshape targets, Slice bounds); larger ones become typed graph inputs.
+_SMALL_INIT = 64
+
+
+def _typed_input(g: onnx.GraphProto, name: str, dtype, dims) -> None:
+    vi = g.input.add()
+    vi.name = name
+    tt = vi.type.tensor_type
+    if dtype is not None:
+        tt.elem_type = int(dtype)
+    shape = tt.shape
+    for d in dims:
+        dd = shape.dim.add()
+        if isinstance(d, int):
+            dd.dim_value = d
+        else:
+            dd.dim_value = SENTINEL  # symbolic: a concrete stand-in (see SENTINEL)
+
+
 def _shape_proto(model: ir.Model) -> onnx.ModelProto:
-    proto = ir.to_proto(model)
-    for init in proto.graph.initializer:  # shapes only: drop the payload
-        dims = list(init.dims)
-        if int(np.prod(dims)) > 64:
-            init.ClearField("raw_data")
-            init.ClearField("float_data")
-            init.data_location = onnx.TensorProto.DEFAULT
-            del init.external_data[:]
-            init.raw_data = b""
-            init.dims[:] = dims
-    big = {i.name for i in proto.graph.initializer if int(np.prod(list(i.dims))) > 64}
-    keep_inits = [i for i in proto.graph.initializer if i.name not in big]
-    extra_inputs = []
-    for i in proto.graph.initializer:
-        if i.name in big:
-            extra_inputs.append(onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)))
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep_inits)
-    proto.graph.input.extend(extra_inputs)
-    for vi in [*proto.graph.input, *proto.graph.output]:
-        if not vi.type.HasField("tensor_type"):
+    """A weight-free ModelProto for ONNX shape inference.
+
+    Built directly from the IR (``ir.to_proto`` would copy every weight into protobuf, most of
+    the analysis time on large models): large initializers become graph inputs typed with
+    their shape, small ones (possible shape data) are serialized; symbolic dimensions of graph
+    inputs become :data:`SENTINEL`; graph outputs carry no shape and there is no value_info.
+    """
+    from onnx_ir import serde
+
+    mp = onnx.ModelProto()
+    mp.ir_version = model.ir_version
+    for domain, version in model.opset_imports.items():
+        op = mp.opset_import.add()
+        op.domain = domain
+        op.version = version
+    for fn in model.functions.values():
+        serde.serialize_function_into(mp.functions.add(), fn)
+    graph = model.graph
+    g = mp.graph
+    g.name = graph.name or "graph"
+    seen = set()
+    for v in graph.inputs:
+        seen.add(v.name)
+        dims = list(v.shape.dims) if v.shape is not None else []
+        if v.shape is None:
+            serde.serialize_value_into(g.input.add(), v)
+        else:
+            _typed_input(g, v.name, v.dtype, dims)
+    for name, v in graph.initializers.items():
+        if name in seen:
             continue
-        for d in vi.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.ClearField("dim_param")
-                d.dim_value = SENTINEL
-    del proto.graph.value_info[:]
-    for vi in proto.graph.output:
-        vi.type.tensor_type.ClearField("shape")
-    return proto
+        cv = v.const_value
+        shape = v.shape if v.shape is not None else (cv.shape if cv is not None else None)
+        dtype = v.dtype if v.dtype is not None else (cv.dtype if cv is not None else None)
+        dims = list(shape.dims) if shape is not None else None
+        concrete = dims is not None and all(isinstance(d, int) for d in dims)
+        if cv is not None and (not concrete or int(np.prod(dims)) <= _SMALL_INIT):
+            t = g.initializer.add()
+            serde.serialize_tensor_into(t, cv)
+            t.name = name
+        elif dims is not None:
+            _typed_input(g, name, dtype, dims)
+    for node in graph:
+        serde.serialize_node_into(g.node.add(), from_=node, model_ir_version=model.ir_version)
+    for v in graph.outputs:
+        vi = g.output.add()
+        vi.name = v.name
+        if v.dtype is not None:
+            vi.type.tensor_type.elem_type = int(v.dtype)
+    return mp
 
 
 def _attr(node: ir.Node, name: str, default=None):
