@@ -302,7 +302,7 @@ def reshape_track(st: ChannelState, t: Track, sin: tuple[int, ...], sout: tuple[
     """Maps a track through a reshape (exact factorisation; records product constraints)."""
     # Size-1 tracked axes: a single channel; it cannot be followed through a reshape that
     # drops the axis, so keep it only when it survives as a size-1 axis... poison instead.
-    for k, a in enumerate(t.axes):
+    for a in t.axes:
         if sin[a] == 1:
             st.poison(t.ids, f"a size-1 channel axis is reshaped ({node.op_type} '{node.name}')")
             return None
@@ -553,8 +553,6 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
         a_part = ia[tuple(sel_a)]
         b_part = ib[tuple(sel_b)]
         st.unify(a_part, b_part)
-    out_ids_full = None
-    out_zero_full = None
     contracted_tracked = (la is not None and la[0].shape[kdim] > 1) or (lb is not None and lb[0].shape[kdim] > 1)
     if contracted_tracked:
         tracked_batch_or_mn = any(
@@ -716,17 +714,17 @@ def _per_channel(st: ChannelState, node: ir.Node) -> None:
             continue
         p = node.inputs[i]
         ps = st.shape(p)
-        if not p.is_initializer():
-            st.poison(ids, f"{op} '{node.name}' parameter {spec.role} is computed")
-            continue
-        if ps is None or len(ps) == 0 or int(np.prod(ps)) == 1:
-            if op == "PRelu":
-                continue
-            continue
-        if ps[0] != len(ids):
+        if ps is not None and (len(ps) == 0 or int(np.prod(ps)) == 1):
+            continue  # one shared value (e.g. a scalar PRelu slope): nothing per channel
+        if ps is None or ps[0] != len(ids):
             st.poison(ids, f"{op} '{node.name}' parameter {spec.role} does not follow the channels")
             continue
-        st.add_param(p.name, 0, ids, node, spec.role, trainable=None if spec.trainable else False)
+        # the initializer itself, or seen through Unsqueeze/Reshape/... (torch PReLU slope)
+        src = (p.name, 0, ()) if p.is_initializer() else st.param_source(p, 0)
+        if src is None:
+            st.poison(ids, f"{op} '{node.name}' parameter {spec.role} is computed")
+            continue
+        st.add_param(src[0], src[1], ids, node, spec.role, trainable=None if spec.trainable else False, via=src[2])
     if op == "PRelu":
         zero_out = False
         st.set(y, Track(t.axes, t.ids, t.zero.copy()))

@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from otoir.stats import format_report, stats
 
+
 def _model():
     import onnx
     from onnx import helper, numpy_helper
