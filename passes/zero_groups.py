@@ -55,10 +55,13 @@ class ZeroGroups(Pass):
             if unknown:
                 ctx.error(f"unknown {self.kind} group ids: {', '.join(unknown)}")
                 return False
-            cand = [groups[by_id[i]] for i in self.ids]
-            scores = [float(len(cand) - k) for k in range(len(cand))]
-            chosen = [cand[i] for i in select_redundant(cand, scores, len(cand), getattr(self, "_checker", None))]
-            refused = [g.id for g in cand if g not in chosen]
+            # Select among all groups (the validity rules count against the whole set, e.g. "not
+            # every channel group of a tensor"), with the requested ones first in the given order.
+            wanted = {gid: len(self.ids) - k for k, gid in enumerate(self.ids)}
+            scores = [float(wanted.get(g.id, float("-inf"))) for g in groups]
+            picked = select_redundant(groups, scores, len(self.ids), getattr(self, "_checker", None))
+            chosen = [groups[i] for i in picked if groups[i].id in wanted]
+            refused = [gid for gid in self.ids if gid not in {g.id for g in chosen}]
             if refused:
                 ctx.error(f"refused by the validity check: {', '.join(refused)}")
                 return False
