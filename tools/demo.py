@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the main job; returns the exit status."""
     ap = argparse.ArgumentParser(prog="otoir-demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out", help="directory for the sub-networks and reports (default: out)")
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs per network (default: 3, --quick: 1)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs per network (default: 5, --quick: 1)")
+    ap.add_argument("--width", type=float, default=0.5, help="DemoSupNet width multiplier (1.0 = the paper's 0.82M params)")
     ap.add_argument("--backend", choices=("torch", "ort"), default="torch", help="training backend (default: torch)")
     ap.add_argument("--quick", action="store_true", help="tiny widths and one epoch (a smoke test, ~1 minute)")
     ap.add_argument("--seed", type=int, default=0)
@@ -56,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     from otoir.errors import OtoirError
     from otoir.zoo import build
 
-    epochs = args.epochs or (1 if args.quick else 3)
+    epochs = args.epochs or (1 if args.quick else 5)
     os.makedirs(args.out, exist_ok=True)
     ds = load_dataset("mnist")
     jobs = [
-        ("demosupnet", dict(width=0.125 if args.quick else 0.25, relu=True), "erase", 0.5, "demosupnet_erased.onnx"),
+        ("demosupnet", dict(width=0.125 if args.quick else args.width, relu=True), "erase", 0.5, "demosupnet_erased.onnx"),
         ("resnet_basic", dict(width=4) if args.quick else {}, "prune", 0.5, "resnet_pruned.onnx"),
     ]
     reports = {}
