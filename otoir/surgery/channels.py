@@ -256,7 +256,7 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                     _const_input(graph, node, 1, np.array(new_sizes), "split")
                 rewritten += 1
     # 4. value shapes
-    for v, s in new_shape.items():
+    for v in new_shape:
         if v.shape is not None and not v.is_graph_output():
             v.shape = None
     remove_dead_nodes(model)
