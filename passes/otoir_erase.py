@@ -64,11 +64,9 @@ class _Compress(Pass):
         full = None
         changed = False
         for p in passes:
-            if p.name == "to-inference" and self.verify:
-                changed |= pm.run_one(p, model, ctx.analyses, ctx.diagnostics, ctx.pipeline_result, ctx.history)
-                full = clone_model(model)  # the trained full model, inference form
-                continue
             changed |= pm.run_one(p, model, ctx.analyses, ctx.diagnostics, ctx.pipeline_result, ctx.history)
+            if p.name == "to-inference" and self.verify:
+                full = clone_model(model)  # the trained full model, inference form
         if full is not None:
             from otoir.data import load_dataset
             from otoir.report import output_agreement
@@ -80,7 +78,6 @@ class _Compress(Pass):
             if diff > self.tolerance:
                 ctx.error(f"the compressed model's outputs differ from the trained full model's: "
                           f"{diff:.3g} > {self.tolerance:g}")
-            ctx.results["otoir-full-model"] = full
         return changed
 
 

@@ -295,7 +295,11 @@ def _read_input(path: str):
 
 
 def _zoo_model(spec: str):
-    """``zoo:NAME`` or ``zoo:NAME?key=value&...`` -> the exported built-in network."""
+    """``zoo:NAME`` or ``zoo:NAME?key=value&...`` -> the exported built-in network.
+
+    Keys are the network's constructor arguments, plus ``input=CxHxW`` for the example input
+    shape (default: the zoo entry's).
+    """
     from otoir.errors import InputError
 
     name, _, query = spec.partition("?")
@@ -321,7 +325,16 @@ def _zoo_model(spec: str):
         raise InputError("built-in models need torch: pip install 'otoir[torch]'") from None
     from otoir.frontends.torch_export import export_torch
 
+    shape = kwargs.pop("input", None)  # e.g. input=1x28x28: the example input's shape without the batch
     module, example = build(name, **kwargs)
+    if shape is not None:
+        import torch
+
+        try:
+            dims = [int(d) for d in str(shape).split("x")]
+        except ValueError:
+            raise InputError(f"zoo:{name}: input= wants dimensions like 1x28x28, got '{shape}'") from None
+        example = torch.randn(2, *dims, generator=torch.Generator().manual_seed(0))
     return export_torch(module, example)
 
 
