@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,16 +13,15 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.training")
 
 import otoir  # noqa: E402
+import otoir.data  # noqa: E402
 from otoir.tools.otoir_opt import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
-    from otoir.data import load_dataset
-
-    ds = load_dataset("mnist")
+    ds = otoir.data.load_dataset("mnist")
     path = tmp_path_factory.mktemp("data") / "mnist256.npz"
-    raw = np.load(otoir.data.__path__[0] + "/mnist_small.npz")
+    raw = np.load(os.path.join(os.path.dirname(otoir.data.__file__), "mnist_small.npz"))
     np.savez(path, inputs=raw["inputs"][:256], labels=raw["labels"][:256], val_inputs=raw["val_inputs"][:128],
              val_labels=raw["val_labels"][:128])
     assert ds.num_classes == 10
