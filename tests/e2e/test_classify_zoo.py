@@ -8,12 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from otoir.tools.otoir_opt import main  # noqa: E402
-
 import otoir  # noqa: E402
 from otoir.analyses.vertices import VertexClasses  # noqa: E402
 from otoir.infra import PassManager  # noqa: E402
 from otoir.ops import VertexKind  # noqa: E402
+from otoir.tools.otoir_opt import main  # noqa: E402
 from otoir.zoo import MODELS, build  # noqa: E402
 
 SMALL = {"resnet18_cifar"}  # benchmark-only, too big for a unit test

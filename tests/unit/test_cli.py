@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from otoir.tools.otoir_opt import main
 
 GOOD = """<ir_version: 10, opset_import: ["" : 17, "com.acme" : 1]>
