@@ -278,7 +278,7 @@ class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
 
     def _cuda(self) -> Any:
         if self._cuda_impl is None:
-            from otoir.optim._kernel_bridge import cuda_halfspace
+            from otoir.kernels.loader import cuda_halfspace
 
             self._cuda_impl = cuda_halfspace(self.layout, self._layout_tensors[0].device)
             if self._cuda_impl is None and self.cuda_kernel:
