@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from otoir.optim.core import BaseRule, Selector, SparsitySchedule
+from otoir.optim.halfspace import is_torch
 from otoir.optim.layout import GroupLayout
 from otoir.optim.options import configure
 
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from otoir.analyses.groups import Group
 
 __all__ = ["build_optimizer"]
-
-
-def _is_torch_tensor(value: Any) -> bool:
-    return type(value).__module__.startswith("torch")
 
 
 def build_optimizer(
@@ -81,7 +78,7 @@ def build_optimizer(
         raise TypeError("build_optimizer: give exactly one of layout= and groups=")
     items = list(params.items()) if isinstance(params, Mapping) else list(params)
     if front is None:
-        front = "torch" if any(_is_torch_tensor(v) for _, v in items) else "numpy"
+        front = "torch" if any(is_torch(v) for _, v in items) else "numpy"
     if front not in ("numpy", "torch"):
         raise ValueError(f"front end must be numpy or torch, not '{front}'")
     shapes = {n: tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v)) for n, v in items}

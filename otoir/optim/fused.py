@@ -51,10 +51,11 @@ from otoir.kernels.cpu import (
     STATS_NONE,
     cpu_kernel,
 )
+from otoir.optim.halfspace import halfspace_scales
 from otoir.optim.layout import GroupLayout
 from otoir.optim.rules import LambdaRule
 
-__all__ = ["CHUNK_ELEMS", "PARALLEL_MIN_ELEMS", "FusedSGD", "StepRequest", "halfspace_scales"]
+__all__ = ["CHUNK_ELEMS", "PARALLEL_MIN_ELEMS", "FusedSGD", "StepRequest"]
 
 #: Target elements per chunk: three float32 operands of 128 Ki elements are 1.5 MiB (L2-sized).
 CHUNK_ELEMS = int(os.environ.get("OTOIR_FUSED_CHUNK", 1 << 17))
@@ -84,36 +85,6 @@ class StepRequest:
     epsilon: float = 0.0
     force: bool = False
     zero: np.ndarray | None = None
-
-
-def halfspace_scales(
-    xd: np.ndarray,
-    xx: np.ndarray,
-    dd: np.ndarray,
-    active: np.ndarray,
-    lr: float,
-    rule: LambdaRule,
-    epsilon: float,
-    *,
-    project: bool = True,
-    force: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group factor applied to x before the base step and the projected mask.
-
-    The decision of :func:`otoir.optim.halfspace.halfspace_project` on given group statistics
-    (``xd``/``xx``/``dd`` may be ``None`` when ``force``). Returns ``(scale, projected)``:
-    ``scale`` is ``(G,)`` float64, 1 for inactive groups and 0 for projected ones.
-    """
-    from otoir.optim.rules import halfspace_decision
-
-    active = np.asarray(active, dtype=bool)
-    if force:
-        return np.where(active, 0.0, 1.0), active.copy()
-    lam = rule(xd, xx, dd)
-    scale, proj = halfspace_decision(xd, xx, lam, lr, epsilon)
-    projected = active & proj if project else active & (xx <= 0)
-    scale = np.where(active, np.where(projected, 0.0, scale), 1.0)
-    return scale, projected
 
 
 def _load_kernel() -> Any:
