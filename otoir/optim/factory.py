@@ -76,6 +76,7 @@ def build_optimizer(
     """
     if (layout is None) == (groups is None):
         raise TypeError("build_optimizer: give exactly one of layout= and groups=")
+    key = str(algorithm).lower()
     items = list(params.items()) if isinstance(params, Mapping) else list(params)
     if front is None:
         front = "torch" if any(is_torch(v) for _, v in items) else "numpy"
@@ -92,7 +93,7 @@ def build_optimizer(
         from otoir.optim.from_groups import check_valid_target, layout_from_groups
 
         layout = layout_from_groups(groups, shapes)
-        if str(algorithm).lower() == "h2spg" and selector is None:
+        if key == "h2spg" and selector is None:
             from otoir.analyses.validity import select_redundant
 
             glist = groups
@@ -100,18 +101,18 @@ def build_optimizer(
             def selector(scores: np.ndarray, k: int) -> list[int]:
                 return select_redundant(glist, scores, k)
 
-    cfg = configure(algorithm, base, schedule, selector, options)
-    if groups is not None and str(algorithm).lower() == "h2spg":
+    cfg = configure(key, base, schedule, selector, options)
+    if groups is not None and key == "h2spg":
         check_valid_target(groups, cfg.schedule.target)
     structured = dict(base=cfg.base, schedule=cfg.schedule, selector=cfg.selector)
     if front == "torch":
         from otoir.optim.torch_optim import OPTIMIZERS
 
-        opt = OPTIMIZERS[str(algorithm).lower()](items, layout, lr, cuda_kernel=cuda_kernel, **structured)
+        opt = OPTIMIZERS[key](items, layout, lr, cuda_kernel=cuda_kernel, **structured)
     else:
         from otoir.optim.numpy_stepper import NumpyStepper
 
-        opt = NumpyStepper(layout, shapes, lr=lr, algorithm=algorithm, **structured)
+        opt = NumpyStepper(layout, shapes, lr=lr, algorithm=key, **structured)
     if groups is not None:
         opt.groups = groups
     return opt
