@@ -18,9 +18,29 @@ import tempfile
 import threading
 from typing import Any
 
-__all__ = ["CpuStep", "cpu_kernel", "cpu_kernel_status"]
+__all__ = [
+    "CPU_ABI",
+    "CpuStep",
+    "FLAG_FM",
+    "FLAG_HM",
+    "FLAG_UX",
+    "FLAG_WD",
+    "STATS_AFTER",
+    "STATS_BEFORE",
+    "STATS_NONE",
+    "cpu_kernel",
+    "cpu_kernel_status",
+]
 
-_ABI = 1
+# The one Python copy of the constants #defined in cpu_step.c (tests/unit/test_kernels.py
+# parses the C source and compares).
+#: ``otoir_cpu_abi()`` of a matching library.
+CPU_ABI = 1
+#: Bits of the ``flags`` argument: weight decay, momentum buffer, update x, fused multiply-add.
+FLAG_WD, FLAG_HM, FLAG_UX, FLAG_FM = 1, 2, 4, 8
+#: Values of the ``sm`` argument of ``otoir_sweep_*``: no row statistics, of ``(x, g)`` before
+#: the update, of ``(x, d)`` after it.
+STATS_NONE, STATS_BEFORE, STATS_AFTER = 0, 1, 2
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_step.c")
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off"],
@@ -28,9 +48,6 @@ _FLAG_SETS = (
 )
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
-
-# flag bits shared with cpu_step.c
-WD, HM, UX, FM = 1, 2, 4, 8
 
 
 def _cache_dir() -> str:
@@ -102,7 +119,7 @@ def cpu_kernel() -> CpuStep | None:
             if path is not None:
                 try:
                     lib = ctypes.CDLL(path)
-                    if lib.otoir_cpu_abi() == _ABI:
+                    if lib.otoir_cpu_abi() == CPU_ABI:
                         kernel = CpuStep(lib)
                         status = "ok"
                     else:

@@ -19,8 +19,20 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define ABI 1
-int otoir_cpu_abi(void) { return ABI; }
+/* The Python side (otoir/kernels/cpu.py) has the same values; tests/unit/test_kernels.py parses
+ * these #defines and compares. */
+#define OTOIR_CPU_ABI 1
+/* Bits of the `flags` argument. */
+#define OTOIR_FLAG_WD 1 /* weight decay: e = g + wd*x */
+#define OTOIR_FLAG_HM 2 /* momentum buffer m */
+#define OTOIR_FLAG_UX 4 /* update x (sweep) */
+#define OTOIR_FLAG_FM 8 /* fused multiply-add rounding (torch) */
+/* Values of the `sm` argument of otoir_sweep_*: which row statistics to reduce. */
+#define OTOIR_STATS_NONE 0
+#define OTOIR_STATS_BEFORE 1 /* of (x, g), before the update */
+#define OTOIR_STATS_AFTER 2  /* of (x, d), d the new direction */
+
+int otoir_cpu_abi(void) { return OTOIR_CPU_ABI; }
 
 #define FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #define FMAD(a, b, c) __builtin_fma((a), (b), (c))
@@ -40,7 +52,7 @@ static inline __attribute__((always_inline)) void sweep_##SFX##_body(           
     _Pragma("omp simd reduction(+:a,b,c)")                                                      \
     for (int64_t j = 0; j < inner; ++j) {                                                       \
       T xv = xr[j], gv = gr[j];                                                                 \
-      if (SM == 1) { a += (double)xv * gv; b += (double)xv * xv; c += (double)gv * gv; }       \
+      if (SM == OTOIR_STATS_BEFORE) { a += (double)xv * gv; b += (double)xv * xv; c += (double)gv * gv; }       \
       T e = gv;                                                                                 \
       if (WD) { if (FM) e = FMA(xv, wd, gv); else { T t = wd * xv; e = gv + t; } }              \
       T d = e;                                                                                  \
@@ -50,7 +62,7 @@ static inline __attribute__((always_inline)) void sweep_##SFX##_body(           
         else { T u = omd * e; d = t + u; } /* omd == 1: u == e exactly */                       \
         mr[j] = d;                                                                              \
       }                                                                                         \
-      if (SM == 2) { a += (double)xv * d; b += (double)xv * xv; c += (double)d * d; }          \
+      if (SM == OTOIR_STATS_AFTER) { a += (double)xv * d; b += (double)xv * xv; c += (double)d * d; }          \
       if (UX) {                                                                                 \
         T nx;                                                                                   \
         if (FM) nx = FMA(d, neg_lr, xv); else { T t = lr * d; nx = xv - t; }                    \
@@ -63,8 +75,8 @@ static inline __attribute__((always_inline)) void sweep_##SFX##_body(           
 void otoir_sweep_##SFX(T *x, const T *g, T *m, int64_t rows, int64_t inner, double mu,         \
                        double omd, double wd, double lr, double *sxd, double *sxx, double *sdd, \
                        const uint8_t *zrow, int sm, int flags) {                               \
-  const int wdf = flags & 1, hm = (flags >> 1) & 1, ux = (flags >> 2) & 1, fm = (flags >> 3) & 1; \
-  (void)0; \
+  const int wdf = (flags & OTOIR_FLAG_WD) != 0, hm = (flags & OTOIR_FLAG_HM) != 0;               \
+  const int ux = (flags & OTOIR_FLAG_UX) != 0, fm = (flags & OTOIR_FLAG_FM) != 0;                \
   const T Mu = (T)mu, Omd = (T)omd, Wd = (T)wd, Nl = (T)(-lr), L = (T)lr;                       \
   int code = sm * 16 + wdf * 8 + hm * 4 + ux * 2 + fm;                                          \
   switch (code) {                                                                               \
@@ -74,7 +86,7 @@ void otoir_sweep_##SFX(T *x, const T *g, T *m, int64_t rows, int64_t inner, doub
 }                                                                                               \
 void otoir_scale_##SFX(T *x, const T *src, int64_t rows, int64_t inner, const double *rscale,  \
                        double wd, double lr, const uint8_t *zrow, int flags) {                  \
-  const int wdf = flags & 1, fm = (flags >> 3) & 1;                                             \
+  const int wdf = (flags & OTOIR_FLAG_WD) != 0, fm = (flags & OTOIR_FLAG_FM) != 0;               \
   const T Wd = (T)wd, Nl = (T)(-lr), L = (T)lr;                                                 \
   for (int64_t r = 0; r < rows; ++r) {                                                          \
     T *restrict xr = x + r * inner;                                                             \

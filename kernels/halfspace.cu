@@ -118,6 +118,8 @@ __global__ void halfspace_kernel(Params p) {
 }  // namespace
 
 #define OTOIR_EXPORT __attribute__((visibility("default")))
+// ABI version of this library; otoir/kernels/loader.py has the same value (ABI_VERSION, tested).
+#define OTOIR_KERNELS_ABI 1
 
 extern "C" {
 
@@ -128,7 +130,7 @@ OTOIR_EXPORT int otoir_cuda_device_count(int* count) {
 }
 
 // ABI version of this library, checked by the Python loader.
-OTOIR_EXPORT int otoir_kernels_abi_version(void) { return 1; }
+OTOIR_EXPORT int otoir_kernels_abi_version(void) { return OTOIR_KERNELS_ABI; }
 
 // Launches the fused half-space projection on `stream` (a cudaStream_t, 0 = default stream).
 // All pointer arguments are device pointers. Returns the launch's cudaError_t.

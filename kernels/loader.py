@@ -8,7 +8,8 @@ Three states are normal and reported by :func:`kernel_status`:
 * ``"ok"``: a device is usable.
 
 Only ``"ok"`` enables :class:`CudaHalfspace`; everything else falls back to the CPU/torch
-reference in :mod:`otoir.optim.halfspace`. The library is searched at ``$OTOIR_KERNELS_LIB``,
+reference in :mod:`otoir.optim.halfspace` (this package imports nothing from ``otoir.optim``;
+the optimizers import it lazily). The library is searched at ``$OTOIR_KERNELS_LIB``,
 next to this file (where ``setup.py`` installs it), then in ``build/`` of a source checkout.
 """
 
@@ -25,12 +26,14 @@ __all__ = [
     "CUDA_ERROR_INSUFFICIENT_DRIVER",
     "CudaHalfspace",
     "cuda_available",
+    "cuda_halfspace",
     "device_count",
     "find_library",
     "kernel_status",
     "load_library",
 ]
 
+#: ``otoir_kernels_abi_version()`` of a matching library (``OTOIR_KERNELS_ABI`` in halfspace.cu).
 ABI_VERSION = 1
 CUDA_ERROR_INSUFFICIENT_DRIVER = 35
 _LIB_GLOB = "libotoir_kernels*.so"
@@ -186,3 +189,13 @@ class CudaHalfspace:
         if err != 0:
             raise RuntimeError(f"otoir_halfspace_f32 failed with cudaError {err}")
         return projected.cpu().numpy().astype(bool)
+
+
+def cuda_halfspace(layout: Any, device: Any) -> CudaHalfspace | None:
+    """A :class:`CudaHalfspace` for ``device``, or ``None`` when the kernel is unavailable."""
+    if not cuda_available():
+        return None
+    try:
+        return CudaHalfspace(layout, device)
+    except RuntimeError:
+        return None

@@ -239,14 +239,12 @@ def bench_cuda(steps: int) -> str:
         return "(b) skipped: torch not installed"
     if not torch.cuda.is_available():
         return "(b) skipped: no CUDA device"
+    from otoir import kernels
     from otoir.optim import GroupLayout, LambdaRule
-    from otoir.optim._kernel_bridge import import_kernels
     from otoir.optim.halfspace import halfspace_project
 
-    kernels = import_kernels()
-    if kernels is None or not kernels.cuda_available():
-        status = kernels.kernel_status() if kernels is not None else "no package"
-        return f"(b) skipped: CUDA device present but kernel library unavailable ({status})"
+    if not kernels.cuda_available():
+        return f"(b) skipped: CUDA device present but kernel library unavailable ({kernels.kernel_status()})"
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = _resnet18_cifar()

@@ -34,6 +34,7 @@ __all__ = [
     "HybridStatus",
     "Selector",
     "SparsitySchedule",
+    "target_count",
 ]
 
 #: ``selector(scores, k) -> group indices`` (in the order accepted). Scores: larger = more redundant.
@@ -109,17 +110,26 @@ class SparsitySchedule:
             raise ValueError("score_momentum must be in [0, 1)")
 
     def target_count(self, num_groups: int) -> int:
-        """K for a layout of ``num_groups`` groups."""
-        if isinstance(self.target, int):
-            if self.target > num_groups:
-                raise ValueError(f"target count {self.target} > number of groups {num_groups}")
-            return self.target
-        return int(np.floor(self.target * num_groups + 1e-9))
+        """K for a layout of ``num_groups`` groups (:func:`target_count`)."""
+        return target_count(self.target, num_groups)
 
     @property
     def final_step(self) -> int:
         """Index of the step after which exactly K groups are zero."""
         return self.warmup_steps + max(self.projection_steps, 1) - 1
+
+
+def target_count(target: float | int, num_groups: int) -> int:
+    """K, the number of groups to zero: ``⌊target·G⌋`` for a fraction, the count for an ``int``.
+
+    Raises:
+        ValueError: A count larger than ``num_groups``.
+    """
+    if isinstance(target, int):
+        if target > num_groups:
+            raise ValueError(f"target count {target} > number of groups {num_groups}")
+        return target
+    return int(np.floor(target * num_groups + 1e-9))
 
 
 class Backend(Protocol):

@@ -10,7 +10,7 @@ from otoir.optim.layout import GroupLayout
 if TYPE_CHECKING:
     from otoir.analyses.groups import Group
 
-__all__ = ["layout_from_groups", "groups_for", "make_numpy_stepper", "check_valid_target"]
+__all__ = ["check_valid_target", "groups_for", "layout_from_groups", "make_numpy_stepper", "trainable_shapes"]
 
 
 def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
@@ -19,11 +19,10 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     Returns K. Raises ValueError naming the largest reachable target otherwise (the
     hierarchy forbids erasing a segment together with all of its alternatives).
     """
-    import math
-
     from otoir.analyses.validity import select_redundant
+    from otoir.optim.core import target_count
 
-    k = target if isinstance(target, int) else int(math.floor(target * len(groups) + 1e-9))
+    k = target_count(target, len(groups))
     most = len(select_redundant(list(groups), [0.0] * len(groups), len(groups)))
     if k > most:
         raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
@@ -72,43 +71,29 @@ def groups_for(model, kind: str, analyses=None) -> list[Group]:
     return [g for g in groups if g.prunable]
 
 
-def make_numpy_stepper(name: str, model, groups: Sequence[Group] | None, *, lr: float = 0.1, momentum: float = 0.0,
-                       weight_decay: float = 0.0, target_sparsity: float | int = 0.5, warmup_steps: int = 0,
-                       projection_steps: int = 0, shapes: Mapping[str, Sequence[int]] | None = None, **kwargs):
-    """Builds the numpy DHSPG / H2SPG stepper for the ONNX Runtime backend.
+def trainable_shapes(model, analyses=None) -> dict[str, tuple[int, ...]]:
+    """Shapes of the trainable parameters of ``model`` (:attr:`VertexClasses.trainable`), by name.
 
     Args:
-        name: ``dhspg`` or ``h2spg`` (the latter selects through ``select_redundant``).
-        model: The model (its trainable parameters give the shapes when ``shapes`` is None).
-        groups: Prunable groups (from :func:`groups_for`).
-        lr, momentum, weight_decay: The base SGD rule.
-        target_sparsity: Fraction (or, as int, count) of groups to zero.
-        warmup_steps, projection_steps: The schedule, in optimizer steps.
-        shapes: Shapes of every trainable parameter (default: from the model).
-        **kwargs: Further :func:`~otoir.optim.DHSPGStepper` options (epsilon, lam, ...).
+        model: The model.
+        analyses: An :class:`~otoir.infra.analysis.AnalysisManager` to reuse (optional).
     """
-    from otoir.optim.numpy_stepper import DHSPGStepper, H2SPGStepper
+    from otoir.analyses.vertices import VertexClasses
+    from otoir.infra.analysis import AnalysisManager
 
-    if not groups:
-        raise ValueError(f"{name}: the model has no prunable groups")
-    if shapes is None:
-        from otoir.analyses.vertices import VertexClasses
-        from otoir.infra.analysis import AnalysisManager
+    vc = (analyses or AnalysisManager(model)).get(VertexClasses)
+    return {n: tuple(v.const_value.shape) for n, v in vc.trainable.items()}
 
-        vc = AnalysisManager(model).get(VertexClasses)
-        shapes = {n: tuple(v.const_value.shape) for n, v in vc.trainable.items()}
-    layout = layout_from_groups(groups, shapes)
-    common = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, target=target_sparsity,
-                  warmup_steps=warmup_steps, projection_steps=projection_steps, **kwargs)
-    if name == "h2spg":
-        from otoir.analyses.validity import select_redundant
 
-        glist = list(groups)
-        check_valid_target(glist, target_sparsity)
-        stepper = H2SPGStepper(layout, shapes, selector=lambda s, k: select_redundant(glist, s, k), **common)
-    elif name == "dhspg":
-        stepper = DHSPGStepper(layout, shapes, **common)
-    else:
-        raise ValueError(f"unknown structured optimizer '{name}'")
-    stepper.groups = list(groups)
-    return stepper
+def make_numpy_stepper(name: str, model, groups: Sequence[Group] | None, *, target_sparsity: float | int = 0.5,
+                       shapes: Mapping[str, Sequence[int]] | None = None, **kwargs):
+    """Deprecated spelling of :func:`otoir.optim.build_optimizer` on the numpy front end.
+
+    Kept until ``otoir/api.py`` calls ``build_optimizer`` itself;
+    ``make_numpy_stepper(name, model, groups, target_sparsity=t, **kw)`` is
+    ``build_optimizer(name, trainable_shapes(model), groups=groups, target=t, **kw)``.
+    """
+    from otoir.optim.factory import build_optimizer
+
+    return build_optimizer(name, shapes if shapes is not None else trainable_shapes(model), groups=groups or [],
+                           target=target_sparsity, front="numpy", **kwargs)

@@ -39,10 +39,23 @@ from typing import Any
 
 import numpy as np
 
+# otoir.kernels imports nothing from otoir.optim; this module is itself imported only when a
+# front end first takes a fused step.
+from otoir.kernels.cpu import (
+    FLAG_FM,
+    FLAG_HM,
+    FLAG_UX,
+    FLAG_WD,
+    STATS_AFTER,
+    STATS_BEFORE,
+    STATS_NONE,
+    cpu_kernel,
+)
+from otoir.optim.halfspace import halfspace_scales
 from otoir.optim.layout import GroupLayout
 from otoir.optim.rules import LambdaRule
 
-__all__ = ["CHUNK_ELEMS", "PARALLEL_MIN_ELEMS", "FusedSGD", "StepRequest", "halfspace_scales"]
+__all__ = ["CHUNK_ELEMS", "PARALLEL_MIN_ELEMS", "FusedSGD", "StepRequest"]
 
 #: Target elements per chunk: three float32 operands of 128 Ki elements are 1.5 MiB (L2-sized).
 CHUNK_ELEMS = int(os.environ.get("OTOIR_FUSED_CHUNK", 1 << 17))
@@ -74,49 +87,8 @@ class StepRequest:
     zero: np.ndarray | None = None
 
 
-def halfspace_scales(
-    xd: np.ndarray,
-    xx: np.ndarray,
-    dd: np.ndarray,
-    active: np.ndarray,
-    lr: float,
-    rule: LambdaRule,
-    epsilon: float,
-    *,
-    project: bool = True,
-    force: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group factor applied to x before the base step and the projected mask.
-
-    The decision of :func:`otoir.optim.halfspace.halfspace_project` on given group statistics
-    (``xd``/``xx``/``dd`` may be ``None`` when ``force``). Returns ``(scale, projected)``:
-    ``scale`` is ``(G,)`` float64, 1 for inactive groups and 0 for projected ones.
-    """
-    from otoir.optim.rules import halfspace_decision
-
-    active = np.asarray(active, dtype=bool)
-    if force:
-        return np.where(active, 0.0, 1.0), active.copy()
-    lam = rule(xd, xx, dd)
-    scale, proj = halfspace_decision(xd, xx, lam, lr, epsilon)
-    projected = active & proj if project else active & (xx <= 0)
-    scale = np.where(active, np.where(projected, 0.0, scale), 1.0)
-    return scale, projected
-
-
-_WD, _HM, _UX, _FM = 1, 2, 4, 8  # flag bits of kernels/cpu_step.c
-
-
 def _load_kernel() -> Any:
-    from otoir.optim._kernel_bridge import import_kernels
-
-    kernels = import_kernels()
-    if kernels is None:
-        return None
-    try:
-        from otoir.kernels.cpu import cpu_kernel  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+    """The CPU step kernel, or ``None`` (no compiler, disabled, load error)."""
     return cpu_kernel()
 
 
@@ -307,7 +279,7 @@ class FusedSGD:
         kern = self.kernel
         R = lay.total_rows
         zmask = np.concatenate([zero, [False]])[self._seg].astype(np.uint8) if zrows is not None else None
-        base_flags = (_WD if weight_decay else 0) | (_HM if momentum else 0) | (_FM if tm else 0)
+        base_flags = (FLAG_WD if weight_decay else 0) | (FLAG_HM if momentum else 0) | (FLAG_FM if tm else 0)
         deferred: list[tuple[int, list[Any], list[Any]]] = []
         kdeferred: list[tuple[int, Any, Any]] = []
         calls: list[tuple[int, Any, tuple[Any, ...]]] = []
@@ -325,7 +297,7 @@ class FusedSGD:
             if kv is not None:
                 later = li in hs_tensors
                 grow = int(lay.row_offset[li]) if li >= 0 else 0
-                sm = 1 if (req.score and li >= 0) else (2 if (need_dstats and later) else 0)
+                sm = STATS_BEFORE if (req.score and li >= 0) else (STATS_AFTER if (need_dstats and later) else STATS_NONE)
                 zp = None
                 if not later and zmask is not None and li >= 0:
                     zp = zmask.ctypes.data + grow
@@ -333,7 +305,7 @@ class FusedSGD:
                 calls.append((kv[0] * kv[1], fn, (
                     _ptr(x, tm), _ptr(g, tm), None if m is None else _ptr(m, tm), kv[0], kv[1],
                     momentum, 1.0 - dampening, weight_decay, lr,
-                    sp, sp + 8 * R, sp + 16 * R, zp, sm, base_flags | (0 if later else _UX),
+                    sp, sp + 8 * R, sp + 16 * R, zp, sm, base_flags | (0 if later else FLAG_UX),
                 )))
                 if later:
                     kdeferred.append((pi, x, m if momentum else g))
@@ -409,7 +381,7 @@ class FusedSGD:
                     np.concatenate([new_zero, [False]])[self._seg].astype(np.uint8)
                     if new_zero.any() else None
                 )
-                wflags = (0 if momentum else (_WD if weight_decay else 0)) | (_FM if tm else 0)
+                wflags = (0 if momentum else (FLAG_WD if weight_decay else 0)) | (FLAG_FM if tm else 0)
                 calls = []
                 for pi, x, src in kdeferred:
                     li = self.layout_index[pi]

@@ -27,6 +27,7 @@ __all__ = [
     "apply_group_scale",
     "group_stats",
     "halfspace_project",
+    "halfspace_scales",
     "is_torch",
     "tensors_with_groups",
     "zero_rows",
@@ -207,6 +208,34 @@ class ZeroRowCache:
         return out
 
 
+def halfspace_scales(
+    xd: np.ndarray,
+    xx: np.ndarray,
+    dd: np.ndarray,
+    active: np.ndarray,
+    lr: float,
+    rule: LambdaRule,
+    epsilon: float,
+    *,
+    project: bool = True,
+    force: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group factor applied to x before the base step and the projected mask.
+
+    The decision of :func:`halfspace_project` (and of the fused step) on given group statistics
+    (``xd``/``xx``/``dd`` may be ``None`` when ``force``). Returns ``(scale, projected)``:
+    ``scale`` is ``(G,)`` float64, 1 for inactive groups and 0 for projected ones.
+    """
+    active = np.asarray(active, dtype=bool)
+    if force:
+        return np.where(active, 0.0, 1.0), active.copy()
+    lam = rule(xd, xx, dd)
+    scale, proj = halfspace_decision(xd, xx, lam, lr, epsilon)
+    projected = active & proj if project else active & (xx <= 0)
+    scale = np.where(active, np.where(projected, 0.0, scale), 1.0)
+    return scale, projected
+
+
 def halfspace_project(
     layout: GroupLayout,
     xs: Sequence[Any],
@@ -240,14 +269,7 @@ def halfspace_project(
     ids = tensors_with_groups(layout, active)
     if not ids:
         return projected
-    if force:
-        projected = active.copy()
-        scale = np.where(active, 0.0, 1.0)
-    else:
-        xd, xx, dd = group_stats(layout, xs, ds, ids)
-        lam = rule(xd, xx, dd)
-        scale, proj = halfspace_decision(xd, xx, lam, lr, epsilon)
-        projected = active & proj if project else active & (xx <= 0)
-        scale = np.where(active, np.where(projected, 0.0, scale), 1.0)
+    stats = (None, None, None) if force else group_stats(layout, xs, ds, ids)
+    scale, projected = halfspace_scales(*stats, active, lr, rule, epsilon, project=project, force=force)
     apply_group_scale(layout, xs, scale, ids)
     return projected

@@ -116,6 +116,11 @@ class GroupLayout:
         axes: dict[str, int | None] = {}
         members: dict[str, list[tuple[np.ndarray, int]]] = {}
         for g, group in enumerate(groups):
+            if hasattr(group, "slices"):
+                raise TypeError(
+                    f"group {g} is an analysis Group, not a list of (name, axis, indices) slices: use "
+                    "otoir.optim.from_groups.layout_from_groups or build_optimizer(..., groups=...)"
+                )
             for spec in group:
                 if len(spec) != 3:
                     raise ValueError(f"group {g}: slice {spec!r} is not (name, axis, indices)")

@@ -5,6 +5,10 @@ and the new parameter values are written back to the session::
 
     stepper = DHSPGStepper(layout, shapes, lr=0.1, momentum=0.9, target=0.5,
                            warmup_steps=100, projection_steps=200)
+    # the same, structured:
+    stepper = NumpyStepper(layout, shapes, lr=0.1, algorithm="dhspg",
+                           base=BaseRule(momentum=0.9),
+                           schedule=SparsitySchedule(target=0.5, warmup_steps=100, projection_steps=200))
     for batch in data:
         grads = run_forward_backward(batch)          # {name: np.ndarray}
         stepper.step(params, grads)                  # params: {name: np.ndarray}, in place
@@ -20,6 +24,7 @@ import numpy as np
 from otoir.optim.core import BaseRule, HybridCore, HybridStatus, Selector, SparsitySchedule
 from otoir.optim.halfspace import ZeroRowCache, halfspace_project, zero_rows
 from otoir.optim.layout import GroupLayout
+from otoir.optim.options import configure
 from otoir.optim.rules import LambdaRule
 
 __all__ = ["DHSPGStepper", "H2SPGStepper", "HSPGStepper", "NumpyStepper"]
@@ -28,14 +33,19 @@ __all__ = ["DHSPGStepper", "H2SPGStepper", "HSPGStepper", "NumpyStepper"]
 class NumpyStepper(HybridStatus):
     """Structured-sparsity optimizer over named numpy arrays (the shared core, numpy backend).
 
+    Usually built by :func:`otoir.optim.build_optimizer` or the :func:`DHSPGStepper` /
+    :func:`H2SPGStepper` / :func:`HSPGStepper` shorthands.
+
     Args:
         layout: Groups over (a subset of) the parameters.
         shapes: Shape of every trainable parameter (grouped or not), by name.
         lr: Learning rate (override per call with ``step(..., lr=)``).
-        base: Base update rule.
-        schedule: Sparsity schedule.
-        selector: Redundant-set selector (default top-K).
-        penalise_all: HSPG mode (see :class:`~otoir.optim.core.HybridCore`).
+        algorithm: ``"dhspg"``, ``"h2spg"`` or ``"hspg"`` (see :mod:`otoir.optim.options`).
+        base: Base update rule (default ``BaseRule()``).
+        schedule: Sparsity schedule (default ``SparsitySchedule()``).
+        selector: Redundant-set selector (default top-K; required by H2SPG).
+        **options: Flat settings overriding fields of ``base`` / ``schedule``
+            (:data:`otoir.optim.options.OPTION_NAMES`: ``momentum``, ``target``, ``lam`` …).
     """
 
     def __init__(
@@ -43,12 +53,14 @@ class NumpyStepper(HybridStatus):
         layout: GroupLayout,
         shapes: Mapping[str, Sequence[int]],
         *,
-        lr: float,
+        lr: float = 0.1,
+        algorithm: str = "dhspg",
         base: BaseRule | None = None,
         schedule: SparsitySchedule | None = None,
         selector: Selector | None = None,
-        penalise_all: bool = False,
+        **options: Any,
     ) -> None:
+        cfg = configure(algorithm, base, schedule, selector, options)
         missing = [n for n in layout.names if n not in shapes]
         if missing:
             raise ValueError(f"layout tensors missing from shapes: {missing[:5]}")
@@ -59,8 +71,8 @@ class NumpyStepper(HybridStatus):
         self.names = list(shapes)
         self.shapes = {n: tuple(int(s) for s in shapes[n]) for n in self.names}
         self.lr = float(lr)
-        self.base = base or BaseRule()
-        self.core = HybridCore(layout, schedule or SparsitySchedule(), selector, penalise_all=penalise_all)
+        self.base = cfg.base
+        self.core = HybridCore(layout, cfg.schedule, cfg.selector, penalise_all=cfg.penalise_all)
         self.state: dict[str, dict[str, np.ndarray]] = {n: {} for n in self.names}
         self.base_steps = 0
         self._zero_cache = ZeroRowCache(layout)
@@ -215,162 +227,26 @@ class NumpyStepper(HybridStatus):
         zero_rows(self.layout, self.layout_params(), self._zero_cache.rows(zero))
 
 
-def _make(
-    layout: GroupLayout,
-    shapes: Mapping[str, Sequence[int]],
-    *,
-    lr: float,
-    variant: str,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    target: float | int,
-    warmup_steps: int,
-    projection_steps: int,
-    epsilon: float,
-    lam: float,
-    lambda_amplify: float,
-    lambda_hat_coeff: float,
-    adaptive: bool,
-    score_momentum: float,
-    score_interval: int,
-    selector: Selector | None,
-    penalise_all: bool = False,
-) -> NumpyStepper:
-    return NumpyStepper(
-        layout,
-        shapes,
-        lr=lr,
-        base=BaseRule(variant, momentum, dampening, weight_decay, betas),
-        schedule=SparsitySchedule(
-            target,
-            warmup_steps,
-            projection_steps,
-            epsilon,
-            LambdaRule(lam, lambda_amplify, lambda_hat_coeff, adaptive),
-            score_momentum,
-            score_interval,
-        ),
-        selector=selector,
-        penalise_all=penalise_all,
-    )
-
-
-def DHSPGStepper(  # noqa: N802 - factory named like the class it configures
-    layout: GroupLayout,
-    shapes: Mapping[str, Sequence[int]],
-    *,
-    lr: float = 0.1,
-    variant: str = "sgd",
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    target: float | int = 0.5,
-    warmup_steps: int = 0,
-    projection_steps: int = 0,
-    epsilon: float = 0.0,
-    lam: float = 1e-3,
-    lambda_amplify: float = 2.0,
-    lambda_hat_coeff: float = 10.0,
-    score_momentum: float = 0.9,
-    score_interval: int = 1,
-    selector: Selector | None = None,
-) -> NumpyStepper:
+def DHSPGStepper(layout: GroupLayout, shapes: Mapping[str, Sequence[int]], **kwargs: Any) -> NumpyStepper:  # noqa: N802
     """DHSPG over numpy arrays: top-K partition (or ``selector``), adaptive λ, exact count.
 
-    Args:
-        layout: Groups over the parameters.
-        shapes: Shapes of all trainable parameters by name.
-        lr: Learning rate.
-        variant: Base rule, ``"sgd"``, ``"adam"`` or ``"adamw"``.
-        momentum: SGD momentum.
-        dampening: SGD dampening.
-        weight_decay: L2 (sgd/adam) or decoupled (adamw) weight decay.
-        betas: Adam betas.
-        target: Fraction of groups (float) or exact count (int) to zero.
-        warmup_steps: Plain steps before the partition.
-        projection_steps: Hybrid window; exactly K zero groups after it.
-        epsilon: Half-space threshold.
-        lam: Base λ.
-        lambda_amplify: Multiplier of λ's lower bound.
-        lambda_hat_coeff: λ_g ≤ lam·lambda_hat_coeff.
-        score_momentum: ω of the redundancy-score average.
-        score_interval: Score every this many warm-up steps.
-        selector: Redundant-set selector (default top-K).
-
-    Returns:
-        A configured :class:`NumpyStepper`.
+    Arguments as :class:`NumpyStepper` with ``algorithm="dhspg"``.
     """
-    return _make(**{k: v for k, v in locals().items()}, adaptive=True)
+    return NumpyStepper(layout, shapes, algorithm="dhspg", **kwargs)
 
 
-def H2SPGStepper(  # noqa: N802
-    layout: GroupLayout,
-    shapes: Mapping[str, Sequence[int]],
-    *,
-    selector: Selector,
-    lr: float = 0.1,
-    variant: str = "sgd",
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    target: float | int = 0.5,
-    warmup_steps: int = 0,
-    projection_steps: int = 0,
-    epsilon: float = 0.0,
-    lam: float = 1e-3,
-    lambda_amplify: float = 2.0,
-    lambda_hat_coeff: float = 10.0,
-    score_momentum: float = 0.9,
-    score_interval: int = 1,
-) -> NumpyStepper:
+def H2SPGStepper(layout: GroupLayout, shapes: Mapping[str, Sequence[int]], **kwargs: Any) -> NumpyStepper:  # noqa: N802
     """H2SPG over numpy arrays: like :func:`DHSPGStepper` with a required validity ``selector``.
 
     ``selector(scores, k)`` must return ``k`` group indices forming a valid redundant set
-    (e.g. ``lambda s, k: select_redundant(groups, s, k)``). Other arguments as
-    :func:`DHSPGStepper`.
+    (e.g. ``lambda s, k: select_redundant(groups, s, k)``).
     """
-    return _make(**{k: v for k, v in locals().items()}, adaptive=True)
+    return NumpyStepper(layout, shapes, algorithm="h2spg", **kwargs)
 
 
-def HSPGStepper(  # noqa: N802
-    layout: GroupLayout,
-    shapes: Mapping[str, Sequence[int]],
-    *,
-    lr: float = 0.1,
-    variant: str = "sgd",
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    warmup_steps: int = 0,
-    epsilon: float = 0.0,
-    lam: float = 1e-3,
-) -> NumpyStepper:
+def HSPGStepper(layout: GroupLayout, shapes: Mapping[str, Sequence[int]], **kwargs: Any) -> NumpyStepper:  # noqa: N802
     """HSPG (OTOv1): constant λ on every group, half-space projection after ``warmup_steps``.
 
     No partition and no target: the number of zero groups is whatever λ and ε produce.
     """
-    return _make(
-        layout,
-        shapes,
-        lr=lr,
-        variant=variant,
-        momentum=momentum,
-        dampening=0.0,
-        weight_decay=weight_decay,
-        betas=(0.9, 0.999),
-        target=0,
-        warmup_steps=warmup_steps,
-        projection_steps=0,
-        epsilon=epsilon,
-        lam=lam,
-        lambda_amplify=1.0,
-        lambda_hat_coeff=1.0,
-        adaptive=False,
-        score_momentum=0.0,
-        score_interval=1,
-        selector=None,
-        penalise_all=True,
-    )
+    return NumpyStepper(layout, shapes, algorithm="hspg", **kwargs)

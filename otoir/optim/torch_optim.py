@@ -1,4 +1,4 @@
-"""Torch front end: :class:`DHSPG` and :class:`H2SPG` as ``torch.optim.Optimizer`` subclasses.
+"""Torch front end: :class:`DHSPG`, :class:`H2SPG` and :class:`HSPG` as ``torch.optim.Optimizer`` subclasses.
 
 The base update (SGD with momentum/dampening/weight decay, Adam, AdamW) uses ``torch._foreach_*``
 ops over all parameters, like ``torch.optim.SGD(foreach=True)``. Group work is one fused
@@ -6,19 +6,34 @@ half-space operation per step over the redundant groups (the CUDA kernel from
 ``otoir.kernels`` for float32 CUDA tensors when it is built and a device is present, otherwise
 the vectorised torch reference), and re-zeroing of zero groups with cached row indices.
 
-Example::
+Example (groups given as tensor slices; for the analyses' groups use
+:func:`otoir.optim.build_optimizer` with ``groups=``, which builds the layout):
 
-    layout = GroupLayout.from_slices(groups, {n: p.shape for n, p in model.named_parameters()})
-    opt = DHSPG(model.named_parameters(), layout, lr=0.1, momentum=0.9, target=0.5,
-                warmup_steps=1000, projection_steps=2000)
-    for x, y in loader:
-        opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
+>>> import torch
+>>> from otoir.optim import DHSPG, GroupLayout
+>>> _ = torch.manual_seed(0)
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> shapes = {n: p.shape for n, p in model.named_parameters()}
+>>> # one group per hidden unit: its row of the first weight and its bias
+>>> groups = [[("0.weight", 0, [i]), ("0.bias", 0, [i])] for i in range(8)]
+>>> layout = GroupLayout.from_slices(groups, shapes)
+>>> opt = DHSPG(model.named_parameters(), layout, lr=0.1, momentum=0.9, target=0.5,
+...             warmup_steps=2, projection_steps=3)
+>>> x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+>>> for _ in range(6):
+...     opt.zero_grad()
+...     torch.nn.functional.cross_entropy(model(x), y).backward()
+...     _ = opt.step()
+>>> opt.num_zero_groups, opt.num_groups, opt.phase
+(4, 8, 'done')
+>>> int((model[0].weight.abs().sum(1) == 0).sum())
+4
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -26,9 +41,10 @@ import torch
 from otoir.optim.core import BaseRule, HybridCore, HybridStatus, Selector, SparsitySchedule
 from otoir.optim.halfspace import ZeroRowCache, halfspace_project, zero_rows
 from otoir.optim.layout import GroupLayout
+from otoir.optim.options import configure
 from otoir.optim.rules import LambdaRule
 
-__all__ = ["DHSPG", "H2SPG", "HybridSparseOptimizer"]
+__all__ = ["DHSPG", "H2SPG", "HSPG", "HybridSparseOptimizer", "OPTIMIZERS"]
 
 
 def _named(params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]):
@@ -45,33 +61,47 @@ def _named(params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tenso
 
 
 class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
-    """Shared implementation of :class:`DHSPG` and :class:`H2SPG` (and HSPG with ``penalise_all``).
+    """Shared implementation of :class:`DHSPG`, :class:`H2SPG` and :class:`HSPG`.
+
+    Construct it like any ``torch.optim.Optimizer`` with flat keywords, or with the structured
+    settings (both may be mixed; the keywords override the objects' fields)::
+
+        DHSPG(model.named_parameters(), layout, lr=0.1, momentum=0.9, target=0.5)
+        DHSPG(model.named_parameters(), layout, 0.1, base=BaseRule(momentum=0.9),
+              schedule=SparsitySchedule(target=0.5))
 
     Args:
         params: ``(name, parameter)`` pairs (``model.named_parameters()``) or a name → tensor
             mapping. Names must match the layout's tensor names.
         layout: Groups over (a subset of) the parameters.
         lr: Learning rate (``param_groups[0]["lr"]``, so LR schedulers work).
-        base: Base update rule.
-        schedule: Sparsity schedule.
-        selector: Redundant-set selector (default top-K).
-        penalise_all: HSPG mode.
+        base: Base update rule (default ``BaseRule()``).
+        schedule: Sparsity schedule (default ``SparsitySchedule()``).
+        selector: Redundant-set selector (default top-K; required by H2SPG).
         cuda_kernel: Use the CUDA kernel when available (``None``: auto, ``False``: never,
             ``True``: require it for CUDA parameters).
+        **options: Flat settings (:data:`otoir.optim.options.OPTION_NAMES`: ``variant``,
+            ``momentum``, ``dampening``, ``weight_decay``, ``betas``, ``eps``, ``target``,
+            ``warmup_steps``, ``projection_steps``, ``epsilon``, ``lam``, ``lambda_amplify``,
+            ``lambda_hat_coeff``, ``score_momentum``, ``score_interval``).
     """
+
+    #: ``"dhspg"``, ``"h2spg"`` or ``"hspg"`` (:data:`otoir.optim.options.ALGORITHMS`).
+    algorithm: ClassVar[str] = "dhspg"
 
     def __init__(
         self,
         params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
         layout: GroupLayout,
-        lr: float,
+        lr: float = 0.1,
         *,
-        base: BaseRule,
-        schedule: SparsitySchedule,
+        base: BaseRule | None = None,
+        schedule: SparsitySchedule | None = None,
         selector: Selector | None = None,
-        penalise_all: bool = False,
         cuda_kernel: bool | None = None,
+        **options: Any,
     ) -> None:
+        cfg = configure(self.algorithm, base, schedule, selector, options)
         names, tensors = _named(params)
         by_name = dict(zip(names, tensors))
         for n in layout.names:
@@ -86,8 +116,8 @@ class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
         defaults = {"lr": lr}
         super().__init__([{"params": tensors}], defaults)
         self.layout = layout
-        self.base = base
-        self.core = HybridCore(layout, schedule, selector, penalise_all=penalise_all)
+        self.base = cfg.base
+        self.core = HybridCore(layout, cfg.schedule, cfg.selector, penalise_all=cfg.penalise_all)
         self.cuda_kernel = cuda_kernel
         self._names = names
         self._by_name = by_name
@@ -248,7 +278,7 @@ class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
 
     def _cuda(self) -> Any:
         if self._cuda_impl is None:
-            from otoir.optim._kernel_bridge import cuda_halfspace
+            from otoir.kernels.loader import cuda_halfspace
 
             self._cuda_impl = cuda_halfspace(self.layout, self._layout_tensors[0].device)
             if self._cuda_impl is None and self.cuda_kernel:
@@ -281,99 +311,14 @@ class HybridSparseOptimizer(HybridStatus, torch.optim.Optimizer):
         zero_rows(self.layout, xs, self._zero_cache.rows(zero, like=xs[0]))
 
 
-def _configure(
-    *,
-    variant: str,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    eps: float,
-    target: float | int,
-    warmup_steps: int,
-    projection_steps: int,
-    epsilon: float,
-    lam: float,
-    lambda_amplify: float,
-    lambda_hat_coeff: float,
-    score_momentum: float,
-    score_interval: int,
-) -> tuple[BaseRule, SparsitySchedule]:
-    return (
-        BaseRule(variant, momentum, dampening, weight_decay, betas, eps),
-        SparsitySchedule(
-            target,
-            warmup_steps,
-            projection_steps,
-            epsilon,
-            LambdaRule(lam, lambda_amplify, lambda_hat_coeff, True),
-            score_momentum,
-            score_interval,
-        ),
-    )
-
-
 class DHSPG(HybridSparseOptimizer):
     """DHSPG (OTOv2) with an exact zero-group count, for pruning (ZIG) groups.
 
-    Args:
-        params: ``model.named_parameters()`` or a name → parameter mapping.
-        layout: Groups over the parameters.
-        lr: Learning rate.
-        variant: Base rule, ``"sgd"``, ``"adam"`` or ``"adamw"``.
-        momentum: SGD momentum.
-        dampening: SGD dampening.
-        weight_decay: L2 (sgd/adam) or decoupled (adamw) weight decay.
-        betas: Adam betas.
-        eps: Adam epsilon.
-        target: Fraction of groups (float) or exact count (int) to zero.
-        warmup_steps: Plain steps (with score averaging) before the partition.
-        projection_steps: Hybrid window; exactly K zero groups after step
-            ``warmup_steps + projection_steps − 1``.
-        epsilon: Half-space threshold ε.
-        lam: Base λ.
-        lambda_amplify: Multiplier of λ's lower bound.
-        lambda_hat_coeff: λ_g ≤ lam·lambda_hat_coeff.
-        score_momentum: ω of the redundancy-score average.
-        score_interval: Score every this many warm-up steps.
-        selector: Redundant-set selector (default: top-K scores).
-        cuda_kernel: Use the CUDA kernel when available (``None`` auto).
+    Top-K partition by redundancy score (or ``selector``), adaptive λ. Arguments as
+    :class:`HybridSparseOptimizer`.
     """
 
-    def __init__(
-        self,
-        params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
-        layout: GroupLayout,
-        lr: float = 0.1,
-        *,
-        variant: str = "sgd",
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        target: float | int = 0.5,
-        warmup_steps: int = 0,
-        projection_steps: int = 0,
-        epsilon: float = 0.0,
-        lam: float = 1e-3,
-        lambda_amplify: float = 2.0,
-        lambda_hat_coeff: float = 10.0,
-        score_momentum: float = 0.9,
-        score_interval: int = 1,
-        selector: Selector | None = None,
-        cuda_kernel: bool | None = None,
-    ) -> None:
-        base, schedule = _configure(
-            variant=variant, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            betas=betas, eps=eps, target=target, warmup_steps=warmup_steps,
-            projection_steps=projection_steps, epsilon=epsilon, lam=lam,
-            lambda_amplify=lambda_amplify, lambda_hat_coeff=lambda_hat_coeff,
-            score_momentum=score_momentum, score_interval=score_interval,
-        )
-        super().__init__(
-            params, layout, lr, base=base, schedule=schedule, selector=selector, cuda_kernel=cuda_kernel
-        )
+    algorithm = "dhspg"
 
 
 class H2SPG(HybridSparseOptimizer):
@@ -382,42 +327,21 @@ class H2SPG(HybridSparseOptimizer):
     ``selector(scores, k)`` (required) returns ``k`` group indices forming a valid redundant set,
     e.g. ``lambda s, k: select_redundant(groups, s, k)`` from ``otoir.analyses.validity``; a
     selector that cannot find ``k`` raises at the partition step. Other arguments as
-    :class:`DHSPG`.
+    :class:`HybridSparseOptimizer`.
     """
 
-    def __init__(
-        self,
-        params: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
-        layout: GroupLayout,
-        lr: float = 0.1,
-        *,
-        selector: Selector,
-        variant: str = "sgd",
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        target: float | int = 0.5,
-        warmup_steps: int = 0,
-        projection_steps: int = 0,
-        epsilon: float = 0.0,
-        lam: float = 1e-3,
-        lambda_amplify: float = 2.0,
-        lambda_hat_coeff: float = 10.0,
-        score_momentum: float = 0.9,
-        score_interval: int = 1,
-        cuda_kernel: bool | None = None,
-    ) -> None:
-        if selector is None:
-            raise TypeError("H2SPG needs a validity selector; use DHSPG for plain top-K")
-        base, schedule = _configure(
-            variant=variant, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            betas=betas, eps=eps, target=target, warmup_steps=warmup_steps,
-            projection_steps=projection_steps, epsilon=epsilon, lam=lam,
-            lambda_amplify=lambda_amplify, lambda_hat_coeff=lambda_hat_coeff,
-            score_momentum=score_momentum, score_interval=score_interval,
-        )
-        super().__init__(
-            params, layout, lr, base=base, schedule=schedule, selector=selector, cuda_kernel=cuda_kernel
-        )
+    algorithm = "h2spg"
+
+
+class HSPG(HybridSparseOptimizer):
+    """HSPG (OTOv1): constant λ on every group, half-space projection after ``warmup_steps``.
+
+    No partition and no target: the number of zero groups is whatever λ and ε produce.
+    Arguments as :class:`HybridSparseOptimizer`.
+    """
+
+    algorithm = "hspg"
+
+
+#: The torch optimizer class of each algorithm name.
+OPTIMIZERS: dict[str, type[HybridSparseOptimizer]] = {"dhspg": DHSPG, "h2spg": H2SPG, "hspg": HSPG}

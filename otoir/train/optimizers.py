@@ -26,8 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Optimizer", "OptimizerUnavailable", "OPTIMIZERS", "make_optimizer", "group_sparsity"]
 
+#: Structured-sparsity optimizers offered by the training backends (``hspg``, also in
+#: :data:`otoir.optim.ALGORITHMS`, has no target and is not offered).
+STRUCTURED = ("h2spg", "dhspg")
 #: Optimizer names accepted by :func:`make_optimizer`.
-OPTIMIZERS = ("sgd", "h2spg", "dhspg")
+OPTIMIZERS = ("sgd", *STRUCTURED)
 
 
 @runtime_checkable
@@ -55,31 +58,41 @@ def group_sparsity(opt: Any) -> float | None:
 
 
 def make_optimizer(name: str, model: ir.Model | None = None, groups: Any = None, **opts: Any) -> Optimizer:
-    """Builds an optimizer by name.
+    """Builds the ONNX Runtime backend's optimizer by name.
+
+    ``sgd`` is :class:`~otoir.train.sgd.SGD`; the structured-sparsity optimizers come from the one
+    factory, :func:`otoir.optim.build_optimizer` (numpy front end, shapes of the model's trainable
+    parameters).
 
     Args:
         name: ``sgd``, ``h2spg`` or ``dhspg``.
         model: The model being trained (used by the structured-sparsity optimizers).
-        groups: The group analysis result (``h2spg``/``dhspg`` only).
-        **opts: ``lr``, ``momentum``, ``weight_decay`` (all), and for the structured-sparsity
-            optimizers ``target_sparsity``, ``warmup`` and their own options.
+        groups: The prunable groups (``h2spg``/``dhspg`` only).
+        **opts: ``lr``, ``momentum``, ``weight_decay`` (all; ``None`` means the default), and
+            for the structured-sparsity optimizers ``target_sparsity`` (an alias of ``target``),
+            ``base``, ``schedule`` and the flat options of :mod:`otoir.optim.options`.
 
     Returns:
         The optimizer.
 
     Raises:
         ValueError: Unknown name or bad options.
-        OptimizerUnavailable: ``h2spg``/``dhspg`` while ``otoir.optim`` provides no numpy
-            stepper factory (``otoir.optim.make_numpy_stepper``).
     """
     key = name.strip().lower()
     if key == "sgd":
         known = {"lr", "momentum", "weight_decay", "nesterov"}
         return SGD(**{k: v for k, v in opts.items() if k in known and v is not None})
-    if key in ("h2spg", "dhspg"):
-        from otoir.optim.from_groups import make_numpy_stepper as factory
+    if key in STRUCTURED:
+        from otoir.optim import build_optimizer
+        from otoir.optim.from_groups import trainable_shapes
 
         if groups is None:
             raise ValueError(f"optimizer '{key}' needs the group analysis (gezig or zig groups)")
-        return factory(key, model, groups, **opts)
+        opts = {k: v for k, v in opts.items() if v is not None}
+        if "target_sparsity" in opts:
+            opts["target"] = opts.pop("target_sparsity")
+        try:
+            return build_optimizer(key, trainable_shapes(model), groups=groups, front="numpy", **opts)
+        except TypeError as exc:  # an unknown or inapplicable option: a bad option, not a crash
+            raise ValueError(str(exc)) from exc
     raise ValueError(f"unknown optimizer '{name}' (choose one of: {', '.join(OPTIMIZERS)})")

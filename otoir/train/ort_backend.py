@@ -63,8 +63,6 @@ _INSTALL_HINT = (
     "the ONNX Runtime training backend needs onnxruntime-training: pip install 'otoir[train]' "
     "(and uninstall plain onnxruntime first)"
 )
-_PARAMETERS_METADATA_KEY = "otoir.parameters"
-_FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
 
 class BackendUnavailable(ImportError):
@@ -124,26 +122,16 @@ def batchnorm_stats(model: ir.Model) -> list[tuple[ir.Node, str, str]]:
 def trainable_names(model: ir.Model) -> list[str]:
     """Names of the trainable initializers of ``model``, in initializer order.
 
-    ``model.metadata_props["otoir.parameters"]`` (comma-separated names), when present, is
-    authoritative. Otherwise every floating-point initializer except BatchNorm running
-    statistics (inputs 3 and 4 of ``BatchNormalization``) is trainable.
+    The one definition of "trainable" is :attr:`otoir.analyses.vertices.VertexClasses.trainable`
+    (``model.metadata_props["otoir.parameters"]`` when present, else every floating-point
+    initializer that reaches the data flow other than as a buffer such as BatchNorm running
+    statistics).
     """
-    inits = model.graph.initializers
-    declared = model.metadata_props.get(_PARAMETERS_METADATA_KEY)
-    if declared is not None:
-        wanted = {n for n in declared.split(",") if n}
-        return [n for n in inits if n in wanted]
-    stats: set[str] = set()
-    for node in model.graph.all_nodes() if hasattr(model.graph, "all_nodes") else model.graph:
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-            stats.update(v.name for v in node.inputs[3:5] if v is not None and v.name)
-    out = []
-    for name, v in inits.items():
-        if name in stats or v.const_value is None:
-            continue
-        if v.const_value.dtype in _FLOAT_TYPES:
-            out.append(name)
-    return out
+    from otoir.analyses.vertices import VertexClasses
+    from otoir.infra.analysis import AnalysisManager
+
+    trainable = AnalysisManager(model).get(VertexClasses).trainable
+    return [n for n in model.graph.initializers if n in trainable]
 
 
 @contextlib.contextmanager

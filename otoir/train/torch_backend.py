@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from otoir.optim.from_groups import layout_from_groups
-
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -55,33 +53,25 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, optimizer: str = "dhspg",
                          selector: Callable[[np.ndarray, int], list[int]] | None = None, **kwargs: Any):
-    """Builds a DHSPG or H2SPG ``torch.optim.Optimizer`` over ``module``'s parameters.
+    """Builds a DHSPG or H2SPG ``torch.optim.Optimizer`` over ``module``'s trainable parameters.
+
+    The optimizer comes from the one factory, :func:`otoir.optim.build_optimizer`.
 
     Args:
         module: The module (DDP-wrapped or not). Group tensor names must be its parameter names.
         groups: The prunable groups.
-        optimizer: ``"dhspg"`` (top-K partition) or ``"h2spg"`` (needs ``selector``).
-        selector: Validity-checked selection ``selector(scores, k) -> indices`` (H2SPG).
-        **kwargs: Passed to the optimizer (lr, momentum, target, warmup_steps, ...).
+        optimizer: ``"dhspg"`` (top-K partition) or ``"h2spg"`` (validity-checked partition).
+        selector: Redundant-set selection ``selector(scores, k) -> indices`` (H2SPG default:
+            :func:`otoir.analyses.validity.select_redundant` over ``groups``).
+        **kwargs: ``lr``, ``base``, ``schedule`` and the flat options of
+            :mod:`otoir.optim.options` (``momentum``, ``target``, ``warmup_steps``, ...).
     """
-    from otoir.optim import DHSPG, H2SPG
+    from otoir.optim import build_optimizer
 
+    if optimizer not in ("dhspg", "h2spg"):
+        raise ValueError(f"unknown optimizer '{optimizer}' (dhspg or h2spg)")
     named = [(n, p) for n, p in unwrap(module).named_parameters() if p.requires_grad]
-    shapes = {n: tuple(p.shape) for n, p in named}
-    missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
-    if missing:
-        raise ValueError(f"groups name tensors that are not trainable parameters of the module: {missing[:5]}")
-    layout = layout_from_groups(groups, shapes)
-    if optimizer == "h2spg":
-        if selector is None:
-            raise ValueError("h2spg needs a validity selector (otoir.analyses.validity.select_redundant)")
-        from otoir.optim.from_groups import check_valid_target
-
-        check_valid_target(groups, kwargs.get("target", 0.5))
-        return H2SPG(named, layout, selector=selector, **kwargs)
-    if optimizer == "dhspg":
-        return DHSPG(named, layout, selector=selector, **kwargs)
-    raise ValueError(f"unknown optimizer '{optimizer}' (dhspg or h2spg)")
+    return build_optimizer(optimizer, named, groups=groups, selector=selector, front="torch", **kwargs)
 
 
 def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, groups: Sequence[Group], *,

@@ -1,20 +1,25 @@
-"""otoir.kernels: loader states, CMake build of the CUDA library, dispatch, GPU equivalence."""
+"""otoir.kernels: loader states, constants shared with the C/CUDA sources, no import cycle with
+otoir.optim, CMake build of the CUDA library, GPU equivalence."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from otoir import kernels
+from otoir.kernels import cpu, loader
 from otoir.optim import GroupLayout, LambdaRule
-from otoir.optim._kernel_bridge import import_kernels
 from otoir.optim.halfspace import halfspace_project as reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-kernels = import_kernels()
+KERNELS = os.path.join(ROOT, "kernels")
 
 
 def _layout_and_data(seed=0, dtype=np.float32):
@@ -42,16 +47,62 @@ def test_missing_library_is_a_normal_state(tmp_path, monkeypatch):
     assert kernels.load_library(str(bogus)) is None
 
 
-def test_dispatch_on_cpu_equals_reference():
-    lay, xs, ds = _layout_and_data()
-    active = np.ones(lay.num_groups, dtype=bool)
-    a = [x.copy() for x in xs]
-    b = [x.copy() for x in xs]
-    pa = kernels.halfspace_project(lay, a, ds, active, 0.5, LambdaRule(lam=0.3), 0.4)
-    pb = reference(lay, b, ds, active, 0.5, LambdaRule(lam=0.3), 0.4)
-    assert np.array_equal(pa, pb) and pa.any() and not pa.all()
-    for x, y in zip(a, b):
-        assert np.array_equal(x, y)
+def _defines(filename):
+    with open(os.path.join(KERNELS, filename)) as f:
+        text = f.read()
+    return {m[1]: int(m[2]) for m in re.finditer(r"^\s*#define\s+(OTOIR_\w+)\s+(\d+)\b", text, re.M)}
+
+
+def test_python_constants_equal_the_c_defines():
+    c = _defines("cpu_step.c")
+    flags = {k[len("OTOIR_FLAG_"):]: v for k, v in c.items() if k.startswith("OTOIR_FLAG_")}
+    stats = {k[len("OTOIR_STATS_"):]: v for k, v in c.items() if k.startswith("OTOIR_STATS_")}
+    assert flags == {"WD": cpu.FLAG_WD, "HM": cpu.FLAG_HM, "UX": cpu.FLAG_UX, "FM": cpu.FLAG_FM}
+    assert stats == {"NONE": cpu.STATS_NONE, "BEFORE": cpu.STATS_BEFORE, "AFTER": cpu.STATS_AFTER}
+    assert c["OTOIR_CPU_ABI"] == cpu.CPU_ABI
+    assert _defines("halfspace.cu")["OTOIR_KERNELS_ABI"] == loader.ABI_VERSION
+    bits = [cpu.FLAG_WD, cpu.FLAG_HM, cpu.FLAG_UX, cpu.FLAG_FM]
+    assert all(b & (b - 1) == 0 for b in bits) and len(set(bits)) == 4  # distinct single bits
+
+
+def test_flag_constants_have_one_python_definition():
+    """Only kernels/cpu.py assigns the flag constants; otoir.optim imports them."""
+    owners = []
+    for folder in ("kernels", os.path.join("otoir", "optim")):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(ROOT, folder, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                targets = node.targets if isinstance(node, ast.Assign) else []
+                for t in targets:
+                    elts = t.elts if isinstance(t, ast.Tuple) else [t]
+                    if any(isinstance(e, ast.Name) and re.fullmatch(r"_?(FLAG_)?(WD|HM|UX|FM)", e.id) for e in elts):
+                        owners.append(os.path.join(folder, name))
+    assert owners == [os.path.join("kernels", "cpu.py")]
+
+
+def test_kernels_import_nothing_from_optim():
+    for name in sorted(os.listdir(KERNELS)):
+        if name.endswith(".py"):
+            with open(os.path.join(KERNELS, name)) as f:
+                tree = ast.parse(f.read())
+            mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            assert not [m for m in mods if m.startswith("otoir.optim")], name
+    code = ("import sys, otoir.kernels, otoir.kernels.cpu; "
+            "assert not [m for m in sys.modules if m.startswith('otoir.optim')], 'optim imported'; "
+            "import otoir.optim; assert 'otoir.kernels' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    lazy = "import sys, otoir.optim; assert 'otoir.kernels' not in sys.modules, 'kernels imported eagerly'"
+    subprocess.run([sys.executable, "-c", lazy], check=True, timeout=120)
+
+
+def test_no_cuda_kernel_means_none():
+    lay, _, _ = _layout_and_data()
+    if not kernels.cuda_available():
+        assert kernels.cuda_halfspace(lay, "cuda") is None
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,11 @@ def test_from_tensors_and_negative_axis():
     lay2 = GroupLayout.from_slices([[("fc.weight", -1, [-1])]], SHAPES)
     assert lay2.rows_of("fc.weight").axis == 1
     assert list(lay2.tensor_row_groups(0)) == [-1] * 5 + [0]
+
+
+def test_analysis_groups_are_refused_with_the_function_to_use():
+    from otoir.analyses.groups import Group, TensorSlice
+
+    g = Group("zig:0", "zig", (TensorSlice("w", 0, (0,)),))
+    with pytest.raises(TypeError, match="analysis Group.*layout_from_groups"):
+        GroupLayout.from_slices([g], {"w": (4, 3)})

@@ -187,3 +187,13 @@ def test_named_params_required_and_layout_checked():
     other = GroupLayout.from_slices([[("x", 0, [0])]], {"x": (2, 2)})
     with pytest.raises(ValueError, match="not among"):
         DHSPG(m.named_parameters(), other)
+
+
+def test_module_docstring_example_runs():
+    """The example in otoir/optim/torch_optim.py's docstring is a doctest and passes."""
+    import doctest
+
+    from otoir.optim import torch_optim
+
+    result = doctest.testmod(torch_optim, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0
