@@ -6,8 +6,8 @@ import dataclasses
 import enum
 import re
 import typing
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
