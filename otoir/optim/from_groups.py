@@ -19,10 +19,11 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     Returns K. Raises ValueError naming the largest reachable target otherwise (the
     hierarchy forbids erasing a segment together with all of its alternatives).
     """
-    from otoir.analyses.validity import select_redundant
-    from otoir.optim.core import SparsitySchedule
+    import math
 
-    k = SparsitySchedule(target=target).target_count(len(groups))
+    from otoir.analyses.validity import select_redundant
+
+    k = target if isinstance(target, int) else int(math.floor(target * len(groups) + 1e-9))
     most = len(select_redundant(list(groups), [0.0] * len(groups), len(groups)))
     if k > most:
         raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
