@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,7 @@ import onnx_ir as ir
 from otoir.errors import OtoirError
 from otoir.report import CompressReport, build_report
 
-__all__ = ["CompressResult", "compress", "clone_model", "construction_pipeline"]
+__all__ = ["CompressResult", "compress", "clone_model"]
 
 
 @dataclass
@@ -27,6 +26,8 @@ class CompressResult:
         groups: The groups that were candidates for removal.
         zero_group_ids: Ids of the groups that were zero after training (and removed).
         module: The trained torch module (torch backend only).
+        pipeline: The pipeline that ran (``otoir-opt -p`` text; the torch module and a
+            dataset object, which text cannot name, were lent to it).
     """
 
     model: ir.Model
@@ -35,16 +36,12 @@ class CompressResult:
     groups: list = field(default_factory=list)
     zero_group_ids: list[str] = field(default_factory=list)
     module: Any = None
+    pipeline: str = ""
 
 
 def clone_model(model: ir.Model) -> ir.Model:
     """A deep copy of ``model`` (through the protobuf form; external data is read in)."""
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
-
-
-def construction_pipeline(mode: str) -> str:
-    """The passes that cut zero groups out of a trained model."""
-    return {"erase": "eliminate-dead-branches,cleanup", "prune": "prune-channels,cleanup"}[mode]
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -63,6 +60,13 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              loss_fn: Callable | None = None, recalibrate_bn: bool = True) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
 
+    This is the ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline (see
+    :mod:`otoir.passes.otoir_erase`) run on the loaded or exported model, plus a report: the
+    same options give the same result as ``otoir-opt -p 'otoir-erase{…}'``. Defaults are
+    :class:`otoir.train.config.TrainConfig`'s; a torch module, ``loss_fn`` and a
+    :class:`~otoir.data.Dataset` object are lent to the ``train`` pass
+    (:class:`~otoir.train.config.TrainInputs`). ``CompressResult.pipeline`` is the pipeline text.
+
     Args:
         model: A ``torch.nn.Module`` (torch backend; needs ``example_inputs``, or a dataset
             sample is used), or anything :func:`otoir.load` reads (ONNX Runtime backend).
@@ -77,11 +81,12 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         momentum: SGD momentum.
         weight_decay: L2 weight decay (decoupled for ``adamw``).
         variant: Base update: ``sgd``, ``adam`` or ``adamw`` (OTO's suggested lr for Adam: 1e-3).
-        optimizer: ``h2spg`` or ``dhspg`` (default: by mode).
+        optimizer: ``h2spg`` or ``dhspg`` (default: by mode, H2SPG for erase, DHSPG for prune).
         backend: ``torch``, ``ort`` or ``auto`` (torch for a module, ONNX Runtime otherwise).
         example_inputs: Example inputs for exporting a torch module.
-        warmup: Fraction of the steps trained before the redundant groups are chosen.
-        projection: Fraction of the steps over which they are driven to zero.
+        warmup: Fraction of the steps trained before the redundant groups are chosen (a step
+            count if >= 1).
+        projection: Fraction of the steps over which they are driven to zero (a count if >= 1).
         epsilon: Half-space projection threshold.
         lam: Base group-lasso coefficient.
         seed: Seed for initial batch order (and torch's RNG on the torch backend).
@@ -99,26 +104,24 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     """
     from otoir.data import Dataset, load_dataset
     from otoir.infra import PassManager
-    from otoir.optim.from_groups import groups_for
-    from otoir.train.inference import to_inference
+    from otoir.infra.registry import get_pass
+    from otoir.train.config import TrainInputs
 
     if mode not in ("erase", "prune"):
         raise OtoirError(f"mode must be 'erase' or 'prune', not '{mode}'")
-    optimizer = optimizer or ("h2spg" if mode == "erase" else "dhspg")
-    kind = "gezig" if mode == "erase" else "zig"
     ds = data if isinstance(data, Dataset) else load_dataset(data)
     torch_module = _is_torch_module(model)
-    if backend == "auto":
-        backend = "torch" if torch_module else "ort"
     if backend == "torch" and not torch_module:
         raise OtoirError("the torch backend needs a torch.nn.Module")
-    steps_per_epoch = max(len(ds.train_x) // batch, 1)
-    total = epochs * steps_per_epoch
-    warm, proj = int(warmup * total), int(projection * total)
-    if warm + max(proj, 1) > total:
-        raise OtoirError(f"warm-up ({warm}) + projection ({proj}) steps exceed the {total} training steps")
+    try:
+        p = get_pass(f"otoir-{mode}")(
+            data=ds.name, optimizer=optimizer or "auto", variant=variant, epochs=epochs, batch=batch, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, target_sparsity=target_sparsity, warmup=warmup,
+            projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
+            seed=seed, verify=True, tolerance=tolerance, quiet=not progress)
+    except (TypeError, ValueError) as exc:
+        raise OtoirError(f"compress: {exc}") from None
 
-    t0 = time.perf_counter()
     if torch_module:
         import torch
 
@@ -131,71 +134,27 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         import otoir
 
         onnx_model = otoir.load(model)
-    pm = PassManager.from_text("classify-vertices")
-    result = pm.run(onnx_model)
-    groups = groups_for(onnx_model, kind, result.analyses)
-    if not groups:
-        raise OtoirError(f"no prunable {kind} groups found: nothing to {mode}")
-    opt_kw = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, variant=variant, target=target_sparsity,
-                  warmup_steps=warm, projection_steps=proj, epsilon=epsilon, lam=lam)
-
-    if backend == "torch":
-        import torch
-
-        from otoir.analyses.validity import select_redundant
-        from otoir.train.torch_backend import copy_state_to_model, train_torch
-
-        gen = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(torch.from_numpy(ds.train_x), torch.from_numpy(ds.train_y)),
-            batch_size=batch, shuffle=True, drop_last=True, generator=gen)
-        selector = (lambda s, k: select_redundant(groups, s, k)) if optimizer == "h2spg" else None
-        tr = train_torch(model, loader, loss_fn or torch.nn.functional.cross_entropy, groups, optimizer=optimizer,
-                         epochs=epochs, selector=selector, progress=progress, **opt_kw)
-        if recalibrate_bn:
-            from otoir.train.torch_backend import recalibrate_bn as recalibrate
-
-            recalibrate(model, torch.from_numpy(ds.train_x))
-        copy_state_to_model(model, onnx_model)
-        zero_mask = tr.zero_groups
-        steps = tr.steps
-    elif backend == "ort":
-        from otoir.optim.from_groups import make_numpy_stepper
-        from otoir.train.ort_backend import train_ort
-
-        kw = dict(opt_kw)
-        kw["target_sparsity"] = kw.pop("target")
-        stepper = make_numpy_stepper(optimizer, onnx_model, groups, **kw)
-        hist = train_ort(onnx_model, ds.train_x, ds.train_y, stepper, epochs=epochs, batch=batch, seed=seed,
-                         progress=progress)
-        if recalibrate_bn:
-            from otoir.train.ort_backend import recalibrate_bn as recalibrate
-
-            recalibrate(onnx_model, ds.train_x)
-        zero_mask = stepper.zero_groups
-        steps = hist.steps
-    else:
-        raise OtoirError(f"backend must be torch, ort or auto, not '{backend}'")
-    train_seconds = time.perf_counter() - t0
-
-    full = to_inference(onnx_model)
-    sub = clone_model(full)
-    PassManager.from_text(construction_pipeline(mode)).run(sub)
-    zero_ids = [g.id for g, z in zip(groups, np.asarray(zero_mask), strict=True) if z]
+    lent = TrainInputs(module=model if torch_module else None, loss_fn=loss_fn, datasets=(ds,))
+    run = PassManager([p]).run(onnx_model, resources={TrainInputs.KEY: lent})  # PassFailure is an OtoirError
+    out = run.results[p.name]
+    train = out["train"]
+    full, sub, groups = out["full"], onnx_model, list(train["groups"])
+    zero_mask = np.asarray(train["zero-mask"], dtype=bool)
+    zero_ids = [g.id for g, z in zip(groups, zero_mask, strict=True) if z]
     details = {
-        "mode": mode, "optimizer": f"{optimizer} ({variant}, lr {lr:g})", "backend": backend, "dataset": ds.name,
-        "epochs": epochs, "steps": steps, "groups": f"{len(zero_ids)} of {len(groups)} {kind} groups removed "
-        f"(target {target_sparsity:g} -> {int(np.floor(target_sparsity * len(groups) + 1e-9))})",
-        "training time": f"{train_seconds:.1f} s",
+        "mode": mode, "optimizer": f"{train['optimizer']} ({variant}, lr {lr:g})", "backend": train["backend"],
+        "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
+        "groups": f"{len(zero_ids)} of {len(groups)} {p.group_kind} groups removed "
+                  f"(target {target_sparsity:g} -> {train['target-count']})",
+        "training time": f"{train['seconds']:.1f} s",
     }
-    removed = [str(g.meta.get("label") or g.id) for g, z in zip(groups, np.asarray(zero_mask), strict=True) if z]
     if mode == "erase":
-        details["removed segments"] = "; ".join(removed)
+        details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
+                                                for g, z in zip(groups, zero_mask, strict=True) if z)
     report = build_report(full, sub, val=(ds.val_x, ds.val_y) if ds.val_x is not None else None,
                           tolerance=tolerance, latency_runs=latency_runs, details=details)
-    res = CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
-                         module=model if torch_module else None)
-    if report.verified is False:
+    if report.verified is False:  # the pass checked 512 held-out inputs; the report checks them all
         raise OtoirError(f"the compressed model's outputs differ from the trained model's: max relative difference "
                          f"{report.max_rel_diff:.3g} > {tolerance:g}")
-    return res
+    return CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
+                          module=model if torch_module else None, pipeline=p.to_text())

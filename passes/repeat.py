@@ -24,14 +24,11 @@ class Repeat(Pass):
     pipeline: tuple = ()
 
     def run(self, model, ctx) -> bool:
-        pm = ctx.pass_manager
         changed_any = False
         rounds = 0
         for _ in range(max(self.max, 0)):
             rounds += 1
-            changed = False
-            for p in self.pipeline:
-                changed |= pm.run_one(p, model, ctx.analyses, ctx.diagnostics, ctx.pipeline_result, ctx.history)
+            changed = ctx.run_nested(self.pipeline, model)
             changed_any |= changed
             if not changed:
                 break

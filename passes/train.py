@@ -1,7 +1,14 @@
-"""``train``: train the model's parameters with ONNX Runtime training (values change, nothing else)."""
+"""``train``: train the model's parameters (values change, nothing else).
+
+Its options are the fields of :class:`otoir.train.config.TrainConfig` (the one source of the
+training defaults) plus a few of its own (``groups``, ``loss``, ``max-steps``, ``threads``,
+``quiet``). Two backends: ONNX Runtime training on the model itself, or torch on the module the
+model was exported from, when the caller lends one (:class:`otoir.train.config.TrainInputs`).
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +17,11 @@ import numpy as np
 from otoir.infra.analysis import PRESERVE_ALL
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
+from otoir.train.config import TrainConfig, TrainInputs, resolve_dataset
 
 __all__ = ["Train"]
+
+GROUP_KINDS = ("auto", "none", "gezig", "zig")
 
 
 def _static_dims(value: Any) -> tuple[int | None, ...] | None:
@@ -22,19 +32,24 @@ def _static_dims(value: Any) -> tuple[int | None, ...] | None:
 
 @register_pass
 @dataclass(frozen=True)
-class Train(Pass):
-    """Trains the model with onnxruntime-training and an otoir optimizer.
+class Train(TrainConfig, Pass):
+    """Trains the model with an otoir optimizer (ONNX Runtime training, or torch).
 
     Only initializer values change (parameters and BatchNorm running statistics): the nodes,
     initializer names, shapes and dtypes stay as they are. The data is a built-in dataset name
     (``mnist``) or an ``.npz`` file (see :mod:`otoir.data`). The batch order comes from a
-    ``numpy.random.default_rng(seed)`` permutation per epoch, so a run is deterministic.
+    ``numpy.random.default_rng(seed)`` permutation per epoch on ONNX Runtime (a seeded torch
+    generator on torch), so a run is deterministic.
+
+    ``ctx.results["train"]`` holds: ``dataset`` (name), ``backend``, ``optimizer``, ``steps``,
+    ``seconds``, ``history`` (ONNX Runtime), ``validation``, ``groups`` (the sparsified groups,
+    or None), ``zero-mask`` (which of them are zero) and ``target-count`` (K).
     """
 
     name = "train"
     values_only = True
     preserves = PRESERVE_ALL  # only initializer values change; the analyses describe structure
-    summary = "Train parameter values with ONNX Runtime training (optimizer=sgd|h2spg|dhspg, data=NAME|PATH.npz)"
+    summary = "Train parameter values (optimizer=auto|sgd|h2spg|dhspg, variant=sgd|adam|adamw, backend=auto|torch|ort)"
     statistics = {
         "steps": "training steps run",
         "samples-per-second": "training throughput (forward+backward+optimizer)",
@@ -42,39 +57,36 @@ class Train(Pass):
         "val-loss": "validation loss after training",
         "val-accuracy": "validation top-1 accuracy after training",
         "group-sparsity": "fraction of zero groups at the end (structured optimizers)",
+        "bn-recalibrated": "BatchNormalization nodes whose running statistics were re-estimated",
     }
 
-    optimizer: str = option("sgd", "sgd | h2spg | dhspg")
-    data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
-    epochs: int = option(1, "passes over the training data")
-    batch: int = option(64, "batch size")
-    lr: float = option(0.1, "learning rate")
-    momentum: float = option(0.9, "momentum")
-    weight_decay: float = option(0.0, "L2 weight decay")
-    target_sparsity: float = option(0.5, "fraction of groups to zero (h2spg/dhspg)")
-    warmup: float = option(0.25, "warm-up before sparsification (h2spg/dhspg): a fraction of all steps, or a step count if >= 1")
-    projection: float = option(0.35, "length of the projection window (fraction of all steps, or steps if >= 1)")
-    groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg) | gezig | zig")
-    epsilon: float = option(0.0, "half-space projection threshold (h2spg/dhspg)")
-    lam: float = option(1e-3, "base group-lasso coefficient lambda (h2spg/dhspg)")
-    seed: int = option(0, "seed of the batch order")
-    loss: str = option("cross-entropy", "cross-entropy | mse | output (the model's output is the loss)")
-    max_steps: int = option(0, "stop after this many steps (0: all epochs)")
+    groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg, none for sgd) | gezig | zig")
+    loss: str = option("cross-entropy", "cross-entropy | mse | output (the model's output is the loss; ort only)")
+    max_steps: int = option(0, "stop after this many steps (0: all epochs; ort only)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: default)")
     quiet: bool = option(False, "no progress bar")
 
     def __post_init__(self) -> None:
-        from otoir.train.optimizers import OPTIMIZERS
         from otoir.train.ort_backend import LOSSES
 
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got '{self.loss}'")
-        if self.epochs < 1 or self.batch < 1:
-            raise ValueError("epochs and batch must be >= 1")
-        if not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"target-sparsity must be in [0, 1), got {self.target_sparsity}")
+        if self.groups not in GROUP_KINDS:
+            raise ValueError(f"groups must be one of {', '.join(GROUP_KINDS)}, got '{self.groups}'")
+        opt, kind = self.resolved()
+        if opt == "sgd" and self.variant != "sgd":
+            raise ValueError(f"variant={self.variant} needs a structured optimizer (h2spg or dhspg)")
+        if opt != "sgd" and kind is None:
+            raise ValueError(f"optimizer {opt} needs groups (gezig or zig)")
+
+    def resolved(self) -> tuple[str, str | None]:
+        """(optimizer, group kind or None) after resolving ``auto``."""
+        kind = None if self.groups in ("auto", "none") else self.groups
+        opt = self.structured_optimizer(kind)
+        if kind is None and self.groups == "auto" and opt != "sgd":
+            kind = "gezig" if opt == "h2spg" else "zig"
+        return opt, kind
 
     def _check_data(self, model, ds, ctx) -> bool:
         inits = model.graph.initializers
@@ -103,25 +115,25 @@ class Train(Pass):
         return True
 
     def run(self, model, ctx) -> bool:
-        from otoir.data import DatasetError, load_dataset
-        from otoir.train.optimizers import OptimizerUnavailable, group_sparsity, make_optimizer
-        from otoir.train.ort_backend import BackendUnavailable, TrainingError, evaluate, train_ort
+        from otoir.data import DatasetError
 
+        lent = ctx.resources.get(TrainInputs.KEY)
+        module = getattr(lent, "module", None)
+        backend = self.backend if self.backend != "auto" else ("torch" if module is not None else "ort")
+        if backend == "torch" and module is None:
+            ctx.error("train: backend=torch needs the torch module the model was exported from (otoir.compress "
+                      "lends it); use backend=ort")
+            return False
         try:
-            ds = load_dataset(self.data)
+            ds = resolve_dataset(self.data, ctx.resources)
         except DatasetError as exc:
             ctx.error(f"train: {exc}")
             return False
         if not self._check_data(model, ds, ctx):
             return False
+        opt_name, kind = self.resolved()
         groups = None
-        n = int(np.shape(ds.train_x)[0])
-        total = self.epochs * max(n // self.batch, 1)
-        if self.max_steps:
-            total = min(total, self.max_steps)
-        extra = {}
-        if self.optimizer in ("h2spg", "dhspg"):
-            kind = self.groups if self.groups != "auto" else ("gezig" if self.optimizer == "h2spg" else "zig")
+        if kind is not None:
             from otoir.optim.from_groups import groups_for
 
             try:
@@ -129,51 +141,114 @@ class Train(Pass):
             except (ImportError, ValueError) as exc:
                 ctx.error(f"train: cannot get the {kind} groups: {exc}")
                 return False
-            warm = int(self.warmup) if self.warmup >= 1 else int(self.warmup * total)
-            proj = int(self.projection) if self.projection >= 1 else int(self.projection * total)
-            if warm + max(proj, 1) > total:
-                ctx.error(f"train: warm-up ({warm}) + projection ({proj}) steps exceed the {total} training steps")
+            if not groups:
+                ctx.error(f"train: the model has no prunable {kind} groups: nothing to sparsify")
                 return False
-            extra = dict(target_sparsity=self.target_sparsity, warmup_steps=warm, projection_steps=proj,
-                         epsilon=self.epsilon, lam=self.lam)
-        try:
-            opt = make_optimizer(self.optimizer, model, groups, lr=self.lr, momentum=self.momentum,
-                                 weight_decay=self.weight_decay, **extra)
-        except (OptimizerUnavailable, ValueError) as exc:
-            ctx.error(f"train: {exc}")
+        n = int(np.shape(ds.train_x)[0])
+        total = self.epochs * max(n // min(self.batch, n), 1)
+        if self.max_steps:
+            total = min(total, self.max_steps)
+        kwargs: dict[str, Any] = {}
+        if groups is not None:
+            try:
+                kwargs = self.optimizer_kwargs(total)
+            except ValueError as exc:
+                ctx.error(f"train: {exc}")
+                return False
+        t0 = time.perf_counter()
+        if backend == "torch":
+            out = self._train_torch(model, ds, module, getattr(lent, "loss_fn", None), opt_name, groups, kwargs, ctx)
+        else:
+            out = self._train_ort(model, ds, opt_name, groups, kwargs, ctx)
+        if out is None:
             return False
-        labels = None if self.loss == "output" else ds.train_y
-        try:
-            hist = train_ort(
-                model,
-                ds.train_x,
-                labels,
-                opt,
-                epochs=self.epochs,
-                batch=self.batch,
-                seed=self.seed,
-                loss=self.loss,
-                max_steps=self.max_steps or None,
-                threads=self.threads or None,
-                progress=not self.quiet,
-            )
-        except (BackendUnavailable, TrainingError) as exc:
-            ctx.error(f"train: {exc}")
-            return False
-        ctx.stat("steps", hist.steps)
-        ctx.stat("samples-per-second", round(hist.samples_per_second, 1))
-        if hist.epoch_losses:
-            ctx.stat("final-loss", round(hist.epoch_losses[-1], 6))
-        sp = group_sparsity(opt)
-        if sp is not None:
-            ctx.stat("group-sparsity", round(sp, 6))
+        out["seconds"] = time.perf_counter() - t0
         val = None
         if ds.val_x is not None and self.loss != "output":
+            from otoir.train.ort_backend import evaluate
+
             val = evaluate(model, ds.val_x, ds.val_y, batch=max(self.batch, 256), loss=self.loss,
                            threads=self.threads or None)
             ctx.stat("val-loss", round(val.loss, 6))
             if val.accuracy is not None:
                 ctx.stat("val-accuracy", round(val.accuracy, 6))
-        ctx.results[self.name] = {"history": hist, "validation": val, "dataset": ds.name,
-                                  "train-samples": int(np.shape(ds.train_x)[0])}
-        return hist.steps > 0
+        ctx.stat("steps", out["steps"])
+        mask = out.get("zero-mask")
+        if mask is not None:
+            ctx.stat("group-sparsity", round(float(np.mean(mask)), 6))
+        ctx.results[self.name] = {
+            **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
+            "optimizer": opt_name, "groups": groups,
+            "target-count": self.target_count(len(groups)) if groups else None,
+        }
+        return out["steps"] > 0
+
+    def _train_ort(self, model, ds, opt_name, groups, kwargs, ctx) -> dict | None:
+        from otoir.train.optimizers import OptimizerUnavailable, make_optimizer
+        from otoir.train.ort_backend import BackendUnavailable, TrainingError, recalibrate_bn, train_ort
+
+        if groups is not None:
+            kwargs = dict(kwargs)
+            kwargs["target_sparsity"] = kwargs.pop("target")
+        else:
+            kwargs = dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        try:
+            opt = make_optimizer(opt_name, model, groups, **kwargs)
+        except (OptimizerUnavailable, ValueError) as exc:
+            ctx.error(f"train: {exc}")
+            return None
+        labels = None if self.loss == "output" else ds.train_y
+        try:
+            hist = train_ort(model, ds.train_x, labels, opt, epochs=self.epochs, batch=self.batch, seed=self.seed,
+                             loss=self.loss, max_steps=self.max_steps or None, threads=self.threads or None,
+                             progress=not self.quiet)
+            if self.recalibrate_bn:
+                ctx.stat("bn-recalibrated", recalibrate_bn(model, ds.train_x, threads=self.threads or None))
+        except (BackendUnavailable, TrainingError) as exc:
+            ctx.error(f"train: {exc}")
+            return None
+        ctx.stat("samples-per-second", round(hist.samples_per_second, 1))
+        if hist.epoch_losses:
+            ctx.stat("final-loss", round(hist.epoch_losses[-1], 6))
+        mask = getattr(opt, "zero_groups", None) if groups is not None else None
+        return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
+
+    def _train_torch(self, model, ds, module, loss_fn, opt_name, groups, kwargs, ctx) -> dict | None:
+        import torch
+
+        from otoir.train.torch_backend import copy_state_to_model, recalibrate_bn, train_torch
+
+        if groups is None:
+            ctx.error("train: the torch backend trains with h2spg or dhspg (plain sgd: backend=ort)")
+            return None
+        if self.max_steps:
+            ctx.error("train: max-steps is not supported on the torch backend")
+            return None
+        if loss_fn is None:
+            losses = {"cross-entropy": torch.nn.functional.cross_entropy, "mse": torch.nn.functional.mse_loss}
+            if self.loss not in losses:
+                ctx.error(f"train: loss={self.loss} is not supported on the torch backend")
+                return None
+            loss_fn = losses[self.loss]
+        selector = None
+        if opt_name == "h2spg":
+            from otoir.analyses.validity import select_redundant
+
+            glist = list(groups)
+            selector = lambda s, k: select_redundant(glist, s, k)  # noqa: E731
+        torch.manual_seed(self.seed)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.from_numpy(ds.train_x), torch.from_numpy(ds.train_y)),
+            batch_size=self.batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(self.seed))
+        try:
+            tr = train_torch(module, loader, loss_fn, groups, optimizer=opt_name, epochs=self.epochs,
+                             selector=selector, progress=not self.quiet, **kwargs)
+        except ValueError as exc:
+            ctx.error(f"train: {exc}")
+            return None
+        if self.recalibrate_bn:
+            ctx.stat("bn-recalibrated", recalibrate_bn(module, torch.from_numpy(ds.train_x)))
+        copy_state_to_model(module, model)
+        if tr.losses:
+            ctx.stat("final-loss", round(tr.losses[-1], 6))
+        return {"history": None, "steps": tr.steps, "zero-mask": np.asarray(tr.zero_groups), "module": module}

@@ -41,10 +41,9 @@ class Visualize(Pass):
         else:
             ctx.error(f"unknown what='{self.what}' (trace, segments or subnet)")
             return False
-        # The pipeline result merges each pass's results with dict.update: start from the files
-        # of earlier visualize passes, and never overwrite one of them (segments.1.dot, ...).
-        pr = getattr(ctx, "pipeline_result", None)
-        earlier = list(ctx.results.get("visualize") or (pr.results.get("visualize", []) if pr is not None else []))
+        # Start from the files of the earlier visualize passes of this pipeline run, and never
+        # overwrite one of them (segments.1.dot, ...).
+        earlier = list((ctx.earlier_results("visualize") or [[]])[-1])
         path = os.path.join(self.out, f"{self.what}.dot")
         k = 0
         while path in earlier:

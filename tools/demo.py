@@ -5,6 +5,8 @@
 
 Each is trained once, the zero structures are cut out, the sub-network's outputs are checked
 against the trained full network's (ONNX Runtime, fp32), and a before/after report is printed.
+Each job is one ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline run (:func:`otoir.compress`);
+the demo prints the ``otoir-opt`` command that runs the same pipeline on the ONNX Runtime backend.
 The sub-networks are written to ``--out`` (``demosupnet_erased.onnx``, ``resnet_pruned.onnx``)::
 
     otoir-demo [--out out] [--epochs N] [--backend torch|ort] [--quick]
@@ -18,7 +20,7 @@ import os
 import sys
 import time
 
-__all__ = ["main", "PAPER_TABLE1_DEMOSUPNET"]
+__all__ = ["main", "otoir_opt_command", "PAPER_TABLE1_DEMOSUPNET"]
 
 #: OTOv3 Table 1, DemoSupNet on Fashion-MNIST (baseline -> H2SPG).
 PAPER_TABLE1_DEMOSUPNET = {
@@ -33,6 +35,23 @@ def _paper_row() -> str:
     return ("paper (OTOv3 Table 1, DemoSupNet, Fashion-MNIST, full width): "
             f"FLOPs {p['FLOPs'][0]} -> {p['FLOPs'][1]}, params {p['params'][0]} -> {p['params'][1]}, "
             f"top-1 {p['top-1'][0]} -> {p['top-1'][1]}")
+
+
+def otoir_opt_command(name: str, kw: dict, input_shape: tuple[int, ...], pipeline: str, out: str) -> str:
+    """The ``otoir-opt`` command running ``pipeline`` on the built-in network ``name``.
+
+    The model stays ONNX there, so a ``backend=torch`` option becomes ``backend=ort``.
+    """
+    import dataclasses
+
+    from otoir.infra import PassManager
+
+    passes = [dataclasses.replace(p, backend="ort") if getattr(p, "backend", "auto") == "torch" else p
+              for p in PassManager.from_text(pipeline).passes]
+    args = {k: int(v) if isinstance(v, bool) else v for k, v in kw.items()}
+    args.update(in_channels=input_shape[0], input="x".join(str(d) for d in input_shape))
+    zoo = f"zoo:{name}?" + "&".join(f"{k}={v}" for k, v in args.items())
+    return f"otoir-opt '{zoo}' -p '{','.join(p.to_text() for p in passes)}' --report -o {out}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(args.out, fname)
         otoir.save(res.model, path)
         print(res.report.to_text())
+        print(f"the same pipeline in otoir-opt: {otoir_opt_command(name, kw, ds.input_shape, res.pipeline, fname)}")
         print(f"wall time: {time.perf_counter() - t0:.1f} s; wrote {path}")
         if name == "demosupnet":
             print(_paper_row())

@@ -86,27 +86,38 @@ class PrintIR(Instrument):
 class Timing(Instrument):
     """Measures wall time per pass and prints a report after the pipeline.
 
+    Nested passes (children of ``repeat``, ``otoir-erase``, ...) are timed on their own and
+    listed indented under their container, whose time includes theirs.
+
     Args:
         stream: Where the report goes.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.records: list[tuple[str, float]] = []
+        #: (pass name, seconds, nesting depth), in the order the passes started.
+        self.records: list[tuple[str, float, int]] = []
         self._t0 = 0.0
-        self._start = 0.0
+        self._open: list[tuple[int, float]] = []  # (index in records, start time) per running pass
 
     def before_pipeline(self, model) -> None:
         self._t0 = time.perf_counter()
+        self._open.clear()
 
     def before_pass(self, p, model, ctx) -> None:
-        self._start = time.perf_counter()
+        self.records.append((p.name, 0.0, len(self._open)))
+        self._open.append((len(self.records) - 1, time.perf_counter()))
+
+    def _close(self, suffix: str) -> None:
+        i, start = self._open.pop()
+        name, _, depth = self.records[i]
+        self.records[i] = (name + suffix, time.perf_counter() - start, depth)
 
     def after_pass(self, p, model, ctx, changed) -> None:
-        self.records.append((p.name, time.perf_counter() - self._start))
+        self._close("")
 
     def after_pass_failed(self, p, model, ctx) -> None:
-        self.records.append((p.name + " (failed)", time.perf_counter() - self._start))
+        self._close(" (failed)")
 
     def after_pipeline(self, model) -> None:
         total = time.perf_counter() - self._t0
@@ -116,9 +127,9 @@ class Timing(Instrument):
         w("===-------------------------------------------------------------------------===\n")
         w(f"  Total Execution Time: {total:.4f} seconds\n\n")
         w("  ----Wall Time----  ----Name----\n")
-        for name, t in self.records:
+        for name, t, depth in self.records:
             pct = 100.0 * t / total if total > 0 else 0.0
-            w(f"  {t:9.4f} ({pct:5.1f}%)  {name}\n")
+            w(f"  {t:9.4f} ({pct:5.1f}%)  {'  ' * depth}{name}\n")
         w(f"  {total:9.4f} (100.0%)  Total\n")
 
 

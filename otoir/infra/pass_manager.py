@@ -1,7 +1,14 @@
-"""The pass manager: runs a pipeline of passes with verification and instruments."""
+"""The pass manager: runs a pipeline of passes with verification and instruments.
+
+Container passes (``repeat``, ``otoir-erase``, ``otoir-prune``) run their child passes through
+:meth:`PassContext.run_nested`, the one nested-run entry point: each child gets its own
+context, the instruments see it (``before_pass``/``after_pass`` nest inside the parent's),
+the verifier runs after it, and its statistics and results are recorded separately.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +24,28 @@ from otoir.infra.verifier import verify_model
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["PassManager", "PipelineResult", "build_passes"]
+__all__ = ["PassManager", "PassRecord", "PipelineResult", "build_passes"]
+
+
+@dataclass
+class PassRecord:
+    """One pass run inside a pipeline run.
+
+    Attributes:
+        name: The pass name.
+        text: The pass's canonical pipeline text.
+        depth: 0 for top-level passes, 1 for children of a container pass, and so on.
+        changed: Whether the pass changed the model.
+        statistics: The statistics it reported.
+        results: What it left in ``ctx.results`` (only this run's, never merged).
+    """
+
+    name: str
+    text: str
+    depth: int
+    changed: bool
+    statistics: dict[str, int | float]
+    results: dict[str, Any]
 
 
 @dataclass
@@ -26,17 +54,33 @@ class PipelineResult:
 
     Attributes:
         changed: Whether any pass changed the model.
-        statistics: Per pass (in order): (pass text, statistics dict).
+        statistics: Per pass run, in completion order (children before their container):
+            (pass text, statistics dict).
         diagnostics: Every diagnostic emitted (warnings and remarks included).
         analyses: The analysis manager at the end (cached analyses are valid for the result).
-        results: Free-form per-pass results (``ctx.results``), e.g. reports.
+        records: Every pass run, in completion order, with its own results.
     """
 
     changed: bool = False
     statistics: list[tuple[str, dict]] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     analyses: AnalysisManager | None = None
-    results: dict[str, Any] = field(default_factory=dict)
+    records: list[PassRecord] = field(default_factory=list)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Every ``ctx.results`` key with the value of the last pass run that set it.
+
+        Use :meth:`results_of` for the values of every run (two ``train`` passes, say).
+        """
+        out: dict[str, Any] = {}
+        for r in self.records:
+            out.update(r.results)
+        return out
+
+    def results_of(self, key: str) -> list[Any]:
+        """The values every pass run left under ``key``, in completion order."""
+        return [r.results[key] for r in self.records if key in r.results]
 
 
 def build_passes(elements: list[PipelineElement]) -> list[Pass]:
@@ -91,72 +135,89 @@ class PassManager:
         """The canonical pipeline text."""
         return ",".join(p.to_text() for p in self.passes)
 
-    def run(self, model: ir.Model, *, analyses: AnalysisManager | None = None) -> PipelineResult:
+    def run(self, model: ir.Model, *, analyses: AnalysisManager | None = None,
+            resources: Mapping[str, Any] | None = None) -> PipelineResult:
         """Runs the pipeline on ``model`` in place.
+
+        Args:
+            model: The model; transformed in place.
+            analyses: An analysis manager of ``model`` to reuse (default: a fresh one).
+            resources: Objects the caller lends the passes that are not IR, by key (passes
+                read them through ``ctx.resources``; e.g. ``train`` takes the torch module
+                the model was exported from, see :class:`otoir.train.config.TrainInputs`).
 
         Raises:
             PassFailure: A pass failed (raised an exception or emitted an error).
             VerifierError: The IR was invalid after a pass.
         """
         am = analyses if analyses is not None else AnalysisManager(model)
-        sink = DiagnosticSink()
-        result = PipelineResult(analyses=am)
-        history: list[str] = []
+        run = _PipelineRun(self, model, am, dict(resources or {}))
         for inst in self.instruments:
             inst.before_pipeline(model)
         try:
-            self._run_passes(self.passes, model, am, sink, result, history)
+            run.run_passes(self.passes, depth=0)
         finally:
-            result.diagnostics = list(sink)
+            run.result.diagnostics = list(run.sink)
         for inst in self.instruments:
             inst.after_pipeline(model)
-        return result
+        return run.result
 
-    # The loop is shared with nested pipelines (``repeat``).
-    def _run_passes(self, passes, model, am, sink, result, history) -> bool:
+
+class _PipelineRun:
+    """The state of one :meth:`PassManager.run`: shared by the contexts of all its passes."""
+
+    def __init__(self, pm: PassManager, model: ir.Model, am: AnalysisManager, resources: dict[str, Any]) -> None:
+        self.pm = pm
+        self.model = model
+        self.am = am
+        self.resources = resources
+        self.sink = DiagnosticSink()
+        self.result = PipelineResult(analyses=am)
+        self.history: list[str] = []
+
+    def run_passes(self, passes: Sequence[Pass], *, depth: int) -> bool:
         changed_any = False
         for p in passes:
-            changed_any |= self.run_one(p, model, am, sink, result, history)
+            changed_any |= self.run_pass(p, depth)
         return changed_any
 
-    def run_one(self, p: Pass, model, am, sink, result, history) -> bool:
+    def run_pass(self, p: Pass, depth: int) -> bool:
         """Runs one pass with instruments, verification and analysis invalidation."""
-        ctx = PassContext(am, sink, p.name)
-        ctx.pass_manager = self  # lets container passes run nested pipelines
-        ctx.pipeline_result = result
-        ctx.history = history
+        model, sink, instruments = self.model, self.sink, self.pm.instruments
+        ctx = PassContext(self.am, sink, p.name, run=self, depth=depth)
         n_before = len(sink)
-        for inst in self.instruments:
+        for inst in instruments:
             inst.before_pass(p, model, ctx)
         try:
             changed = bool(p.run(model, ctx))
         except (PassFailure, KeyboardInterrupt):
-            for inst in self.instruments:
+            for inst in instruments:
                 inst.after_pass_failed(p, model, ctx)
             raise
         except Exception as exc:  # a bug or an unexpected input inside a pass
             diag = Diagnostic(Severity.ERROR, f"{type(exc).__name__}: {exc}", pass_name=p.name)
             sink.emit(diag)
-            for inst in self.instruments:
+            for inst in instruments:
                 inst.after_pass_failed(p, model, ctx)
-            raise PassFailure(p.name, [diag], history) from exc
+            raise PassFailure(p.name, [diag], self.history) from exc
         errors = [d for d in list(sink)[n_before:] if d.severity is Severity.ERROR]
         if errors:
-            for inst in self.instruments:
+            for inst in instruments:
                 inst.after_pass_failed(p, model, ctx)
-            raise PassFailure(p.name, errors, history)
+            raise PassFailure(p.name, errors, self.history)
         if changed:
-            am.invalidate(type(p).preserves)
-        if self.verify_each and changed:
+            self.am.invalidate(type(p).preserves)
+        if self.pm.verify_each and changed:
             problems = verify_model(model)
             if problems:
-                for inst in self.instruments:
+                for inst in instruments:
                     inst.after_pass_failed(p, model, ctx)
-                raise VerifierError(p.name, problems, history)
-        history.append(p.name)
-        result.changed |= changed
-        result.statistics.append((p.to_text(), dict(ctx.statistics)))
-        result.results.update(ctx.results)
-        for inst in self.instruments:
+                raise VerifierError(p.name, problems, self.history)
+        self.history.append(p.name)
+        res = self.result
+        res.changed |= changed
+        res.statistics.append((p.to_text(), dict(ctx.statistics)))
+        res.records.append(PassRecord(p.name, p.to_text(), depth, changed, dict(ctx.statistics), dict(ctx.results)))
+        for inst in instruments:
             inst.after_pass(p, model, ctx, changed)
         return changed

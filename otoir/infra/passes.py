@@ -6,7 +6,9 @@ import dataclasses
 import enum
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from otoir.errors import PipelineError
@@ -53,21 +55,55 @@ class OptionInfo:
 
 
 class PassContext:
-    """What a pass may use while it runs: analyses, diagnostics, statistics.
+    """What a pass may use while it runs: analyses, diagnostics, statistics, nested runs.
+
+    The pass manager makes one context per pass run.
 
     Args:
         am: The analysis manager of the model being transformed.
         diagnostics: Where diagnostics go.
         pass_name: Name of the running pass (set by the pass manager).
+        run: The pipeline run this pass belongs to (set by the pass manager; None when a
+            pass is called directly, which allows no nested runs).
+        depth: Nesting depth (0 for top-level passes).
     """
 
-    def __init__(self, am: AnalysisManager, diagnostics: DiagnosticSink, pass_name: str = "") -> None:
+    def __init__(self, am: AnalysisManager, diagnostics: DiagnosticSink, pass_name: str = "", *,
+                 run: Any = None, depth: int = 0) -> None:
         self.analyses = am
         self.diagnostics = diagnostics
         self.pass_name = pass_name
+        self.depth = depth
+        self._run = run
         self.statistics: dict[str, int | float] = {}
-        #: Free-form results a pass leaves for callers (e.g. a report); keyed by pass name.
+        #: Free-form results this pass run leaves for callers (e.g. a report). Each run's
+        #: results are recorded on their own (``PipelineResult.records``), never merged away.
         self.results: dict[str, Any] = {}
+
+    @property
+    def resources(self) -> Mapping[str, Any]:
+        """Non-IR objects the caller of ``PassManager.run`` lent the passes (read-only)."""
+        return MappingProxyType(self._run.resources if self._run is not None else {})
+
+    def run_nested(self, passes: Sequence[Pass], model: ir.Model) -> bool:
+        """Runs ``passes`` on ``model`` as children of the running pass; returns whether any changed it.
+
+        Each child runs exactly like a top-level pass: its own context, the instruments around
+        it (nested inside this pass's ``before_pass``/``after_pass``), the verifier after it,
+        analysis invalidation, and a failure that fails this pass too.
+
+        Raises:
+            RuntimeError: Outside a pass manager run, or ``model`` is not the pass's model.
+        """
+        if self._run is None:
+            raise RuntimeError(f"pass '{self.pass_name}': nested passes need a pass manager run")
+        if model is not self._run.model:
+            raise RuntimeError(f"pass '{self.pass_name}': nested passes run on the pass's own model")
+        return self._run.run_passes(list(passes), depth=self.depth + 1)
+
+    def earlier_results(self, key: str) -> list[Any]:
+        """The values earlier pass runs of this pipeline run left under ``key``, oldest first."""
+        return self._run.result.results_of(key) if self._run is not None else []
 
     def emit(self, severity: Severity, message: str, node: ir.Node | None = None) -> Diagnostic:
         """Emits a diagnostic located at ``node`` (if given) and returns it."""

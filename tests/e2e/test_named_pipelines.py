@@ -36,8 +36,11 @@ def test_named_pipeline_compresses_and_verifies(npz, tmp_path, zoo, pipe):
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
     err = io.StringIO()
     code = main([zoo, "-p", f"{pipe}{{data={npz} epochs=2 batch=32 quiet=true}}", "--verify", "--report-json", str(rep),
-                 "-q", "-o", str(out)], stdout=io.StringIO(), stderr=err)
+                 "--timing", "-q", "-o", str(out)], stdout=io.StringIO(), stderr=err)
     assert code == 0, err.getvalue()
+    # the child passes ran through the pass manager: timed one by one, indented under the container
+    timing = err.getvalue().split("Execution time report")[1]
+    assert f"  {pipe}\n" in timing and "    train\n" in timing and "    to-inference\n" in timing
     data = json.loads(rep.read_text())
     assert data["verified"] is True and data["max_rel_diff"] <= 1e-4
     assert data["compressed"]["params"] < data["full"]["params"]

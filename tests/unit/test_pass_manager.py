@@ -14,6 +14,7 @@ from otoir.infra import (
     PRESERVE_ALL,
     Analysis,
     DumpIR,
+    Instrument,
     Pass,
     PassManager,
     PassStatistics,
@@ -173,3 +174,93 @@ def test_print_ir_after_change_only():
     out = io.StringIO()
     PassManager.from_text("test-probe,test-drop-identity", instruments=[PrintIR(out, after="all", only_if_changed=True)]).run(model())
     assert out.getvalue().count("IR Dump After") == 1
+
+
+@register_pass
+@dataclass(frozen=True)
+class _Nest(Pass):
+    """Runs probe, drop-identity, probe as children; leaves a result under a shared key."""
+
+    name = "test-nest"
+
+    def run(self, model, ctx) -> bool:
+        kids = [_Probe(), _DropIdentity(), _Probe()]
+        changed = ctx.run_nested(kids, model)
+        ctx.results["shared"] = f"nest:{ctx.resources.get('tag')}"
+        return changed
+
+
+@register_pass
+@dataclass(frozen=True)
+class _Shared(Pass):
+    name = "test-shared"
+    preserves = PRESERVE_ALL
+
+    def run(self, model, ctx) -> bool:
+        ctx.results["shared"] = "plain"
+        return False
+
+
+def test_nested_passes_are_instrumented_verified_and_timed():
+    out = io.StringIO()
+    timing = Timing(out)
+    seen = []
+
+    class Order(Instrument):
+        def before_pass(self, p, model, ctx):
+            seen.append(("before", p.name, ctx.depth))
+
+        def after_pass(self, p, model, ctx, changed):
+            seen.append(("after", p.name, ctx.depth))
+
+    res = PassManager.from_text("test-shared,test-nest,test-shared", instruments=[Order(), timing]).run(
+        model(), resources={"tag": "x"})
+    # instruments see the children inside their container
+    assert seen[2:8] == [("before", "test-nest", 0), ("before", "test-probe", 1), ("after", "test-probe", 1),
+                         ("before", "test-drop-identity", 1), ("after", "test-drop-identity", 1),
+                         ("before", "test-probe", 1)]
+    assert seen[9] == ("after", "test-nest", 0)
+    # each pass run is timed on its own: the container's time covers its children's
+    names = [(n, d) for n, _, d in timing.records]
+    assert names == [("test-shared", 0), ("test-nest", 0), ("test-probe", 1), ("test-drop-identity", 1),
+                     ("test-probe", 1), ("test-shared", 0)]
+    t = {i: s for i, (_, s, _) in enumerate(timing.records)}
+    assert t[1] >= t[2] + t[3] + t[4]
+    assert "\n  " in out.getvalue() and "    test-drop-identity" in out.getvalue()  # children indented
+    # the analyses were invalidated by the nested change: the second probe sees 2 nodes
+    assert [s["nodes"] for _, s in res.statistics if "nodes" in s] == [3, 2]
+    # every run keeps its own results: no key clash, the merged view keeps the last
+    assert res.results_of("shared") == ["plain", "nest:x", "plain"]
+    assert res.results["shared"] == "plain"
+    assert [(r.name, r.depth) for r in res.records][1:4] == [("test-probe", 1), ("test-drop-identity", 1),
+                                                            ("test-probe", 1)]
+
+
+def test_nested_failure_fails_the_container_and_names_the_child():
+    @dataclass(frozen=True)
+    class Bad(Pass):
+        name = "test-nest-bad"
+
+        def run(self, model, ctx) -> bool:
+            return ctx.run_nested([_Error()], model)
+
+    failed = []
+
+    class Failed(Instrument):
+        def after_pass_failed(self, p, model, ctx):
+            failed.append(p.name)
+
+    with pytest.raises(PassFailure) as info:
+        PassManager([Bad()], instruments=[Failed()]).run(model())
+    assert info.value.pass_name == "test-error"
+    assert failed == ["test-error", "test-nest-bad"]
+
+
+def test_nested_run_needs_a_pass_manager():
+    from otoir.infra import AnalysisManager, DiagnosticSink, PassContext
+
+    m = model()
+    ctx = PassContext(AnalysisManager(m), DiagnosticSink(), "x")
+    with pytest.raises(RuntimeError, match="pass manager"):
+        ctx.run_nested([_Probe()], m)
+    assert dict(ctx.resources) == {}

@@ -1,0 +1,186 @@
+"""The training configuration: the one source of training defaults and their validation.
+
+:class:`TrainConfig` is used three ways, always with the same defaults:
+
+* the ``train`` pass *is* a ``TrainConfig`` (its pass options are these fields, so
+  ``train{lr=0.001 variant=adam}`` parses as before);
+* ``otoir-erase`` / ``otoir-prune`` are ``TrainConfig`` s too and hand their fields to the
+  ``train`` pass they build;
+* :func:`otoir.compress` builds ``otoir-erase`` / ``otoir-prune`` from its keyword arguments.
+
+The target sparsity is validated once, here, by the optimizer library's own
+:class:`~otoir.optim.core.SparsitySchedule`, which is also the one place that turns it into a
+group count K = ⌊target·G⌋ (:meth:`TrainConfig.target_count`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from otoir.infra.passes import option
+
+if TYPE_CHECKING:
+    from otoir.data import Dataset
+
+__all__ = ["TrainConfig", "TrainInputs", "OPTIMIZER_CHOICES", "BACKENDS", "resolve_dataset"]
+
+#: Values of :attr:`TrainConfig.optimizer`.
+OPTIMIZER_CHOICES = ("auto", "sgd", "h2spg", "dhspg")
+#: Values of :attr:`TrainConfig.backend`.
+BACKENDS = ("auto", "torch", "ort")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, base rule, schedule, data, backend.
+
+    Attributes:
+        data: Built-in dataset name (``mnist``) or ``.npz`` file (a :class:`TrainInputs`
+            may lend a :class:`~otoir.data.Dataset` object of that name instead).
+        optimizer: ``h2spg``, ``dhspg``, ``sgd`` (plain training) or ``auto``: the structured
+            optimizer of the groups being sparsified (H2SPG for GeZIGs, DHSPG for ZIGs), plain
+            SGD when none are.
+        variant: Base update of the structured optimizers: ``sgd``, ``adam`` or ``adamw``
+            (OTO suggests lr 1e-3 for Adam).
+        epochs: Passes over the training data.
+        batch: Batch size (the last incomplete batch of an epoch is skipped).
+        lr: Learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay (decoupled for ``adamw``).
+        target_sparsity: Fraction of the groups to zero, in [0, 1); exactly ⌊target·G⌋ are.
+        warmup: Steps before the redundant groups are chosen: a fraction of all steps if < 1,
+            a step count if >= 1.
+        projection: Steps over which they are driven to zero (fraction or count, as warmup).
+        lam: Base group-lasso coefficient λ.
+        epsilon: Half-space projection threshold ε in [0, 1).
+        recalibrate_bn: After training, re-estimate BatchNorm running statistics from the
+            training inputs (running averages taken while the weights moved lag behind them).
+        backend: ``torch`` (the module the model was exported from, lent as
+            :class:`TrainInputs`), ``ort`` (ONNX Runtime training) or ``auto`` (torch when a
+            module is lent, ONNX Runtime otherwise).
+        seed: Seed of the batch order (and of torch's RNG on the torch backend).
+    """
+
+    data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
+    optimizer: str = option("auto", "auto | sgd | h2spg | dhspg (auto: h2spg for gezig groups, dhspg for zig, else sgd)")
+    variant: str = option("sgd", "base update of h2spg/dhspg: sgd | adam | adamw (OTO's lr for adam: 1e-3)")
+    epochs: int = option(1, "passes over the training data")
+    batch: int = option(64, "batch size")
+    lr: float = option(0.05, "learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "L2 weight decay (decoupled for adamw)")
+    target_sparsity: float = option(0.5, "fraction of the groups to zero, in [0, 1): exactly floor(target * groups)")
+    warmup: float = option(0.25, "steps before the redundant groups are chosen: a fraction of all steps, or a count if >= 1")
+    projection: float = option(0.35, "steps over which they are driven to zero: a fraction, or a count if >= 1")
+    lam: float = option(1e-3, "base group-lasso coefficient lambda")
+    epsilon: float = option(0.0, "half-space projection threshold, in [0, 1)")
+    recalibrate_bn: bool = option(True, "re-estimate BatchNorm running statistics from the training inputs after training")
+    backend: str = option("auto", "auto | torch | ort (auto: torch when the caller lends a torch module, else ort)")
+    seed: int = option(0, "seed of the batch order (and of torch's RNG)")
+
+    def __post_init__(self) -> None:
+        from otoir.optim.core import BaseRule, SparsitySchedule
+
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}, got '{self.optimizer}'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if self.epochs < 1 or self.batch < 1:
+            raise ValueError("epochs and batch must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0 or self.projection < 0:
+            raise ValueError("warmup and projection must be >= 0")
+        if isinstance(self.target_sparsity, int) and not isinstance(self.target_sparsity, bool):
+            object.__setattr__(self, "target_sparsity", float(self.target_sparsity))
+        try:  # the optimizer library's own checks: one validation of the target, ε, the base rule
+            BaseRule(variant=self.variant, momentum=self.momentum, weight_decay=self.weight_decay)
+            SparsitySchedule(target=self.target_sparsity, epsilon=self.epsilon)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc).replace("target", "target-sparsity", 1)) from None
+
+    # -- derived values: each computed here and nowhere else ----------------------------------
+    def structured_optimizer(self, group_kind: str | None) -> str:
+        """The optimizer to build for groups of ``group_kind`` (``gezig``, ``zig`` or None)."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return {"gezig": "h2spg", "zig": "dhspg"}.get(group_kind or "", "sgd")
+
+    def schedule_steps(self, total: int) -> tuple[int, int]:
+        """(warm-up steps, projection steps) in a run of ``total`` steps.
+
+        Raises:
+            ValueError: They do not fit in ``total`` steps.
+        """
+        warm = int(self.warmup) if self.warmup >= 1 else int(self.warmup * total)
+        proj = int(self.projection) if self.projection >= 1 else int(self.projection * total)
+        if warm + max(proj, 1) > total:
+            raise ValueError(f"warm-up ({warm}) + projection ({proj}) steps exceed the {total} training steps")
+        return warm, proj
+
+    def target_count(self, num_groups: int) -> int:
+        """K = ⌊target·G⌋, the number of groups training zeroes (the optimizers use the same rule)."""
+        from otoir.optim.core import SparsitySchedule
+
+        return SparsitySchedule(target=self.target_sparsity).target_count(num_groups)
+
+    def optimizer_kwargs(self, total: int) -> dict[str, Any]:
+        """Keyword arguments of the structured optimizers (numpy and torch front ends alike)."""
+        warm, proj = self.schedule_steps(total)
+        return dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, variant=self.variant,
+                    target=self.target_sparsity, warmup_steps=warm, projection_steps=proj, epsilon=self.epsilon,
+                    lam=self.lam)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The configuration fields, in order."""
+        return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+    @classmethod
+    def of(cls, obj: Any) -> TrainConfig:
+        """The plain configuration held by ``obj`` (a pass deriving from TrainConfig, say)."""
+        return TrainConfig(**config_values(obj))
+
+
+def config_values(obj: Any) -> dict[str, Any]:
+    """``{field: value}`` of the TrainConfig fields of ``obj``."""
+    return {n: getattr(obj, n) for n in TrainConfig.field_names()}
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """Non-IR training inputs a caller lends the ``train`` pass.
+
+    Pass it as ``PassManager.run(model, resources={TrainInputs.KEY: TrainInputs(...)})``.
+
+    Attributes:
+        module: The ``torch.nn.Module`` the model was exported from (the torch backend trains
+            it in place and copies its values into the model).
+        loss_fn: Torch loss ``loss_fn(outputs, labels)`` (default: cross-entropy).
+        datasets: Loaded datasets; the ``train`` pass uses the one whose ``name`` equals its
+            ``data`` option instead of loading that name.
+    """
+
+    KEY = "train"
+
+    module: Any = None
+    loss_fn: Callable | None = None
+    datasets: Sequence[Dataset] = field(default_factory=tuple)
+
+
+def resolve_dataset(name: str, resources: Mapping[str, Any]) -> Dataset:
+    """The dataset ``name``: one lent in ``resources`` (:class:`TrainInputs`), or loaded.
+
+    Raises:
+        DatasetError: Not lent, and not a built-in name or a readable ``.npz`` file.
+    """
+    from otoir.data import load_dataset
+
+    lent = resources.get(TrainInputs.KEY)
+    for ds in getattr(lent, "datasets", ()):
+        if ds.name == name:
+            return ds
+    return load_dataset(name)
