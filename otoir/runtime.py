@@ -2,7 +2,7 @@
 
 Everything that runs a model goes through here: reports (latency, accuracy, output agreement),
 training-side evaluation, the surgery shape probe, the load check before a model is written
-(:mod:`otoir.infra.loadcheck`) and the tests (through the thin :mod:`otoir.testing`).
+(:mod:`otoir.infra.loadcheck`) and the tests.
 
 - :func:`session` builds an ``InferenceSession`` (CPU provider, thread count, graph optimisation
   level) from an onnx-ir model, a ``ModelProto``, bytes or a path. ORT's own log is silenced:
@@ -276,7 +276,7 @@ def describe_ort_error(exc: BaseException | str) -> tuple[str, str | None]:
                 f"input types", m.group(3) or None)
     m = re.search(r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: (.*)$", text)
     if m:
-        msg = re.sub(r"^\S+ was false\. ", "", m.group(3).strip())
+        msg = re.sub(r"^[^.]*? was false\.\s*", "", m.group(3).strip())
         return f"ONNX Runtime {ver} failed running {m.group(1)}: {msg}", m.group(2) or None
     m = re.search(r"Node \(([^)]*)\) Op \((\w+)\) (.*)$", text)
     if m:
@@ -317,13 +317,13 @@ def _np_dtype(dtype: ir.DataType | None) -> Any:
         return np.float32
 
 
-def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int = 3,
+def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int | None = None,
                  sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random feeds for the data inputs of ``model``, of their declared shapes and types.
 
     Fixed dimensions are kept (whatever their size, zero included). A symbolic or unknown
     dimension is bound to ``sizes[symbol]`` when given, else to ``batch`` on axis 0 and to
-    ``size`` elsewhere; the same symbol gets the same value in every input.
+    ``size`` (default: ``batch``) elsewhere; the same symbol gets the same value in every input.
 
     Values: floating point standard normal; integers in ``[0, 4)`` (safe as token ids,
     positions or indices of small tables); bools random.
@@ -332,7 +332,7 @@ def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int = 
         model: The model.
         seed: RNG seed.
         batch: Value of symbolic dimensions on axis 0.
-        size: Value of other symbolic dimensions.
+        size: Value of other symbolic dimensions (default: ``batch``).
         sizes: Values of named symbolic dimensions.
     """
     rng = np.random.default_rng(seed)
@@ -344,7 +344,7 @@ def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int = 
             if isinstance(d, int):
                 dims.append(d)
                 continue
-            default = batch if axis == 0 else size
+            default = batch if axis == 0 or size is None else size
             sym = getattr(d, "value", None)
             if isinstance(sym, str):
                 dims.append(bound.setdefault(sym, default))
@@ -412,7 +412,7 @@ def output_agreement(reference: ir.Model, candidate: ir.Model, inputs: np.ndarra
     return worst
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalResult:
     """Evaluation of a model on a labelled set.
 
