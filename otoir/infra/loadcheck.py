@@ -263,6 +263,7 @@ def _one(prep: _Prepared, check: str) -> tuple[str, str | None] | None:
                 if m:
                     node = m.group(1)
                     break
+            text = re.sub(r"^\[ShapeInferenceError\] Inference error\(s\): \(op_type:[^)]*\): ", "", text)
             return text, node
         return None
     from otoir import runtime
@@ -271,7 +272,8 @@ def _one(prep: _Prepared, check: str) -> tuple[str, str | None] | None:
         return None
     try:
         if prep.session is None:
-            prep.session = runtime.session(prep.path if prep.path else prep.bytes)
+            # unoptimised: ORT's graph transformers rename the nodes its errors would name
+            prep.session = runtime.session(prep.path if prep.path else prep.bytes, optimization="disable")
         if check == "run":
             runtime.run(prep.session, runtime.random_feeds(prep.model, seed=0))
     except RuntimeModelError as exc:
@@ -298,9 +300,13 @@ def _message(model: ir.Model, prep: _Prepared, subject: str, check: str, reason:
     ver = runtime.version()
     phrase = _PHRASE[check]
     if check in ("session", "run") and ver:
+        failed = re.match(rf"ONNX Runtime {re.escape(ver)} failed running (\w+): ", reason)
         if reason.startswith(f"ONNX Runtime {ver}: "):
             phrase += f" {ver}"
             reason = reason.removeprefix(f"ONNX Runtime {ver}: ")
+        elif failed:  # the node tag names the operator
+            phrase += f" {ver}"
+            reason = reason[failed.end():] if node is not None else f"{failed.group(1)}: {reason[failed.end():]}"
         elif reason.startswith("ONNX Runtime"):  # "ONNX Runtime 1.19.2 cannot run opset 23 (max 21)"
             phrase = "does not load" if check == "session" else "does not run"
     tags = []
@@ -314,7 +320,5 @@ def _message(model: ir.Model, prep: _Prepared, subject: str, check: str, reason:
             passes = sorted({p for n in _all_nodes(model) if (p := made_by(n)) is not None})
             if passes:
                 tags.append(f"changed by {', '.join(passes)}")
-        elif shown is not None:
-            tags.append("as in the input")
     where = f"[{', '.join(tags)}] " if tags else ""
     return f"{subject} {phrase}: {where}{reason}"
