@@ -93,12 +93,15 @@ class RuntimeModelError(OtoirError):
         reason: That line.
         node: The node ORT named, if any.
         stage: ``"load"`` (session creation) or ``"run"``.
+        unsupported: ORT lacks support (newer opset or IR version, an operator of a custom
+            domain, no kernel for these types) rather than the model being malformed.
     """
 
-    def __init__(self, reason: str, *, node: str | None = None, stage: str = "load") -> None:
+    def __init__(self, reason: str, *, node: str | None = None, stage: str = "load", unsupported: bool = False) -> None:
         self.reason = reason
         self.node = node
         self.stage = stage
+        self.unsupported = unsupported
         where = f" (node '{node}')" if node and f"'{node}'" not in reason else ""
         super().__init__(reason + where)
 

@@ -165,7 +165,8 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | str 
         size_threshold_bytes: Tensors smaller than this stay inline when external data is used.
         check: Before anything is written, prove the model loads (:mod:`otoir.infra.loadcheck`:
             ``onnx.checker`` full check, and with ONNX Runtime installed a session run once on
-            random inputs). ``False`` skips it (huge models); a
+            random inputs; where this ORT lacks support, e.g. a custom-domain operator or a newer
+            opset, the checker alone judges). ``False`` skips it (huge models); a
             :class:`~otoir.infra.loadcheck.Baseline` of the input requires only what the input passed.
 
     Raises:

@@ -291,11 +291,18 @@ def _op(domain: str, op: str) -> str:
     return op if domain in ("", "ai.onnx") else f"{domain}::{op}"
 
 
+#: Reasons that say this ORT lacks support (a newer opset or IR version, an operator of a
+#: custom domain whose library is not loaded, a kernel for these types), not that the model is
+#: malformed.
+_UNSUPPORTED = re.compile(r"cannot run opset|cannot load IR version|does not know operator|has no CPU kernel"
+                          r"|No Op registered for .*\(operator [\w.]+::\w+\)")
+
+
 def _model_error(exc: BaseException, stage: str) -> RuntimeModelError:
     reason, node = describe_ort_error(exc)
     if len(reason) > 400:
         reason = reason[:397] + "..."
-    return RuntimeModelError(reason, node=node, stage=stage)
+    return RuntimeModelError(reason, node=node, stage=stage, unsupported=bool(_UNSUPPORTED.search(reason)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,14 +325,14 @@ def _np_dtype(dtype: ir.DataType | None) -> Any:
 
 
 def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int | None = None,
-                 sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+                 sizes: Mapping[str, int] | None = None, int_high: int = 4) -> dict[str, np.ndarray]:
     """Random feeds for the data inputs of ``model``, of their declared shapes and types.
 
     Fixed dimensions are kept (whatever their size, zero included). A symbolic or unknown
     dimension is bound to ``sizes[symbol]`` when given, else to ``batch`` on axis 0 and to
     ``size`` (default: ``batch``) elsewhere; the same symbol gets the same value in every input.
 
-    Values: floating point standard normal; integers in ``[0, 4)`` (safe as token ids,
+    Values: floating point standard normal; integers in ``[0, int_high)`` (safe as token ids,
     positions or indices of small tables); bools random.
 
     Args:
@@ -334,6 +341,7 @@ def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int | 
         batch: Value of symbolic dimensions on axis 0.
         size: Value of other symbolic dimensions (default: ``batch``).
         sizes: Values of named symbolic dimensions.
+        int_high: Integer inputs are drawn from ``[0, int_high)``.
     """
     rng = np.random.default_rng(seed)
     bound: dict[str, int] = dict(sizes or {})
@@ -354,7 +362,7 @@ def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int | 
         if dtype is np.bool_ or np.dtype(dtype) == np.bool_:
             feeds[v.name] = rng.integers(0, 2, dims).astype(np.bool_)
         elif np.issubdtype(np.dtype(dtype), np.integer):
-            feeds[v.name] = rng.integers(0, 4, dims).astype(dtype)
+            feeds[v.name] = rng.integers(0, int_high, dims).astype(dtype)
         elif np.dtype(dtype).kind == "U" or np.dtype(dtype) == np.object_:
             feeds[v.name] = np.full(dims, "a", dtype=object)
         else:

@@ -278,6 +278,18 @@ def test_save_checks_a_model_built_outside_a_pipeline(tmp_path):
     check_loadable(make_model())  # and a good model passes
 
 
+def test_save_writes_models_this_ort_cannot_judge(tmp_path):
+    # an operator of a custom domain (its library is not loaded): only onnx.checker can judge
+    m = ir.serde.deserialize_model(onnx.parser.parse_model(CUSTOM))
+    otoir.save(m, tmp_path / "custom.onnx")
+    assert (tmp_path / "custom.onnx").exists()
+    # ... but a malformed model with such an operator is still refused
+    PassManager.from_text("test-insert-bad-matmul{on-input=true}", verify_each=False).run(m)
+    with pytest.raises(LoadCheckError, match=r"\(MatMul\), made by test-insert-bad-matmul\] .*Incompatible dimensions"):
+        otoir.save(m, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_check_accepts_external_data_from_anywhere(tmp_path, monkeypatch):
     m = make_model()
     path = tmp_path / "ext.onnx"
