@@ -22,6 +22,7 @@ Where the *input* already fails some of these checks, :func:`baseline` records w
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -59,41 +60,43 @@ def _all_nodes(model: ir.Model):
     yield from model.graph.all_nodes()
 
 
-def _small(value: Any) -> Any:
-    if isinstance(value, (int, float, str, bytes)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)) and len(value) <= 64:
-        return tuple(_small(v) if isinstance(v, (int, float, str)) else id(v) for v in value)
-    return id(value)
-
-
 def _fingerprint(node: ir.Node) -> tuple:
-    ins = tuple(
-        None if v is None else (id(v), None if v.const_value is None else id(v.const_value))
-        for v in node.inputs
+    ins = node.inputs
+    return (
+        node.op_type,
+        node.domain,
+        tuple([id(v) for v in ins]),
+        tuple([0 if v is None or v.const_value is None else id(v.const_value) for v in ins]),
+        tuple([(k, id(a)) for k, a in node.attributes.items()]),
+        len(node.outputs),
     )
-    attrs = tuple((k, id(a), _small(getattr(a, "value", None))) for k, a in node.attributes.items())
-    return (node.op_type, node.domain, ins, attrs, len(node.outputs))
 
 
-def snapshot(model: ir.Model) -> dict[int, tuple]:
+_generation = itertools.count(1)
+_GEN_KEY = PASS_KEY + ".generation"
+
+
+def snapshot(model: ir.Model) -> tuple[int, dict[int, tuple]]:
     """Fingerprints of every node (taken before a pass; see :func:`stamp`)."""
-    return {id(n): (_fingerprint(n), n.meta.get(PASS_KEY)) for n in _all_nodes(model)}
+    return next(_generation), {id(n): _fingerprint(n) for n in _all_nodes(model)}
 
 
-def stamp(model: ir.Model, before: dict[int, tuple], pass_name: str) -> int:
+def stamp(model: ir.Model, before: tuple[int, dict[int, tuple]], pass_name: str) -> int:
     """Marks the nodes created or changed since ``before`` as made by ``pass_name``.
 
     Nodes a nested pass stamped meanwhile keep that stamp. Returns the number stamped.
     """
+    start, prints = before
+    generation = next(_generation)
     n_stamped = 0
     for node in _all_nodes(model):
-        old = before.get(id(node))
-        if old is not None and (old[0] == _fingerprint(node) or old[1] != node.meta.get(PASS_KEY)):
+        old = prints.get(id(node))
+        if old is not None and old == _fingerprint(node):
             continue
-        if old is None and node.meta.get(PASS_KEY) is not None:  # new, stamped by a nested pass
+        if node.meta.get(_GEN_KEY, 0) > start:  # stamped by a pass nested in this one
             continue
         node.meta[PASS_KEY] = pass_name
+        node.meta[_GEN_KEY] = generation
         n_stamped += 1
     return n_stamped
 
