@@ -268,7 +268,7 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None) ->
     from otoir.errors import RuntimeModelError
 
     option = "--verify" if args.verify else "--report"
-    if baseline is not None and runtime.available() and "run" not in baseline.passes:
+    if baseline is not None and runtime.available() and "session" not in baseline.passes:
         problem = next(p for p in baseline.problems if "ONNX Runtime" in p)
         stderr.write(f"{PROG}: error: cannot {option}: {problem}\n")
         return 2

@@ -340,3 +340,13 @@ def test_verify_and_report_on_inputs_ort_cannot_run(tmp_path, text, fragment, op
     assert err.count("\n") == 1 and f"cannot {option}" in err and fragment in err, err
     assert "internal error" not in err and "[ONNXRuntimeError]" not in err
     assert not out_path.exists()
+
+
+@pytest.mark.parametrize("load_check", [True, False])
+def test_verify_on_a_result_ort_cannot_run_exits_1(good, tmp_path, load_check):
+    out_path = tmp_path / "out.onnx"
+    args = [str(good), "-p", "test-insert-bad-reshape", "--verify", "-o", str(out_path)]
+    code, _, err = cli(*args, *([] if load_check else ["--no-load-check"]))
+    assert code == 1 and err.count("\n") == 1 and "cannot be reshaped" in err and "nothing written" in err, err
+    assert ("made by test-insert-bad-reshape" in err) if load_check else ("cannot --verify: the result does not run" in err)
+    assert not out_path.exists()
