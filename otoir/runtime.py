@@ -37,6 +37,7 @@ import onnx_ir as ir
 from otoir.errors import RuntimeModelError, RuntimeUnavailableError
 
 __all__ = [
+    "onnxruntime",
     "available",
     "version",
     "session",
@@ -86,6 +87,15 @@ def _ort() -> Any:
         ort.set_default_logger_severity(_LOG_SEVERITY)
         _default_logger_quiet = True
     return ort
+
+
+def onnxruntime() -> Any:
+    """The ``onnxruntime`` module, imported quietly (see the module docstring).
+
+    Raises:
+        RuntimeUnavailableError: It is not installed.
+    """
+    return _ort()
 
 
 def available() -> bool:

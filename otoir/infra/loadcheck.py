@@ -22,11 +22,13 @@ Where the *input* already fails some of these checks, :func:`baseline` records w
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,15 +238,13 @@ class _Prepared:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-class _prepared:  # noqa: N801 - a context manager used like a function
-    def __init__(self, model: ir.Model) -> None:
-        self.prep = _Prepared(model)
-
-    def __enter__(self) -> _Prepared:
-        return self.prep
-
-    def __exit__(self, *exc: object) -> None:
-        self.prep.close()
+@contextlib.contextmanager
+def _prepared(model: ir.Model) -> Iterator[_Prepared]:
+    prep = _Prepared(model)
+    try:
+        yield prep
+    finally:
+        prep.close()
 
 
 _CHECKER_NODE = (

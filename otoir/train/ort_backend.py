@@ -38,6 +38,7 @@ import onnx
 import onnx_ir as ir
 
 from otoir import runtime
+from otoir.errors import RuntimeUnavailableError
 from otoir.runtime import EvalResult
 from otoir.train.inference import to_inference
 from otoir.train.optimizers import Optimizer, group_sparsity
@@ -95,12 +96,9 @@ def require_ort_training() -> Any:
 
 def _require_ort() -> Any:
     try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "evaluation needs onnxruntime: pip install 'otoir[ort]' or 'otoir[train]'" + f" ({exc})"
-        ) from None
-    return onnxruntime
+        return runtime.onnxruntime()
+    except RuntimeUnavailableError as exc:
+        raise BackendUnavailable(f"evaluation needs onnxruntime: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
