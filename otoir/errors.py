@@ -13,6 +13,9 @@ __all__ = [
     "PipelineError",
     "PassFailure",
     "VerifierError",
+    "RuntimeUnavailableError",
+    "RuntimeModelError",
+    "LoadCheckError",
 ]
 
 
@@ -74,3 +77,51 @@ class VerifierError(PassFailure):
         first = str(self.diagnostics[0]) if self.diagnostics else "invalid IR"
         more = f" (+{len(self.diagnostics) - 1} more)" if len(self.diagnostics) > 1 else ""
         self.args = (f"verifier failed after pass '{pass_name}': {first}{more}",)
+
+
+class RuntimeUnavailableError(OtoirError):
+    """ONNX Runtime is needed (``--verify``, ``--report``, evaluation) but not installed."""
+
+
+class RuntimeModelError(OtoirError):
+    """ONNX Runtime cannot create or run a session for a model.
+
+    The message is one line saying what ORT could not do and why, e.g.
+    ``ONNX Runtime 1.19.2 cannot run opset 23 (max 21)``.
+
+    Attributes:
+        reason: That line.
+        node: The node ORT named, if any.
+        stage: ``"load"`` (session creation) or ``"run"``.
+        unsupported: ORT lacks support (newer opset or IR version, an operator of a custom
+            domain, no kernel for these types) rather than the model being malformed.
+    """
+
+    def __init__(self, reason: str, *, node: str | None = None, stage: str = "load", unsupported: bool = False) -> None:
+        self.reason = reason
+        self.node = node
+        self.stage = stage
+        self.unsupported = unsupported
+        where = f" (node '{node}')" if node and f"'{node}'" not in reason else ""
+        super().__init__(reason + where)
+
+
+class LoadCheckError(OtoirError):
+    """A model about to be written fails ``onnx.checker`` or does not load / run in ONNX Runtime.
+
+    Attributes:
+        check: ``"onnx.checker"``, ``"session"`` (ORT session creation) or ``"run"``.
+        reason: One-line reason.
+        node: Name of the offending node, if known.
+        op_type: Its operator type, if known.
+        pass_name: The pass that last created or changed that node, if known.
+    """
+
+    def __init__(self, message: str, *, check: str, reason: str, node: str | None = None,
+                 op_type: str | None = None, pass_name: str | None = None) -> None:
+        self.check = check
+        self.reason = reason
+        self.node = node
+        self.op_type = op_type
+        self.pass_name = pass_name
+        super().__init__(message)

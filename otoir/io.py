@@ -18,7 +18,7 @@ import onnx_ir as ir
 from otoir.errors import InputError
 
 if TYPE_CHECKING:
-    pass
+    from otoir.infra.loadcheck import Baseline
 
 __all__ = [
     "load",
@@ -150,7 +150,7 @@ def model_nbytes(model: ir.Model) -> int:
 
 
 def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | str | None = None,
-         size_threshold_bytes: int = 1024) -> None:
+         size_threshold_bytes: int = 1024, check: bool | Baseline = True) -> None:
     """Saves a model atomically.
 
     The model is written to a temporary directory beside ``path`` and moved into place only
@@ -163,11 +163,22 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | str 
         path: The ``.onnx`` path to write (``.onnxtxt`` writes ONNX text).
         external_data: See above. ``False`` forbids it (and fails above 2 GB).
         size_threshold_bytes: Tensors smaller than this stay inline when external data is used.
+        check: Before anything is written, prove the model loads (:mod:`otoir.infra.loadcheck`:
+            ``onnx.checker`` full check, and with ONNX Runtime installed a session run once on
+            random inputs; where this ORT lacks support, e.g. a custom-domain operator or a newer
+            opset, the checker alone judges). ``False`` skips it (huge models); a
+            :class:`~otoir.infra.loadcheck.Baseline` of the input requires only what the input passed.
 
     Raises:
+        LoadCheckError: The model fails the load check (nothing is written; the message names the
+            node and the pass that made it).
         OSError: The file cannot be written (nothing is left behind).
         ValueError: The model is over 2 GB and ``external_data=False``.
     """
+    if check is not False:
+        from otoir.infra.loadcheck import check_loadable
+
+        check_loadable(model, baseline=None if check is True else check, subject=f"the model to write to '{os.fspath(path)}'")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)

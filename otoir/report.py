@@ -101,26 +101,22 @@ class CompressReport:
         return "\n".join(lines)
 
 
-def _session(model: ir.Model, threads: int | None = None):
-    import onnx_ir as ir
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def _feed_name(model: ir.Model) -> str:
-    inits = set(model.graph.initializers)
-    return next(v.name for v in model.graph.inputs if v.name not in inits)
+    from otoir.runtime import data_inputs
+
+    return data_inputs(model)[0].name
 
 
 def measure_latency(models: list[ir.Model], sample: np.ndarray, *, runs: int = 50, warmup: int = 5,
                     threads: int | None = None) -> list[float]:
-    """Median batch-1 latency (ms) of each model, measured interleaved in one process."""
-    sessions = [(_session(m, threads), _feed_name(m)) for m in models]
+    """Median batch-1 latency (ms) of each model, measured interleaved in one process.
+
+    Raises:
+        RuntimeModelError: ONNX Runtime cannot run one of the models.
+    """
+    from otoir.runtime import session
+
+    sessions = [(session(m, threads=threads), _feed_name(m)) for m in models]
     x = sample[:1]
     for s, name in sessions:
         for _ in range(warmup):
@@ -135,17 +131,13 @@ def measure_latency(models: list[ir.Model], sample: np.ndarray, *, runs: int = 5
 
 
 def output_agreement(full: ir.Model, sub: ir.Model, inputs: np.ndarray, batch: int = 256) -> float:
-    """``max|y_full - y_sub| / max(1, max|y_full|)`` over all outputs and batches."""
-    from otoir.testing import max_rel_diff, run_ort
+    """``max|y_full - y_sub| / max(1, max|y_full|)`` over all outputs and batches.
 
-    worst = 0.0
-    name_f, name_s = _feed_name(full), _feed_name(sub)
-    for i in range(0, len(inputs), batch):
-        xb = inputs[i : i + batch]
-        a = run_ort(full, {name_f: xb})
-        b = run_ort(sub, {name_s: xb})
-        worst = max(worst, max_rel_diff(a, b))
-    return worst
+    See :func:`otoir.runtime.output_agreement` (this is it, for one data input).
+    """
+    from otoir.runtime import output_agreement as agreement
+
+    return agreement(full, sub, inputs, batch)
 
 
 def measure(model: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None,
@@ -156,7 +148,7 @@ def measure(model: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None
     st = stats(model)
     acc = None
     if val is not None:
-        from otoir.train.ort_backend import evaluate
+        from otoir.train.ort_backend import evaluate  # its inference form, through otoir.runtime
 
         acc = evaluate(model, val[0], val[1]).accuracy
     return ModelFigures(params=st.params, flops=st.flops, accuracy=acc, latency_ms=latency, nodes=len(model.graph))

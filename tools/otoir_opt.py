@@ -72,6 +72,9 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--pass-statistics", action="store_true", help="report the statistics of every pass")
     p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--no-verify-each", action="store_true", help="do not run the structural verifier after every pass")
+    p.add_argument("--no-load-check", action="store_true",
+                   help="skip the load check of the result (onnx.checker full check, and an ONNX Runtime session "
+                        "run once on random inputs) done before anything is written; for huge models")
     p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data (always done above 2 GB)")
     p.add_argument("--verify", action="store_true",
                    help="run the result and the reference model (the trained full model, or the input) on held-out "
@@ -110,7 +113,16 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     except _UsageError as exc:
         return fail(2, f"{exc} (see --help)")
 
-    from otoir.errors import InputError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
+    from otoir.errors import (
+        InputError,
+        LoadCheckError,
+        PassFailure,
+        PipelineError,
+        PipelineSyntaxError,
+        RuntimeModelError,
+        RuntimeUnavailableError,
+        VerifierError,
+    )
 
     try:
         if args.help:
@@ -148,6 +160,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             if problems:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
                 return fail(2, f"invalid input '{args.input}': {problems[0]}{more}")
+        baseline = None
+        if not args.no_load_check:  # what the input passes; the result must pass the same
+            from otoir.infra.loadcheck import baseline as load_baseline
+
+            baseline = load_baseline(model, subject=f"the input '{args.input}'")
 
         elide = args.elide_initializers_if_larger
         instruments = []
@@ -183,15 +200,26 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
                 if d.severity is Severity.WARNING:
                     stderr.write(f"{PROG}: {d}\n")
 
+        if baseline is not None and result.changed:
+            from otoir.infra.loadcheck import find_problem
+
+            if baseline.note and not args.quiet:  # once, before the result is checked
+                stderr.write(f"{PROG}: note: {baseline.note}\n")
+
+            problem = find_problem(model, baseline=baseline, subject="the model produced by the pipeline")
+            if problem is not None:
+                return fail(1, f"{problem}; nothing written")
+
         if want_reference:
-            code = _report_and_verify(args, snapshot.reference, model, result, stderr)
+            code = _report_and_verify(args, snapshot.reference, model, result, stderr, baseline)
             if code:
                 return code
 
         if args.output:
             import otoir
 
-            otoir.save(model, args.output, external_data=True if args.external_data else None)
+            otoir.save(model, args.output, external_data=True if args.external_data else None,
+                       check=False)  # checked above, against what the input passes
         else:
             from otoir.textir import print_model
 
@@ -200,6 +228,10 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         return 0
     except InputError as exc:
         return fail(2, str(exc))
+    except RuntimeUnavailableError as exc:
+        return fail(2, str(exc))
+    except (LoadCheckError, RuntimeModelError) as exc:
+        return fail(1, f"{exc}; nothing written")
     except KeyboardInterrupt:
         stderr.write(f"{PROG}: interrupted; nothing written\n")
         return 130
@@ -226,8 +258,20 @@ def _reference_snapshot(model):
     return ReferenceSnapshot()
 
 
-def _report_and_verify(args, reference, model, result, stderr) -> int:
-    """Builds the report / runs the verification; returns a non-zero exit status on mismatch."""
+def _report_and_verify(args, reference, model, result, stderr, baseline=None) -> int:
+    """Builds the report / runs the verification; returns a non-zero exit status on mismatch.
+
+    Exit 2 when ONNX Runtime cannot run the input (an unsupported input for these options),
+    1 when it runs the input but not the result.
+    """
+    from otoir import runtime
+    from otoir.errors import RuntimeModelError
+
+    option = "--verify" if args.verify else "--report"
+    if baseline is not None and runtime.available() and "session" not in baseline.passes:
+        problem = next(p for p in baseline.problems if "ONNX Runtime" in p)
+        stderr.write(f"{PROG}: error: cannot {option}: {problem}\n")
+        return 2
     from otoir.io import atomic_write_text
     from otoir.report import build_report
     from otoir.train.inference import to_inference
@@ -244,15 +288,22 @@ def _report_and_verify(args, reference, model, result, stderr) -> int:
             val = (ds.val_x, ds.val_y)
         inputs = (ds.val_x if ds.val_x is not None else ds.train_x)[:512]
     if inputs is None:
-        from otoir.testing import random_feeds
-
-        feeds = random_feeds(full, seed=0, batch=4)
+        feeds = runtime.random_feeds(full, seed=0, batch=4)
         inputs = next(iter(feeds.values())) if len(feeds) == 1 else None
     if inputs is None:
         stderr.write(f"{PROG}: error: --verify/--report need a model with exactly one data input\n")
         return 1
-    rep = build_report(full, sub, val=val, verify_inputs=inputs, latency_runs=50 if (args.report or args.report_json) else 0,
-                       details={"pipeline": args.pipeline})
+    try:
+        rep = build_report(full, sub, val=val, verify_inputs=inputs, latency_runs=50 if (args.report or args.report_json) else 0,
+                           details={"pipeline": args.pipeline})
+    except RuntimeModelError as exc:
+        try:
+            runtime.run_model(full, {runtime.data_inputs(full)[0].name: inputs[:1]})
+        except RuntimeModelError as ref_exc:
+            stderr.write(f"{PROG}: error: cannot {option}: the input model does not run: {ref_exc}\n")
+            return 2
+        stderr.write(f"{PROG}: error: cannot {option}: the result does not run: {exc}; nothing written\n")
+        return 1
     if args.report:
         stderr.write(rep.to_text() + "\n")
     if args.report_json:

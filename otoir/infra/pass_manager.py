@@ -16,6 +16,7 @@ from otoir.errors import PassFailure, PipelineError, VerifierError
 from otoir.infra.analysis import AnalysisManager
 from otoir.infra.diagnostics import Diagnostic, DiagnosticSink, Severity
 from otoir.infra.instruments import Instrument
+from otoir.infra.loadcheck import snapshot, stamp
 from otoir.infra.passes import Pass, PassContext
 from otoir.infra.pipeline import PipelineElement, parse_pipeline
 from otoir.infra.registry import get_pass
@@ -188,6 +189,7 @@ class _PipelineRun:
         n_before = len(sink)
         for inst in instruments:
             inst.before_pass(p, model, ctx)
+        provenance = snapshot(model)  # which nodes this pass makes or changes (otoir.infra.loadcheck)
         try:
             changed = bool(p.run(model, ctx))
         except (PassFailure, KeyboardInterrupt):
@@ -206,6 +208,7 @@ class _PipelineRun:
                 inst.after_pass_failed(p, model, ctx)
             raise PassFailure(p.name, errors, self.history)
         if changed:
+            stamp(model, provenance, p.name)
             self.am.invalidate(type(p).preserves)
         if self.pm.verify_each and changed:
             problems = verify_model(model)

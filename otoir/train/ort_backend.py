@@ -37,6 +37,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from otoir import runtime
+from otoir.errors import RuntimeUnavailableError
+from otoir.runtime import EvalResult
 from otoir.train.inference import to_inference
 from otoir.train.optimizers import Optimizer, group_sparsity
 
@@ -91,12 +94,9 @@ def require_ort_training() -> Any:
 
 def _require_ort() -> Any:
     try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "evaluation needs onnxruntime: pip install 'otoir[ort]' or 'otoir[train]'" + f" ({exc})"
-        ) from None
-    return onnxruntime
+        return runtime.onnxruntime()
+    except RuntimeUnavailableError as exc:
+        raise BackendUnavailable(f"evaluation needs onnxruntime: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ class OrtTrainer:
         got = self._n_per_channel.get(key)
         if got is not None:
             return got
-        ort = _require_ort()
+        _require_ort()
         m = self.model.clone()
         wanted = [x_val.name for _, _, _, x_val, _ in self._bn]
         values = {v.name: v for n in m.graph for v in n.outputs}
@@ -392,11 +392,9 @@ class OrtTrainer:
             if v is not None and v not in outs:
                 m.graph.outputs.append(v)
                 outs.append(v)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = runtime.session(m)
         names = [o.name for o in sess.get_outputs()]
-        res = sess.run(None, dict(zip(self.input_names, xs, strict=False)))
+        res = runtime.run(sess, dict(zip(self.input_names, xs, strict=False)))
         shapes = {n: r.shape for n, r in zip(names, res, strict=False)}
         counts = []
         for name in wanted:
@@ -475,26 +473,6 @@ class OrtTrainer:
 # Evaluation
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    """Evaluation of a model on labelled data.
-
-    Attributes:
-        loss: Mean loss (cross-entropy of the logits, or MSE against the targets).
-        accuracy: Top-1 accuracy for class labels, else None.
-        samples: Number of samples evaluated.
-    """
-
-    loss: float
-    accuracy: float | None
-    samples: int
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def evaluate(
     model: ir.Model,
     inputs: np.ndarray | Sequence[np.ndarray],
@@ -505,7 +483,7 @@ def evaluate(
     output: str | None = None,
     threads: int | None = None,
 ) -> EvalResult:
-    """Evaluates the inference form of ``model`` with an onnxruntime ``InferenceSession``.
+    """Evaluates the inference form of ``model`` with :func:`otoir.runtime.evaluate`.
 
     Args:
         model: The model (training-mode BatchNorm / Dropout are converted by
@@ -520,39 +498,8 @@ def evaluate(
     Returns:
         Mean loss, accuracy (class labels only) and sample count.
     """
-    ort = _require_ort()
-    inf = to_inference(model)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    sess = ort.InferenceSession(ir.to_proto(inf).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    in_names = [i.name for i in sess.get_inputs()]
-    out_name = output or sess.get_outputs()[0].name
-    xs = [_prep(x) for x in _as_list(inputs)]
-    y = np.asarray(labels)
-    n = xs[0].shape[0]
-    total, correct = 0.0, 0
-    is_class = np.issubdtype(y.dtype, np.integer)
-    for s in range(0, n, max(1, int(batch))):
-        feeds = {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)}
-        (z,) = sess.run([out_name], feeds)
-        yb = y[s : s + batch]
-        if loss == "output":
-            total += float(np.sum(z)) * len(yb) / max(1, z.size) if z.ndim else float(z) * len(yb)
-        elif loss == "mse":
-            t = yb
-            if is_class:
-                t = np.zeros_like(z)
-                t[np.arange(len(yb)), yb] = 1.0
-            total += float(np.mean((z - t) ** 2, axis=tuple(range(1, z.ndim)) or None).sum())
-        else:
-            lp = _log_softmax(z.astype(np.float64))
-            picked = np.take_along_axis(lp, yb[:, None].astype(np.int64), axis=1)
-            total += float(-picked.sum()) / (np.prod(z.shape[2:]) if z.ndim > 2 else 1)
-        if is_class and z.ndim >= 2:
-            correct += int((z.argmax(axis=1) == yb).sum())
-    return EvalResult(total / max(1, n), (correct / n) if is_class and n else None, n)
+    _require_ort()
+    return runtime.evaluate(to_inference(model), inputs, labels, batch, loss=loss, output=output, threads=threads)
 
 
 def recalibrate_bn(
@@ -578,7 +525,7 @@ def recalibrate_bn(
     Returns:
         Number of BatchNorm nodes recalibrated.
     """
-    ort = _require_ort()
+    _require_ort()
     bns = batchnorm_stats(model)
     if not bns:
         return 0
@@ -592,21 +539,16 @@ def recalibrate_bn(
         if v not in list(m.graph.outputs):
             m.graph.outputs.append(v)
         extra.append(name)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     # ORT's Conv+BatchNormalization fusion ignores training_mode and would normalise with the
     # running statistics: keep the graph as it is.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    sess = ort.InferenceSession(ir.to_proto(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = runtime.session(m, threads=threads, optimization="disable")
     in_names = [i.name for i in sess.get_inputs()]
     xs = [_prep(x) for x in _as_list(inputs)]
     n = xs[0].shape[0]
     sums: dict[str, list[np.ndarray]] = {k: [np.zeros(0), np.zeros(0)] for k in extra}
     count = 0
     for s in range(0, n, max(1, int(batch))):
-        res = sess.run(extra, {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)})
+        res = runtime.run(sess, {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)}, extra)
         for name, h in zip(extra, res, strict=False):
             h64 = h.astype(np.float64)
             axes = (0, *range(2, h.ndim))

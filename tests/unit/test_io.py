@@ -11,6 +11,7 @@ import pytest
 
 import otoir
 import otoir.io as oio
+from otoir import runtime
 from otoir.errors import InputError
 
 TEXT = """<ir_version: 10, opset_import: ["" : 17]>
@@ -35,13 +36,7 @@ def make_model(seed: int = 0) -> ir.Model:
 
 
 def run(model_or_path, x):
-    import onnxruntime as ort
-
-    if isinstance(model_or_path, ir.Model):
-        sess = ort.InferenceSession(ir.to_proto(model_or_path).SerializeToString(), providers=["CPUExecutionProvider"])
-    else:
-        sess = ort.InferenceSession(str(model_or_path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"x": x})[0]
+    return runtime.run_model(model_or_path if isinstance(model_or_path, ir.Model) else str(model_or_path), {"x": x})[0]
 
 
 X = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)

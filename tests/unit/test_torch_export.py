@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from torch import nn  # noqa: E402
 
+from otoir import runtime  # noqa: E402
 from otoir.frontends import ExportError, export_torch, parameter_map  # noqa: E402
 from otoir.frontends.torch_export import ALIASES_KEY, UNUSED_PARAMETERS_KEY  # noqa: E402
 from otoir.zoo import build  # noqa: E402
@@ -31,14 +32,10 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _session(model: ir.Model) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+def _session(model: ir.Model):
     # ORT 1.19's graph optimizations mis-run training-mode BatchNormalization (Conv+BN): the
     # output then depends on the running stats and drifts from run to run. Run unoptimized.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return runtime.session(model, threads=1, optimization="disable")
 
 
 def _run(model: ir.Model, *inputs: torch.Tensor) -> list[np.ndarray]:

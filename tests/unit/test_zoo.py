@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from otoir import runtime
 from otoir.zoo import MODELS, PRUNING_NETWORKS, SUPERNETS, ZooEntry, names
 from otoir.zoo.random_dag import random_conv_dag
 
@@ -29,14 +30,10 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+def _session(proto: onnx.ModelProto):
     # ORT 1.19's graph optimizations mis-run training-mode BatchNormalization (Conv+BN): the
     # output then depends on the running stats and drifts from run to run. Run unoptimized.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return runtime.session(proto, threads=1, optimization="disable")
 
 
 def test_registry_shape() -> None:
