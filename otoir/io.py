@@ -356,9 +356,11 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | str 
     error or Ctrl-C never leaves a partial file. External data is used when asked
     (``external_data=True``) or when the initializers exceed 2 GB.
 
-    Where ``path`` is a symlink, the file it points to is replaced (the link stays). An
-    existing file keeps its permission bits; a new one gets ``0666 & ~umask``. Anything other
-    than a regular file at ``path`` (device, fifo, socket, directory) is refused.
+    Where ``path`` is a symlink, the file it points to is replaced (the link stays); with
+    external data that is refused when the target is in another directory (readers look for
+    the data beside the path they are given). An existing file keeps its permission bits; a
+    new one gets ``0666 & ~umask``. Anything other than a regular file at ``path`` (device,
+    fifo, socket, directory) is refused.
 
     With ``external_data=True`` the data goes to ``<name>.data``, or to a fresh
     ``<name>.<random>.data`` when that name is taken (e.g. by the data of the file being
@@ -395,6 +397,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, external_data: bool | str 
                                            or external_data in (".", "..")):
         raise OutputError(f"cannot write '{display}': external data name '{external_data}' must be a plain file name")
     directory, base = os.path.split(real)
+    if external_data and os.path.dirname(os.path.abspath(display)) != directory:
+        # Readers (ONNX Runtime, onnx, otoir) look for the data beside the path they are given.
+        raise OutputError(f"refusing to write '{display}' with external data: it is a symlink to '{real}' in "
+                          "another directory, where its data file would not be found; give the target path")
     mode = _target_mode(real)
     old_data = _own_data_files(directory, base)
     old_refs = _external_locations(real) if old_data else set()
