@@ -101,7 +101,15 @@ def _is_torch_module(obj: Any) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty)."""
+    """The first line of an exception's message (its type name when empty).
+
+    onnx-ir's ``SerdeError`` ("Error calling _deserialize_graph with: g") wraps the real reason:
+    the innermost cause is reported instead.
+    """
+    seen = 0
+    while type(exc).__name__ == "SerdeError" and (exc.__cause__ or exc.__context__) is not None and seen < 20:
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
     text = str(exc).strip()
     return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
 
