@@ -46,6 +46,7 @@ def load(source: Any, example_inputs: Any = None, **torch_kwargs: Any) -> ir.Mod
     hold the tensor's bytes. The loaded tensors read their data from the file lazily (memory
     mapped) and serialize inline, so a loaded model behaves the same from any directory,
     also after a copy through protobuf (``onnx_ir.to_proto``) or in an ONNX Runtime session.
+    (A ``ModelProto``'s external data, having no file, is resolved against the current directory.)
 
     Args:
         source: A path to ``.onnx`` or ONNX text, an ``onnx.ModelProto``, an ``onnx_ir.Model``

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
     from otoir.errors import InputError, OutputError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
 
+    written: list[str] = []
     try:
         if args.help:
             build_parser(with_passes=True).print_help(stdout)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
         # Attribute checks always run (a bad stride would reach a division by zero); the
         # structural ones unless --no-verify-each.
-        problems = verify_model(model, structure=not args.no_verify_each)
+        problems = verify_model(model, structure=not args.no_verify_each, shapes=True)
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             name = "<stdin>" if args.input == "-" else args.input
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             import otoir
 
             otoir.save(model, args.output, external_data=True if args.external_data else None)
+            written.append(args.output)
         else:
             from otoir.textir import print_model
 
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     except (InputError, OutputError) as exc:
         return fail(2, _one_line(str(exc)))
     except KeyboardInterrupt:
-        return _interrupted(stderr)
+        return _interrupted(stderr, written)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         return fail(2 if exc.filename == args.input else 1, f"{exc.strerror or _one_line(str(exc))}{where}")
@@ -226,9 +228,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) or "(no message)"
 
 
-def _interrupted(stderr) -> int:
+def _interrupted(stderr, written: list[str] | tuple = ()) -> int:
+    what = f"'{written[0]}' was written" if written else "nothing written"
     try:
-        stderr.write(f"{PROG}: interrupted; nothing written\n")
+        stderr.write(f"{PROG}: interrupted; {what}\n")
         stderr.flush()
     except (OSError, ValueError):
         pass

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["verify_model", "check_node_attributes"]
 
 
-def verify_model(model: ir.Model, limit: int = 20, *, structure: bool = True) -> list[Diagnostic]:
+def verify_model(model: ir.Model, limit: int = 20, *, structure: bool = True, shapes: bool = False) -> list[Diagnostic]:
     """Returns the errors of ``model`` (empty when it is well-formed).
 
     Args:
@@ -32,19 +32,22 @@ def verify_model(model: ir.Model, limit: int = 20, *, structure: bool = True) ->
         limit: Stop after this many errors.
         structure: Check the graph structure too; with False only the node attributes
             (cheap, and what must hold before any analysis runs).
+        shapes: Also check attributes against the declared shapes of values (e.g. a Conv's
+            input channels against its weight and group). For an input model: after a pass
+            the declared shapes may be stale until shape inference runs again.
     """
     diags: list[Diagnostic] = []
     if not structure:
         for graph in [model.graph, *model.graph.subgraphs()]:
             for node in graph:
-                diags.extend(check_node_attributes(node))
+                diags.extend(check_node_attributes(node, shapes=shapes))
         return diags[:limit]
     opsets = dict(model.opset_imports)
-    _verify_graph(model.graph, set(), opsets, diags, limit)
+    _verify_graph(model.graph, set(), opsets, diags, limit, shapes)
     return diags[:limit]
 
 
-def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limit: int) -> None:
+def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limit: int, shapes: bool = False) -> None:
     import onnx_ir as ir
 
     defined: set = set(outer)
@@ -70,7 +73,7 @@ def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limi
     for node in graph:
         if len(diags) >= limit:
             return
-        diags.extend(check_node_attributes(node))
+        diags.extend(check_node_attributes(node, shapes=shapes))
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain not in opsets and not (domain == "" and "ai.onnx" in opsets):
             diags.append(Diagnostic.at(node, Severity.ERROR, f"domain '{domain or 'ai.onnx'}' is not imported by the model"))
@@ -83,7 +86,7 @@ def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limi
                 diags.append(Diagnostic.at(node, Severity.ERROR, f"input {i} '{v.name}' {why}"))
         for attr in node.attributes.values():
             for g in _subgraphs(attr):
-                _verify_graph(g, defined, opsets, diags, limit)
+                _verify_graph(g, defined, opsets, diags, limit, shapes)
         for v in node.outputs:
             define(v, node)
     for i, v in enumerate(graph.outputs):
@@ -106,8 +109,13 @@ _POOLS = {"MaxPool", "AveragePool", "LpPool", "MaxUnpool"}
 _BLOCKS = {"DepthToSpace", "SpaceToDepth"}
 
 
-def check_node_attributes(node: ir.Node) -> list[Diagnostic]:
+def check_node_attributes(node: ir.Node, *, shapes: bool = False) -> list[Diagnostic]:
     """Checks the attributes the ONNX spec constrains for convolutions, pools and block ops.
+
+    Args:
+        node: The node.
+        shapes: Also use the declared shape of the data input (its rank and channels); the
+            weight's shape (an initializer's tensor) is always used.
 
     Returns:
         One error diagnostic per violated constraint (empty for other ops).
@@ -163,10 +171,10 @@ def check_node_attributes(node: ir.Node) -> list[Diagnostic]:
     weight_shape = None
     if op in _CONVS:
         w = node.inputs[_CONVS[op]] if len(node.inputs) > _CONVS[op] else None
-        weight_shape = _static_shape(w)
+        weight_shape = _static_shape(w, declared=shapes)
         if weight_shape is not None:
             spatial = len(weight_shape) - 2
-    if spatial is None and node.inputs and node.inputs[0] is not None:
+    if spatial is None and shapes and node.inputs and node.inputs[0] is not None:
         x_shape = node.inputs[0].shape
         if x_shape is not None and len(x_shape) >= 2:
             spatial = len(x_shape) - 2
@@ -181,7 +189,7 @@ def check_node_attributes(node: ir.Node) -> list[Diagnostic]:
         if kernel is not None and len(kernel) == len(weight_shape) - 2 and list(kernel) != list(weight_shape[2:]):
             bad(f"attribute 'kernel_shape' {kernel} does not match the weight's shape {list(weight_shape)}")
         g = group[0] if group is not None else 1
-        x = node.inputs[0] if node.inputs else None
+        x = node.inputs[0] if node.inputs and shapes else None
         x_shape = x.shape if x is not None else None
         channels = x_shape[1] if x_shape is not None and len(x_shape) >= 2 and isinstance(x_shape[1], int) else None
         if op == "ConvTranspose":
@@ -198,11 +206,12 @@ def check_node_attributes(node: ir.Node) -> list[Diagnostic]:
     return out
 
 
-def _static_shape(value) -> list[int] | None:
-    """The value's shape when every dimension is a known integer (else None)."""
+def _static_shape(value, *, declared: bool) -> list[int] | None:
+    """The value's shape when every dimension is a known integer (else None): its tensor's,
+    or (with ``declared``) its declared shape."""
     if value is None:
         return None
-    shape = value.const_value.shape if value.const_value is not None else value.shape
+    shape = value.const_value.shape if value.const_value is not None else (value.shape if declared else None)
     if shape is None:
         return None
     dims = []
