@@ -513,6 +513,31 @@ class Worker:
                 self.proc.kill()
 
 
+def _output_loads(case: Case) -> str | None:
+    """For an exit-0 case: 'checker' or 'ort' when its .onnx output does not load, else None."""
+    argv = case.argv
+    out = argv[argv.index("-o") + 1] if "-o" in argv and argv.index("-o") + 1 < len(argv) else None
+    if not out or not out.endswith(".onnx") or not os.path.isfile(out):
+        return None
+    import onnx
+
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except Exception:
+        return "checker"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(out, opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        return "ort"
+    return None
+
+
 def _readline_with_timeout(proc: subprocess.Popen, timeout: float) -> str | None:
     import select
 
@@ -563,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         by_kind: collections.Counter = collections.Counter()
         failing = []
         internal = []
+        unloadable: collections.Counter = collections.Counter()
         slowest = 0.0
         log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
         try:
@@ -574,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
                 slowest = max(slowest, oc.seconds)
                 codes["hang" if oc.hang else f"signal {-oc.code}" if oc.code is not None and oc.code < 0 else oc.code] += 1
                 by_kind[case.kind] += 1
+                if oc.code == 0:
+                    verdict = _output_loads(case)
+                    if verdict:
+                        unloadable[verdict] += 1
                 if "internal error" in oc.stderr:
                     internal.append((i, case, oc))
                 bad = check_outcome(case, oc)
@@ -601,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     other = {k: v for k, v in problems.items() if k.startswith("exit")}
     if other:
         print(f"  other exits: {other}")
+    print(f"  exit 0 with an output that fails onnx.checker: {unloadable.get('checker', 0)}, "
+          f"that ONNX Runtime cannot load: {unloadable.get('ort', 0)} (informational)")
     print(f"  internal errors (exit 1, 'internal error: ...'): {len(internal)}")
     for i, case, oc in internal[:10]:
         print(f"    case {i} ({case.kind}): {oc.stderr.strip().splitlines()[-1][:300]}")
