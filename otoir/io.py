@@ -237,9 +237,11 @@ def _check_inline(tensor: Any, what: str, display: str) -> None:
     expected = _tensor_nbytes(tensor.dtype, tensor.shape)
     raw = getattr(tensor, "raw", None)
     raw_data = getattr(raw, "raw_data", None) if raw is not None and hasattr(raw, "HasField") else None
-    if raw_data and expected is not None and len(raw_data) != expected:
-        raise InputError(f"'{display}': {what} has {len(raw_data)} bytes of data, but its type "
-                         f"{tensor.dtype.name}{list(tensor.shape)} needs {expected}")
+    if raw_data and expected is not None:
+        if len(raw_data) != expected:
+            raise InputError(f"'{display}': {what} has {len(raw_data)} bytes of data, but its type "
+                             f"{tensor.dtype.name}{list(tensor.shape)} needs {expected}")
+        return  # the right number of bytes: readable
     if tensor.dtype == ir.DataType.STRING:
         return
     try:

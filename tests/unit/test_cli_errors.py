@@ -307,3 +307,15 @@ def test_keyboard_interrupt_in_a_pass_leaves_nothing(tmp_path, good):
     code, _, err = cli(good, "-p", "test-interrupt", "-o", out)
     assert code == 130 and err == "otoir-opt: interrupted; nothing written\n"
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["good.onnxtxt"]
+
+
+def test_console_entry_imports_are_light():
+    """The console script's module loads without onnx/onnx-ir/numpy, so Ctrl-C is handled from the start."""
+    code = (
+        "import sys, otoir.tools.otoir_opt, otoir;"
+        "heavy = [m for m in ('onnx', 'onnx_ir', 'numpy') if m in sys.modules]; assert not heavy, heavy;"
+        "import otoir.stats; assert callable(otoir.stats) and otoir.stats.__name__ == 'stats';"
+        "assert otoir.load.__module__ == 'otoir.io' and otoir.PassManager.__name__ == 'PassManager'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -392,3 +392,25 @@ def test_inline_data_of_the_wrong_size_names_the_initializer(tmp_path):
         otoir.load(path)
     code, _, err = cli(path, "-p", "cse")
     assert code == 2 and "initializer 'w'" in one_line(err) and "multiple of element size" not in err
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_failing_rename_keeps_the_old_pair(tmp_path, monkeypatch, fail_at):
+    """os.replace raising at the data rename (1) or the model rename (2): the old pair loads, nothing new is left."""
+    path = tmp_path / "m.onnx"
+    otoir.save(make_model(seed=1), path, external_data=True, size_threshold_bytes=0)
+    real_replace = os.replace
+    calls = [0]
+
+    def replace(a, b):
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(oio.os, "replace", replace)
+    with pytest.raises(OutputError, match=f"cannot write '{path}': Input/output error"):
+        otoir.save(make_model(seed=2), path, external_data=True, size_threshold_bytes=0)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+    np.testing.assert_allclose(run(path, X), run(make_model(seed=1), X), rtol=1e-6, atol=1e-6)
