@@ -59,7 +59,8 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action="store_true", help="show this help (with every pass and option) and exit")
     p.add_argument("-p", "--pass-pipeline", dest="pipeline", default="", metavar="PIPELINE",
                    help="pipeline text, e.g. 'classify-vertices,repeat{max=3}(cse,remove-unused-nodes)'")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.onnx or .onnxtxt); without it, print ONNX text on stdout")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.onnx or .onnxtxt; a symlink is written through, special files are refused); "
+                        "without it, print ONNX text on stdout")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     p.add_argument("--dump-pass-pipeline", action="store_true", help="print the canonical pipeline text to stderr")
     p.add_argument("--annotate", action="store_true", help="show analysis results as '# otoir.*' comments in printed IR")
@@ -74,7 +75,8 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--pass-statistics", action="store_true", help="report the statistics of every pass")
     p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--no-verify-each", action="store_true", help="do not run the structural verifier after every pass")
-    p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data (always done above 2 GB)")
+    p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data, or OUT.<random>.data while OUT.data is the replaced "
+                        "model's (always done above 2 GB)")
     p.add_argument("--verify", action="store_true",
                    help="run the result and the reference model (the trained full model, or the input) on held-out "
                         "inputs; fail (exit 1, nothing written) if outputs differ by more than 1e-4 of their scale")
