@@ -7,13 +7,48 @@ per-op rule table in :mod:`otoir.ops`, analyses in :mod:`otoir.analyses` and pas
 
 from __future__ import annotations
 
-from otoir.errors import InputError, OtoirError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
-from otoir.infra import PassManager
-from otoir.io import from_graphsurgeon, load, save, to_graphsurgeon
-from otoir.stats import stats
-from otoir.textir import print_model
+import importlib
+import sys
+import types
+
+from otoir.errors import InputError, OtoirError, OutputError, PassFailure, PipelineError, PipelineSyntaxError, VerifierError
 
 __version__ = "0.1.0"
+
+# The heavy names (onnx, onnx-ir, numpy behind them) are imported on first use, so that
+# ``import otoir`` -- and with it the ``otoir-opt`` console script, which must handle Ctrl-C
+# from its first moment -- starts in milliseconds.
+_LAZY = {
+    "PassManager": "otoir.infra",
+    "from_graphsurgeon": "otoir.io",
+    "load": "otoir.io",
+    "save": "otoir.io",
+    "to_graphsurgeon": "otoir.io",
+    "stats": "otoir.stats",
+    "print_model": "otoir.textir",
+}
+
+
+class _Package(types.ModuleType):
+    def __getattr__(self, name: str):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'otoir' has no attribute '{name}'")
+        value = getattr(importlib.import_module(module), name)
+        types.ModuleType.__setattr__(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        # Importing the submodule ``otoir.stats`` binds it here; ``otoir.stats`` stays the function.
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        types.ModuleType.__setattr__(self, name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(_LAZY))
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def compress(*args, **kwargs):
@@ -26,6 +61,7 @@ def compress(*args, **kwargs):
 __all__ = [
     "InputError",
     "OtoirError",
+    "OutputError",
     "PassFailure",
     "PassManager",
     "PipelineError",

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "OtoirError",
     "InputError",
+    "OutputError",
     "PipelineSyntaxError",
     "PipelineError",
     "PassFailure",
@@ -25,6 +26,13 @@ class OtoirError(Exception):
 
 class InputError(OtoirError):
     """The input could not be read: missing file, not ONNX, truncated, unsupported object."""
+
+
+class OutputError(OtoirError):
+    """The output cannot be written: empty path, not a regular file, missing directory, I/O error.
+
+    The message names the path as the user gave it (never a temporary file).
+    """
 
 
 class PipelineError(OtoirError):

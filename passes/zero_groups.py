@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from otoir.analyses.gezig import GeZIGPartition
-from otoir.analyses.groups import zero_group
+from otoir.analyses.groups import tensor_array, zero_group
 from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import select_redundant
 from otoir.analyses.vertices import VertexClasses
@@ -25,7 +26,9 @@ class ZeroGroups(Pass):
 
     ``ids`` lists groups to zero: every one must be accepted by ``select_redundant`` (an error
     names the refused ones). ``random=F`` zeroes ``round(F * #prunable groups)`` groups chosen by
-    ``select_redundant`` with random scores (``seed``), so the set is always valid.
+    ``select_redundant`` with random scores (``seed``), so the set is always valid. ``random``
+    must be a number in [0, 1] and ``seed`` non-negative. The pass reports a change only when
+    some entry was non-zero before (zeroing zeros again changes nothing, so ``repeat`` ends).
     """
 
     name = "zero-groups"
@@ -41,6 +44,12 @@ class ZeroGroups(Pass):
     seed: int = option(0, "seed for random=")
     kind: str = option("gezig", "group kind: gezig (erasing) or zig (channel pruning)")
     dependent: bool = option(False, "also zero the groups' dependent entries")
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
+            raise ValueError(f"option 'random' must be a number in [0, 1], got {self.random!r}")
+        if self.seed < 0:
+            raise ValueError(f"option 'seed' must not be negative, got {self.seed}")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
@@ -71,14 +80,16 @@ class ZeroGroups(Pass):
             rng = np.random.default_rng(self.seed)
             scores = rng.random(len(groups))
             chosen = [groups[i] for i in select_redundant(groups, scores, k)]
-        n = 0
+        changed = False
         for g in chosen:
+            if not changed:
+                slices = (*g.slices, *(g.dependent if self.dependent else ()))
+                changed = any(np.any(s.select(tensor_array(model, s.tensor)) != 0) for s in slices)
             zero_group(model, g, include_dependent=self.dependent)
-            n += sum(1 for _ in g.slices)
         ctx.stat("num-zeroed", len(chosen))
         ctx.stat("params-zeroed", sum(g.num_params for g in chosen))
         ctx.results["zeroed"] = [g.id for g in chosen]
-        return bool(chosen)
+        return changed
 
     def _groups(self, ctx):
         if self.kind == "gezig":

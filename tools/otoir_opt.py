@@ -1,13 +1,15 @@
 """``otoir-opt``: run an otoir pass pipeline on an ONNX model, in the style of mlir-opt.
 
 Exit status: 0 on success; 1 when a pass fails or the verifier rejects the IR (no output is
-written); 2 on bad usage or unreadable input. Errors are one line (``--debug`` for a traceback).
+written); 2 on bad usage, unreadable or invalid input, or an output path that cannot be written;
+130 on Ctrl-C. Errors are one line (``--debug`` for a traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from typing import TextIO
@@ -57,7 +59,8 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action="store_true", help="show this help (with every pass and option) and exit")
     p.add_argument("-p", "--pass-pipeline", dest="pipeline", default="", metavar="PIPELINE",
                    help="pipeline text, e.g. 'classify-vertices,repeat{max=3}(cse,remove-unused-nodes)'")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.onnx or .onnxtxt); without it, print ONNX text on stdout")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.onnx or .onnxtxt; a symlink is written through, special files are refused); "
+                        "without it, print ONNX text on stdout")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     p.add_argument("--dump-pass-pipeline", action="store_true", help="print the canonical pipeline text to stderr")
     p.add_argument("--annotate", action="store_true", help="show analysis results as '# otoir.*' comments in printed IR")
@@ -75,7 +78,8 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--no-load-check", action="store_true",
                    help="skip the load check of the result (onnx.checker full check, and an ONNX Runtime session "
                         "run once on random inputs) done before anything is written; for huge models")
-    p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data (always done above 2 GB)")
+    p.add_argument("--external-data", action="store_true", help="write initializers to OUT.data, or OUT.<random>.data while OUT.data is the replaced "
+                        "model's (always done above 2 GB)")
     p.add_argument("--verify", action="store_true",
                    help="run the result and the reference model (the trained full model, or the input) on held-out "
                         "inputs; fail (exit 1, nothing written) if outputs differ by more than 1e-4 of their scale")
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     from otoir.errors import (
         InputError,
         LoadCheckError,
+        OutputError,
         PassFailure,
         PipelineError,
         PipelineSyntaxError,
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         VerifierError,
     )
 
+    written: list[str] = []
     try:
         if args.help:
             build_parser(with_passes=True).print_help(stdout)
@@ -147,24 +153,30 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             return fail(2, str(exc))
         if args.dump_pass_pipeline:
             stderr.write(f"{PROG} pipeline: {pm.to_text()}\n")
+        problem = _check_options(args)
+        if problem:
+            return fail(2, problem)
         if args.input is None:
             if args.dump_pass_pipeline:
                 return 0
             return fail(2, "no input model given (see --help)")
+        _check_outputs(args)  # before the (possibly long) run: a bad path is known now
 
         model = _read_input(args.input)
-        if not args.no_verify_each:
-            from otoir.infra.verifier import verify_model
+        from otoir.infra.verifier import verify_model
 
-            problems = verify_model(model)
-            if problems:
-                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-                return fail(2, f"invalid input '{args.input}': {problems[0]}{more}")
+        # Attribute checks always run (a bad stride would reach a division by zero); the
+        # structural ones unless --no-verify-each.
+        problems = verify_model(model, structure=not args.no_verify_each, shapes=True)
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            name = "<stdin>" if args.input == "-" else args.input
+            return fail(2, f"invalid input '{name}': {problems[0]}{more}")
         baseline = None
         if not args.no_load_check:  # what the input passes; the result must pass the same
             from otoir.infra.loadcheck import baseline as load_baseline
 
-            baseline = load_baseline(model, subject=f"the input '{args.input}'")
+            baseline = load_baseline(model, subject=f"the input '{'<stdin>' if args.input == '-' else args.input}'")
 
         elide = args.elide_initializers_if_larger
         instruments = []
@@ -210,8 +222,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             if problem is not None:
                 return fail(1, f"{problem}; nothing written")
 
+        report = None
         if want_reference:
-            code = _report_and_verify(args, snapshot.reference, model, result, stderr, baseline)
+            code, report = _report_and_verify(args, snapshot.reference, model, result, stderr, baseline)
             if code:
                 return code
 
@@ -220,25 +233,88 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
             otoir.save(model, args.output, external_data=True if args.external_data else None,
                        check=False)  # checked above, against what the input passes
+            written.append(args.output)
         else:
             from otoir.textir import print_model
 
             ann = result.analyses.cached_analyses() if args.annotate and result.analyses else ()
             stdout.write(print_model(model, analyses=ann, elide_larger_than=elide))
+        if args.report_json and report is not None:  # last: no file is left after a failure
+            from otoir.io import atomic_write_text
+
+            atomic_write_text(args.report_json, report.to_json() + "\n")
         return 0
-    except InputError as exc:
-        return fail(2, str(exc))
-    except RuntimeUnavailableError as exc:
-        return fail(2, str(exc))
+    except (InputError, OutputError, RuntimeUnavailableError) as exc:
+        return fail(2, _one_line(str(exc)))
     except (LoadCheckError, RuntimeModelError) as exc:
-        return fail(1, f"{exc}; nothing written")
+        return fail(1, f"{_one_line(str(exc))}; nothing written")
     except KeyboardInterrupt:
-        stderr.write(f"{PROG}: interrupted; nothing written\n")
-        return 130
+        return _interrupted(stderr, written)
     except OSError as exc:
-        return fail(2 if getattr(exc, "filename", None) == getattr(args, "input", None) else 1, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        where = f": {exc.filename}" if exc.filename else ""
+        return fail(2 if exc.filename == args.input else 1, f"{exc.strerror or _one_line(str(exc))}{where}")
     except Exception as exc:  # a bug: still one line unless --debug
-        return fail(1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
+        return fail(1, f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for a traceback)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _interrupted(stderr, written: list[str] | tuple = ()) -> int:
+    what = f"'{written[0]}' was written" if written else "nothing written"
+    try:
+        stderr.write(f"{PROG}: interrupted; {what}\n")
+        stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return 130
+
+
+def _check_options(args) -> str | None:
+    """Range checks of the command-line options; returns the problem, or None."""
+    if args.elide_initializers_if_larger is not None and args.elide_initializers_if_larger < 0:
+        return f"--elide-initializers-if-larger must not be negative, got {args.elide_initializers_if_larger}"
+    if args.output is not None and not args.output:
+        return "-o: the output path is empty"
+    if args.report_json is not None and not args.report_json:
+        return "--report-json: the path is empty"
+    if args.dump_ir_dir is not None and not args.dump_ir_dir:
+        return "--dump-ir-dir: the path is empty"
+    from otoir.infra.registry import all_passes
+
+    known = set(all_passes())
+    for flag, text in (("--print-ir-before", args.print_ir_before), ("--print-ir-after", args.print_ir_after)):
+        unknown = sorted(_names(text) - known)
+        if unknown:
+            return f"{flag}: unknown pass '{unknown[0]}' (see --list-passes)"
+    return None
+
+
+def _check_outputs(args) -> None:
+    """Refuses output paths that cannot be written, before anything runs.
+
+    Raises:
+        OutputError: -o or --report-json is not writable as a regular file; --dump-ir-dir is
+            not a directory.
+    """
+    from otoir.errors import OutputError
+    from otoir.io import resolve_output
+
+    if args.output is not None:
+        resolve_output(args.output)
+    if args.report_json is not None:
+        try:
+            resolve_output(args.report_json)
+        except OutputError as exc:
+            raise OutputError(f"--report-json: {exc}") from None
+    if args.dump_ir_dir is not None:
+        d = args.dump_ir_dir
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise OutputError(f"--dump-ir-dir: '{d}' exists and is not a directory")
+        parent = os.path.dirname(os.path.abspath(d))
+        if not os.path.isdir(parent):
+            raise OutputError(f"--dump-ir-dir: cannot create '{d}': directory '{parent}' does not exist")
 
 
 def _reference_snapshot(model):
@@ -258,8 +334,8 @@ def _reference_snapshot(model):
     return ReferenceSnapshot()
 
 
-def _report_and_verify(args, reference, model, result, stderr, baseline=None) -> int:
-    """Builds the report / runs the verification; returns a non-zero exit status on mismatch.
+def _report_and_verify(args, reference, model, result, stderr, baseline=None):
+    """Builds the report / runs the verification; returns (exit status, report).
 
     Exit 2 when ONNX Runtime cannot run the input (an unsupported input for these options),
     1 when it runs the input but not the result.
@@ -271,8 +347,7 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None) ->
     if baseline is not None and runtime.available() and "session" not in baseline.passes:
         problem = next(p for p in baseline.problems if "ONNX Runtime" in p)
         stderr.write(f"{PROG}: error: cannot {option}: {problem}\n")
-        return 2
-    from otoir.io import atomic_write_text
+        return 2, None
     from otoir.report import build_report
     from otoir.train.inference import to_inference
 
@@ -292,7 +367,7 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None) ->
         inputs = next(iter(feeds.values())) if len(feeds) == 1 else None
     if inputs is None:
         stderr.write(f"{PROG}: error: --verify/--report need a model with exactly one data input\n")
-        return 1
+        return 1, None
     try:
         rep = build_report(full, sub, val=val, verify_inputs=inputs, latency_runs=50 if (args.report or args.report_json) else 0,
                            details={"pipeline": args.pipeline})
@@ -301,18 +376,16 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None) ->
             runtime.run_model(full, {runtime.data_inputs(full)[0].name: inputs[:1]})
         except RuntimeModelError as ref_exc:
             stderr.write(f"{PROG}: error: cannot {option}: the input model does not run: {ref_exc}\n")
-            return 2
+            return 2, None
         stderr.write(f"{PROG}: error: cannot {option}: the result does not run: {exc}; nothing written\n")
-        return 1
+        return 1, None
     if args.report:
         stderr.write(rep.to_text() + "\n")
-    if args.report_json:
-        atomic_write_text(args.report_json, rep.to_json() + "\n")
     if args.verify and not rep.verified:
         stderr.write(f"{PROG}: error: verification failed: outputs differ from the reference by "
                      f"{rep.max_rel_diff:.3g} of their scale (> {rep.tolerance:g}); nothing written\n")
-        return 1
-    return 0
+        return 1, rep
+    return 0, rep
 
 
 def _print_warnings(stderr, exc, quiet: bool) -> None:
@@ -328,20 +401,10 @@ def _read_input(path: str):
     if path.startswith("zoo:"):  # a built-in example network (needs torch)
         return _zoo_model(path[4:])
 
-    if path == "-":
-        import tempfile
+    if path == "-":  # external data of a model on stdin is resolved against the current directory
+        from otoir.io import load_bytes
 
-        data = sys.stdin.buffer.read()
-        with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
-            f.write(data)
-            tmp = f.name
-        try:
-            model = otoir.load(tmp)
-            from onnx_ir.external_data import load_to_model
-
-            return load_to_model(model)
-        finally:
-            os.unlink(tmp)
+        return load_bytes(sys.stdin.buffer.read(), name="<stdin>")
     return otoir.load(path)
 
 
@@ -353,45 +416,60 @@ def _zoo_model(spec: str):
     """
     from otoir.errors import InputError
 
-    name, _, query = spec.partition("?")
     try:
-        from otoir.zoo import MODELS, build
+        from otoir.zoo import parse_spec
     except ImportError as exc:  # pragma: no cover - the zoo itself needs no torch to import
         raise InputError(f"built-in models are unavailable: {exc}") from None
-    if name not in MODELS:
-        raise InputError(f"unknown built-in model 'zoo:{name}' (known: {', '.join(sorted(MODELS))})")
-    kwargs = {}
-    for item in filter(None, query.split("&")):
-        key, _, value = item.partition("=")
-        try:
-            kwargs[key] = int(value)
-        except ValueError:
-            try:
-                kwargs[key] = float(value)
-            except ValueError:
-                kwargs[key] = value
     try:
-        import torch  # noqa: F401
+        name, kwargs, dims = parse_spec(spec)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        import torch
     except ImportError:
         raise InputError("built-in models need torch: pip install 'otoir[torch]'") from None
     from otoir.frontends.torch_export import export_torch
+    from otoir.zoo import build
 
-    shape = kwargs.pop("input", None)  # e.g. input=1x28x28: the example input's shape without the batch
-    module, example = build(name, **kwargs)
-    if shape is not None:
-        import torch
-
-        try:
-            dims = [int(d) for d in str(shape).split("x")]
-        except ValueError:
-            raise InputError(f"zoo:{name}: input= wants dimensions like 1x28x28, got '{shape}'") from None
+    try:
+        module, example = build(name, **kwargs)
+    except Exception as exc:  # the constructor refused the arguments
+        raise InputError(f"zoo:{spec}: bad arguments: {type(exc).__name__}: {_one_line(str(exc))}") from None
+    if dims is not None:
         example = torch.randn(2, *dims, generator=torch.Generator().manual_seed(0))
-    return export_torch(module, example)
+    try:
+        return export_torch(module, example)
+    except InputError:
+        raise
+    except Exception as exc:  # e.g. input= does not fit the network
+        raise InputError(f"zoo:{spec}: cannot build the network for this input: {type(exc).__name__}: "
+                         f"{_one_line(str(exc))[:300]}") from None
+
+
+def _on_sigint(signum, frame) -> None:
+    # A second Ctrl-C must not interrupt the cleanup (temporary files) the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def console_main() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: Ctrl-C at any moment exits 130 with one line."""
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = _interrupted(sys.stderr)
+    try:
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        code = _interrupted(sys.stderr)
+    except (OSError, ValueError):  # stdout closed (e.g. piped into head)
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: no traceback from interpreter shutdown
+    sys.exit(code)
 
 
 if __name__ == "__main__":

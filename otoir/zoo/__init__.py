@@ -13,13 +13,14 @@ Example:
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["MODELS", "PRUNING_NETWORKS", "SUPERNETS", "ZooEntry", "build", "names"]
+__all__ = ["MODELS", "PRUNING_NETWORKS", "SUPERNETS", "ZooEntry", "build", "names", "parse_spec"]
 
 
 class ZooEntry(NamedTuple):
@@ -42,6 +43,15 @@ def _lazy(module: str, attr: str, **defaults: Any) -> Callable[..., Any]:
         cls = getattr(importlib.import_module(f"otoir.zoo.{module}"), attr)
         return cls(**{**defaults, **kwargs})
 
+    def parameters() -> list[str]:
+        """The keyword arguments the network's constructor takes (imports its module, not torch's models)."""
+        import inspect
+
+        cls = getattr(importlib.import_module(f"otoir.zoo.{module}"), attr)
+        params = inspect.signature(cls).parameters.values()
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+    factory.parameters = parameters  # type: ignore[attr-defined]
     factory.__name__ = attr
     factory.__qualname__ = attr
     factory.__doc__ = f"Builds ``otoir.zoo.{module}.{attr}`` (defaults {defaults or '{}'}; keywords override)."
@@ -201,3 +211,65 @@ def build(name: str, *, seed: int = 0, batch: int | None = None, **kwargs: Any) 
     else:
         x = torch.randn(shape, generator=gen)
     return module, x
+
+
+def _parse_value(text: str) -> Any:
+    """``3`` -> 3, ``0.5`` -> 0.5, ``2,2,2`` -> (2, 2, 2), ``true``/``false`` -> bool, else the text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if "," in text:
+        return tuple(_parse_value(t) for t in text.split(","))
+    for convert in (int, float):
+        try:
+            value = convert(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"'{text}' is not a finite number")
+        return value
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any], list[int] | None]:
+    """Parses a ``zoo:`` argument without the prefix: ``NAME`` or ``NAME?key=value&...``.
+
+    Keys are the network's constructor arguments, plus ``input=CxHxW`` for the example input's
+    shape without the batch.
+
+    Returns:
+        ``(name, constructor kwargs, input dims or None)``.
+
+    Raises:
+        ValueError: Unknown model, malformed or unknown key, or bad value (one line, naming it).
+    """
+    name, _, query = spec.partition("?")
+    if name not in MODELS:
+        raise ValueError(f"unknown built-in model 'zoo:{name}' (known: {', '.join(sorted(MODELS))})")
+    kwargs: dict[str, Any] = {}
+    dims = None
+    try:  # the constructor's keywords, and build()'s own seed= and batch=
+        known = [*MODELS[name].factory.parameters(), "seed", "batch"]
+    except (AttributeError, ImportError):  # no torch: the build will say so
+        known = None
+    for item in filter(None, query.split("&")):
+        key, eq, text = item.partition("=")
+        if not eq or not key or not text:
+            raise ValueError(f"zoo:{name}: expected key=value, got '{item}'")
+        if key in kwargs or (key == "input" and dims is not None):
+            raise ValueError(f"zoo:{name}: '{key}' given twice")
+        if key == "input":
+            try:
+                dims = [int(d) for d in text.split("x")]
+            except ValueError:
+                dims = None
+            if not dims or any(d <= 0 or d > 4096 for d in dims):
+                raise ValueError(f"zoo:{name}: input= wants positive dimensions like 1x28x28, got '{text}'")
+            continue
+        if known is not None and key not in known:
+            raise ValueError(f"zoo:{name}: unknown argument '{key}' (arguments: {', '.join([*known, 'input'])})")
+        try:
+            kwargs[key] = _parse_value(text)
+        except ValueError as exc:
+            raise ValueError(f"zoo:{name}: bad value for '{key}': {exc}") from None
+    return name, kwargs, dims
