@@ -14,7 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx_ir as ir
 
