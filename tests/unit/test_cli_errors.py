@@ -269,9 +269,12 @@ def _console_script() -> str:
 def startup_s() -> float:
     """Seconds the interpreter takes to start (site, .pth files) before any otoir code runs:
     a Ctrl-C then is the interpreter's own business, not otoir's."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=120)
-    return time.perf_counter() - t0
+    slowest = 0.0
+    for _ in range(3):  # the slowest of three: a loaded machine starts some runs late
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=120)
+        slowest = max(slowest, time.perf_counter() - t0)
+    return slowest
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.5])
@@ -279,7 +282,7 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
     """The console script waits on stdin; SIGINT arrives during imports or the read."""
     proc = subprocess.Popen([_console_script(), "-", "-p", "cse"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(2 * startup_s + delay)
+    time.sleep(3 * startup_s + delay)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=120)
