@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from otoir.errors import PassFailure, PipelineError, VerifierError
+from otoir.errors import InputError, PassFailure, PipelineError, VerifierError
 from otoir.infra.analysis import AnalysisManager
 from otoir.infra.diagnostics import Diagnostic, DiagnosticSink, Severity
 from otoir.infra.instruments import Instrument
@@ -137,7 +137,7 @@ class PassManager:
         return ",".join(p.to_text() for p in self.passes)
 
     def run(self, model: ir.Model, *, analyses: AnalysisManager | None = None,
-            resources: Mapping[str, Any] | None = None) -> PipelineResult:
+            resources: Mapping[str, Any] | None = None, verify_input: bool = True) -> PipelineResult:
         """Runs the pipeline on ``model`` in place.
 
         Args:
@@ -146,11 +146,20 @@ class PassManager:
             resources: Objects the caller lends the passes that are not IR, by key (passes
                 read them through ``ctx.resources``; e.g. ``train`` takes the torch module
                 the model was exported from, see :class:`otoir.train.config.TrainInputs`).
+            verify_input: Check the input before any pass: node attributes the ONNX spec
+                constrains (always: a zero stride would reach a division by zero) and, with
+                ``verify_each``, the structure. ``False`` when the caller checked it already.
 
         Raises:
+            InputError: The input is malformed (the message names the node and the reason).
             PassFailure: A pass failed (raised an exception or emitted an error).
             VerifierError: The IR was invalid after a pass.
         """
+        if verify_input:
+            problems = verify_model(model, structure=self.verify_each, shapes=True)
+            if problems:
+                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise InputError(f"invalid input model: {problems[0]}{more}")
         am = analyses if analyses is not None else AnalysisManager(model)
         run = _PipelineRun(self, model, am, dict(resources or {}))
         for inst in self.instruments:

@@ -92,6 +92,19 @@ def test_bad_attributes_are_input_errors(tmp_path, text, fragment, flags):
     assert not out.exists()
 
 
+def test_library_pipeline_checks_its_input_too(tmp_path):
+    """PassManager.run (and so otoir.compress) refuses a malformed input before any analysis."""
+    from otoir.errors import InputError
+    from otoir.infra import PassManager
+
+    path = tmp_path / "bad.onnxtxt"
+    path.write_text(conv_text("strides=[0,0]"))
+    model = otoir.load(str(path))
+    with pytest.raises(InputError, match="attribute 'strides' must be positive"):
+        PassManager.from_text("classify-vertices,partition-zig").run(model)
+    PassManager.from_text("cse").run(model, verify_input=False)  # the caller's choice
+
+
 def test_strides_zero_with_verify_does_not_crash(tmp_path):
     """Was SIGFPE (exit 136) inside ONNX Runtime."""
     path = tmp_path / "bad.onnxtxt"
