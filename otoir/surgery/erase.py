@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.vertices import VertexClasses, param_specs
+from otoir.infra.diagnostics import node_label
 from otoir.ops.rules import DropInput, VertexKind
 
 __all__ = [
@@ -246,13 +247,13 @@ def _axis_mismatch(node: ir.Node, vc: VertexClasses, axis: int, rank: int | None
     """
     r = vc.info[node].rule
     if r is None:
-        return f"{node.name or node.op_type}: {node.op_type} has no rule"
+        return f"{node_label(node)}: {node.op_type} has no rule"
     if r.channel_axis is None:
         return ""
     ch = r.node_channel_axis(rank)
     if ch != axis:
         where = "unknown" if ch is None else str(ch)
-        return (f"{node.name or node.op_type}: {node.op_type} works on axis {where}, "
+        return (f"{node_label(node)}: {node.op_type} works on axis {where}, "
                 f"not on the removed axis {axis}")
     return ""
 
@@ -300,60 +301,60 @@ def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: 
             if op in _PASS_OPS | _NORM_OPS | {"Clip"} and pos == 0:
                 s_in, s_out = shapes.get(v.name), shapes.get(node.outputs[0].name)
                 if s_in is None or s_out is None or len(s_out) <= ax or s_out[ax] != s_in[ax]:
-                    return f"{node.name or op}: {op} may change the size of axis {ax}"
+                    return f"{node_label(node)}: {op} may change the size of axis {ax}"
             if op in _PASS_OPS and pos == 0:
                 if others_used:
-                    return f"{node.name}: {op} has other used outputs"
+                    return f"{node_label(node)}: {op} has other used outputs"
                 stack.append((node.outputs[0], ax, idx))
             elif op == "Clip" and pos == 0:
                 if not _clip_contains_zero(node):
-                    return f"{node.name}: Clip range excludes 0"
+                    return f"{node_label(node)}: Clip range excludes 0"
                 stack.append((node.outputs[0], ax, idx))
             elif op in _NORM_OPS and pos == 0:
                 if others_used:
-                    return f"{node.name}: {op} running statistics outputs are used"
+                    return f"{node_label(node)}: {op} running statistics outputs are used"
                 r = vc.info[node].rule
                 for spec in param_specs(node, r):
                     p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
                     if p is None:
                         continue
                     if not p.is_initializer():
-                        return f"{node.name}: {op} {spec.role} is not an initializer"
+                        return f"{node_label(node)}: {op} {spec.role} is not an initializer"
                     plan.slices.append((p.name, 0, idx, p.name in vc.trainable))
                     owned.setdefault(p.name, node)
                 stack.append((node.outputs[0], ax, idx))
             elif op == "Flatten" and pos == 0:
                 s = shapes.get(v.name)
                 if node.attributes.get_int("axis", 1) != 1 or ax != 1 or s is None or len(s) < 2:
-                    return f"{node.name}: Flatten with unknown input shape, axis != 1 or entries removed from axis {ax}"
+                    return f"{node_label(node)}: Flatten with unknown input shape, axis != 1 or entries removed from axis {ax}"
                 rest = s[2:]
                 if not all(isinstance(d, int) for d in rest):
-                    return f"{node.name}: Flatten of a value with symbolic spatial dims"
+                    return f"{node_label(node)}: Flatten of a value with symbolic spatial dims"
                 inner = int(np.prod(rest)) if rest else 1
                 flat = tuple(c * inner + k for c in idx for k in range(inner))
                 stack.append((node.outputs[0], 1, flat))
             elif op == "Conv" and pos == 0:
                 if node.attributes.get_int("group", 1) != 1:
-                    return f"{node.name}: grouped Conv after the Concat"
+                    return f"{node_label(node)}: grouped Conv after the Concat"
                 w = node.inputs[1]
                 if not w.is_initializer():
-                    return f"{node.name}: Conv weight is not an initializer"
+                    return f"{node_label(node)}: Conv weight is not an initializer"
                 plan.slices.append((w.name, 1, idx, False))
                 owned.setdefault(w.name, node)
             elif op in ("Gemm", "MatMul") and pos == 0:
                 w = node.inputs[1]
                 if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
-                    return f"{node.name}: {op} weight is not a 2-D initializer"
+                    return f"{node_label(node)}: {op} weight is not a 2-D initializer"
                 if op == "Gemm":
                     if node.attributes.get_int("transA", 0):
-                        return f"{node.name}: Gemm with transA"
+                        return f"{node_label(node)}: Gemm with transA"
                     waxis = 1 if node.attributes.get_int("transB", 0) else 0
                 else:
                     waxis = 0
                 plan.slices.append((w.name, waxis, idx, False))
                 owned.setdefault(w.name, node)
             else:
-                return f"{node.name or op}: {op} (input {pos}) after the Concat cannot drop channels"
+                return f"{node_label(node)}: {op} (input {pos}) after the Concat cannot drop channels"
     for name, node in owned.items():
         users = {u.node for u in model.graph.initializers[name].uses()}
         if users != {node}:
@@ -471,7 +472,7 @@ def plan_joint_drop(model: ir.Model, joint: ir.Node, positions: Iterable[int], s
         A :class:`JointDrop`, or a one-line reason.
     """
     op = joint.op_type
-    name = joint.name or op
+    name = node_label(joint)
     pos = set(positions)
     r = vc.info[joint].rule
     mode = r.drop_input if r is not None else DropInput.NEVER
