@@ -12,7 +12,12 @@ head. Each block is one of
   Concat,
 * a module (Conv [+ BatchNorm] + ReLU, all parameters shared) applied twice in sequence,
 * a ``Concat`` of a chain with a constant tensor,
-* a pooling step (stride 2, or height-only).
+* a pooling step (stride 2, or height-only),
+* a ``Sub`` or ``Mul`` of two chains,
+* nested concats (channel inside height/width and back), a channel concat read by two
+  consumers, a tensor concatenated with itself, a channel concat split again (``Split``),
+* a layout detour (NCHW -> NHWC Transpose, element-wise, back), a depthwise Conv, or a ``Pad``
+  before an unpadded Conv.
 
 The head flattens (after global pooling or directly) into a ``Gemm`` (or ``MatMul`` + ``Add``),
 sometimes from two tensors concatenated *after* flattening, along the feature or the batch
@@ -52,6 +57,10 @@ FEATURES = (
     "residual",
     "pool",
     "matmul-head",
+    "other-joint",
+    "concat-self",
+    "split",
+    "layout",
 )
 
 
@@ -103,6 +112,11 @@ class _Net:
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def int_const(self, prefix: str, values: list[int]) -> str:
+        name = self.fresh(prefix)
+        self.inits.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
         return name
 
     def node(self, op: str, inputs: list[str], shape: tuple[int, ...], **attrs) -> _T:
@@ -209,7 +223,8 @@ class _Net:
     def block(self, hist: list[_T]) -> _T:
         x = hist[-1]
         kind = self.pick(["chain", "residual", "sum", "cat-c", "cat-c", "cat-h", "cat-w", "shared", "reuse",
-                          "cat-const", "down"])
+                          "cat-const", "down", "sub", "mul", "nested-cat", "fanout-cat", "cat-dup", "split",
+                          "layout"])
         _, c, h, w = x.shape
         if kind == "chain":
             return self.chain(x, int(self.rng.integers(2, 7)))
@@ -284,6 +299,76 @@ class _Net:
             cname = self.const(self.fresh("cst"), self.rng.normal(0.0, 1.0, size=(BATCH, k, yh, yw)))
             ins = [y.name, cname] if self.chance(0.5) else [cname, y.name]
             return self.consumer(self.node("Concat", ins, (BATCH, yc + k, yh, yw), axis=1))
+        if kind in ("sub", "mul"):
+            self.features.add("other-joint")
+            cout = int(self.rng.integers(2, 5))
+            a, b = self.chain(x, cout), self.chain(x, cout)
+            return self.node("Sub" if kind == "sub" else "Mul", [a.name, b.name], a.shape)
+        if kind == "nested-cat":
+            # a channel concat inside a height (or width) concat, or the other way round
+            self.features.update({"concat-channel", "concat-height"})
+            cout = int(self.rng.integers(1, 3))
+            a = self.node("Concat", [self.chain(x, cout).name, self.chain(x, cout).name], (BATCH, 2 * cout, h, w),
+                          axis=1)
+            b = self.chain(x, 2 * cout)
+            ax = int(self.pick([2, 3]))
+            shape = [BATCH, 2 * cout, h, w]
+            shape[ax] *= 2
+            y = self.node("Concat", [a.name, b.name], tuple(shape), axis=ax)
+            if self.chance(0.5):
+                y2 = self.node("Concat", [self.chain(x, 2 * cout).name, self.chain(x, 2 * cout).name],
+                               tuple(shape), axis=ax)
+                y = self.node("Concat", [y.name, y2.name], (BATCH, 4 * cout, *shape[2:]), axis=1)
+            return self.consumer(y)
+        if kind == "fanout-cat":
+            # a channel concat read by two consumers that are added again
+            self.features.add("concat-channel")
+            outs = [self.chain(x, int(self.rng.integers(1, 4))) for _ in range(2)]
+            y = self.node("Concat", [o.name for o in outs], (BATCH, sum(o.c for o in outs), h, w), axis=1)
+            cout = int(self.rng.integers(2, 5))
+            a, b = self.chain(y, cout), self.chain(y, cout)
+            return self.node("Add", [a.name, b.name], a.shape)
+        if kind == "cat-dup":
+            # one tensor concatenated with itself
+            self.features.add("concat-self")
+            a = self.chain(x, int(self.rng.integers(1, 4)))
+            if self.chance(0.5):
+                y = self.node("Concat", [a.name, a.name], (BATCH, 2 * a.c, h, w), axis=1)
+            else:
+                self.features.add("concat-height")
+                y = self.node("Concat", [a.name, a.name], (BATCH, a.c, 2 * h, w), axis=2)
+            return self.consumer(y)
+        if kind == "split":
+            # a channel concat split again along the channels
+            self.features.update({"concat-channel", "split"})
+            outs = [self.chain(x, int(self.rng.integers(1, 4))) for _ in range(2)]
+            ctot = sum(o.c for o in outs)
+            y = self.node("Concat", [o.name for o in outs], (BATCH, ctot, h, w), axis=1)
+            k = int(self.rng.integers(1, ctot)) if ctot > 1 else 0
+            if k == 0:
+                return self.consumer(y)
+            name = self.fresh("split")
+            p1, p2 = _T(f"{name}_a", (BATCH, k, h, w)), _T(f"{name}_b", (BATCH, ctot - k, h, w))
+            sizes = self.int_const("split_sizes", [k, ctot - k])
+            self.nodes.append(helper.make_node("Split", [y.name, sizes], [p1.name, p2.name], axis=1, name=name))
+            self.computed += [p1, p2]
+            cout = int(self.rng.integers(2, 5))
+            return self.node("Add", [self.chain(p1, cout).name, self.chain(p2, cout).name], (BATCH, cout, h, w))
+        if kind == "layout":
+            # NCHW -> NHWC -> element-wise -> NCHW inside a chain, or a grouped / padded conv
+            r = self.rng.random()
+            y = self.chain(x, int(self.rng.integers(2, 5)))
+            _, yc, yh, yw = y.shape
+            self.features.add("layout")
+            if r < 0.4:
+                t = self.node("Transpose", [y.name], (BATCH, yh, yw, yc), perm=[0, 2, 3, 1])
+                t = self.act(t, "Relu")
+                return self.node("Transpose", [t.name], y.shape, perm=[0, 3, 1, 2])
+            if r < 0.7:
+                wname = self.conv_weight(yc, 1, 3)
+                return self.node("Conv", [y.name, wname], y.shape, kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=yc)
+            pd = self.node("Pad", [y.name, self.int_const("pads", [0, 0, 1, 1, 0, 0, 1, 1])], (BATCH, yc, yh + 2, yw + 2))
+            return self.node("Conv", [pd.name, self.conv_weight(yc, yc, 3)], y.shape, kernel_shape=[3, 3])
         # "down"
         self.features.add("pool")
         return self.downsample(x)
