@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -72,6 +73,9 @@ class CaseResult:
         zeroed: Number of groups zeroed.
         removed: Parameters removed by the construction.
         features: The network's feature tags.
+        rejected: Why segments (erase) or channel groups (prune) were not made removable, one
+            entry per segment/group; names and numbers are masked so that equal reasons compare
+            equal. These refusals are part of an ``exact`` case.
     """
 
     seed: int
@@ -81,6 +85,7 @@ class CaseResult:
     zeroed: int = 0
     removed: int = 0
     features: frozenset[str] = frozenset()
+    rejected: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -100,6 +105,24 @@ def _failure(exc: PassFailure) -> tuple[str, str]:
     if cause is not None and not isinstance(cause, OtoirError):
         return "crash", str(exc)
     return "refused", str(exc)
+
+
+def _mask(reason: str) -> str:
+    reason = re.sub(r"'[^']*'|@?\b[A-Za-z_]+\d+(_out)?\b|\b\d+\b", "#", reason)
+    return reason[:100]
+
+
+def _rejected(mode: str, res) -> tuple[str, ...]:
+    am = res.analyses
+    if am is None:
+        return ()
+    if mode == "erase":
+        from otoir.analyses.gezig import GeZIGPartition
+
+        return tuple(_mask(v.reason) for v in am.get(GeZIGPartition).verdicts.values() if not v.gezig)
+    from otoir.analyses.zig import ChannelGroups
+
+    return tuple(_mask(g.reason) for g in am.get(ChannelGroups).groups if not g.prunable)
 
 
 def fraction_of(seed: int) -> float:
@@ -130,34 +153,35 @@ def run_case(seed: int, mode: str, *, fraction: float | None = None, max_blocks:
     except Exception as exc:  # noqa: BLE001 - a crash is an outcome here
         return CaseResult(seed, mode, "crash", f"{type(exc).__name__}: {exc}", features=feats)
     zeroed = len(res.results.get("zeroed", []))
+    rejected = _rejected(mode, res)
     reference = ir.serde.deserialize_model(ir.to_proto(model))
     before = _nparams(model)
     try:
         PassManager.from_text(_BUILD[mode]).run(model)
     except PassFailure as exc:
         outcome, detail = _failure(exc)
-        return CaseResult(seed, mode, outcome, detail, zeroed, features=feats)
+        return CaseResult(seed, mode, outcome, detail, zeroed, features=feats, rejected=rejected)
     except Exception as exc:  # noqa: BLE001
-        return CaseResult(seed, mode, "crash", f"{type(exc).__name__}: {exc}", zeroed, features=feats)
+        return CaseResult(seed, mode, "crash", f"{type(exc).__name__}: {exc}", zeroed, features=feats, rejected=rejected)
     removed = before - _nparams(model)
     feeds = random_feeds(reference, seed)
     try:
         expected = run_ort(reference, feeds)
     except Exception as exc:  # noqa: BLE001 - the generator's own network must run
-        return CaseResult(seed, mode, "crash", f"zeroed full network does not run: {exc}", zeroed, removed, feats)
+        return CaseResult(seed, mode, "crash", f"zeroed full network does not run: {exc}", zeroed, removed, feats, rejected)
     try:
         onnx.checker.check_model(ir.to_proto(model), full_check=True)
         got = run_ort(model, feeds)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return CaseResult(seed, mode, "unloadable", msg[:300], zeroed, removed, feats)
+        return CaseResult(seed, mode, "unloadable", msg[:300], zeroed, removed, feats, rejected)
     if len(got) != len(expected):
         return CaseResult(seed, mode, "mismatch", f"{len(got)} outputs instead of {len(expected)}", zeroed, removed,
-                          feats)
+                          feats, rejected)
     diff = max_rel_diff(expected, got)
     if not diff <= TOLERANCE:
-        return CaseResult(seed, mode, "mismatch", f"max relative difference {diff:.3g}", zeroed, removed, feats)
-    return CaseResult(seed, mode, "exact", "", zeroed, removed, feats)
+        return CaseResult(seed, mode, "mismatch", f"max relative difference {diff:.3g}", zeroed, removed, feats, rejected)
+    return CaseResult(seed, mode, "exact", "", zeroed, removed, feats, rejected)
 
 
 def sweep(seeds: Sequence[int], modes: Sequence[str] = MODES, *, max_blocks: int = 5) -> list[CaseResult]:
@@ -179,6 +203,11 @@ def summarize(results: Sequence[CaseResult]) -> str:
     feats = Counter(f for r in results if r.mode == results[0].mode for f in r.features) if results else Counter()
     if feats:
         lines.append("networks with: " + ", ".join(f"{k}={v}" for k, v in sorted(feats.items())))
+    for mode in MODES:
+        why = Counter(x for r in results if r.mode == mode for x in r.rejected)
+        if why:
+            lines.append(f"{mode}: {sum(why.values())} segments/groups kept with a reason; most frequent:")
+            lines += [f"  {n:>6} x {w}" for w, n in why.most_common(6)]
     reasons = Counter(r.detail.split(": ", 2)[-1][:90] for r in results if r.outcome == "refused")
     for why, n in reasons.most_common(8):
         lines.append(f"refused x{n}: {why}")

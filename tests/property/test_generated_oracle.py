@@ -120,5 +120,6 @@ def test_sweep_tool(capsys):
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
     assert rows["erase"][1] == rows["prune"][1] == "3"
     assert "6 cases" in out
+    assert "erase: " in out and "segments/groups kept with a reason" in out
     bad = CaseResult(1, "erase", "mismatch", "max relative difference 0.5")
     assert "MISMATCH seed=1 mode=erase" in summarize([bad])
