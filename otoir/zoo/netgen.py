@@ -267,7 +267,15 @@ class _Net:
             cout = int(self.rng.integers(2, 6))
             k = int(self.pick([1, 3]))
             wname = self.conv_weight(cout, c, k)
-            other = self.act(x, "Relu") if self.chance(0.5) else self.pool(x)
+            # the second use reads x itself (through ReLU or pooling) or another tensor of the same
+            # shape computed by a different stem
+            same = [t for t in hist[:-1] if t.shape == x.shape]
+            if same and self.chance(0.5):
+                other = self.pick(same)
+            elif same or self.chance(0.5):
+                other = self.act(x, "Relu") if self.chance(0.5) else self.pool(x)
+            else:
+                other = self.chain(x, c)
             a = self.conv(x, cout, k, weight=wname, bias=False)
             b = self.conv(other, cout, k, weight=wname, bias=False)
             if self.chance(0.5):
