@@ -269,3 +269,25 @@ def test_stacking_joint_comes_from_the_rule_table():
                 assert any("Stack stacks along axis 2" in v.reason for v in p.verdicts.values())
     finally:
         unregister_rule("Stack", domain="com.acme")
+
+
+def test_erase_refusal_leaves_the_model_untouched():
+    # Every joint is planned before anything changes: a refused joint (a Mul, later in the
+    # graph) does not leave the Concat before it half rewired and its consumer sliced.
+    from otoir.analyses.vertices import VertexClasses
+    from otoir.surgery.erase import erase_segment_outputs, value_shapes
+
+    m = _cat_net(1, "conv")
+    r0 = next(n for n in m.graph if n.name == "relu0").outputs[0]
+    q = ir.node("Relu", [r0], name="q")
+    z = ir.node("Mul", [q.outputs[0], q.outputs[0]], name="mul")
+    m.graph.extend([q, z])
+    z.outputs[0].name = "z"
+    z.outputs[0].dtype = ir.DataType.FLOAT
+    m.graph.outputs.append(z.outputs[0])
+    r1 = next(n for n in m.graph if n.name == "relu1").outputs[0]
+    res = erase_segment_outputs(m, [r1, q.outputs[0]], VertexClasses(m), value_shapes(m))
+    assert [(msg, n.name) for msg, n in res.errors] == [("feeds a Mul joint (a zero input does not vanish)", "mul")]
+    cat = next(n for n in m.graph if n.name == "cat")
+    assert len(cat.inputs) == 2 and cat.inputs[0] is r1
+    assert m.graph.initializers["w3"].const_value.shape.dims == (3, 4, 1, 1)
