@@ -19,12 +19,14 @@ __all__ = ["EliminateDeadBranches"]
 @dataclass(frozen=True)
 class EliminateDeadBranches(Pass):
     """Removes the GeZIGs whose parameters are all zero, fixes the joints they fed (Add/Sum
-    drop the input, Concat also drops the matching downstream channels), removes whatever no
-    longer reaches an output and drops unused initializers. Refuses (error) an invalid set.
+    drop the input, a Concat along the channel axis also drops the matching downstream
+    channels; what each joint allows is its rule's ``drop_input``), removes whatever no longer
+    reaches an output and drops unused initializers. Every joint is planned before the model
+    changes, so a refusal (error) leaves it untouched. Refuses (error) an invalid set.
     """
 
     name = "eliminate-dead-branches"
-    summary = "Erase all-zero GeZIG segments, fix joints and Concat consumers, remove dead vertices"
+    summary = "Erase all-zero GeZIG segments, fix joints and channel-Concat consumers, remove dead vertices"
     statistics = {
         "segments-erased": "zero GeZIG segments erased",
         "joints-removed": "joints left with one input and replaced by it",

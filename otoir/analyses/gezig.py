@@ -2,7 +2,9 @@
 
 A segment of the :class:`~otoir.analyses.segments.SegmentGraph` is a *minimal removal
 structure* when it has trainable variables, its output is not a graph output, and every consumer
-is a joint an input can be dropped from (``Add``/``Sum``/``Concat``, the subtrahend of ``Sub``).
+is a joint an input can be dropped from (the rule's ``drop_input``: ``Add``/``Sum``, the subtrahend
+of ``Sub``, a ``Concat`` along the channel axis — never along height, width or batch, where the
+zeros are part of the output's shape).
 Its trainable variables form one GeZIG. Beyond the paper, otoir checks that all-zero parameters
 really make the segment output identically zero (zero-ness starts at an op whose trainable
 parameters are all in the group and whose rule has ``zero_params_zero_output``, and survives only
@@ -23,14 +25,8 @@ from otoir.analyses.groups import Group, TensorSlice
 from otoir.analyses.segments import OUTPUT, Segment, SegmentGraph
 from otoir.analyses.vertices import VertexClasses, param_specs
 from otoir.infra.analysis import Analysis
-from otoir.ops.rules import VertexKind
-from otoir.surgery.erase import (
-    concat_ranges,
-    joint_drop_reason,
-    maps_zero,
-    plan_channel_removal,
-    value_shapes,
-)
+from otoir.ops.rules import DropInput, VertexKind
+from otoir.surgery.erase import maps_zero, plan_joint_drop, value_shapes
 
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
@@ -129,11 +125,11 @@ class GeZIGPartition(Analysis):
                 id=f"gezig:{s.id}", kind="gezig", slices=slices, dependent=dep, num_params=n_params,
                 flops=flops, prunable=True, reason="",
                 meta={"segment": s.id, "label": s.label, "params": params, "joints": joints,
-                      "concat": any(sg.segments[t].first.op_type == "Concat" for t in s.succs if t >= 0)},
+                      "concat": any(_stacks(sg.segments[t].first, vc) for t in s.succs if t >= 0)},
             ))
         from otoir.analyses.validity import ValidityChecker
 
-        self.checker = ValidityChecker(sg, groups)
+        self.checker = ValidityChecker(sg, groups, vc)
         for g in groups:
             g.meta["checker"] = self.checker
         self.groups: tuple[Group, ...] = tuple(groups)
@@ -198,19 +194,12 @@ class GeZIGPartition(Analysis):
             for j, pos in per_joint.items():
                 if j not in sg.segment_of or not sg.segments[sg.segment_of[j]].is_joint:
                     return (f"consumer {j.name or j.op_type} is not a joint", *none)
-                why = joint_drop_reason(j, pos, shapes)
-                if why:
-                    return (why, *none)
+                drop = plan_joint_drop(model, j, pos, shapes, vc)
+                if isinstance(drop, str):
+                    return (drop, *none)
                 joints.append(j.name or j.op_type)
-                if j.op_type == "Concat":
-                    ranges = concat_ranges(j, shapes)
-                    if ranges is None:
-                        return (f"{j.name}: Concat input sizes unknown", *none)
-                    chans = [c for i in sorted(pos) for c in range(*ranges[i])]
-                    plan = plan_channel_removal(model, j.outputs[0], chans, shapes, vc)
-                    if isinstance(plan, str):
-                        return (plan, *none)
-                    for name, axis, idx, is_tr in plan.slices:
+                if drop.plan is not None:
+                    for name, axis, idx, is_tr in drop.plan.slices:
                         (extra if is_tr else dependent).append(TensorSlice(name, axis, idx))
         if OUTPUT in s.succs:
             return ("its output is a graph output", *none)
@@ -237,6 +226,11 @@ class GeZIGPartition(Analysis):
                 lines.append(f"not-gezig seg {sid} [{self.segments.segments[sid].label}]: {v.reason}")
         lines.append(f"complement: {','.join(self.complement) or '-'}")
         return "\n".join(lines)
+
+
+def _stacks(node: ir.Node, vc: VertexClasses) -> bool:
+    r = vc.info[node].rule
+    return r is not None and r.drop_input is DropInput.STACK
 
 
 def _has_zeroing_params(n: ir.Node, r, pset: set[str]) -> bool:

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from otoir.analyses.groups import Group
 from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
+from otoir.analyses.vertices import VertexClasses
+from otoir.ops.rules import DropInput, lookup_rule
 
 __all__ = ["ValidityChecker", "ValidityReport", "is_valid", "select_redundant"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
-_DROP_JOINTS = frozenset({"Add", "Sum", "Concat"})
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,18 @@ class ValidityReport:
 class ValidityChecker:
     """Checks sets of zero groups against one segment graph.
 
+    A joint segment's behaviour comes from its rule's ``drop_input``: ``SUM`` and ``STACK``
+    joints lose zero inputs (the GeZIG analysis only forms groups whose zero output a joint can
+    really drop, e.g. a Concat along the channel axis), ``SUBTRAHEND`` joints lose all but the
+    first, ``NEVER`` joints need every input.
+
     Args:
         segments: The segment graph.
         groups: The GeZIGs (their ``meta["segment"]`` names their segment).
+        vc: Vertex classification (for the nodes' rules); the rule table is looked up when None.
     """
 
-    def __init__(self, segments: SegmentGraph, groups: Iterable[Group] = ()) -> None:
+    def __init__(self, segments: SegmentGraph, groups: Iterable[Group] = (), vc: VertexClasses | None = None) -> None:
         segs = segments.segments
         self.segments = segments
         self.group_segment: dict[str, int] = {g.id: g.meta["segment"] for g in groups if "segment" in g.meta}
@@ -71,11 +78,12 @@ class ValidityChecker:
         self._order = order
         self._kind: list[str] = []
         for s in segs:
+            mode = _drop_mode(s.first, vc)
             if not s.is_joint:
                 self._kind.append("chain")
-            elif s.first.op_type in _DROP_JOINTS:
+            elif mode in (DropInput.SUM, DropInput.STACK):
                 self._kind.append("drop")
-            elif s.first.op_type == "Sub":
+            elif mode is DropInput.SUBTRAHEND:
                 self._kind.append("sub")
             else:
                 self._kind.append("strict")
@@ -156,6 +164,14 @@ class ValidityChecker:
             if live_inputs[t] <= 1:
                 return False
         return True
+
+
+def _drop_mode(node, vc: VertexClasses | None) -> DropInput:
+    if vc is not None and node in vc.info:
+        r = vc.info[node].rule
+    else:
+        r = lookup_rule(node.op_type, node.domain, node.version)
+    return r.drop_input if r is not None else DropInput.NEVER
 
 
 def _checker_of(groups: Sequence[Group], checker: ValidityChecker | None) -> ValidityChecker | None:

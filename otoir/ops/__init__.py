@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from otoir.ops.rules import (
     ChannelMap,
+    DropInput,
     OpRule,
     ParamSpec,
     VertexKind,
@@ -16,6 +17,7 @@ from otoir.ops.rules import (
 
 __all__ = [
     "ChannelMap",
+    "DropInput",
     "OpRule",
     "ParamSpec",
     "VertexKind",

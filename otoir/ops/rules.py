@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "VertexKind",
     "ChannelMap",
+    "DropInput",
     "ParamSpec",
     "OpRule",
     "rule",
@@ -25,6 +26,7 @@ __all__ = [
     "lookup_rule",
     "unregister_rule",
     "normalize_domain",
+    "normalize_axis",
 ]
 
 
@@ -67,6 +69,37 @@ class ChannelMap(str, enum.Enum):
     GATHER = "gather"  # indexing along an axis
     REDUCE = "reduce"  # reduction over some axes
     BARRIER = "barrier"  # nothing propagates
+
+
+class DropInput(str, enum.Enum):
+    """What erasing may do with an all-zero data input of a joint (OTOv3 section 3.3).
+
+    NEVER: a zero input changes the output (Mul, Max, Where...); the joint needs every input.
+    SUM: element-wise sum (Add, Sum); a zero input can be dropped when the remaining inputs
+    still broadcast to the output shape.
+    SUBTRAHEND: ``x - 0 = x`` (Sub); inputs after the first can be dropped, the first cannot.
+    STACK: the inputs are stacked along the axis named by ``OpRule.axis_attribute`` (Concat).
+    Dropping an input removes its entries from the output, so it is exact only along the
+    rule's ``channel_axis``, and only when every consumer can lose the same channels (their
+    weight columns are sliced). Along any other axis (height, width, batch) the zeros are part
+    of the output's shape: the input is not removable.
+    """
+
+    NEVER = "never"
+    SUM = "sum"
+    SUBTRAHEND = "subtrahend"
+    STACK = "stack"
+
+
+def normalize_axis(axis: int | None, rank: int | None) -> int | None:
+    """``axis`` in ``[0, rank)`` (None when it is None, or negative with an unknown rank)."""
+    if axis is None:
+        return None
+    if axis < 0:
+        if rank is None:
+            return None
+        axis += rank
+    return axis
 
 
 @dataclass(frozen=True)
@@ -113,6 +146,10 @@ class OpRule:
             the input (Conv, Gemm, BatchNorm with gamma=beta=0).
         exact_invariance: False when removing channels changes the remaining outputs
             (normalisation statistics over the pruned axis).
+        drop_input: What erasing may do with an all-zero data input (joints only).
+        axis_attribute: The integer attribute naming the axis the op works along (Concat:
+            ``axis``, the stacking axis), or None.
+        axis_default: The axis when the attribute is absent.
         note: Free text (limitations).
     """
 
@@ -130,6 +167,9 @@ class OpRule:
     maps_zero: bool = False
     zero_params_zero_output: bool = False
     exact_invariance: bool = True
+    drop_input: DropInput = DropInput.NEVER
+    axis_attribute: str | None = None
+    axis_default: int = 0
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -139,6 +179,20 @@ class OpRule:
             if p.input == index:
                 return p
         return None
+
+    def node_axis(self, node: ir.Node, rank: int | None) -> int | None:
+        """The axis ``node`` works along (``axis_attribute``), normalised for an output of ``rank``.
+
+        None when the rule names no axis attribute, or the axis is negative and ``rank`` unknown.
+        """
+        if self.axis_attribute is None:
+            return None
+        a = node.attributes.get(self.axis_attribute)
+        return normalize_axis(int(a.value) if a is not None else self.axis_default, rank)
+
+    def node_channel_axis(self, rank: int | None) -> int | None:
+        """``channel_axis`` normalised for an output of ``rank`` (None: any axis, or unknown)."""
+        return normalize_axis(self.channel_axis, rank)
 
     def with_(self, **changes) -> OpRule:
         """Returns a copy with fields changed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from otoir.ops.rules import ChannelMap as C
+from otoir.ops.rules import DropInput as D
 from otoir.ops.rules import OpRule, ParamSpec, VertexKind, register_rule
 from otoir.ops.rules import VertexKind as K
 
@@ -156,6 +157,7 @@ for op, z in [("Add", False), ("Sub", False), ("Mul", True), ("Div", True), ("Po
               ("GreaterOrEqual", False), ("And", False), ("Or", False), ("Xor", False), ("Mod", False),
               ("BitShift", False)]:
     _add(OpRule(op, classify=_elementwise(op, z), channel_map=C.BROADCAST, channel_axis=None, maps_zero=z,
+                drop_input={"Add": D.SUM, "Sum": D.SUM, "Sub": D.SUBTRAHEND}.get(op, D.NEVER),
                 note="with one constant operand, zero maps to zero only for Mul/Div by the constant or Add/Sub of a zeroed parameter"))
 
 
@@ -168,7 +170,10 @@ def _concat(node, is_data):
     return K.JOINT, f"Concat stacks {n_data} data inputs along axis {node.attributes.get_int('axis', 0)}"
 
 
-_add(OpRule("Concat", classify=_concat, channel_map=C.CONCAT, channel_axis=None, maps_zero=True))
+_add(OpRule("Concat", classify=_concat, channel_map=C.CONCAT, channel_axis=1, maps_zero=True, drop_input=D.STACK,
+            axis_attribute="axis",
+            note="erasing drops an input only along the channel axis 1 (NCHW channels, features of [N, F]); "
+                 "along another axis the zeros are part of the output shape"))
 
 
 def _where(node, is_data):

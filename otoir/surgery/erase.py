@@ -2,12 +2,19 @@
 
 Removing a zero segment means rewiring the joints it feeds:
 
-* ``Add``/``Sum``: drop the input; a joint left with one input is replaced by it.
-* ``Sub``: a zero subtrahend is dropped (``x - 0 = x``); a zero minuend is refused.
-* ``Concat`` along the channel axis: drop the input **and** the matching channels downstream:
-  walk through channel-wise ops after the Concat (ReLU, pooling, Resize, BatchNorm, ...) slicing
-  their per-channel parameters, until the stems whose input columns are sliced (Conv weight axis
-  1, Gemm/MatMul rows after a ``Flatten``). A walk that meets anything else is refused.
+What a joint allows is the rule table's ``OpRule.drop_input``
+(:class:`~otoir.ops.rules.DropInput`):
+
+* ``SUM`` (``Add``/``Sum``): drop the input; a joint left with one input is replaced by it.
+* ``SUBTRAHEND`` (``Sub``): a zero subtrahend is dropped (``x - 0 = x``); a zero minuend is refused.
+* ``STACK`` (``Concat``) along the rule's channel axis: drop the input **and** the matching
+  channels downstream: walk through channel-wise ops after the Concat (ReLU, pooling, Resize,
+  BatchNorm, ...) slicing their per-channel parameters, until the stems whose input columns are
+  sliced (Conv weight axis 1, Gemm/MatMul rows after a ``Flatten``). Every op on the walk must
+  work on the removed axis (its rule's ``channel_axis``); a walk that meets anything else is
+  refused. Along any other axis (height, width, batch) the zero input is part of the output's
+  shape and is never dropped.
+* ``NEVER``: a zero input does not vanish; refused.
 
 Then every node whose outputs are no longer used is removed (reverse topological order, one
 pass), and unused initializers are dropped. :func:`plan_channel_removal` is also used by the
@@ -26,25 +33,23 @@ import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.vertices import VertexClasses, param_specs
-from otoir.ops.rules import VertexKind
+from otoir.infra.diagnostics import node_label
+from otoir.ops.rules import DropInput, VertexKind
 
 __all__ = [
     "ChannelPlan",
+    "JointDrop",
     "EraseResult",
     "value_shapes",
-    "concat_axis",
-    "concat_ranges",
+    "stack_ranges",
     "plan_channel_removal",
     "apply_channel_plan",
-    "joint_drop_reason",
+    "plan_joint_drop",
     "erase_segment_outputs",
     "remove_dead_nodes",
     "remove_unused_initializers",
     "maps_zero",
 ]
-
-#: Joints an input can be dropped from (Sub only its second input).
-DROPPABLE_JOINTS = frozenset({"Add", "Sum", "Sub", "Concat"})
 
 Shape = tuple  # of int | str | None
 
@@ -192,24 +197,10 @@ def _probe_shapes(model: ir.Model, value_info) -> dict[str, Shape] | None:
     return out
 
 
-def concat_axis(node: ir.Node, rank: int | None) -> int | None:
-    """The normalised axis of a Concat node (None when negative and the rank is unknown)."""
-    axis = node.attributes.get_int("axis", 0)
-    if axis < 0:
-        if rank is None:
-            return None
-        axis += rank
-    return axis
-
-
-def concat_ranges(node: ir.Node, shapes: Mapping[str, Shape]) -> list[tuple[int, int]] | None:
-    """``[start, stop)`` of each Concat input along the concat axis, or None if unknown."""
+def stack_ranges(node: ir.Node, axis: int, shapes: Mapping[str, Shape]) -> list[tuple[int, int]] | None:
+    """``[start, stop)`` of each input of a stacking joint (Concat) along ``axis``, or None if unknown."""
     out = []
     start = 0
-    rank = len(shapes[node.outputs[0].name]) if node.outputs[0].name in shapes else None
-    axis = concat_axis(node, rank)
-    if axis is None:
-        return None
     for v in node.inputs:
         s = shapes.get(v.name) if v is not None else None
         if s is None or axis >= len(s) or not isinstance(s[axis], int):
@@ -243,14 +234,42 @@ _PASS_OPS = frozenset({
 _NORM_OPS = frozenset({"BatchNormalization", "InstanceNormalization"})
 
 
-def plan_channel_removal(model: ir.Model, value: ir.Value, channels: Sequence[int],
+def _rank(v: ir.Value, shapes: Mapping[str, Shape]) -> int | None:
+    s = shapes.get(v.name)
+    return len(s) if s is not None else None
+
+
+def _axis_mismatch(node: ir.Node, vc: VertexClasses, axis: int, rank: int | None) -> str:
+    """Why ``node`` (reading a value of ``rank``) cannot lose entries along ``axis`` ('' if it can).
+
+    The node's rule says which axis it treats channel-wise (``channel_axis``; None: every axis,
+    an element-wise op).
+    """
+    r = vc.info[node].rule
+    if r is None:
+        return f"{node_label(node)}: {node.op_type} has no rule"
+    if r.channel_axis is None:
+        return ""
+    ch = r.node_channel_axis(rank)
+    if ch != axis:
+        where = "unknown" if ch is None else str(ch)
+        return (f"{node_label(node)}: {node.op_type} works on axis {where}, "
+                f"not on the removed axis {axis}")
+    return ""
+
+
+def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: Sequence[int],
                          shapes: Mapping[str, Shape], vc: VertexClasses) -> ChannelPlan | str:
-    """Plans removing ``channels`` (axis 1) of ``value`` from everything downstream.
+    """Plans removing entries ``channels`` along ``axis`` of ``value`` from everything downstream.
+
+    Every op on the way must treat ``axis`` as its channel axis (its rule's ``channel_axis``, or
+    an element-wise op) and keep its size; the walk ends at stems whose input columns are sliced.
 
     Args:
         model: The model.
         value: Output of the Concat whose inputs are dropped.
-        channels: Channel indices of ``value`` that disappear.
+        axis: The axis of ``value`` the entries are removed from (normalised).
+        channels: Indices along ``axis`` that disappear.
         shapes: From :func:`value_shapes`.
         vc: Vertex classification.
 
@@ -260,76 +279,82 @@ def plan_channel_removal(model: ir.Model, value: ir.Value, channels: Sequence[in
     plan = ChannelPlan()
     graph_outputs = set(model.graph.outputs)
     owned: dict[str, ir.Node] = {}
-    stack: list[tuple[ir.Value, tuple[int, ...]]] = [(value, tuple(sorted(set(channels))))]
+    stack: list[tuple[ir.Value, int, tuple[int, ...]]] = [(value, axis, tuple(sorted(set(channels))))]
     seen: set[ir.Value] = set()
     while stack:
-        v, idx = stack.pop()
+        v, ax, idx = stack.pop()
         if v in seen:
             continue
         seen.add(v)
         plan.values.append(v)
         if v in graph_outputs:
             return f"the channels reach graph output '{v.name}'"
+        rank = _rank(v, shapes)
         for use in v.uses():
             node, pos = use.node, use.idx
             op = node.op_type
             others_used = any(o.uses() or o in graph_outputs for o in node.outputs[1:])
+            if op in _PASS_OPS | _NORM_OPS | {"Clip", "Conv", "Gemm", "MatMul"} and pos == 0:
+                why = _axis_mismatch(node, vc, ax, rank)
+                if why:
+                    return why
+            if op in _PASS_OPS | _NORM_OPS | {"Clip"} and pos == 0:
+                s_in, s_out = shapes.get(v.name), shapes.get(node.outputs[0].name)
+                if s_in is None or s_out is None or len(s_out) <= ax or s_out[ax] != s_in[ax]:
+                    return f"{node_label(node)}: {op} may change the size of axis {ax}"
             if op in _PASS_OPS and pos == 0:
                 if others_used:
-                    return f"{node.name}: {op} has other used outputs"
-                stack.append((node.outputs[0], idx))
+                    return f"{node_label(node)}: {op} has other used outputs"
+                stack.append((node.outputs[0], ax, idx))
             elif op == "Clip" and pos == 0:
                 if not _clip_contains_zero(node):
-                    return f"{node.name}: Clip range excludes 0"
-                stack.append((node.outputs[0], idx))
+                    return f"{node_label(node)}: Clip range excludes 0"
+                stack.append((node.outputs[0], ax, idx))
             elif op in _NORM_OPS and pos == 0:
                 if others_used:
-                    return f"{node.name}: {op} running statistics outputs are used"
+                    return f"{node_label(node)}: {op} running statistics outputs are used"
                 r = vc.info[node].rule
                 for spec in param_specs(node, r):
                     p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
                     if p is None:
                         continue
                     if not p.is_initializer():
-                        return f"{node.name}: {op} {spec.role} is not an initializer"
+                        return f"{node_label(node)}: {op} {spec.role} is not an initializer"
                     plan.slices.append((p.name, 0, idx, p.name in vc.trainable))
                     owned.setdefault(p.name, node)
-                stack.append((node.outputs[0], idx))
+                stack.append((node.outputs[0], ax, idx))
             elif op == "Flatten" and pos == 0:
                 s = shapes.get(v.name)
-                if node.attributes.get_int("axis", 1) != 1 or s is None or len(s) < 2:
-                    return f"{node.name}: Flatten with unknown input shape or axis != 1"
+                if node.attributes.get_int("axis", 1) != 1 or ax != 1 or s is None or len(s) < 2:
+                    return f"{node_label(node)}: Flatten with unknown input shape, axis != 1 or entries removed from axis {ax}"
                 rest = s[2:]
                 if not all(isinstance(d, int) for d in rest):
-                    return f"{node.name}: Flatten of a value with symbolic spatial dims"
+                    return f"{node_label(node)}: Flatten of a value with symbolic spatial dims"
                 inner = int(np.prod(rest)) if rest else 1
                 flat = tuple(c * inner + k for c in idx for k in range(inner))
-                stack.append((node.outputs[0], flat))
+                stack.append((node.outputs[0], 1, flat))
             elif op == "Conv" and pos == 0:
                 if node.attributes.get_int("group", 1) != 1:
-                    return f"{node.name}: grouped Conv after the Concat"
+                    return f"{node_label(node)}: grouped Conv after the Concat"
                 w = node.inputs[1]
                 if not w.is_initializer():
-                    return f"{node.name}: Conv weight is not an initializer"
+                    return f"{node_label(node)}: Conv weight is not an initializer"
                 plan.slices.append((w.name, 1, idx, False))
                 owned.setdefault(w.name, node)
             elif op in ("Gemm", "MatMul") and pos == 0:
                 w = node.inputs[1]
                 if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
-                    return f"{node.name}: {op} weight is not a 2-D initializer"
+                    return f"{node_label(node)}: {op} weight is not a 2-D initializer"
                 if op == "Gemm":
                     if node.attributes.get_int("transA", 0):
-                        return f"{node.name}: Gemm with transA"
-                    axis = 1 if node.attributes.get_int("transB", 0) else 0
+                        return f"{node_label(node)}: Gemm with transA"
+                    waxis = 1 if node.attributes.get_int("transB", 0) else 0
                 else:
-                    s = shapes.get(v.name)
-                    if s is None or len(s) != 2:
-                        return f"{node.name}: MatMul input is not 2-D"
-                    axis = 0
-                plan.slices.append((w.name, axis, idx, False))
+                    waxis = 0
+                plan.slices.append((w.name, waxis, idx, False))
                 owned.setdefault(w.name, node)
             else:
-                return f"{node.name or op}: {op} (input {pos}) after the Concat cannot drop channels"
+                return f"{node_label(node)}: {op} (input {pos}) after the Concat cannot drop channels"
     for name, node in owned.items():
         users = {u.node for u in model.graph.initializers[name].uses()}
         if users != {node}:
@@ -420,29 +445,72 @@ def maps_zero(node: ir.Node, vc: VertexClasses, group_params: set[str]) -> tuple
     return r.maps_zero, f"{op} does not map zero to zero"
 
 
-def joint_drop_reason(joint: ir.Node, positions: Iterable[int], shapes: Mapping[str, Shape]) -> str:
-    """Why inputs ``positions`` of ``joint`` cannot be dropped ('' when they can).
+@dataclass
+class JointDrop:
+    """How a joint loses some of its inputs.
 
-    Checks the op and, for element-wise joints, that the remaining inputs broadcast to the
-    joint's output shape without the dropped ones.
+    Attributes:
+        keep: Input positions that remain, in order (may be empty: the joint is left without
+            inputs, which the validity check refuses).
+        plan: For a stacking joint (Concat), the entries removed downstream; else None.
+    """
+
+    keep: list[int]
+    plan: ChannelPlan | None = None
+
+
+def plan_joint_drop(model: ir.Model, joint: ir.Node, positions: Iterable[int], shapes: Mapping[str, Shape],
+                    vc: VertexClasses) -> JointDrop | str:
+    """Plans dropping the (all-zero) inputs ``positions`` of ``joint``, or says why it cannot be done.
+
+    What the joint allows comes from its rule's ``drop_input``. Element-wise sums must keep
+    their broadcast output shape without the dropped inputs; a stacking joint (Concat) must
+    stack along its rule's channel axis, and the removed channels must be removable downstream
+    (:func:`plan_channel_removal`).
+
+    Returns:
+        A :class:`JointDrop`, or a one-line reason.
     """
     op = joint.op_type
+    name = node_label(joint)
     pos = set(positions)
-    if op not in DROPPABLE_JOINTS:
+    r = vc.info[joint].rule
+    mode = r.drop_input if r is not None else DropInput.NEVER
+    keep = [i for i in range(len(joint.inputs)) if i not in pos]
+    if mode is DropInput.NEVER:
         return f"feeds a {op} joint (a zero input does not vanish)"
-    if op == "Sub" and 0 in pos:
-        return "feeds the minuend of a Sub (0 - x != x)"
-    if op == "Concat":
-        return ""
-    out = shapes.get(joint.outputs[0].name)
-    keep = [shapes.get(v.name) if v is not None else None for i, v in enumerate(joint.inputs) if i not in pos]
-    if not keep:
-        return ""
-    if out is None or any(k is None for k in keep):
-        return f"shapes around {joint.name or op} unknown"
-    if _broadcast(keep) != tuple(out):
-        return f"dropping inputs of {joint.name or op} would change its broadcast output shape"
-    return ""
+    if mode is DropInput.SUBTRAHEND:
+        if 0 in pos:
+            return f"feeds the minuend of {op} {name} (0 - x != x)"
+        return JointDrop(keep)
+    out = joint.outputs[0]
+    if mode is DropInput.STACK:
+        rank = _rank(out, shapes)
+        axis = r.node_axis(joint, rank)
+        ch = r.node_channel_axis(rank)
+        if axis is None or ch is None:
+            return f"{name}: {op} axis unknown (negative axis, output rank unknown)"
+        if axis != ch:
+            return (f"{name}: {op} stacks along axis {axis}, not the channel axis {ch}: a zero input is part "
+                    f"of its output shape and cannot be removed")
+        ranges = stack_ranges(joint, axis, shapes)
+        if ranges is None:
+            return f"{name}: {op} input sizes along axis {axis} unknown"
+        chans = [c for i in sorted(pos) for c in range(*ranges[i])]
+        plan = plan_channel_removal(model, out, axis, chans, shapes, vc)
+        if isinstance(plan, str):
+            return plan
+        return JointDrop(keep, plan)
+    # DropInput.SUM: the remaining inputs must broadcast to the same output shape.
+    o = shapes.get(out.name)
+    kept = [shapes.get(joint.inputs[i].name) if joint.inputs[i] is not None else None for i in keep]
+    if not kept:
+        return JointDrop(keep)
+    if o is None or any(k is None for k in kept):
+        return f"shapes around {name} unknown"
+    if _broadcast(kept) != tuple(o):
+        return f"dropping inputs of {name} would change its broadcast output shape"
+    return JointDrop(keep)
 
 
 def _broadcast(shapes: Sequence[Shape]) -> Shape | None:
@@ -487,29 +555,22 @@ def erase_segment_outputs(model: ir.Model, zero_values: Iterable[ir.Value], vc: 
         for use in v.uses():
             drops.setdefault(use.node, set()).add(use.idx)
     order = {n: i for i, n in enumerate(graph)}
+    # Plan every joint before changing anything (plans read shapes and uses of the original).
+    plans: list[tuple[ir.Node, JointDrop]] = []
     for joint in sorted(drops, key=lambda n: order.get(n, 0)):
-        pos = drops[joint]
-        reason = joint_drop_reason(joint, pos, shapes)
-        if reason:
-            res.errors.append((reason, joint))
-            continue
-        keep = [v for i, v in enumerate(joint.inputs) if i not in pos]
-        if joint.op_type == "Concat":
-            ranges = concat_ranges(joint, shapes)
-            if ranges is None:
-                res.errors.append(("Concat input sizes unknown", joint))
-                continue
-            chans = [c for i in sorted(pos) for c in range(*ranges[i])]
-            plan = plan_channel_removal(model, joint.outputs[0], chans, shapes, vc)
-            if isinstance(plan, str):
-                res.errors.append((plan, joint))
-                continue
-            res.params_sliced += apply_channel_plan(model, plan)
-        elif joint.op_type == "Sub":
-            keep = [joint.inputs[0]]
-        if not keep:
+        d = plan_joint_drop(model, joint, drops[joint], shapes, vc)
+        if isinstance(d, str):
+            res.errors.append((d, joint))
+        elif not d.keep:
             res.errors.append(("joint left without inputs", joint))
-            continue
+        else:
+            plans.append((joint, d))
+    if res.errors:
+        return res
+    for joint, d in plans:
+        keep = [joint.inputs[i] for i in d.keep]
+        if d.plan is not None:
+            res.params_sliced += apply_channel_plan(model, d.plan)
         res.joints_rewired += 1
         if len(keep) == 1:
             _replace_by(graph, joint, keep[0])
@@ -518,8 +579,6 @@ def erase_segment_outputs(model: ir.Model, zero_values: Iterable[ir.Value], vc: 
             for i, v in enumerate(keep):
                 joint.replace_input_with(i, v)
             joint.resize_inputs(len(keep))
-            if joint.op_type == "Add" and len(keep) > 2:  # cannot happen: Add has two inputs
-                res.errors.append(("Add with more than two inputs", joint))
     return res
 
 

@@ -89,3 +89,52 @@ def test_no_zero_groups_no_change():
     m = _load("demosupnet", 0.125)
     r = otoir.PassManager.from_text("eliminate-dead-branches").run(m)
     assert not r.changed
+
+
+def _cat_module(dim: int):
+    import torch
+    from torch import nn
+
+    class CatNet(nn.Module):
+        """Two conv branches concatenated along ``dim`` (issue 10: ``torch.cat(dim=2)``), then a linear head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.a = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+            self.b = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU())
+            n = 4 * 4 * 6 * 2
+            self.fc = nn.Linear(n, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            return self.fc(torch.cat([self.a(y), self.b(y)], dim=dim).flatten(1))
+
+    torch.manual_seed(0)
+    return CatNet(), torch.randn(2, 3, 4, 6)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, -1])
+def test_torch_cat_along_each_axis(dim):
+    # Along the channels (dim=1) a zero branch is erased with the matching Gemm columns; along
+    # height or width it is part of the flattened features' layout: kept, with the reason.
+    module, x = _cat_module(dim)
+    m = otoir.load(module, x)
+    p = GeZIGPartition(m, None)
+    branch = {pre: [v for v in p.verdicts.values() if any(q.startswith(pre + ".") for q in v.params)]
+              for pre in ("a", "b")}
+    for pre, verdicts in branch.items():
+        assert len(verdicts) == 1, pre
+        if dim == 1:
+            assert verdicts[0].gezig, verdicts[0].reason
+        else:
+            assert not verdicts[0].gezig
+            assert f"Concat stacks along axis {dim % 4}, not the channel axis 1" in verdicts[0].reason
+    otoir.PassManager.from_text("zero-groups{random=1.0 seed=0}").run(m)
+    zeroed = _copy(m)
+    r = otoir.PassManager.from_text("eliminate-dead-branches").run(m)
+    assert_same_outputs(zeroed, m)
+    if dim == 1:
+        assert r.changed and not any(n.op_type == "Concat" for n in m.graph)
+    else:
+        assert not r.changed

@@ -107,3 +107,187 @@ def test_zero_gezig_output_is_zero():
 
     out = run_ort(m, random_feeds(m))
     assert np.all(out[-1] == 0)
+
+
+# -- Concat: a joint for erasing only along the channel axis --------------------------------------
+def _cat_net(axis: int, consumer: str, c: int = 2) -> ir.Model:
+    """x -> conv0 -> relu -> {conv1 (zeroable branch), conv2} -> Concat(axis) -> consumer -> y.
+
+    Both branches are [2, c, 4, 6] (height 4 and width 6 differ, so an axis confusion shows in
+    the shapes). Consumers: ``conv`` (a 1x1 Conv), ``flatten`` (Flatten -> Gemm, the issue's
+    height concat), ``pool`` (MaxPool -> Flatten -> Gemm), ``flatcat`` (the branches are
+    flattened first and concatenated as [2, 48] along ``axis`` into a Gemm).
+    """
+    rng = np.random.default_rng(0)
+
+    def t(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a0"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["a1"], name="conv1"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r0", "w2"], ["a2"], name="conv2")]
+    inits = [t("w0", [2, 3, 3, 3]), t("w1", [c, 2, 1, 1]), t("b1", [c]), t("w2", [c, 2, 1, 1])]
+    shape = [2, c, 4, 6]
+    cat_shape = list(shape)
+    if consumer == "flatcat":
+        nodes += [helper.make_node("Flatten", ["r1"], ["f1"], name="flat1"),
+                  helper.make_node("Flatten", ["a2"], ["f2"], name="flat2"),
+                  helper.make_node("Concat", ["f1", "f2"], ["c"], axis=axis, name="cat")]
+        cat_shape = [2, 24 * c]
+        cat_shape[axis % 2] *= 2
+        nodes.append(helper.make_node("Gemm", ["c", "fc"], ["y"], name="fc", transB=1))
+        inits.append(t("fc", [3, cat_shape[1]]))
+        out = [2 * (2 if axis % 2 == 0 else 1), 3]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+        return ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    nodes.append(helper.make_node("Concat", ["r1", "a2"], ["c"], axis=axis, name="cat"))
+    cat_shape[axis % 4] *= 2
+    if consumer == "conv":
+        nodes.append(helper.make_node("Conv", ["c", "w3"], ["y"], name="conv3"))
+        inits.append(t("w3", [3, cat_shape[1], 1, 1]))
+        out = [2, 3, *cat_shape[2:]]
+    else:
+        src = "c"
+        if consumer == "pool":
+            nodes.append(helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
+            src = "p"
+            cat_shape = [*cat_shape[:2], cat_shape[2] // 2, cat_shape[3] // 2]
+        nodes.append(helper.make_node("Flatten", [src], ["f"], name="flat"))
+        nodes.append(helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1))
+        inits += [t("fc", [3, int(np.prod(cat_shape[1:]))]), t("fcb", [3])]
+        out = [2, 3]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+    return ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+
+
+def _erase_conv1(m: ir.Model):
+    """Zeroes conv1's group if there is one and erases; returns (partition, zeroed copy, result)."""
+    p = GeZIGPartition(m, None)
+    ids = [g.id for g in p.groups if "w1" in g.meta["params"]]
+    zeroed = ir.from_proto(ir.to_proto(m))
+    if ids:
+        otoir.PassManager.from_text(f"zero-groups{{ids={ids[0]}}}").run(m)
+        zeroed = ir.from_proto(ir.to_proto(m))
+        otoir.PassManager.from_text("eliminate-dead-branches").run(m)
+    return p, zeroed, ids
+
+
+@pytest.mark.parametrize("consumer", ["conv", "flatten", "pool"])
+@pytest.mark.parametrize("axis", [1, -3])
+def test_channel_concat_branch_is_erased_exactly(axis, consumer):
+    from otoir.testing import assert_same_outputs
+
+    m = _cat_net(axis, consumer)
+    p, zeroed, ids = _erase_conv1(m)
+    assert ids, p.to_text()
+    g = p.groups[[g.id for g in p.groups].index(ids[0])]
+    assert g.meta["concat"] and g.meta["joints"] == ("cat",)
+    assert "conv1" not in {n.name for n in m.graph} and "w1" not in m.graph.initializers
+    assert_same_outputs(zeroed, m, rtol_scale=1e-5)
+
+
+@pytest.mark.parametrize("c", [2, 6])
+@pytest.mark.parametrize("consumer", ["conv", "flatten", "pool"])
+@pytest.mark.parametrize("axis", [2, -2, 3, -1])
+def test_spatial_concat_branch_is_not_a_gezig(axis, consumer, c):
+    # Issue 10: erasing read the concat's height/width ranges as channels. With 6 channels it
+    # wrote models ONNX Runtime cannot run (Gemm/Conv dimension mismatch), with 2 channels it
+    # raised an IndexError. The zero branch is part of the output's shape: not removable, and
+    # the reason names the node and the axis.
+    m = _cat_net(axis, consumer, c)
+    p = GeZIGPartition(m, None)
+    seg = next(s for s in p.segments.segments if any(n.name == "conv1" for n in s.nodes))
+    v = p.verdicts[seg.id]
+    assert not v.gezig
+    assert f"cat: Concat stacks along axis {axis % 4}, not the channel axis 1" in v.reason
+    assert "w1" in p.complement
+    # the pipeline erases what it may (nothing here) and the outputs stay those of the model
+    from otoir.testing import assert_same_outputs
+
+    before = ir.from_proto(ir.to_proto(m))
+    otoir.PassManager.from_text("zero-groups{random=1.0 seed=0},eliminate-dead-branches").run(m)
+    assert "conv1" in {n.name for n in m.graph}
+    zeroed = ir.from_proto(ir.to_proto(m))
+    assert_same_outputs(zeroed, m)
+    assert len(list(m.graph)) == len(list(before.graph))
+
+
+def test_concat_after_flatten():
+    from otoir.testing import assert_same_outputs
+
+    # features of [N, F] (axis 1 or -1): a channel concat; the Gemm rows of the branch go
+    m = _cat_net(1, "flatcat")
+    p, zeroed, ids = _erase_conv1(m)
+    assert ids
+    assert m.graph.initializers["fc"].const_value.shape.dims == (3, 48)
+    assert_same_outputs(zeroed, m)
+    m = _cat_net(-1, "flatcat")
+    _, zeroed, ids = _erase_conv1(m)
+    assert ids
+    assert_same_outputs(zeroed, m)
+    # along the batch axis: not removable
+    p = GeZIGPartition(_cat_net(0, "flatcat"), None)
+    assert not [g for g in p.groups if "w1" in g.meta["params"]]
+    assert any("stacks along axis 0, not the channel axis 1" in v.reason for v in p.verdicts.values())
+
+
+def test_concat_consumer_on_another_axis_is_refused():
+    # A channel concat whose consumer works on another axis (a Softmax over channels is a
+    # REDUCE op, not on the walk) cannot lose channels.
+    m = _cat_net(1, "conv")
+    conv3 = next(n for n in m.graph if n.name == "conv3")
+    sm = ir.node("Softmax", [conv3.inputs[0]], {"axis": 1}, name="sm")
+    m.graph.insert_before(conv3, sm)
+    conv3.replace_input_with(0, sm.outputs[0])
+    p = GeZIGPartition(m, None)
+    assert not [g for g in p.groups if "w1" in g.meta["params"]]
+    assert any("sm: Softmax (input 0) after the Concat cannot drop channels" in v.reason for v in p.verdicts.values())
+
+
+def test_stacking_joint_comes_from_the_rule_table():
+    # A user rule for a custom-domain concat: its stacking axis is the attribute the rule names.
+    from otoir.ops import DropInput, OpRule, register_rule, unregister_rule
+
+    register_rule(OpRule("Stack", domain="com.acme", kind=otoir.ops.VertexKind.JOINT, reason="custom concat",
+                         channel_map=otoir.ops.ChannelMap.CONCAT, channel_axis=1, maps_zero=True,
+                         drop_input=DropInput.STACK, axis_attribute="dim"))
+    try:
+        for dim, ok in ((1, True), (2, False)):
+            m = _cat_net(1, "conv")
+            cat = next(n for n in m.graph if n.name == "cat")
+            cat.op_type, cat.domain = "Stack", "com.acme"
+            cat.attributes.pop("axis")
+            cat.attributes["dim"] = ir.AttrInt64("dim", dim)
+            m.opset_imports["com.acme"] = 1
+            p = GeZIGPartition(m, None)
+            assert bool([g for g in p.groups if "w1" in g.meta["params"]]) is ok
+            if not ok:
+                assert any("Stack stacks along axis 2" in v.reason for v in p.verdicts.values())
+    finally:
+        unregister_rule("Stack", domain="com.acme")
+
+
+def test_erase_refusal_leaves_the_model_untouched():
+    # Every joint is planned before anything changes: a refused joint (a Mul, later in the
+    # graph) does not leave the Concat before it half rewired and its consumer sliced.
+    from otoir.analyses.vertices import VertexClasses
+    from otoir.surgery.erase import erase_segment_outputs, value_shapes
+
+    m = _cat_net(1, "conv")
+    r0 = next(n for n in m.graph if n.name == "relu0").outputs[0]
+    q = ir.node("Relu", [r0], name="q")
+    z = ir.node("Mul", [q.outputs[0], q.outputs[0]], name="mul")
+    m.graph.extend([q, z])
+    z.outputs[0].name = "z"
+    z.outputs[0].dtype = ir.DataType.FLOAT
+    m.graph.outputs.append(z.outputs[0])
+    r1 = next(n for n in m.graph if n.name == "relu1").outputs[0]
+    res = erase_segment_outputs(m, [r1, q.outputs[0]], VertexClasses(m), value_shapes(m))
+    assert [(msg, n.name) for msg, n in res.errors] == [("feeds a Mul joint (a zero input does not vanish)", "mul")]
+    cat = next(n for n in m.graph if n.name == "cat")
+    assert len(cat.inputs) == 2 and cat.inputs[0] is r1
+    assert m.graph.initializers["w3"].const_value.shape.dims == (3, 4, 1, 1)
