@@ -165,8 +165,18 @@ class ChannelGroups(Analysis):
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
     def _check_params(st: ChannelState, graph: ir.Graph) -> None:
+        """Ties the entries of shared initializers and refuses what cannot be sliced for every use.
+
+        An initializer is sliced once, so every node that uses it must see the same slicing:
+        the atoms of one (tensor, axis) are unified over all uses (a Conv applied twice: the
+        output channels of both applications, and the input channels of both, are one group
+        each). An axis that one use ties to channels but another use does not (its input is a
+        graph input, a barrier or a constant) cannot be sliced; its groups are poisoned with
+        the reason. So is a tensor that a node reads without attaching any entry.
+        """
         canon: dict[tuple[str, int], np.ndarray] = {}
         users: dict[str, set] = {}
+        axes_by_node: dict[str, dict[ir.Node, set[int]]] = {}
         for pu in st.params:
             v = graph.initializers.get(pu.tensor)
             shape = st.shape(v) if v is not None else None
@@ -176,11 +186,24 @@ class ChannelGroups(Analysis):
                 st.poison(pu.ids, f"parameter '{pu.tensor}' axis {pu.axis} does not follow the channels")
                 continue
             users.setdefault(pu.tensor, set()).update((pu.node, *pu.via))
+            axes_by_node.setdefault(pu.tensor, {}).setdefault(pu.node, set()).add(pu.axis)
             key = (pu.tensor, pu.axis)
             if key in canon:
                 st.unify(canon[key], pu.ids)  # shared weights: the same entries, the same atoms
             else:
                 canon[key] = pu.ids
+        for name, per_node in axes_by_node.items():
+            if len(per_node) < 2:
+                continue
+            for axis in sorted(set().union(*per_node.values())):
+                having = [n for n, axes in per_node.items() if axis in axes]
+                lacking = [n for n, axes in per_node.items() if axis not in axes]
+                if lacking:
+                    a, b = having[0], lacking[0]
+                    st.poison(canon[(name, axis)],
+                              f"shared weight '{name}' is used by {a.op_type} '{a.name}' and {b.op_type} "
+                              f"'{b.name}' with different channel producers on axis {axis} (the second use's "
+                              "channels are not tracked: graph input, barrier or constant)")
         for name, nodes in users.items():
             v = graph.initializers[name]
             others = [n for n in v.consumers() if n not in nodes]

@@ -517,6 +517,28 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
         return m
 
     ma, mb = to_out(ta, ra, True), to_out(tb_, rb, False)
+    # A tracked axis both operands index (K, or a batch axis the other operand does not
+    # broadcast) can be sliced only if the other operand is sliced alike, i.e. tracked there
+    # too: an untracked data operand keeps its size (Mamba's scan: C contracted with the state).
+    for t, mp, other_mp, other_shape in ((ta, ma, mb, bs), (tb_, mb, ma, as_)):
+        if t is None:
+            continue
+        shared = set(other_mp.values()) if other_mp else set()
+        for x in t.axes:
+            o = mp[x]
+            if o in shared:
+                continue
+            if o == "K":
+                st.poison(t.ids, f"MatMul '{node.name}' contracts channels with an operand whose channels are not tracked")
+                break
+            if o < r - 2:
+                k = o - (r - len(other_shape))
+                if k >= 0 and other_shape[k] != 1:
+                    st.poison(t.ids, f"MatMul '{node.name}' broadcasts channels against an operand whose channels "
+                                     "are not tracked")
+                    break
+    if not any(o != "K" for mp in (ma, mb) if mp for o in mp.values()):
+        return  # only the contracted axis carries channels: the product has none
     batch_axes = sorted({v for mp in (ma, mb) if mp for v in mp.values() if v != "K" and v < r - 2})
     k_size = as_[-1]
     # Build each operand's ids over (batch axes..., M or N, K) in a common layout:
