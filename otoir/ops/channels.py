@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from otoir.analyses.shapes import SENTINEL
 from otoir.ops.rules import ChannelMap, VertexKind
 
 if TYPE_CHECKING:
@@ -1144,6 +1145,10 @@ def _expand(st: ChannelState, node: ir.Node) -> None:
         barrier(st, node, f"Expand '{node.name}' with unknown shapes")
         return
     sh = len(ys) - len(xs)
+    if any(d % SENTINEL == 0 and (j < sh or xs[j - sh] != d) for j, d in enumerate(ys)):
+        # the target's symbolic size comes from a computed shape: no constant target is exact
+        barrier(st, node, f"Expand '{node.name}' broadcasts channels to a symbolic size")
+        return
     st.set(y, Track(tuple(a + sh for a in t.axes), t.ids, t.zero))
 
 
