@@ -42,8 +42,11 @@ class GroupInfo:
     reason: str
 
 
-def _flops_factor(node: ir.Node, shapes: StaticShapes) -> float:
-    """Multiply-adds per weight entry of ``node`` per sample (x2 = FLOPs)."""
+def _flops_factor(node: ir.Node, shapes: StaticShapes, const_left: bool = False) -> float:
+    """Multiply-adds per weight entry of ``node`` per sample (x2 = FLOPs).
+
+    ``const_left``: the weight is the left operand of a MatMul (``W @ X``).
+    """
     ys = shapes.shape(node.outputs[0])
     if ys is None or not ys:
         return 0.0
@@ -53,6 +56,8 @@ def _flops_factor(node: ir.Node, shapes: StaticShapes) -> float:
             return float(np.prod(xs[2:])) if xs else 0.0
         return float(np.prod(ys[2:]))
     if node.op_type == "MatMul":
+        if const_left:  # W @ X: each entry of W meets every column of X
+            return float(np.prod(ys[1:-2]) * ys[-1]) if len(ys) > 2 else float(ys[-1])
         return float(np.prod(ys[1:-1])) if len(ys) > 2 else 1.0
     if node.op_type == "Gemm":
         return 1.0
@@ -294,7 +299,8 @@ class ChannelGroups(Analysis):
                 knumel.append(n)
             ukey[k] = ki
             unumel[k] = n
-            uflop[k] = 2.0 * n * _flops_factor(pu.node, self._shapes)
+            left = pu.node.op_type == "MatMul" and not st.vc.is_data(pu.node.inputs[0])
+            uflop[k] = 2.0 * n * _flops_factor(pu.node, self._shapes, left)
             utrain[k] = pu.trainable
         sizes = np.fromiter((pu.ids.size for pu in uses), dtype=np.int64, count=len(uses))
         use = np.repeat(np.arange(len(uses), dtype=np.int64), sizes)
