@@ -24,6 +24,7 @@ from otoir.analyses.groups import Group, TensorSlice
 from otoir.analyses.shapes import StaticShapes
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.analysis import Analysis
+from otoir.infra.diagnostics import node_label
 from otoir.ops.channels import ChannelState, ParamUse, Track, components, propagate_node
 
 if TYPE_CHECKING:
@@ -206,9 +207,9 @@ class ChannelGroups(Analysis):
                 if lacking:
                     a, b = having[0], lacking[0]
                     st.poison(canon[(name, axis)],
-                              f"shared weight '{name}' is used by {a.op_type} '{a.name}' and {b.op_type} "
-                              f"'{b.name}' with different channel producers on axis {axis} (the second use's "
-                              "channels are not tracked: graph input, barrier or constant)")
+                              f"shared weight '{name}' is used by {a.op_type} '{node_label(a)}' and {b.op_type} "
+                              f"'{node_label(b)}' with different channel producers on axis {axis} (the second "
+                              "use's channels are not tracked: graph input, barrier or constant)")
         for name, nodes in users.items():
             v = graph.initializers[name]
             others = [n for n in v.consumers() if n not in nodes]
