@@ -166,11 +166,15 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
 
     # 2. slice initializers
     per_tensor: dict[str, dict[int, np.ndarray]] = {}
+    via_nodes: set[ir.Node] = set()
     for pu in st.params:
         m = keep(pu.ids)
         if m.all():
             continue
         per_tensor.setdefault(pu.tensor, {})[pu.axis] = m
+    for pu in st.params:  # Transpose/Squeeze/Exp... between a sliced initializer and its user
+        if pu.tensor in per_tensor:
+            via_nodes.update(pu.via)
     params_removed = 0
     for name, axes in per_tensor.items():
         arr = np.asarray(tensor_array(model, name))
@@ -268,8 +272,8 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                 else:
                     _const_input(graph, node, 1, np.array(new_sizes), "split")
                 rewritten += 1
-    # 4. value shapes
-    for v in new_shape:
+    # 4. value shapes (stale ones dropped; shape inference recomputes them)
+    for v in [*new_shape, *(o for n in via_nodes for o in n.outputs)]:
         if v.shape is not None and not v.is_graph_output():
             v.shape = None
     remove_dead_nodes(model)
