@@ -600,8 +600,8 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
             ta = None
         else:
             tb_ = None
-    if not any(o != "K" for mp in (ma, mb) if mp for o in mp.values()):
-        return  # nothing tracked, or only the contracted axis: the product carries no channels
+    if ta is None and tb_ is None:
+        return
     batch_axes = sorted({v for mp in (ma, mb) if mp for v in mp.values() if v != "K" and v < r - 2})
     k_size = as_[-1]
     # Build each operand's ids over (batch axes..., M or N, K) in a common layout:
@@ -663,6 +663,8 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
             bad = ~np.broadcast_to(zz, ids.shape) if zz is not None else np.ones(ids.shape, bool)
             if np.any(bad):
                 st.poison(ids[bad], f"contracted by MatMul '{node.name}' while not zero")
+    if not any(o != "K" for mp in (ma, mb) if mp for o in mp.values()):
+        return  # only the contracted axis carries channels (unified above): the product has none
     # Output ids over layout axes except K.
     parts = []
     for lt in (la, lb):

@@ -345,3 +345,35 @@ def test_stale_value_shapes_are_dropped(cls, shape):
     diff, before, after, n = oracle(model, fraction=0.5, seed=0)
     assert n > 0 and diff <= 1e-5 and after < before
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
+
+
+class _OneHeadAttention(torch.nn.Module):
+    """Single-head attention (SegFormer stage 1): ``q @ k^T`` contracts the only tracked axis."""
+
+    def __init__(self, h: int = 6) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(h, h)
+        self.k = torch.nn.Linear(h, h)
+        self.v = torch.nn.Linear(h, h)
+        self.o = torch.nn.Linear(h, h)
+
+    def forward(self, x):
+        att = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), dim=-1)
+        return self.o(att @ self.v(x))
+
+
+def test_single_head_attention_each_group_alone():
+    """Every group pruned on its own: q and k rows go together (their product contracts them),
+    v rows with o's columns; the scores carry no channels."""
+    torch.manual_seed(0)
+    base = ir.to_proto(export_torch(_OneHeadAttention().eval(), (torch.randn(1, 4, 6),), training=False))
+    groups = [g for g in AnalysisManager(ir.from_proto(base)).get(ChannelGroups).groups if g.prunable]
+    qk = [g for g in groups if {s.tensor for s in g.slices} >= {"q.weight", "k.weight"}]
+    assert len(qk) == 6 and len(groups) == 12
+    for i, g in enumerate(groups):
+        model = ir.from_proto(base)
+        zero_group(model, g)  # slices name tensors: valid for every copy of the model
+        feeds = random_feeds(model, i)
+        ref = run_ort(model, feeds)
+        PassManager.from_text("prune-channels").run(model)
+        assert _max_rel(ref, run_ort(model, feeds)) <= 1e-6
