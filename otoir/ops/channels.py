@@ -847,7 +847,7 @@ def _outer_product(st: ChannelState, node: ir.Node, inputs: list, tracked: list,
         sh = r - len(vs)
         if any(a not in s and a - sh >= 0 and vs[a - sh] != 1 for s2 in distinct for a in s2):
             return tracked  # an operand varies along another's channel axis: not an outer product
-    keep = max(distinct, key=lambda s: max(np.unique(t.ids).size for s2, _, t in sets if s2 == s))
+    keep = max(sets, key=lambda e: np.unique(e[2].ids).size)[0]  # ties: the first operand
     out = list(tracked)
     for i, (v, t) in enumerate(zip(inputs, tracked)):
         if t is None:
