@@ -13,6 +13,12 @@ group is zeroed; a contraction (a consumer weight column) may only drop position
 Anything the propagation cannot map exactly *poisons* the atoms involved, with a reason: their
 groups are not prunable. Semantics are keyed by op type first and then by the rule's
 :class:`~otoir.ops.rules.ChannelMap`.
+
+Every value the surgery slices must be sliced alike wherever it meets another: a channel axis
+that a MatMul contracts (or broadcasts) against an untracked operand, or that an initializer
+shared with an untracked use carries, is poisoned, since the other side keeps its size.
+Outer products of channels on different axes follow the larger side only; a
+``ConstantOfShape`` whose shape is read at run time from tracked values follows their channels.
 """
 
 from __future__ import annotations
