@@ -255,3 +255,63 @@ def test_matmul_weight_shared_by_parallel_uses():
         m = _onnx(nodes, [("pa", (4, 8)), ("pb", (4, 8)), ("w", (8, 6)), ("wo", (6, 2))], [3, 4], [3, 2])
         diff, before, after, n = prune_oracle(m, seed=seed)
         assert n > 0 and diff <= 1e-5 and after < before
+
+
+# -- random networks reusing a pool of layers -----------------------------------------------------
+class RandomReuse(torch.nn.Module):
+    """A random program over a pool of C->C layers, each used any number of times.
+
+    The first layer may read the graph input (C channels) directly, as in the reported failure.
+    Steps: conv, residual conv after a shared BatchNorm, concat + 1x1 reduction, a shared Linear
+    over the channel axis, and a concat along the height axis cropped back.
+    """
+
+    def __init__(self, rng: np.random.Generator, c: int = 6) -> None:
+        super().__init__()
+        self.on_input = bool(rng.random() < 0.4)
+        self.stem = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.pool = torch.nn.ModuleList(
+            [torch.nn.Conv2d(c, c, 3, padding=1, groups=int(rng.choice([1, 1, c]))) for _ in range(3)])
+        self.bns = torch.nn.ModuleList([torch.nn.BatchNorm2d(c) for _ in range(2)])
+        self.lin = torch.nn.Linear(c, c)
+        self.red = torch.nn.Conv2d(2 * c, c, 1)
+        self.head = torch.nn.Conv2d(c, 4, 1)
+        self.program = [(int(rng.integers(0, 6)), int(rng.integers(0, 3)), int(rng.integers(0, 2)))
+                        for _ in range(int(rng.integers(2, 7)))]
+
+    def forward(self, x):
+        h = torch.relu(self.pool[0](x)) if self.on_input else torch.relu(self.stem(x))
+        for op, i, j in self.program:
+            conv = self.pool[i]
+            if op == 0:
+                h = torch.relu(conv(h))
+            elif op == 1:
+                h = h + conv(torch.relu(self.bns[j](h)))
+            elif op == 2:
+                h = torch.relu(self.red(torch.cat([h, conv(h)], 1)))
+            elif op == 3:
+                h = self.lin(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            elif op == 4:
+                h = torch.relu(self.bns[j](conv(h)))
+            else:
+                h = torch.cat([h, conv(h)], 2)[:, :, :h.shape[2]]
+        return self.head(h)
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_random_layer_reuse_prunes_exactly(case):
+    """Each group alone (the first few) and a random half: the result runs and is exact."""
+    rng = np.random.default_rng(case)
+    torch.manual_seed(case)
+    net = RandomReuse(rng).eval()
+    proto = ir.to_proto(export_torch(net, (torch.randn(2, 6 if net.on_input else 3, 5, 5),), training=False))
+    groups = [g for g in _groups(ir.from_proto(proto)) if g.prunable and g.meta["exact"]]
+    trials = [[g] for g in groups[:4]] + [[g for g in groups if rng.random() < 0.5]]
+    for chosen in (t for t in trials if t):
+        model = ir.from_proto(proto)
+        for g in chosen:
+            zero_group(model, g)
+        feeds = random_feeds(model, case)
+        ref = run_ort(model, feeds)
+        PassManager.from_text("prune-channels").run(model)
+        assert max_rel_diff(ref, run_ort(model, feeds)) <= 1e-5, (case, net.program, [g.id for g in chosen])
