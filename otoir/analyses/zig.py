@@ -24,6 +24,7 @@ from otoir.analyses.groups import Group, TensorSlice
 from otoir.analyses.shapes import StaticShapes
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.analysis import Analysis
+from otoir.infra.diagnostics import node_label
 from otoir.ops.channels import ChannelState, ParamUse, Track, components, propagate_node
 
 if TYPE_CHECKING:
@@ -42,8 +43,11 @@ class GroupInfo:
     reason: str
 
 
-def _flops_factor(node: ir.Node, shapes: StaticShapes) -> float:
-    """Multiply-adds per weight entry of ``node`` per sample (x2 = FLOPs)."""
+def _flops_factor(node: ir.Node, shapes: StaticShapes, const_left: bool = False) -> float:
+    """Multiply-adds per weight entry of ``node`` per sample (x2 = FLOPs).
+
+    ``const_left``: the weight is the left operand of a MatMul (``W @ X``).
+    """
     ys = shapes.shape(node.outputs[0])
     if ys is None or not ys:
         return 0.0
@@ -53,6 +57,8 @@ def _flops_factor(node: ir.Node, shapes: StaticShapes) -> float:
             return float(np.prod(xs[2:])) if xs else 0.0
         return float(np.prod(ys[2:]))
     if node.op_type == "MatMul":
+        if const_left:  # W @ X: each entry of W meets every column of X
+            return float(np.prod(ys[1:-2]) * ys[-1]) if len(ys) > 2 else float(ys[-1])
         return float(np.prod(ys[1:-1])) if len(ys) > 2 else 1.0
     if node.op_type == "Gemm":
         return 1.0
@@ -165,8 +171,18 @@ class ChannelGroups(Analysis):
     # -- construction ---------------------------------------------------------------------------
     @staticmethod
     def _check_params(st: ChannelState, graph: ir.Graph) -> None:
+        """Ties the entries of shared initializers and refuses what cannot be sliced for every use.
+
+        An initializer is sliced once, so every node that uses it must see the same slicing:
+        the atoms of one (tensor, axis) are unified over all uses (a Conv applied twice: the
+        output channels of both applications, and the input channels of both, are one group
+        each). An axis that one use ties to channels but another use does not (its input is a
+        graph input, a barrier or a constant) cannot be sliced; its groups are poisoned with
+        the reason. So is a tensor that a node reads without attaching any entry.
+        """
         canon: dict[tuple[str, int], np.ndarray] = {}
         users: dict[str, set] = {}
+        axes_by_node: dict[str, dict[ir.Node, set[int]]] = {}
         for pu in st.params:
             v = graph.initializers.get(pu.tensor)
             shape = st.shape(v) if v is not None else None
@@ -176,11 +192,24 @@ class ChannelGroups(Analysis):
                 st.poison(pu.ids, f"parameter '{pu.tensor}' axis {pu.axis} does not follow the channels")
                 continue
             users.setdefault(pu.tensor, set()).update((pu.node, *pu.via))
+            axes_by_node.setdefault(pu.tensor, {}).setdefault(pu.node, set()).add(pu.axis)
             key = (pu.tensor, pu.axis)
             if key in canon:
                 st.unify(canon[key], pu.ids)  # shared weights: the same entries, the same atoms
             else:
                 canon[key] = pu.ids
+        for name, per_node in axes_by_node.items():
+            if len(per_node) < 2:
+                continue
+            for axis in sorted(set().union(*per_node.values())):
+                having = [n for n, axes in per_node.items() if axis in axes]
+                lacking = [n for n, axes in per_node.items() if axis not in axes]
+                if lacking:
+                    a, b = having[0], lacking[0]
+                    st.poison(canon[(name, axis)],
+                              f"shared weight '{name}' is used by {a.op_type} '{node_label(a)}' and {b.op_type} "
+                              f"'{node_label(b)}' with different channel producers on axis {axis} (the second "
+                              "use's channels are not tracked: graph input, barrier or constant)")
         for name, nodes in users.items():
             v = graph.initializers[name]
             others = [n for n in v.consumers() if n not in nodes]
@@ -271,7 +300,8 @@ class ChannelGroups(Analysis):
                 knumel.append(n)
             ukey[k] = ki
             unumel[k] = n
-            uflop[k] = 2.0 * n * _flops_factor(pu.node, self._shapes)
+            left = pu.node.op_type == "MatMul" and not st.vc.is_data(pu.node.inputs[0])
+            uflop[k] = 2.0 * n * _flops_factor(pu.node, self._shapes, left)
             utrain[k] = pu.trainable
         sizes = np.fromiter((pu.ids.size for pu in uses), dtype=np.int64, count=len(uses))
         use = np.repeat(np.arange(len(uses), dtype=np.int64), sizes)

@@ -13,6 +13,12 @@ group is zeroed; a contraction (a consumer weight column) may only drop position
 Anything the propagation cannot map exactly *poisons* the atoms involved, with a reason: their
 groups are not prunable. Semantics are keyed by op type first and then by the rule's
 :class:`~otoir.ops.rules.ChannelMap`.
+
+Every value the surgery slices must be sliced alike wherever it meets another: a channel axis
+that a MatMul contracts (or broadcasts) against an untracked operand, or that an initializer
+shared with an untracked use carries, is poisoned, since the other side keeps its size.
+Outer products of channels on different axes follow the larger side only; a
+``ConstantOfShape`` whose shape is read at run time from tracked values follows their channels.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from otoir.analyses.shapes import SENTINEL
 from otoir.ops.rules import ChannelMap, VertexKind
 
 if TYPE_CHECKING:
@@ -39,6 +46,8 @@ __all__ = [
     "reshape_blocks",
     "components",
     "HANDLERS",
+    "UNARY_VALUE_OPS",
+    "is_pure_source",
 ]
 
 
@@ -181,11 +190,13 @@ class ChannelState:
         self.params.append(ParamUse(tensor, axis, np.asarray(ids, dtype=np.int64).ravel(), trainable, node, role,
                                     tuple(via)))
 
-    def param_source(self, v: ir.Value | None, axis: int) -> tuple[str, int, tuple] | None:
+    def param_source(self, v: ir.Value | None, axis: int, *, values: bool = False) -> tuple[str, int, tuple] | None:
         """Follows a constant value back to the initializer entries along ``axis``.
 
         Handles initializers seen through Transpose, Gather (on another axis, constant
-        indices), Unsqueeze/Squeeze, Expand, Cast and Identity.
+        indices), Unsqueeze/Squeeze, Expand, Cast and Identity; with ``values`` also through
+        the element-wise unary ops of :data:`UNARY_VALUE_OPS` (Mamba's ``A = -exp(A_log)``),
+        which commute with slicing but do not map zero to zero (see :func:`is_pure_source`).
 
         Returns:
             ``(initializer name, axis in it, via nodes)`` or None.
@@ -206,7 +217,7 @@ class ChannelState:
             ss, os_ = self.shape(src), self.shape(v)
             if ss is None or os_ is None:
                 return None
-            if op in ("Cast", "Identity"):
+            if op in ("Cast", "Identity") or (values and op in UNARY_VALUE_OPS and len(node.inputs) == 1):
                 pass
             elif op == "Transpose":
                 perm = _attr(node, "perm", None)
@@ -236,6 +247,19 @@ class ChannelState:
             via.append(node)
             v = src
         return None
+
+
+#: Element-wise ops of one input that :meth:`ChannelState.param_source` may look through when
+#: asked for ``values``: slicing their input slices their output alike.
+UNARY_VALUE_OPS = frozenset({
+    "Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Softplus", "Relu", "Sin", "Cos",
+    "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "Gelu",
+})
+
+
+def is_pure_source(via: tuple) -> bool:
+    """Whether a parameter seen through ``via`` nodes keeps its values (zero stays zero)."""
+    return not any(n.op_type in UNARY_VALUE_OPS for n in via)
 
 
 # -- track helpers ----------------------------------------------------------------------------
@@ -357,8 +381,11 @@ def _attr(node: ir.Node, name: str, default=None):
     return default if a is None else a.value
 
 
-def _consume(st: ChannelState, node: ir.Node, t: Track | None, axis: int, param: tuple[str, int] | None) -> None:
-    """A contraction over ``axis`` of a tracked input: removed positions must be zero."""
+def _consume(st: ChannelState, node: ir.Node, t: Track | None, axis: int, param: tuple | None) -> None:
+    """A contraction over ``axis`` of a tracked input: removed positions must be zero.
+
+    ``param``: ``(initializer, axis[, via])`` of the weight columns the positions meet.
+    """
     if t is None:
         return
     if axis not in t.axes:
@@ -370,7 +397,8 @@ def _consume(st: ChannelState, node: ir.Node, t: Track | None, axis: int, param:
     if np.any(bad):
         st.poison(t.ids[bad], f"channel is not zero when its group is zeroed (e.g. sigmoid(0)=0.5) and feeds the contraction of {node.op_type} '{node.name}'")
     if param is not None:
-        st.add_param(param[0], param[1], t.ids, node, "weight-columns", trainable=False)
+        st.add_param(param[0], param[1], t.ids, node, "weight-columns", trainable=False,
+                     via=param[2] if len(param) > 2 else ())
 
 
 def _rest_untracked(st: ChannelState, node: ir.Node, skip: int = 1) -> None:
@@ -391,10 +419,18 @@ def _conv(st: ChannelState, node: ir.Node) -> None:
     b = node.inputs[2] if len(node.inputs) > 2 else None
     y = node.outputs[0]
     ys, ws = st.shape(y), st.shape(w)
-    if ys is None or ws is None or w is None or not w.is_initializer():
+    transpose = node.op_type == "ConvTranspose"
+    out_axis = 1 if transpose else 0
+    in_axis = 0 if transpose else 1
+    # the weight itself, or an initializer seen through Squeeze/Unsqueeze (torch Conv1d exports)
+    src_o = src_i = None
+    if w is not None and w.is_initializer():
+        src_o, src_i = (w.name, out_axis, ()), (w.name, in_axis, ())
+    elif w is not None and not transpose:
+        src_o, src_i = st.param_source(w, out_axis), st.param_source(w, in_axis)
+    if ys is None or ws is None or src_o is None:
         barrier(st, node, f"Conv '{node.name}' with unknown shapes or a computed weight")
         return
-    transpose = node.op_type == "ConvTranspose"
     g = int(_attr(node, "group", 1))
     cout = ys[1]
     ids = st.fresh((cout,), node)
@@ -402,11 +438,12 @@ def _conv(st: ChannelState, node: ir.Node) -> None:
     if t is not None and (len(t.axes) != 1 or t.axes[0] != 1):
         st.poison(t.ids, f"{node.op_type} '{node.name}' input carries channels on an axis other than 1")
         t = None
-    out_axis = 1 if transpose else 0
-    in_axis = 0 if transpose else 1
     if g == 1:
-        st.add_param(w.name, out_axis, ids, node, "weight-rows")
-        _consume(st, node, t, 1, (w.name, in_axis))
+        st.add_param(src_o[0], src_o[1], ids, node, "weight-rows", via=src_o[2])
+        if t is not None and src_i is None:
+            st.poison(t.ids, f"Conv '{node.name}' weight's input-channel axis cannot be followed to an initializer")
+        else:
+            _consume(st, node, t, 1, src_i)
     elif transpose:
         # Grouped transposed convolution: a whole conv group (inputs and outputs) is the unit.
         cin = ws[0]
@@ -430,7 +467,7 @@ def _conv(st: ChannelState, node: ir.Node) -> None:
             xs = st.shape(x)
             if xs is not None and st.is_data(x):
                 st.poison(ids, f"grouped Conv '{node.name}' reads untracked channels (graph input or barrier)")
-        st.add_param(w.name, 0, ids, node, "weight-rows")
+        st.add_param(src_o[0], src_o[1], ids, node, "weight-rows", via=src_o[2])
         st.conv_groups[node] = (g, ids)
     if b is not None and b.is_initializer():
         st.add_param(b.name, 0, ids, node, "bias")
@@ -495,7 +532,27 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
         st.set(y, Track((r - 1,), ids, np.ones(n, dtype=bool)))
         return
     if not da:
-        barrier(st, node, f"MatMul '{node.name}' with a constant left operand")
+        if not db:
+            return
+        # W @ X with a constant 2-D W (Mamba's dt_proj): output rows (axis -2) are W's rows;
+        # X's axis -2 is contracted with W's columns.
+        src_out = st.param_source(a, 0) if len(as_) == 2 else None
+        src_in = st.param_source(a, 1) if len(as_) == 2 else None
+        if src_out is None or src_in is None:
+            barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant left operand")
+            return
+        tb_ = st.track(b)
+        rb = len(bs)
+        if tb_ is not None and tb_.axes != (rb - 2,):
+            st.poison(tb_.ids, f"MatMul '{node.name}' right operand carries channels on an axis other than -2")
+            tb_ = None
+        m = ys[-2]
+        ids = st.fresh((m,), node)
+        st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
+        if tb_ is not None:
+            _consume(st, node, tb_, rb - 2, None)
+            st.add_param(src_in[0], src_in[1], tb_.ids, node, "weight-columns", trainable=False, via=src_in[2])
+        st.set(y, Track((r - 2,), ids, np.ones(m, dtype=bool)))
         return
     # Two data operands: batch axes broadcast, K contracted, M from a, N from b.
     ta, tb_ = st.track(a), st.track(b)
@@ -516,7 +573,41 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
                 m[x] = x + (r - rank)
         return m
 
-    ma, mb = to_out(ta, ra, True), to_out(tb_, rb, False)
+    # A tracked axis both operands index (K, or a batch axis the other operand does not
+    # broadcast) can be sliced only if the other operand is sliced alike, i.e. tracked there
+    # too: an untracked data operand keeps its size (Mamba's scan: C contracted with the state).
+    # Such an operand is poisoned (never sliced) and then followed as untracked.
+    while True:
+        ma, mb = to_out(ta, ra, True), to_out(tb_, rb, False)
+        dropped = None
+        for which, t, mp, other_mp, other_shape in ((0, ta, ma, mb, bs), (1, tb_, mb, ma, as_)):
+            if t is None:
+                continue
+            shared = set(other_mp.values()) if other_mp else set()
+            for x in t.axes:
+                o = mp[x]
+                if o in shared or (o != "K" and o >= r - 2):
+                    continue
+                if o == "K":
+                    why = "contracts channels with an operand whose channels are not tracked"
+                else:
+                    k = o - (r - len(other_shape))
+                    if k < 0 or other_shape[k] == 1:
+                        continue
+                    why = "broadcasts channels against an operand whose channels are not tracked"
+                st.poison(t.ids, f"MatMul '{node.name}' {why}")
+                dropped = which
+                break
+            if dropped is not None:
+                break
+        if dropped is None:
+            break
+        if dropped == 0:
+            ta = None
+        else:
+            tb_ = None
+    if ta is None and tb_ is None:
+        return
     batch_axes = sorted({v for mp in (ma, mb) if mp for v in mp.values() if v != "K" and v < r - 2})
     k_size = as_[-1]
     # Build each operand's ids over (batch axes..., M or N, K) in a common layout:
@@ -578,6 +669,8 @@ def _matmul(st: ChannelState, node: ir.Node) -> None:
             bad = ~np.broadcast_to(zz, ids.shape) if zz is not None else np.ones(ids.shape, bool)
             if np.any(bad):
                 st.poison(ids[bad], f"contracted by MatMul '{node.name}' while not zero")
+    if not any(o != "K" for mp in (ma, mb) if mp for o in mp.values()):
+        return  # only the contracted axis carries channels (unified above): the product has none
     # Output ids over layout axes except K.
     parts = []
     for lt in (la, lb):
@@ -737,6 +830,42 @@ _ZERO_ANY = {"Mul", "And"}
 _ZERO_ALL = {"Add", "Sub", "Max", "Min", "Sum", "Mean", "Where"}
 
 
+def _outer_product(st: ChannelState, node: ir.Node, inputs: list, tracked: list, r: int) -> list:
+    """Operands tracked on disjoint axes, each broadcast (size 1) along the others' (``u[:, None] * v[None]``).
+
+    Unifying them position by position would merge every group of both sides into one. Only
+    the side with the most atoms is followed; the others are poisoned (never sliced, so their
+    sizes never change) and treated as untracked operands that do not vary along its axes.
+    """
+    sets = []
+    for v, t in zip(inputs, tracked):
+        if t is None:
+            continue
+        vs = st.shape(v)
+        if vs is None:
+            return tracked
+        sets.append((frozenset(a + r - len(vs) for a in t.axes), v, t))
+    distinct = {s for s, _, _ in sets}
+    if len(distinct) < 2 or sum(len(s) for s in distinct) != len(frozenset().union(*distinct)):
+        return tracked  # one layout, or overlapping layouts (unified as before)
+    for s, v, _ in sets:
+        vs = st.shape(v)
+        sh = r - len(vs)
+        if any(a not in s and a - sh >= 0 and vs[a - sh] != 1 for s2 in distinct for a in s2):
+            return tracked  # an operand varies along another's channel axis: not an outer product
+    keep = max(sets, key=lambda e: np.unique(e[2].ids).size)[0]  # ties: the first operand
+    out = list(tracked)
+    for i, (v, t) in enumerate(zip(inputs, tracked)):
+        if t is None:
+            continue
+        vs = st.shape(v)
+        if frozenset(a + r - len(vs) for a in t.axes) != keep:
+            st.poison(t.ids, f"{node.op_type} '{node.name}' is an outer product of channels on different axes "
+                             "(only the larger side is followed)")
+            out[i] = None
+    return out
+
+
 def _elementwise(st: ChannelState, node: ir.Node) -> None:
     y = node.outputs[0]
     ys = st.shape(y)
@@ -750,6 +879,7 @@ def _elementwise(st: ChannelState, node: ir.Node) -> None:
         barrier(st, node, f"{op} '{node.name}' with unknown output shape")
         return
     r = len(ys)
+    tracked = _outer_product(st, node, inputs, tracked, r)
     axes = tuple(sorted({a + (r - len(st.shape(v))) for v, t in zip(inputs, tracked) if t is not None for a in t.axes}))
     full = tuple(ys[a] for a in axes)
     ids_list, zeros = [], []
@@ -797,9 +927,10 @@ def _elementwise(st: ChannelState, node: ir.Node) -> None:
         ids_a, _ = expand(tt, axes, ys)
         k = axes.index(a)
         col = np.moveaxis(ids_a, k, -1).reshape(-1, ys[a])[0]
-        src = st.param_source(v, a - sh)
+        src = st.param_source(v, a - sh, values=True)
         if src is not None:
-            trainable = src[0] in st.trainable
+            # entries seen through Exp/Neg/...: removed with the group, never claimed zero
+            trainable = src[0] in st.trainable and is_pure_source(src[2])
             st.add_param(src[0], src[1], col, node, f"{op.lower()}-operand", trainable=trainable, via=src[2])
             if i >= first:
                 if op in ("Add", "Sub"):
@@ -1122,7 +1253,83 @@ def _expand(st: ChannelState, node: ir.Node) -> None:
         barrier(st, node, f"Expand '{node.name}' with unknown shapes")
         return
     sh = len(ys) - len(xs)
+    if any(d % SENTINEL == 0 and (j < sh or xs[j - sh] != d) for j, d in enumerate(ys)):
+        # the target's symbolic size comes from a computed shape: no constant target is exact
+        barrier(st, node, f"Expand '{node.name}' broadcasts channels to a symbolic size")
+        return
     st.set(y, Track(tuple(a + sh for a in t.axes), t.ids, t.zero))
+
+
+def shape_provenance(st: ChannelState, v: ir.Value | None, depth: int = 0) -> list | None:
+    """Where the entries of a 1-D shape tensor come from.
+
+    Follows ``Shape -> Gather -> Unsqueeze -> Concat`` chains (and Cast, Identity, Squeeze).
+
+    Returns:
+        One entry per element: ``(value, axis)`` when it is ``value.shape[axis]`` read at run
+        time, None when it is a literal constant; or None when not known.
+    """
+    if v is None or depth > 32:
+        return None
+    node = v.producer()
+    if node is None or node.op_type == "Constant":
+        c = st.shapes.const(v)
+        return None if c is None else [None] * int(np.asarray(c).size)
+    op = node.op_type
+    if op == "Shape":
+        src = node.inputs[0]
+        ss = st.shape(src)
+        if ss is None:
+            return None
+        start, end = slice(int(_attr(node, "start", 0)), _attr(node, "end", None)).indices(len(ss))[:2]
+        return [(src, a) for a in range(start, end)]
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
+        return shape_provenance(st, node.inputs[0], depth + 1)
+    if op == "Gather":
+        idx = st.shapes.const(node.inputs[1])
+        p = shape_provenance(st, node.inputs[0], depth + 1)
+        if idx is None or p is None or int(_attr(node, "axis", 0)) != 0:
+            return None
+        return [p[int(i)] for i in np.atleast_1d(idx).ravel()]
+    if op == "Concat":
+        out: list = []
+        for x in node.inputs:
+            p = shape_provenance(st, x, depth + 1)
+            if p is None:
+                return None
+            out += p
+        return out
+    return None
+
+
+def _constant_of_shape(st: ChannelState, node: ir.Node) -> None:
+    """A uniform tensor whose shape is read at run time from tracked values follows their channels.
+
+    ``zeros(x.shape[0], x.shape[1], n)`` (Mamba's initial scan state) shrinks with ``x`` when
+    ``x``'s channels go, since its shape is computed from ``x``. Axes with literal sizes, or
+    read from values not tracked on a single axis there, are not followed.
+    """
+    y = node.outputs[0]
+    prov = shape_provenance(st, node.inputs[0]) if node.inputs else None
+    ys = st.shape(y)
+    if prov is None or ys is None or len(prov) != len(ys):
+        return
+    axes, ids = [], []
+    for k, p in enumerate(prov):
+        if p is None:
+            continue
+        t = st.track(p[0])
+        if t is None or p[1] not in t.axes:
+            continue
+        if len(t.axes) != 1:
+            return  # several channel axes in the source: not followed
+        axes.append(k)
+        ids.append(t.ids)
+    if len(axes) != 1:
+        return
+    a = node.attributes.get("value")
+    fill = a.value.numpy().reshape(-1)[0] if a is not None else 0
+    st.set(y, Track((axes[0],), ids[0], np.full(ids[0].shape, bool(fill == 0))))
 
 
 def _dropout(st: ChannelState, node: ir.Node) -> None:
@@ -1174,6 +1381,9 @@ MAP_HANDLERS: dict[ChannelMap, Handler] = {
 def propagate_node(st: ChannelState, node: ir.Node) -> None:
     """Propagates channel atoms through one node."""
     info = st.vc.info.get(node)
+    if info is not None and node.op_type == "ConstantOfShape":
+        _constant_of_shape(st, node)
+        return
     if info is None or info.kind is VertexKind.CONSTANT:
         return
     if info.kind is VertexKind.UNKNOWN or info.rule is None:

@@ -166,11 +166,15 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
 
     # 2. slice initializers
     per_tensor: dict[str, dict[int, np.ndarray]] = {}
+    via_nodes: set[ir.Node] = set()
     for pu in st.params:
         m = keep(pu.ids)
         if m.all():
             continue
         per_tensor.setdefault(pu.tensor, {})[pu.axis] = m
+    for pu in st.params:  # Transpose/Squeeze/Exp... between a sliced initializer and its user
+        if pu.tensor in per_tensor:
+            via_nodes.update(pu.via)
     params_removed = 0
     for name, axes in per_tensor.items():
         arr = np.asarray(tensor_array(model, name))
@@ -206,18 +210,31 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                 raise PruneError(f"Expand '{node.name}' with a computed shape")
             tgt = np.array(old_t, dtype=np.int64).copy()
             new_out = shape_now(node.outputs[0])
+            new_in = shape_now(node.inputs[0])
             off = len(new_out) - len(tgt)
+            xoff = len(new_out) - len(new_in)
             for i in range(len(tgt)):
-                if tgt[i] not in (1, -1) and new_out[i + off] != shapes.shape(node.outputs[0])[i + off]:
-                    tgt[i] = new_out[i + off]
+                j = i + off
+                if tgt[i] > 0 and tgt[i] % SENTINEL == 0:
+                    # a symbolic size folded from a computed shape: only "keep the input's" is exact
+                    if j - xoff < 0 or new_in[j - xoff] != new_out[j]:
+                        raise PruneError(f"Expand '{node.name}' broadcasts to a symbolic size from a computed shape")
+                    tgt[i] = 1
+                elif tgt[i] not in (1, -1) and new_out[j] != shapes.shape(node.outputs[0])[j]:
+                    tgt[i] = new_out[j]
             _const_input(graph, node, 1, tgt, "shape")
             rewritten += 1
-        elif op == "Slice" and node.inputs[0] in masks:
+        elif op == "Slice" and node.inputs[0] in masks and any(
+                axis_mask(node.inputs[0], a) is not None
+                for a in (slice_bounds(node, shapes, shapes.shape(node.inputs[0])) or {})):
+            # (a Slice on other axes only needs no change: its bounds do not depend on channels)
             x = node.inputs[0]
             xs = shapes.shape(x)
             b = slice_bounds(node, shapes, xs)
             t = st.tracks.get(x)
             axes = sorted(b)
+            if any(xs[a] % SENTINEL == 0 and axis_mask(x, a) is None for a in axes):
+                raise PruneError(f"Slice '{node.name}' slices a channel axis and a symbolic axis at once")
             starts, ends, steps = [], [], []
             for a in axes:
                 s, e, k = b[a]
@@ -255,8 +272,8 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                 else:
                     _const_input(graph, node, 1, np.array(new_sizes), "split")
                 rewritten += 1
-    # 4. value shapes
-    for v in new_shape:
+    # 4. value shapes (stale ones dropped; shape inference recomputes them)
+    for v in [*new_shape, *(o for n in via_nodes for o in n.outputs)]:
         if v.shape is not None and not v.is_graph_output():
             v.shape = None
     remove_dead_nodes(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -237,3 +238,142 @@ def test_oracle_other_norms(norm):
     assert n > 0
     assert diff <= 1e-5
     assert after < before
+
+
+# -- selective scan (Mamba-like) and grouped-query attention, written here in torch -----------
+class _MiniScan(torch.nn.Module):
+    """Mamba's mixer in miniature: in_proj -> (x, gate); depthwise conv1d (weight seen through
+    Squeeze/Unsqueeze); x_proj -> (dt, B, C); ``dt_proj.weight @ dt`` (constant left operand);
+    ``A = -exp(A_log)``; a scan from ``zeros(b, d, n)`` whose state is contracted with C."""
+
+    def __init__(self, h: int = 5, d: int = 6, n: int = 3, r: int = 2) -> None:
+        super().__init__()
+        self.d, self.n, self.r = d, n, r
+        self.inp = torch.nn.Linear(h, 2 * d, bias=False)
+        self.conv = torch.nn.Conv1d(d, d, 3, groups=d, padding=2)
+        self.xp = torch.nn.Linear(d, r + 2 * n, bias=False)
+        self.dt = torch.nn.Linear(r, d)
+        self.A_log = torch.nn.Parameter(torch.randn(d, n))
+        self.D = torch.nn.Parameter(torch.rand(d) + 0.5)
+        self.out = torch.nn.Linear(d, h, bias=False)
+
+    def forward(self, x):
+        length = x.shape[1]
+        u, z = self.inp(x).transpose(1, 2).chunk(2, dim=1)
+        w = self.conv.weight.squeeze(1).unsqueeze(1)
+        u = torch.nn.functional.silu(torch.nn.functional.conv1d(u, w, self.conv.bias, padding=2, groups=self.d)[..., :length])
+        dt, b, c = torch.split(self.xp(u.transpose(1, 2)), [self.r, self.n, self.n], dim=-1)
+        dt = torch.nn.functional.softplus(self.dt.weight @ dt.transpose(1, 2) + self.dt.bias[:, None])
+        a = -torch.exp(self.A_log.float())
+        da = torch.exp(a[None, :, None, :] * dt[:, :, :, None])
+        dbu = dt[:, :, :, None] * b[:, None, :, :] * u[:, :, :, None]
+        state = torch.zeros(u.shape[0], u.shape[1], self.n)
+        ys = []
+        for i in range(length):
+            state = da[:, :, i] * state + dbu[:, :, i]
+            ys.append((state @ c[:, i, :].unsqueeze(-1))[:, :, 0])
+        y = (torch.stack(ys, dim=-1) + u * self.D[None, :, None]) * torch.nn.functional.silu(z)
+        return self.out(y.transpose(1, 2))
+
+
+class _GQA(torch.nn.Module):
+    """Grouped-query attention with LLaMA's ``repeat_kv`` (an Expand whose target is computed
+    from the symbolic batch size)."""
+
+    def __init__(self, h: int = 8, heads: int = 4, kv: int = 2, hd: int = 2) -> None:
+        super().__init__()
+        self.heads, self.kv, self.hd = heads, kv, hd
+        self.q = torch.nn.Linear(h, heads * hd)
+        self.k = torch.nn.Linear(h, kv * hd)
+        self.v = torch.nn.Linear(h, kv * hd)
+        self.o = torch.nn.Linear(heads * hd, h)
+
+    def _repeat(self, t):
+        b, _, length, hd = t.shape
+        rep = self.heads // self.kv
+        return t[:, :, None, :, :].expand(b, self.kv, rep, length, hd).reshape(b, self.heads, length, hd)
+
+    def forward(self, x):
+        b, length, _ = x.shape
+        q = self.q(x).view(b, length, self.heads, self.hd).transpose(1, 2)
+        k = self._repeat(self.k(x).view(b, length, self.kv, self.hd).transpose(1, 2))
+        v = self._repeat(self.v(x).view(b, length, self.kv, self.hd).transpose(1, 2))
+        att = torch.softmax(q @ k.transpose(-1, -2) / self.hd ** 0.5, dim=-1)
+        return self.o((att @ v).transpose(1, 2).reshape(b, length, self.heads * self.hd))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_oracle_selective_scan(seed):
+    torch.manual_seed(seed)
+    model = export_torch(_MiniScan().eval(), (torch.randn(1, 4, 5),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    inner = [g for g in cg.groups if g.prunable and any(s.tensor == "conv.weight" for s in g.slices)]
+    assert len(inner) == 6  # one per inner channel: x row, gate row, conv, dt_proj row, D (+ A_log row)
+    assert all(any(s.tensor == "A_log" for s in g.dependent) for g in inner)
+    c_rows = [g for g in cg.groups if any(s.tensor == "xp.weight" and min(s.indices) >= 5 for s in g.slices)]
+    assert c_rows and not any(g.prunable for g in c_rows)  # C meets the untracked state: refused
+    diff, before, after, n = oracle(model, fraction=0.5, seed=seed)
+    assert n > 0
+    assert diff <= 1e-5
+    assert after < before
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_oracle_grouped_query_attention(seed):
+    """Batch 2 at run time, 9973 (the symbolic stand-in) during the analysis: the pruned
+    Expand target must not freeze the batch size."""
+    torch.manual_seed(seed)
+    model = export_torch(_GQA().eval(), (torch.randn(1, 3, 8),), training=False)
+    diff, before, after, n = oracle(model, fraction=0.6, seed=seed)
+    assert n > 0
+    assert diff <= 1e-5
+    assert after < before
+
+
+@pytest.mark.parametrize("cls,shape", [(_MiniScan, (1, 4, 5)), (_GQA, (1, 3, 8))])
+def test_stale_value_shapes_are_dropped(cls, shape):
+    """A model carrying inferred value shapes (``onnx.shape_inference``) stays consistent: the
+    outputs of the Transpose/Squeeze/Exp nodes between a sliced initializer and its user lose
+    their stale shapes too."""
+    import onnx
+
+    torch.manual_seed(0)
+    proto = onnx.shape_inference.infer_shapes(ir.to_proto(export_torch(cls().eval(), (torch.randn(*shape),),
+                                                                       training=False)))
+    model = ir.from_proto(proto)
+    assert any(v.shape is not None for n in model.graph for v in n.outputs if n.op_type == "Transpose")
+    diff, before, after, n = oracle(model, fraction=0.5, seed=0)
+    assert n > 0 and diff <= 1e-5 and after < before
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+
+
+class _OneHeadAttention(torch.nn.Module):
+    """Single-head attention (SegFormer stage 1): ``q @ k^T`` contracts the only tracked axis."""
+
+    def __init__(self, h: int = 6) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(h, h)
+        self.k = torch.nn.Linear(h, h)
+        self.v = torch.nn.Linear(h, h)
+        self.o = torch.nn.Linear(h, h)
+
+    def forward(self, x):
+        att = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), dim=-1)
+        return self.o(att @ self.v(x))
+
+
+def test_single_head_attention_each_group_alone():
+    """Every group pruned on its own: q and k rows go together (their product contracts them),
+    v rows with o's columns; the scores carry no channels."""
+    torch.manual_seed(0)
+    base = ir.to_proto(export_torch(_OneHeadAttention().eval(), (torch.randn(1, 4, 6),), training=False))
+    groups = [g for g in AnalysisManager(ir.from_proto(base)).get(ChannelGroups).groups if g.prunable]
+    qk = [g for g in groups if {s.tensor for s in g.slices} >= {"q.weight", "k.weight"}]
+    assert len(qk) == 6 and len(groups) == 12
+    for i, g in enumerate(groups):
+        model = ir.from_proto(base)
+        zero_group(model, g)  # slices name tensors: valid for every copy of the model
+        feeds = random_feeds(model, i)
+        ref = run_ort(model, feeds)
+        PassManager.from_text("prune-channels").run(model)
+        assert _max_rel(ref, run_ort(model, feeds)) <= 1e-6

@@ -102,3 +102,49 @@ def test_groups_behave_as_group_dataclasses():
     assert r.slices == g.slices and not r.prunable
     assert g.tensors == ("w1", "bn.s", "bn.b")
     assert len(set(groups)) == len(groups)
+
+
+def _model2(nodes, inits, inputs, out_shape) -> ir.Model:
+    rng = np.random.default_rng(0)
+    tensors = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in inits]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(out_shape))], tensors)
+    return ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+
+
+def test_matmul_contracting_channels_with_an_untracked_operand_is_refused():
+    """``relu(x @ w) @ s`` with s a graph input: s keeps its rows, so w's columns cannot go
+    (Mamba's scan: C contracted with the state; ONNX Runtime refused the pruned model)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="proj"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "s"], ["y"], name="contract")]
+    model = _model2(nodes, [("w", (3, 4))], [("x", [2, 3]), ("s", [4, 5])], [2, 5])
+    groups = [g for g in _groups(model) if any(t.tensor == "w" for t in g.slices)]
+    assert groups and not any(g.prunable for g in groups)
+    assert all("MatMul 'contract' contracts channels with an operand whose channels are not tracked" in g.reason
+               for g in groups)
+
+
+def test_matmul_broadcasting_channels_against_an_untracked_operand_is_refused():
+    """A tracked batch axis of one operand where the other, untracked, has the same size."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("MatMul", ["c", "s"], ["y"], name="bmm")]
+    model = _model2(nodes, [("w", (4, 3, 1, 1))], [("x", [1, 3, 2, 2]), ("s", [1, 4, 2, 2])], [1, 4, 2, 2])
+    g = next(g for g in _groups(model) if any(t.tensor == "w" for t in g.slices))
+    assert not g.prunable and "broadcasts channels" in g.reason
+
+
+def test_matmul_with_constant_left_operand_is_a_stem():
+    """``W @ X`` (Mamba's dt_proj): W's rows are the output channels, its columns X's."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="p1"),
+             helper.make_node("Transpose", ["a"], ["at"], perm=[0, 2, 1], name="t"),
+             helper.make_node("MatMul", ["wl", "at"], ["b"], name="left"),
+             helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 2, 1], name="t2"),
+             helper.make_node("MatMul", ["rt", "w2"], ["y"], name="p2")]
+    model = _model2(nodes, [("w1", (3, 4)), ("wl", (6, 4)), ("w2", (6, 2))], [("x", [2, 5, 3])], [2, 5, 2])
+    groups = _by_id(_groups(model))
+    g = groups["zig:wl:2"]
+    assert g.prunable and TensorSlice("wl", 0, (2,)) in g.slices and TensorSlice("w2", 0, (2,)) in g.dependent
+    h = groups["zig:w1:1"]
+    assert h.prunable and TensorSlice("wl", 1, (1,)) in h.dependent
