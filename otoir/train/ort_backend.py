@@ -24,24 +24,33 @@ B and C are not needed); gradients accumulate, so ``lazy_reset_grad`` runs befor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from otoir import runtime
-from otoir.errors import RuntimeUnavailableError
 from otoir.runtime import EvalResult
-from otoir.train.inference import to_inference
 from otoir.train.optimizers import Optimizer, group_sparsity
+from otoir.train.ort_common import (
+    LOSSES,
+    BackendUnavailable,
+    TrainingError,
+    _as_list,
+    _captured_stderr,
+    _prep,
+    _require_ort,
+    batchnorm_stats,
+    require_ort_training,
+    trainable_names,
+)
+from otoir.train.ort_eval import evaluate, recalibrate_bn
 
 __all__ = [
     "BackendUnavailable",
@@ -57,115 +66,6 @@ __all__ = [
     "require_ort_training",
     "recalibrate_bn",
 ]
-
-#: Loss names: cross-entropy over class indices, MSE against float targets (int labels are
-#: one-hot encoded), or ``output``: the model's (first / chosen) output already is the loss.
-LOSSES = ("cross-entropy", "mse", "output")
-
-_INSTALL_HINT = (
-    "the ONNX Runtime training backend needs onnxruntime-training: pip install 'otoir[train]' "
-    "(and uninstall plain onnxruntime first)"
-)
-
-
-class BackendUnavailable(ImportError):
-    """onnxruntime (with its training package) is not installed."""
-
-
-class TrainingError(RuntimeError):
-    """The model cannot be trained as asked (bad loss, shapes, artifacts generation failure...)."""
-
-
-def require_ort_training() -> Any:
-    """Imports and returns ``onnxruntime.training`` (with ``artifacts`` and ``api`` loaded).
-
-    Raises:
-        BackendUnavailable: onnxruntime or its training package is missing (message says how
-            to install it).
-    """
-    try:
-        import onnxruntime  # noqa: F401
-        from onnxruntime import training  # noqa: F401
-        from onnxruntime.training import api, artifacts  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailable(f"{_INSTALL_HINT} ({exc})") from None
-    return training
-
-
-def _require_ort() -> Any:
-    try:
-        return runtime.onnxruntime()
-    except RuntimeUnavailableError as exc:
-        raise BackendUnavailable(f"evaluation needs onnxruntime: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Model facts
-
-
-def batchnorm_stats(model: ir.Model) -> list[tuple[ir.Node, str, str]]:
-    """(node, running-mean initializer, running-var initializer) of every training-mode BatchNorm."""
-    out = []
-    inits = model.graph.initializers
-    for node in model.graph:
-        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
-            continue
-        attr = node.attributes.get("training_mode")
-        if attr is None or attr.as_int() == 0 or len(node.inputs) < 5:
-            continue
-        mean, var = node.inputs[3], node.inputs[4]
-        if mean is not None and var is not None and mean.name in inits and var.name in inits:
-            out.append((node, mean.name, var.name))
-    return out
-
-
-def trainable_names(model: ir.Model) -> list[str]:
-    """Names of the trainable initializers of ``model``, in initializer order.
-
-    The one definition of "trainable" is :attr:`otoir.analyses.vertices.VertexClasses.trainable`
-    (``model.metadata_props["otoir.parameters"]`` when present, else every floating-point
-    initializer that reaches the data flow other than as a buffer such as BatchNorm running
-    statistics).
-    """
-    from otoir.analyses.vertices import VertexClasses
-    from otoir.infra.analysis import AnalysisManager
-
-    trainable = AnalysisManager(model).get(VertexClasses).trainable
-    return [n for n in model.graph.initializers if n in trainable]
-
-
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[Callable[[], str]]:
-    """Redirects file descriptor 2 (C++ logging) into a temp file; yields a reader."""
-    import sys
-
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError, AttributeError):  # no real fd 2 (e.g. captured)
-            yield lambda: ""
-            return
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield lambda: (tmp.seek(0), tmp.read().decode("utf-8", "replace"))[1]
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _as_list(inputs: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    if isinstance(inputs, np.ndarray):
-        return [inputs]
-    return list(inputs)
-
-
-def _prep(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
-        x = x.astype(np.float32)
-    return np.ascontiguousarray(x)
-
 
 # ---------------------------------------------------------------------------------------------
 # The trainer
@@ -467,105 +367,6 @@ class OrtTrainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate(
-    model: ir.Model,
-    inputs: np.ndarray | Sequence[np.ndarray],
-    labels: np.ndarray,
-    batch: int = 256,
-    *,
-    loss: str = "cross-entropy",
-    output: str | None = None,
-    threads: int | None = None,
-) -> EvalResult:
-    """Evaluates the inference form of ``model`` with :func:`otoir.runtime.evaluate`.
-
-    Args:
-        model: The model (training-mode BatchNorm / Dropout are converted by
-            :func:`~otoir.train.inference.to_inference`; the model itself is not modified).
-        inputs: Input array (or one array per graph input), batch first.
-        labels: int class labels (accuracy and cross-entropy) or float targets (MSE).
-        batch: Evaluation batch size.
-        loss: ``cross-entropy`` or ``mse`` (``output``: the mean of the chosen output).
-        output: Graph output to evaluate (default: the first).
-        threads: Intra-op threads.
-
-    Returns:
-        Mean loss, accuracy (class labels only) and sample count.
-    """
-    _require_ort()
-    return runtime.evaluate(to_inference(model), inputs, labels, batch, loss=loss, output=output, threads=threads)
-
-
-def recalibrate_bn(
-    model: ir.Model,
-    inputs: np.ndarray | Sequence[np.ndarray],
-    batch: int = 256,
-    *,
-    threads: int | None = None,
-) -> int:
-    """Recomputes every training-mode BatchNorm's running statistics from data, in place.
-
-    Equivalent to torch's recalibration with ``momentum=None``: the model runs in training
-    mode (each BatchNorm normalises with its batch statistics) over ``inputs`` in order, and
-    each running mean / var becomes the average over batches of the batch mean / unbiased batch
-    variance of its input. Useful after surgery or when the statistics were never tracked.
-
-    Args:
-        model: Training-mode model; its running-statistics initializers are overwritten.
-        inputs: Input array (or one array per graph input), batch first.
-        batch: Batch size.
-        threads: Intra-op threads.
-
-    Returns:
-        Number of BatchNorm nodes recalibrated.
-    """
-    _require_ort()
-    bns = batchnorm_stats(model)
-    if not bns:
-        return 0
-    m = model.clone()
-    by_name = {v.name: v for n in m.graph for v in n.outputs}
-    by_name.update({v.name: v for v in m.graph.inputs})
-    wanted = [node.inputs[0].name for node, _, _ in bns]
-    extra = []
-    for name in dict.fromkeys(wanted):
-        v = by_name[name]
-        if v not in list(m.graph.outputs):
-            m.graph.outputs.append(v)
-        extra.append(name)
-    # ORT's Conv+BatchNormalization fusion ignores training_mode and would normalise with the
-    # running statistics: keep the graph as it is.
-    sess = runtime.session(m, threads=threads, optimization="disable")
-    in_names = [i.name for i in sess.get_inputs()]
-    xs = [_prep(x) for x in _as_list(inputs)]
-    n = xs[0].shape[0]
-    sums: dict[str, list[np.ndarray]] = {k: [np.zeros(0), np.zeros(0)] for k in extra}
-    count = 0
-    for s in range(0, n, max(1, int(batch))):
-        res = runtime.run(sess, {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)}, extra)
-        for name, h in zip(extra, res, strict=False):
-            h64 = h.astype(np.float64)
-            axes = (0, *range(2, h.ndim))
-            mean = h64.mean(axis=axes)
-            cnt = h64.size // h64.shape[1]
-            var = h64.var(axis=axes) * (cnt / (cnt - 1) if cnt > 1 else 1.0)
-            acc = sums[name]
-            acc[0] = mean if acc[0].size == 0 else acc[0] + mean
-            acc[1] = var if acc[1].size == 0 else acc[1] + var
-        count += 1
-    inits = model.graph.initializers
-    for (_node, mean_name, var_name), x_name in zip(bns, wanted, strict=False):
-        mean, var = sums[x_name]
-        for name, val in ((mean_name, mean / count), (var_name, var / count)):
-            old = inits[name].const_value
-            inits[name].const_value = ir.tensor(val.astype(old.numpy().dtype).reshape(old.shape), name=name)
-    return len(bns)
 
 
 # ---------------------------------------------------------------------------------------------
