@@ -120,35 +120,10 @@ def version() -> str | None:
 
 
 def model_proto(model: ir.Model) -> Any:
-    """The ``onnx.ModelProto`` of ``model`` with every tensor inline.
+    """The ``onnx.ModelProto`` of ``model`` with every tensor inline (:func:`otoir.io.inline_proto`)."""
+    from otoir.io import inline_proto
 
-    Tensors the model keeps in external data files are read in, so the proto can be handed to
-    ONNX Runtime or the ONNX checker as bytes, whatever the current directory.
-    """
-    import onnx
-
-    proto = ir.serde.serialize_model(model)
-    tensors = None
-    for graph in _graph_protos(proto.graph):
-        for t in graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                if tensors is None:
-                    tensors = {name: v.const_value for g in [model.graph, *model.graph.subgraphs()]
-                               for name, v in g.initializers.items()}
-                t.raw_data = tensors[t.name].tobytes()
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.DEFAULT
-    return proto
-
-
-def _graph_protos(graph: Any):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graph_protos(attr.g)
-            for g in attr.graphs:
-                yield from _graph_protos(g)
+    return inline_proto(model)
 
 
 def session(model: ir.Model | Any, *, threads: int | None = None, optimization: str = "all",

@@ -292,15 +292,23 @@ def startup_s() -> float:
 
 @pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.5])
 def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
-    """The console script waits on stdin; SIGINT arrives during imports or the read."""
-    proc = subprocess.Popen([_console_script(), "-", "-p", "cse"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(3 * startup_s + delay)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    """The console script waits on stdin; SIGINT arrives during imports or the read.
+
+    A signal that lands before ``console_main`` runs (interpreter start-up, or the pip-generated
+    wrapper importing it: ~30 ms on a quiet machine, where no otoir handler can exist yet) is
+    retried with a longer wait; once ``console_main`` runs, it must be the one-line exit 130.
+    """
+    for attempt in range(4):
+        proc = subprocess.Popen([_console_script(), "-", "-p", "cse"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep((3 + 2 * attempt) * startup_s + delay)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        if "console_main" in err or "otoir-opt:" in err or proc.returncode == 130:
+            break
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["otoir-opt: interrupted; nothing written"], err
@@ -331,7 +339,7 @@ def test_console_entry_imports_are_light():
         "import sys, otoir.tools.otoir_opt, otoir;"
         "heavy = [m for m in ('onnx', 'onnx_ir', 'numpy') if m in sys.modules]; assert not heavy, heavy;"
         "import otoir.stats; assert callable(otoir.stats) and otoir.stats.__name__ == 'stats';"
-        "assert otoir.load.__module__ == 'otoir.io' and otoir.PassManager.__name__ == 'PassManager'"
+        "assert otoir.load.__module__.startswith('otoir.io') and otoir.PassManager.__name__ == 'PassManager'"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -74,7 +74,7 @@ def test_save_external_data_and_reload(tmp_path):
 
 
 def test_over_two_gb_switches_to_external_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(oio, "TWO_GB", 64 * 2**20 + 100)  # the model's ~900 bytes now count as "big"
+    monkeypatch.setattr(oio.write, "TWO_GB", 64 * 2**20 + 100)  # the model's ~900 bytes now count as "big"
     m = make_model()
     otoir.save(m, tmp_path / "big.onnx")
     assert "big.onnx.data" in os.listdir(tmp_path)
@@ -95,7 +95,7 @@ def test_save_is_atomic(tmp_path, monkeypatch, exc):
             f.write(b"partial")
         raise exc
 
-    monkeypatch.setattr(oio, "_save_inline", broken)
+    monkeypatch.setattr(oio.write, "_save_inline", broken)
     with pytest.raises(type(exc)):
         otoir.save(make_model(seed=5), path)
     assert path.read_bytes() == before  # old file intact

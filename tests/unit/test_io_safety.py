@@ -198,7 +198,7 @@ def test_write_error_names_the_output_path(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(oio, "_save_inline", full_disk)
+    monkeypatch.setattr(oio.write, "_save_inline", full_disk)
     out = tmp_path / "o.onnx"
     with pytest.raises(OutputError) as info:
         otoir.save(make_model(), out)
@@ -216,7 +216,7 @@ def test_text_write_error_names_the_path(tmp_path, monkeypatch):
     def broken_replace(a, b):
         raise OSError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(oio.os, "replace", broken_replace)
+    monkeypatch.setattr(oio.write.os, "replace", broken_replace)
     out = tmp_path / "o.onnxtxt"
     with pytest.raises(OutputError, match=f"cannot write '{out}': Permission denied"):
         oio.atomic_write_text(out, "text")
@@ -408,7 +408,7 @@ def test_failing_rename_keeps_the_old_pair(tmp_path, monkeypatch, fail_at):
             raise OSError(errno.EIO, "Input/output error")
         return real_replace(a, b)
 
-    monkeypatch.setattr(oio.os, "replace", replace)
+    monkeypatch.setattr(oio.write.os, "replace", replace)
     with pytest.raises(OutputError, match=f"cannot write '{path}': Input/output error"):
         otoir.save(make_model(seed=2), path, external_data=True, size_threshold_bytes=0)
     monkeypatch.undo()
