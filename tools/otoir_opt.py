@@ -215,9 +215,6 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         if baseline is not None and result.changed:
             from otoir.infra.loadcheck import find_problem
 
-            if baseline.note and not args.quiet:  # once, before the result is checked
-                stderr.write(f"{PROG}: note: {baseline.note}\n")
-
             problem = find_problem(model, baseline=baseline, subject="the model produced by the pipeline")
             if problem is not None:
                 return fail(1, f"{problem}; nothing written")
@@ -228,6 +225,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             if code:
                 return code
 
+        if baseline is not None and baseline.note and not args.quiet:  # once; the output fails as its input did
+            stderr.write(f"{PROG}: note: {baseline.note}\n")
         if args.output:
             import otoir
 

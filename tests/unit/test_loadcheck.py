@@ -226,6 +226,9 @@ def test_preexisting_problem_is_a_note_not_a_failure(tmp_path):
     assert err.count("note:") == 1 and "does not load" in err and "com.acme::Mystery" in err, err
     code, _, err = cli(str(src), "-p", "test-insert-bad-reshape", "-o", str(out_path), "-q")
     assert code == 0 and err == ""
+    # a pipeline that changes nothing writes the input as given, and says so too
+    code, _, err = cli(str(src), "-p", "cse", "-o", str(out_path))
+    assert code == 0 and err.count("note:") == 1 and "com.acme::Mystery" in err, err
 
 
 def test_baseline_records_what_the_input_passes():
