@@ -74,6 +74,8 @@ setup(
         "train": ["onnxruntime-training-cpu==1.19.2"],
         "torch": ["torch>=2.1"],
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
+        # Third-party architectures for the tests (built from configs, random init, no downloads).
+        "models": ["transformers>=4.45"],
     },
     entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main",
                                       "otoir-demo=otoir.tools.demo:console_main"]},
