@@ -7,7 +7,7 @@ For each seed, :mod:`otoir.zoo.netgen` draws a network; then
 * **prune**: ``partition-zig,zero-groups{kind=zig random=F seed=S}``, then ``prune-channels``;
 
 and the constructed sub-network must compute the zeroed full network's outputs in ONNX Runtime
-(``<= 1e-4`` of the output scale, :func:`otoir.testing.max_rel_diff`) — or a pass must refuse
+(``<= 1e-4`` of the output scale, :func:`otoir.runtime.max_rel_diff`) — or a pass must refuse
 with a reason (a diagnostic). Each case ends in one outcome:
 
 ``exact``
@@ -44,7 +44,7 @@ import onnx_ir as ir
 
 from otoir.errors import OtoirError, PassFailure, VerifierError
 from otoir.infra.pass_manager import PassManager
-from otoir.testing import max_rel_diff, random_feeds, run_ort
+from otoir.runtime import max_rel_diff, random_feeds, run_model
 from otoir.zoo.netgen import generate
 
 __all__ = ["OUTCOMES", "MODES", "CaseResult", "run_case", "sweep", "main"]
@@ -59,6 +59,11 @@ _ZERO = {
     "prune": "partition-zig,zero-groups{{kind=zig random={f} seed={s}}}",
 }
 _BUILD = {"erase": "eliminate-dead-branches", "prune": "prune-channels"}
+
+
+def _run(model: ir.Model, feeds) -> list[np.ndarray]:
+    """One thread, no graph optimisation: exact, reproducible numbers for the oracle."""
+    return run_model(model, feeds, threads=1, inter_threads=1, optimization="disable")
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,12 @@ def run_case(seed: int, mode: str, *, fraction: float | None = None, max_blocks:
     removed = before - _nparams(model)
     feeds = random_feeds(reference, seed)
     try:
-        expected = run_ort(reference, feeds)
+        expected = _run(reference, feeds)
     except Exception as exc:  # noqa: BLE001 - the generator's own network must run
         return CaseResult(seed, mode, "crash", f"zeroed full network does not run: {exc}", zeroed, removed, feats, rejected)
     try:
         onnx.checker.check_model(ir.to_proto(model), full_check=True)
-        got = run_ort(model, feeds)
+        got = _run(model, feeds)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CaseResult(seed, mode, "unloadable", msg[:300], zeroed, removed, feats, rejected)
