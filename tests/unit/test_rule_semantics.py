@@ -141,9 +141,9 @@ def test_gezig_checker_is_explicit_not_hidden_in_group_meta():
 
 
 def test_one_remove_dead_nodes_and_no_rules_table_cycle():
+    import otoir.passes.eliminate_dead_branches as edb
     import otoir.surgery.channels as channels
     import otoir.surgery.common as common
-    import otoir.passes.eliminate_dead_branches as edb
 
     assert channels.remove_dead_nodes is common.remove_dead_nodes is edb.remove_dead_nodes
     defs = [p for p in (ROOT / "otoir").rglob("*.py") if "def remove_dead_nodes(" in p.read_text()]
