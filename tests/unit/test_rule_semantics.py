@@ -158,3 +158,38 @@ def test_one_remove_dead_nodes_and_no_rules_table_cycle():
 def test_analyses_do_not_import_surgery():
     for path in (ROOT / "otoir" / "analyses").rglob("*.py"):
         assert not re.search(r"^\s*(from|import) otoir\.surgery", path.read_text(), re.M), path.name
+
+
+def test_shape_probe_runs_through_otoir_runtime(monkeypatch):
+    """Where shape inference leaves a Resize output unknown, value_dims asks ONNX Runtime
+    (through otoir.runtime); without a runtime it keeps the inferred shapes."""
+    pytest.importorskip("torch")
+    import otoir
+    import otoir.zoo as zoo
+    from otoir import runtime
+    from otoir.errors import RuntimeUnavailableError
+
+    m, x = zoo.build("stackedunets", width=0.5)
+    m = otoir.load(m, x)
+    outputs = [o.name for n in m.graph for o in n.outputs if o.name]
+    calls = []
+    real = runtime.session
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("optimization"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "session", counting)
+    s = StaticShapes(m)
+    unknown = [n for n in outputs if n not in s.shapes]
+    assert unknown and all("Resize" in n for n in unknown)
+    dims = s.value_dims
+    assert calls == ["disable"] and all(n in dims for n in outputs)
+    assert all(isinstance(d, int) for n in outputs for d in dims[n])
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeUnavailableError("no onnxruntime")
+
+    monkeypatch.setattr(runtime, "session", unavailable)
+    fallback = StaticShapes(m).value_dims
+    assert all(n not in fallback for n in unknown) and len(fallback) > len(outputs) - len(unknown)
