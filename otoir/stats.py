@@ -1,9 +1,11 @@
 """Parameter and FLOP accounting (``otoir.stats(model)``, ``otoir-opt --report``).
 
-FLOPs are counted per forward pass per sample (symbolic batch dimensions count as 1), with
-multiply and add counted separately: Conv ``2·Cout·Cin/g·k·Hout·Wout``, ConvTranspose
-``2·Cin·Cout/g·k·Hin·Win``, Gemm/MatMul ``2·M·K·N``, normalisations 5 per element (BatchNorm
-4), pooling one per input element, element-wise ops one per output element.
+FLOPs are counted per forward pass per sample (symbolic dimensions count as 1), with multiply
+and add counted separately (FLOPs = 2 x multiply-accumulates). The per-op formulas are the rule
+table's (``OpRule.flops``, see :mod:`otoir.ops.table`): Conv ``2·Cout·Cin/g·k·Hout·Wout``,
+ConvTranspose ``2·Cin·Cout/g·k·Hin·Win``, Gemm/MatMul ``2·M·K·N``, normalisations 5 per element
+(BatchNorm 4), pooling one per input element, element-wise ops one per output element. Shapes
+come from the :class:`~otoir.analyses.shapes.StaticShapes` analysis.
 """
 
 from __future__ import annotations
@@ -12,21 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     import onnx_ir as ir
 
     from otoir.analyses.groups import Group
+    from otoir.infra.analysis import AnalysisManager
 
 __all__ = ["Stats", "stats", "format_report"]
-
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-                "Gelu", "Erf", "Softplus", "Clip", "PRelu", "Pow", "Sqrt", "Exp", "Max", "Min", "Where", "Elu",
-                "Softmax", "LogSoftmax", "Neg", "Abs", "Mish", "Selu", "Celu"}
-_NORMS = {"LayerNormalization": 5, "GroupNormalization": 5, "InstanceNormalization": 5, "BatchNormalization": 4}
-_POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceSum"}
-
 
 @dataclass(frozen=True)
 class Stats:
@@ -45,56 +39,19 @@ class Stats:
     per_node: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _per_sample(shape) -> list[int]:
-    from otoir.analyses.shapes import SENTINEL
+def stats(model: ir.Model, analyses: AnalysisManager | None = None) -> Stats:
+    """Counts parameters and FLOPs of ``model``.
 
-    return [1 if (d % SENTINEL == 0) else int(d) for d in shape]
+    Args:
+        model: The model.
+        analyses: An analysis manager of ``model`` to take the static shapes from (a fresh one
+            when None).
+    """
+    from otoir.analyses.shapes import StaticShapes
+    from otoir.infra.analysis import AnalysisManager
+    from otoir.ops.rules import node_flops
 
-
-def _node_flops(node: ir.Node, shp) -> int:
-    op = node.op_type
-    ys = shp(node.outputs[0]) if node.outputs else None
-    if ys is None:
-        return 0
-    ys = _per_sample(ys)
-    out = int(np.prod(ys)) if ys else 1
-    xs = shp(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
-    xs = _per_sample(xs) if xs is not None else None
-    if op in ("Conv", "ConvTranspose"):
-        ws = shp(node.inputs[1])
-        if ws is None or xs is None:
-            return 0
-        k = int(np.prod(ws[2:])) if len(ws) > 2 else 1
-        if op == "Conv":
-            return 2 * out * ws[1] * k
-        return 2 * int(np.prod(xs)) * ws[1] * k
-    if op == "Gemm":
-        ws = shp(node.inputs[1])
-        if ws is None:
-            return 0
-        kdim = ws[0] if not (node.attributes.get("transB") and node.attributes["transB"].value) else ws[1]
-        return 2 * out * int(kdim)
-    if op == "MatMul":
-        if xs is None or not xs:
-            return 0
-        return 2 * out * int(xs[-1])
-    if op in _NORMS:
-        return _NORMS[op] * out
-    if op in _POOLS:
-        return int(np.prod(xs)) if xs else out
-    if op in _ELEMENTWISE:
-        return out
-    return 0
-
-
-def stats(model: ir.Model) -> Stats:
-    """Counts parameters and FLOPs of ``model`` (shapes from static shape inference)."""
-    from otoir.analyses.shapes import infer_static_shapes
-
-    shapes, _ = infer_static_shapes(model)
-
-    def shp(v):
-        return None if v is None else shapes.get(v.name)
+    shp = (analyses or AnalysisManager(model)).get(StaticShapes).sample_shape
 
     graph = model.graph
     params = sum(int(v.const_value.size) for v in graph.initializers.values() if v.const_value is not None)
@@ -104,7 +61,7 @@ def stats(model: ir.Model) -> Stats:
     for node in graph:
         p = sum(int(v.const_value.size) for v in node.inputs
                 if v is not None and v.is_initializer() and v.const_value is not None)
-        f = _node_flops(node, shp)
+        f = node_flops(node, shp)
         total += f
         acc = per_op.setdefault(node.op_type, [0, 0])
         acc[0] += p

@@ -10,7 +10,8 @@ from otoir.analyses.groups import group_is_zero
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
-from otoir.surgery.erase import erase_segment_outputs, remove_dead_nodes, remove_unused_initializers
+from otoir.surgery.common import remove_dead_nodes
+from otoir.surgery.erase import erase_segment_outputs, remove_unused_initializers
 
 __all__ = ["EliminateDeadBranches"]
 
@@ -57,7 +58,7 @@ class EliminateDeadBranches(Pass):
         nodes_before = len(model.graph)
         segs = p.segments.segments
         values = [o for g in zero for o in segs[g.meta["segment"]].last.outputs if o.uses()]
-        res = erase_segment_outputs(model, values, vc, p.shapes)
+        res = erase_segment_outputs(model, values, vc, p.shapes.value_dims)
         for msg, node in res.errors:
             ctx.error(msg, node)
         if res.errors:

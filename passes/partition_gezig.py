@@ -39,5 +39,5 @@ class PartitionGeZIG(Pass):
             for sid, v in p.verdicts.items():
                 if not v.gezig:
                     ctx.remark(f"segment {sid} is not a GeZIG: {v.reason}", p.segments.segments[sid].last)
-        ctx.results["gezig"] = list(p.groups)
+        ctx.results["gezig"] = p.groups  # a GroupSet: carries the validity checker
         return False

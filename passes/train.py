@@ -234,7 +234,7 @@ class Train(TrainConfig, Pass):
         if opt_name == "h2spg":
             from otoir.analyses.validity import select_redundant
 
-            glist = list(groups)
+            glist = groups  # a GroupSet (groups_for): its checker judges validity
             selector = lambda s, k: select_redundant(glist, s, k)  # noqa: E731
         torch.manual_seed(self.seed)
         loader = torch.utils.data.DataLoader(

@@ -93,7 +93,7 @@ class ZeroGroups(Pass):
 
     def _groups(self, ctx):
         if self.kind == "gezig":
-            return list(ctx.analyses.get(GeZIGPartition).groups)
+            return ctx.analyses.get(GeZIGPartition).groups
         if self.kind == "zig":
             try:
                 mod = importlib.import_module("otoir.analyses.zig")

@@ -61,6 +61,11 @@ _ZERO = {
 _BUILD = {"erase": "eliminate-dead-branches", "prune": "prune-channels"}
 
 
+def _run(model: ir.Model, feeds) -> list[np.ndarray]:
+    """One thread, no graph optimisation: exact, reproducible numbers for the oracle."""
+    return run_model(model, feeds, threads=1, inter_threads=1, optimization="disable")
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """The outcome of one (network, mode) case.

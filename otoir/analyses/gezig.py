@@ -21,17 +21,19 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from otoir.analyses.erasability import maps_zero, plan_joint_drop
 from otoir.analyses.groups import Group, TensorSlice
 from otoir.analyses.segments import OUTPUT, Segment, SegmentGraph
+from otoir.analyses.shapes import StaticShapes
+from otoir.analyses.validity import GroupSet, ValidityChecker
 from otoir.analyses.vertices import VertexClasses, param_specs
 from otoir.infra.analysis import Analysis
-from otoir.ops.rules import DropInput, VertexKind
-from otoir.surgery.erase import maps_zero, plan_joint_drop, value_shapes
+from otoir.ops.rules import DropInput, VertexKind, node_flops
 
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
 
-__all__ = ["GeZIGPartition", "SegmentVerdict", "node_flops"]
+__all__ = ["GeZIGPartition", "SegmentVerdict"]
 
 
 @dataclass(frozen=True)
@@ -51,43 +53,21 @@ class SegmentVerdict:
     params: tuple[str, ...]
 
 
-def node_flops(node: ir.Node, shapes: dict) -> int:
-    """Multiply-accumulates per sample of a Conv/ConvTranspose/Gemm/MatMul (elements otherwise)."""
-    out = shapes.get(node.outputs[0].name) if node.outputs and node.outputs[0].name else None
-    if out is None or not all(isinstance(d, int) for d in out[1:]):
-        return 0
-    per_sample = math.prod(out[1:])
-    if node.op_type in ("Conv", "ConvTranspose") and len(node.inputs) > 1 and node.inputs[1] is not None:
-        w = node.inputs[1].shape
-        if w is None or not all(isinstance(d, int) for d in w.dims):
-            return 0
-        wd = list(w.dims)
-        if node.op_type == "Conv":
-            return per_sample * math.prod(wd[1:])
-        return per_sample * math.prod(wd[2:]) * wd[0] // max(1, out[1])
-    if node.op_type in ("Gemm", "MatMul") and len(node.inputs) > 1 and node.inputs[1] is not None:
-        w = node.inputs[1].shape
-        if w is None or len(w.dims) < 2 or not isinstance(w.dims[0], int):
-            return 0
-        trans_b = node.attributes.get_int("transB", 0) if node.op_type == "Gemm" else 0
-        k = w.dims[1] if trans_b else w.dims[-2]
-        return per_sample * int(k)
-    return per_sample
-
-
 class GeZIGPartition(Analysis):
     """Partition of the trainable variables into GeZIGs and their complement.
 
     Attributes:
-        groups: GeZIG groups (``kind="gezig"``, ``id="gezig:<segment>"``), in segment order.
-            ``meta``: ``segment`` (id), ``label``, ``params``, ``joints`` (names of the joint
-            nodes fed), ``concat`` (True when a Concat is fed).
+        groups: GeZIG groups (``kind="gezig"``, ``id="gezig:<segment>"``), in segment order, as
+            a :class:`~otoir.analyses.validity.GroupSet` whose ``checker`` is :attr:`checker`
+            (so ``select_redundant(p.groups, ...)`` and ``build_optimizer(..., groups=p.groups)``
+            check validity). ``meta``: ``segment`` (id), ``label``, ``params``, ``joints``
+            (names of the joint nodes fed), ``concat`` (True when a Concat is fed). ``flops``:
+            forward FLOPs per sample of the segment's nodes (:func:`otoir.ops.rules.node_flops`).
         complement: Trainable parameter names outside every GeZIG.
         verdicts: Segment id -> :class:`SegmentVerdict` for every segment with trainable variables.
         segments: The segment graph used.
-        checker: A :class:`~otoir.analyses.validity.ValidityChecker` for these groups (also in
-            every group's ``meta["checker"]``).
-        shapes: Value shapes used (name -> dims).
+        checker: The :class:`~otoir.analyses.validity.ValidityChecker` of these groups.
+        shapes: The :class:`~otoir.analyses.shapes.StaticShapes` used.
     """
 
     name = "gezig"
@@ -95,7 +75,8 @@ class GeZIGPartition(Analysis):
     def __init__(self, model: ir.Model, am: AnalysisManager | None = None) -> None:
         vc = am.get(VertexClasses) if am is not None else VertexClasses(model)
         sg = am.get(SegmentGraph) if am is not None else SegmentGraph(model)
-        shapes = value_shapes(model)
+        static = am.get(StaticShapes) if am is not None else StaticShapes(model)
+        shapes = static.value_dims
         graph = model.graph
         trainable = vc.trainable
         users: dict[str, set[int]] = {}
@@ -119,7 +100,7 @@ class GeZIGPartition(Analysis):
             slices = tuple(TensorSlice(p) for p in params) + extra_slices
             dep = tuple(TensorSlice(b) for b in buffers) + dependent
             n_params = sum(_numel(graph, t) for t in (*slices, *dep))
-            flops = sum(node_flops(n, shapes) for n in s.nodes)
+            flops = sum(node_flops(n, static.sample_shape) for n in s.nodes)
             in_group.update(params)
             groups.append(Group(
                 id=f"gezig:{s.id}", kind="gezig", slices=slices, dependent=dep, num_params=n_params,
@@ -127,16 +108,12 @@ class GeZIGPartition(Analysis):
                 meta={"segment": s.id, "label": s.label, "params": params, "joints": joints,
                       "concat": any(_stacks(sg.segments[t].first, vc) for t in s.succs if t >= 0)},
             ))
-        from otoir.analyses.validity import ValidityChecker
-
         self.checker = ValidityChecker(sg, groups, vc)
-        for g in groups:
-            g.meta["checker"] = self.checker
-        self.groups: tuple[Group, ...] = tuple(groups)
+        self.groups: GroupSet = GroupSet(groups, self.checker)
         self.complement: tuple[str, ...] = tuple(p for p in trainable if p not in in_group)
         self.verdicts = verdicts
         self.segments = sg
-        self.shapes = shapes
+        self.shapes = static
         self._by_segment = {g.meta["segment"]: g for g in groups}
 
     def group_of_segment(self, segment: int) -> Group | None:

@@ -1,10 +1,18 @@
-"""Static shapes and constant folding of shape sub-graphs.
+"""Static shapes and constant folding of shape sub-graphs: the one shape analysis of otoir.
 
 Channel tracking needs the static size of every axis and the value of every shape tensor
 (Reshape targets, Slice bounds, Split sizes), which torch exports compute with
 ``Shape -> Gather -> Unsqueeze -> Concat`` sub-graphs. Symbolic dimensions of graph inputs
 (the batch) are replaced by :data:`SENTINEL` so every shape is concrete; a dimension that is a
 multiple of :data:`SENTINEL` is symbolic in the real model.
+
+:class:`StaticShapes` (obtained with ``ctx.analyses.get(StaticShapes)``) serves every consumer:
+channel groups and pruning surgery (:meth:`~StaticShapes.shape`, :meth:`~StaticShapes.const`),
+FLOP counts (:meth:`~StaticShapes.sample_shape`) and erase planning
+(:attr:`~StaticShapes.value_dims`: symbolic dimensions kept symbolic; when shape inference
+leaves a node output unknown, e.g. a ``Resize`` whose scales come from a shape sub-graph, the
+model is run once in ONNX Runtime on random inputs and every value gets its concrete shape).
+The proto handed to ONNX shape inference carries no weights (:func:`_shape_proto`).
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ from otoir.infra.analysis import Analysis
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
 
-__all__ = ["SENTINEL", "StaticShapes", "infer_static_shapes", "fold_constants"]
+__all__ = ["SENTINEL", "Dims", "StaticShapes", "infer_static_shapes", "fold_constants"]
+
+#: Dimensions of a value for erase planning: ints, strings for symbolic ones, None if unknown.
+Dims = tuple
 
 #: Concrete size substituted for symbolic input dimensions (a prime unlikely to occur).
 SENTINEL = 9973
@@ -154,6 +165,48 @@ def _shape_proto(model: ir.Model) -> onnx.ModelProto:
         if v.dtype is not None:
             vi.type.tensor_type.elem_type = int(v.dtype)
     return mp
+
+
+def _probe_shapes(model: ir.Model) -> dict[str, Dims] | None:
+    """Concrete shapes of every value from one ONNX Runtime run on random inputs (batch 3).
+
+    Every node output becomes a graph output of a copy of the model. None when ONNX Runtime is
+    not installed or cannot run the model (the caller keeps the inferred shapes).
+    """
+    from otoir import runtime
+    from otoir.errors import RuntimeModelError, RuntimeUnavailableError
+
+    try:  # element types of the values (the IR often has none for intermediate values)
+        inferred = onnx.shape_inference.infer_shapes(_shape_proto(model))
+    except Exception:  # noqa: BLE001 - onnx raises several types; then there is nothing to probe with
+        return None
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}
+    proto = runtime.model_proto(model)
+    have = {o.name for o in proto.graph.output}
+    for node in model.graph:
+        for o in node.outputs:
+            elem = int(o.dtype) if o.dtype is not None else types.get(o.name, 0)
+            if o.name and o.name not in have and elem:
+                vi = proto.graph.output.add()
+                vi.name = o.name
+                vi.type.tensor_type.elem_type = elem
+                have.add(o.name)
+    try:
+        sess = runtime.session(proto, optimization="disable")
+        feeds = runtime.random_feeds(model, 0, batch=3)
+        names = [o.name for o in sess.get_outputs()]
+        arrays = runtime.run(sess, feeds, names)
+    except (RuntimeModelError, RuntimeUnavailableError):
+        return None
+    out: dict[str, Dims] = {}
+    for v in (*model.graph.inputs, *model.graph.initializers.values()):
+        if v.name in feeds:
+            out[v.name] = tuple(feeds[v.name].shape)
+        elif v.const_value is not None:
+            out[v.name] = tuple(v.const_value.shape.dims)
+    for name, arr in zip(names, arrays, strict=True):
+        out[name] = tuple(np.shape(arr))
+    return out
 
 
 def _attr(node: ir.Node, name: str, default=None):
@@ -311,6 +364,8 @@ class StaticShapes(Analysis):
 
     def __init__(self, model: ir.Model, am: AnalysisManager | None = None) -> None:
         self.shapes, self.consts = infer_static_shapes(model)
+        self._model = model
+        self._dims: dict[str, Dims] | None = None
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         """The static shape of ``value`` (None when unknown)."""
@@ -323,3 +378,37 @@ class StaticShapes(Analysis):
         if value is None:
             return None
         return self.consts.get(value.name)
+
+    def sample_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
+        """The static shape of ``value`` per sample: symbolic dimensions count as 1 (FLOP counts)."""
+        s = self.shape(value)
+        if s is None:
+            return None
+        return tuple(1 if d % SENTINEL == 0 else int(d) for d in s)
+
+    @property
+    def value_dims(self) -> dict[str, Dims]:
+        """Value name -> dims for erase planning: ints, a string where the dimension is symbolic.
+
+        From shape inference; when it leaves a node output unknown, from one ONNX Runtime run on
+        random inputs (symbolic dimensions bound to 3: every shape is then concrete and the
+        shapes are mutually consistent). Computed on first use.
+        """
+        if self._dims is None:
+            self._dims = self._value_dims()
+        return self._dims
+
+    def _value_dims(self) -> dict[str, Dims]:
+        model = self._model
+        out: dict[str, Dims] = {}
+        for name, dims in self.shapes.items():
+            out[name] = tuple(f"s{d // SENTINEL}" if d % SENTINEL == 0 and d else int(d) for d in dims)
+        for v in (*model.graph.inputs, *model.graph.outputs):
+            if v.name not in out and v.shape is not None:
+                out[v.name] = tuple(d if isinstance(d, int) else (str(d) if d is not None else None)
+                                    for d in v.shape.dims)
+        if any(o.name and o.name not in self.shapes for n in model.graph for o in n.outputs):
+            probed = _probe_shapes(model)
+            if probed is not None:
+                return probed
+        return out

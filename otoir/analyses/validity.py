@@ -11,6 +11,11 @@ topological order (``O(|V_d| + |E_d|)``): a segment is ``live``, ``zero`` (an er
 ``broken`` (it lost an input it cannot do without). :func:`select_redundant` walks groups in
 score order and accepts a group only if the set stays valid; for GeZIGs it uses an equivalent
 local test (each joint the group feeds keeps a live input), ``O(deg)`` per candidate.
+
+The checker travels explicitly with the groups: a :class:`GroupSet` is a tuple of groups with a
+``checker`` attribute (the GeZIG partition's ``groups``; :func:`otoir.optim.groups_for`), and
+:func:`select_redundant` / :func:`is_valid` take it from there or from their ``checker``
+argument. GeZIGs without a checker are refused (ValueError) rather than judged without one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["ValidityChecker", "ValidityReport", "is_valid", "select_redundant"]
+__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "is_valid", "select_redundant"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -174,14 +179,46 @@ def _drop_mode(node, vc: VertexClasses | None) -> DropInput:
     return r.drop_input if r is not None else DropInput.NEVER
 
 
-def _checker_of(groups: Sequence[Group], checker: ValidityChecker | None) -> ValidityChecker | None:
-    if checker is not None:
-        return checker
-    for g in groups:
-        c = g.meta.get("checker")
-        if c is not None:
-            return c
-    return None
+class GroupSet(tuple):
+    """A tuple of groups that carries the validity checker they are selected with.
+
+    Behaves as a tuple (``list(gs)``, slicing and filtering give plain sequences without a
+    checker); :meth:`subset` keeps the checker.
+
+    Attributes:
+        checker: The :class:`ValidityChecker` of the groups' partition (GeZIGs), or None for
+            groups judged on their own (channel ZIGs).
+    """
+
+    checker: ValidityChecker | None
+
+    def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None) -> GroupSet:
+        self = super().__new__(cls, groups)
+        self.checker = checker
+        return self
+
+    def subset(self, groups: Iterable[Group]) -> GroupSet:
+        """Other groups (e.g. the prunable ones) with the same checker."""
+        return GroupSet(groups, self.checker)
+
+    def selector(self):
+        """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
+        groups, checker = tuple(self), self.checker
+
+        def select(scores, k: int) -> list[int]:
+            return select_redundant(groups, scores, k, checker)
+
+        return select
+
+
+def _checker_of(groups: Iterable[Group], checker: ValidityChecker | None) -> ValidityChecker | None:
+    """The explicit checker, else the groups' own (:class:`GroupSet`); GeZIGs need one."""
+    if checker is None:
+        checker = getattr(groups, "checker", None)
+    if checker is None and any("segment" in g.meta for g in groups if isinstance(g, Group)):
+        raise ValueError("GeZIG groups need their partition's validity checker: pass checker= (the "
+                         "partition's .checker) or the partition's groups (a GroupSet)")
+    return checker
 
 
 def is_valid(zero_groups: Iterable[Group | str], checker: ValidityChecker | None = None) -> bool:
@@ -189,10 +226,15 @@ def is_valid(zero_groups: Iterable[Group | str], checker: ValidityChecker | None
 
     Args:
         zero_groups: Groups assumed zero (GeZIG objects, or their ids when ``checker`` is given).
-        checker: The checker; taken from the groups' ``meta["checker"]`` when None.
+        checker: The checker; taken from ``zero_groups`` when it is a :class:`GroupSet`.
+
+    Raises:
+        ValueError: GeZIGs without a checker.
     """
+    if checker is None:
+        checker = getattr(zero_groups, "checker", None)
     zero_groups = list(zero_groups)
-    c = _checker_of([g for g in zero_groups if isinstance(g, Group)], checker)
+    c = _checker_of(zero_groups, checker)
     if c is None:
         return _zig_valid([g for g in zero_groups if isinstance(g, Group)], [])
     return c.check(zero_groups).valid
@@ -212,10 +254,13 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         groups: Candidate groups.
         scores: Redundancy score per group (same order), or a mapping id -> score.
         K: Number of groups wanted.
-        checker: Validity checker (default: from ``meta["checker"]`` of the GeZIGs).
+        checker: Validity checker (default: ``groups.checker`` of a :class:`GroupSet`).
 
     Returns:
         Indices into ``groups`` of the accepted groups, in acceptance order (at most K).
+
+    Raises:
+        ValueError: GeZIGs without a checker, or a score list of the wrong length.
     """
     if isinstance(scores, Mapping):
         sc = [float(scores.get(g.id, float("-inf"))) for g in groups]

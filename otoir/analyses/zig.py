@@ -26,6 +26,7 @@ from otoir.analyses.vertices import VertexClasses
 from otoir.infra.analysis import Analysis
 from otoir.infra.diagnostics import node_label
 from otoir.ops.channels import ChannelState, ParamUse, Track, components, propagate_node
+from otoir.ops.rules import lookup_rule, node_flops
 
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
@@ -43,26 +44,22 @@ class GroupInfo:
     reason: str
 
 
-def _flops_factor(node: ir.Node, shapes: StaticShapes, const_left: bool = False) -> float:
-    """Multiply-adds per weight entry of ``node`` per sample (x2 = FLOPs).
+def _flops_per_entry(node: ir.Node, shapes: StaticShapes, param: ir.Value | None = None, vc: VertexClasses | None = None) -> float:
+    """FLOPs per sample per weight entry of ``node`` (its rule's ``flops`` over the weight's size).
 
-    ``const_left``: the weight is the left operand of a MatMul (``W @ X``).
+    The weight is the input the rule's ``weight`` parameter names; where that input is data
+    (a MatMul ``W @ X`` with a constant left operand) it is ``param``, the initializer whose
+    entries are counted. Nodes without a ``weight`` parameter (normalisations, PReLU) count 0.
     """
-    ys = shapes.shape(node.outputs[0])
-    if ys is None or not ys:
+    r = lookup_rule(node.op_type, node.domain, node.version)
+    spec = next((p for p in r.params if p.role == "weight"), None) if r is not None else None
+    w = node.inputs[spec.input] if spec is not None and spec.input < len(node.inputs) else None
+    if w is not None and param is not None and vc is not None and vc.is_data(w):
+        w = param
+    ws = shapes.shape(w)
+    if not ws:
         return 0.0
-    if node.op_type in ("Conv", "ConvTranspose"):
-        if node.op_type == "ConvTranspose":
-            xs = shapes.shape(node.inputs[0])
-            return float(np.prod(xs[2:])) if xs else 0.0
-        return float(np.prod(ys[2:]))
-    if node.op_type == "MatMul":
-        if const_left:  # W @ X: each entry of W meets every column of X
-            return float(np.prod(ys[1:-2]) * ys[-1]) if len(ys) > 2 else float(ys[-1])
-        return float(np.prod(ys[1:-1])) if len(ys) > 2 else 1.0
-    if node.op_type == "Gemm":
-        return 1.0
-    return 0.0
+    return node_flops(node, shapes.sample_shape) / math.prod(ws)
 
 
 class _SliceStore:
@@ -300,8 +297,7 @@ class ChannelGroups(Analysis):
                 knumel.append(n)
             ukey[k] = ki
             unumel[k] = n
-            left = pu.node.op_type == "MatMul" and not st.vc.is_data(pu.node.inputs[0])
-            uflop[k] = 2.0 * n * _flops_factor(pu.node, self._shapes, left)
+            uflop[k] = n * _flops_per_entry(pu.node, self._shapes, self.model.graph.initializers.get(pu.tensor), st.vc)
             utrain[k] = pu.trainable
         sizes = np.fromiter((pu.ids.size for pu in uses), dtype=np.int64, count=len(uses))
         use = np.repeat(np.arange(len(uses), dtype=np.int64), sizes)

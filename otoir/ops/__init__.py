@@ -1,14 +1,22 @@
-"""The per-op rule table (see :mod:`otoir.ops.rules`)."""
+"""The per-op rule table (see :mod:`otoir.ops.rules`).
+
+Importing the package registers the built-in rules (:mod:`otoir.ops.table`): ``rules`` defines
+the table's types and registry, ``table`` fills it; neither imports the package back.
+"""
 
 from __future__ import annotations
 
+from otoir.ops import table as _table  # noqa: F401,E402  (registers the built-in rules)
 from otoir.ops.rules import (
     ChannelMap,
     DropInput,
+    FlopCount,
     OpRule,
     ParamSpec,
     VertexKind,
+    ZeroOut,
     lookup_rule,
+    node_flops,
     normalize_domain,
     register_rule,
     rule,
@@ -18,10 +26,13 @@ from otoir.ops.rules import (
 __all__ = [
     "ChannelMap",
     "DropInput",
+    "FlopCount",
     "OpRule",
     "ParamSpec",
     "VertexKind",
+    "ZeroOut",
     "lookup_rule",
+    "node_flops",
     "normalize_domain",
     "register_rule",
     "rule",

@@ -27,6 +27,9 @@ __all__ = [
     "unregister_rule",
     "normalize_domain",
     "normalize_axis",
+    "ZeroOut",
+    "FlopCount",
+    "node_flops",
 ]
 
 
@@ -124,6 +127,18 @@ class ParamSpec:
 #: ``classify(node, is_data) -> (kind, reason)`` for ops whose role depends on the node.
 Classifier = Callable[["ir.Node", Callable[["ir.Value | None"], bool]], "tuple[VertexKind, str]"]
 
+#: ``zero_out(node, is_data, is_zero) -> reason``: whether an all-zero data input of ``node``
+#: gives an all-zero output. ``is_data(value)`` says whether an input carries data;
+#: ``is_zero(value)`` whether a non-data input is known to be all zero (a parameter zeroed with
+#: the group). Returns ``""`` when the output is zero, else a one-line reason why not.
+ZeroOut = Callable[["ir.Node", Callable[["ir.Value | None"], bool], Callable[["ir.Value | None"], bool]], str]
+
+#: ``flops(node, shape_of) -> FLOPs`` of one forward pass of ``node`` per sample, multiply and
+#: add counted separately (FLOPs = 2 x multiply-accumulates). ``shape_of(value)`` gives the
+#: per-sample static shape of a value (symbolic dimensions count as 1) or None when unknown;
+#: a formula returns 0 when a shape it needs is unknown.
+FlopCount = Callable[["ir.Node", Callable[["ir.Value | None"], "tuple[int, ...] | None"]], int]
+
 
 @dataclass(frozen=True)
 class OpRule:
@@ -141,7 +156,12 @@ class OpRule:
         data_inputs: Input positions that may carry data (None: every non-parameter input).
         channel_map: How channels propagate through the op.
         channel_axis: The channel axis of the output (1 for NCHW ops), if fixed.
-        maps_zero: A zero data input gives a zero output (ReLU yes, Sigmoid no).
+        maps_zero: A zero data input gives a zero output (ReLU yes, Sigmoid no), whatever the
+            node; ``zero_out`` refines it for ops where it depends on the node.
+        zero_out: Node-dependent zero semantics (:data:`ZeroOut`): Clip only when its range
+            contains 0, Pad only with a zero pad value, Div only when the zero is the
+            numerator... Overrides ``maps_zero`` where set (see :meth:`zero_output`).
+        flops: Forward FLOPs per sample of a node (:data:`FlopCount`); None: counted as 0.
         zero_params_zero_output: All-zero trainable parameters force a zero output whatever
             the input (Conv, Gemm, BatchNorm with gamma=beta=0).
         exact_invariance: False when removing channels changes the remaining outputs
@@ -165,6 +185,8 @@ class OpRule:
     channel_map: ChannelMap = ChannelMap.BARRIER
     channel_axis: int | None = 1
     maps_zero: bool = False
+    zero_out: ZeroOut | None = field(default=None, compare=False)
+    flops: FlopCount | None = field(default=None, compare=False)
     zero_params_zero_output: bool = False
     exact_invariance: bool = True
     drop_input: DropInput = DropInput.NEVER
@@ -193,6 +215,22 @@ class OpRule:
     def node_channel_axis(self, rank: int | None) -> int | None:
         """``channel_axis`` normalised for an output of ``rank`` (None: any axis, or unknown)."""
         return normalize_axis(self.channel_axis, rank)
+
+    def zero_output(self, node: ir.Node, is_data: Callable[[ir.Value | None], bool],
+                    is_zero: Callable[[ir.Value | None], bool]) -> str:
+        """Whether an all-zero data input of ``node`` gives an all-zero output.
+
+        Args:
+            node: The node.
+            is_data: Whether an input carries data.
+            is_zero: Whether a non-data input is known to be all zero.
+
+        Returns:
+            ``""`` when it does, else a one-line reason why not.
+        """
+        if self.zero_out is not None:
+            return self.zero_out(node, is_data, is_zero)
+        return "" if self.maps_zero else f"{node.op_type} does not map zero to zero"
 
     def with_(self, **changes) -> OpRule:
         """Returns a copy with fields changed."""
@@ -238,12 +276,30 @@ def rule(op_type: str, *, domain: str = "", since: int = 1, until: int | None = 
 
 
 def lookup_rule(op_type: str, domain: str = "", version: int | None = None) -> OpRule | None:
-    """Returns the rule for an op at an opset version (user rules first), or None."""
-    from otoir.ops import table  # noqa: F401  (registers the built-in rules)
+    """Returns the rule for an op at an opset version (user rules first), or None.
 
+    The built-in rules are registered by :mod:`otoir.ops.table`, which the package
+    ``otoir.ops`` imports (so they are present whenever this module is).
+    """
     key = (normalize_domain(domain), op_type)
     for candidates in (_USER.get(key, ()), _BUILTIN.get(key, ())):
         for r in candidates:
             if version is None or (r.since <= version and (r.until is None or version <= r.until)):
                 return r
     return None
+
+
+def node_flops(node: ir.Node, shape_of: Callable[[ir.Value | None], tuple[int, ...] | None]) -> int:
+    """Forward FLOPs per sample of ``node`` from its rule's ``flops`` (0 without a formula).
+
+    The one FLOP count of otoir (FLOPs = 2 x multiply-accumulates): ``otoir.stats``, the GeZIG
+    partition and the channel groups all use it.
+
+    Args:
+        node: The node.
+        shape_of: Per-sample static shape of a value, or None when unknown.
+    """
+    r = lookup_rule(node.op_type, node.domain, node.version)
+    if r is None or r.flops is None:
+        return 0
+    return int(r.flops(node, shape_of))

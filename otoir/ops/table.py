@@ -1,6 +1,18 @@
-"""Built-in op rules (imported once, on first lookup)."""
+"""Built-in op rules (registered when the package :mod:`otoir.ops` is imported).
+
+Besides the vertex kind and channel behaviour, each rule carries the op's zero semantics
+(``maps_zero``, refined by a ``zero_out`` callable where the answer depends on the node) and
+its FLOP formula (``flops``: FLOPs per sample, multiply and add counted separately): Conv
+``2·Cout·Cin/g·k·Hout·Wout``, ConvTranspose ``2·Cin·Cout/g·k·Hin·Win``, Gemm/MatMul ``2·M·K·N``,
+normalisations 5 per element (BatchNorm 4), pooling and ReduceMean/ReduceSum one per input
+element, the common element-wise ops one per output element, everything else 0.
+"""
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from otoir.ops.rules import ChannelMap as C
 from otoir.ops.rules import DropInput as D
@@ -14,13 +26,136 @@ def _add(r: OpRule) -> None:
     register_rule(r, builtin=True)
 
 
+# -- FLOP formulas (per sample; shape_of gives per-sample shapes) ---------------------------
+def _numel(shape) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _conv_flops(node, shape_of) -> int:
+    ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
+    ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
+    if ys is None or xs is None or ws is None:
+        return 0
+    k = _numel(ws[2:]) if len(ws) > 2 else 1
+    if node.op_type == "Conv":
+        return 2 * _numel(ys) * ws[1] * k
+    return 2 * _numel(xs) * ws[1] * k  # ConvTranspose: every input element meets Cout/g·k weights
+
+
+def _gemm_flops(node, shape_of) -> int:
+    ys = shape_of(node.outputs[0])
+    ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
+    if ys is None or ws is None:
+        return 0
+    kdim = ws[1] if node.attributes.get_int("transB", 0) else ws[0]
+    return 2 * _numel(ys) * int(kdim)
+
+
+def _matmul_flops(node, shape_of) -> int:
+    ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
+    if ys is None or not xs:
+        return 0
+    return 2 * _numel(ys) * int(xs[-1])
+
+
+def _per_output(factor: int = 1):
+    def flops(node, shape_of) -> int:
+        ys = shape_of(node.outputs[0]) if node.outputs else None
+        return 0 if ys is None else factor * _numel(ys)
+
+    return flops
+
+
+def _per_input(node, shape_of) -> int:
+    ys = shape_of(node.outputs[0]) if node.outputs else None
+    if ys is None:
+        return 0
+    xs = shape_of(node.inputs[0]) if node.inputs else None
+    return _numel(xs) if xs else _numel(ys)
+
+
+#: Element-wise ops counted one FLOP per output element.
+_ELEMENTWISE_FLOPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Erf",
+    "Softplus", "Clip", "PRelu", "Pow", "Sqrt", "Exp", "Max", "Min", "Where", "Elu", "Softmax", "LogSoftmax", "Neg",
+    "Abs", "Mish", "Selu", "Celu"})
+#: Pooling and reductions counted one FLOP per input element.
+_POOL_FLOPS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean",
+                         "ReduceSum"})
+
+
+def _flops_of(op: str):
+    if op in _ELEMENTWISE_FLOPS:
+        return _per_output()
+    if op in _POOL_FLOPS:
+        return _per_input
+    return None
+
+
+# -- zero semantics that depend on the node --------------------------------------------------
+def _const(node, i: int):
+    v = node.inputs[i] if i < len(node.inputs) else None
+    return None if v is None or v.const_value is None else np.asarray(v.const_value.numpy())
+
+
+def _clip_zero_out(node, is_data, is_zero) -> str:
+    """Clip maps 0 to 0 exactly when ``min <= 0 <= max`` (bounds must be constants)."""
+    lo, hi = -np.inf, np.inf
+    if len(node.inputs) > 1 or node.attributes.get("min") is None:
+        for i in (1, 2):
+            v = node.inputs[i] if i < len(node.inputs) else None
+            if v is None:
+                continue
+            c = _const(node, i)
+            if c is None:
+                return "Clip range excludes 0"
+            if i == 1:
+                lo = float(c.reshape(-1)[0])
+            else:
+                hi = float(c.reshape(-1)[0])
+    else:
+        lo = node.attributes.get_float("min", -np.inf)
+        hi = node.attributes.get_float("max", np.inf)
+    return "" if lo <= 0 <= hi else "Clip range excludes 0"
+
+
+def _pad_zero_out(node, is_data, is_zero) -> str:
+    """Pad maps 0 to 0 in reflect/edge/wrap mode, and in constant mode with a zero pad value."""
+    why = "Pad with a non-zero constant"
+    mode = node.attributes.get_string("mode", "constant")
+    if mode in ("reflect", "edge", "wrap"):
+        return ""
+    if mode != "constant":
+        return why
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        c = _const(node, 2)
+        return "" if c is not None and bool(np.all(c == 0)) else why
+    return "" if node.attributes.get_float("value", 0.0) == 0.0 else why
+
+
+def _sum_zero_out(node, is_data, is_zero) -> str:
+    """Add/Sub of a constant: zero only when every constant operand is zero too."""
+    if all(is_data(v) or is_zero(v) for v in node.inputs if v is not None):
+        return ""
+    return f"{node.op_type} of a constant that is not a zeroed parameter"
+
+
+def _div_zero_out(node, is_data, is_zero) -> str:
+    """Div: ``0 / c = 0`` when the zero is the numerator; ``c / 0`` is not zero."""
+    return "" if is_data(node.inputs[0]) else "Div by data"
+
+
+_ZERO_OUT = {"Add": _sum_zero_out, "Sub": _sum_zero_out, "Div": _div_zero_out}
+
+
 # -- stems ---------------------------------------------------------------------------------
 _add(OpRule("Conv", kind=K.STEM, reason="convolution: its weight rows set the output channels",
             params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
-            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True))
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
+            flops=_conv_flops))
 _add(OpRule("ConvTranspose", kind=K.STEM, reason="transposed convolution: weight axis 1 sets the output channels",
             params=(ParamSpec(1, out_axis=1, in_axis=0), ParamSpec(2, out_axis=0, role="bias")),
-            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True, flops=_conv_flops,
             note="with group > 1 the output axis of the weight holds C_out/group channels"))
 
 
@@ -39,7 +174,7 @@ def _gemm_params(node):
 
 _add(OpRule("Gemm", classify=_gemm, reason="", params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
             data_inputs=(0,), channel_map=C.PRODUCE, channel_axis=1, zero_params_zero_output=True, maps_zero=True,
-            note="param axes depend on transB; use gemm_params(node)", extra={"params_of": _gemm_params}))
+            flops=_gemm_flops, note="param axes depend on transB; use gemm_params(node)", extra={"params_of": _gemm_params}))
 
 
 def _matmul(node, is_data):
@@ -55,7 +190,8 @@ def _matmul(node, is_data):
 
 
 _add(OpRule("MatMul", classify=_matmul, params=(ParamSpec(1, out_axis=-1, in_axis=-2),),
-            channel_map=C.MATMUL, channel_axis=-1, zero_params_zero_output=True, maps_zero=True))
+            channel_map=C.MATMUL, channel_axis=-1, zero_params_zero_output=True, maps_zero=True,
+            flops=_matmul_flops))
 
 
 def _gather(node, is_data):
@@ -75,18 +211,18 @@ _bn_params = (ParamSpec(1, role="scale"), ParamSpec(2, role="bias"),
               ParamSpec(3, trainable=False, role="running_mean"), ParamSpec(4, trainable=False, role="running_var"))
 _add(OpRule("BatchNormalization", kind=K.ACCESSORY, reason="per-channel normalisation with per-channel parameters",
             params=_bn_params, data_inputs=(0,), channel_map=C.IDENTITY, zero_params_zero_output=True, maps_zero=False,
-            note="training-mode BatchNorm computes batch statistics per channel, so removing a channel leaves the others exact"))
+            flops=_per_output(4), note="training-mode BatchNorm computes batch statistics per channel, so removing a channel leaves the others exact"))
 _add(OpRule("InstanceNormalization", kind=K.ACCESSORY, reason="per-channel instance normalisation",
             params=(ParamSpec(1, role="scale"), ParamSpec(2, role="bias")), data_inputs=(0,), channel_map=C.IDENTITY,
-            zero_params_zero_output=True))
+            zero_params_zero_output=True, flops=_per_output(5)))
 _add(OpRule("GroupNormalization", kind=K.ACCESSORY, reason="group normalisation: statistics per group of channels",
             params=(ParamSpec(1, role="scale"), ParamSpec(2, role="bias")), data_inputs=(0,), channel_map=C.IDENTITY,
-            zero_params_zero_output=True, exact_invariance=False,
+            zero_params_zero_output=True, exact_invariance=False, flops=_per_output(5),
             note="pruning units are whole norm groups; removing part of a group changes its statistics"))
 _add(OpRule("LayerNormalization", kind=K.ACCESSORY, reason="normalisation over the trailing axes with per-feature parameters",
             params=(ParamSpec(1, out_axis=0, role="scale"), ParamSpec(2, out_axis=0, role="bias")), data_inputs=(0,),
             channel_map=C.IDENTITY, channel_axis=-1, zero_params_zero_output=True, exact_invariance=False,
-            note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
+            flops=_per_output(5), note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
 
 # -- activations and other unary element-wise ops ------------------------------------------
 for op, zero in [("Relu", True), ("LeakyRelu", True), ("Sigmoid", False), ("HardSigmoid", False),
@@ -96,7 +232,7 @@ for op, zero in [("Relu", True), ("LeakyRelu", True), ("Sigmoid", False), ("Hard
                  ("Log", False), ("Reciprocal", False), ("Sin", True), ("Cos", False), ("Sign", True),
                  ("Floor", True), ("Ceil", True), ("Round", True), ("Not", False), ("IsNaN", False)]:
     _add(OpRule(op, kind=K.ACCESSORY, reason="element-wise activation", data_inputs=(0,), channel_map=C.IDENTITY,
-                channel_axis=None, maps_zero=zero))
+                channel_axis=None, maps_zero=zero, flops=_flops_of(op)))
 
 
 def _clip(node, is_data):
@@ -104,13 +240,13 @@ def _clip(node, is_data):
 
 
 _add(OpRule("Clip", classify=_clip, data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=False,
-            note="maps zero to zero only when min <= 0 <= max (checked by the analyses)", extra={"zero_if_range_contains_0": True}))
+            zero_out=_clip_zero_out, flops=_per_output(), note="maps zero to zero only when min <= 0 <= max"))
 _add(OpRule("PRelu", kind=K.ACCESSORY, reason="element-wise activation with a per-channel slope",
             params=(ParamSpec(1, out_axis=0, role="slope"),), data_inputs=(0,), channel_map=C.IDENTITY, maps_zero=True,
-            note="slope shape [C,1,1] (or [1]) broadcasts over the channel axis"))
+            flops=_per_output(), note="slope shape [C,1,1] (or [1]) broadcasts over the channel axis"))
 for op in ("Softmax", "LogSoftmax", "Hardmax"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="normalises along one axis", data_inputs=(0,), channel_map=C.REDUCE,
-                channel_axis=None, maps_zero=False, note="channels are independent only when the softmax axis is not the channel axis"))
+                channel_axis=None, maps_zero=False, flops=_flops_of(op), note="channels are independent only when the softmax axis is not the channel axis"))
 _add(OpRule("Dropout", kind=K.ACCESSORY, reason="dropout (identity at inference; element-wise mask in training)",
             data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=True))
 _add(OpRule("Identity", kind=K.PASSTHROUGH_SHAPE, reason="identity", data_inputs=(0,), channel_map=C.IDENTITY,
@@ -123,17 +259,19 @@ _add(OpRule("CastLike", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data
 # -- pooling, resizing, padding ------------------------------------------------------------
 for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="spatial pooling per channel", data_inputs=(0,), channel_map=C.IDENTITY,
-                maps_zero=True))
+                maps_zero=True, flops=_flops_of(op)))
 _add(OpRule("Resize", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
             channel_map=C.IDENTITY, maps_zero=True, note="assumes scales/sizes leave the channel axis unchanged (checked by the analyses)"))
 _add(OpRule("Upsample", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
             channel_map=C.IDENTITY, maps_zero=True))
 _add(OpRule("Pad", kind=K.ACCESSORY, reason="spatial padding per channel", data_inputs=(0,), channel_map=C.IDENTITY,
-            maps_zero=False, note="maps zero to zero for constant mode with value 0 and reflect/edge modes (checked by the analyses)"))
+            maps_zero=False, zero_out=_pad_zero_out,
+            note="maps zero to zero for constant mode with value 0 and reflect/edge/wrap modes"))
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd",
            "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="reduction over some axes", data_inputs=(0,), channel_map=C.REDUCE,
-                channel_axis=None, maps_zero=op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceSumSquare")))
+                channel_axis=None, flops=_flops_of(op),
+                maps_zero=op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceSumSquare")))
 _add(OpRule("CumSum", kind=K.ACCESSORY, reason="cumulative sum along one axis", data_inputs=(0,), channel_map=C.REDUCE,
             channel_axis=None, maps_zero=True))
 
@@ -157,7 +295,7 @@ for op, z in [("Add", False), ("Sub", False), ("Mul", True), ("Div", True), ("Po
               ("GreaterOrEqual", False), ("And", False), ("Or", False), ("Xor", False), ("Mod", False),
               ("BitShift", False)]:
     _add(OpRule(op, classify=_elementwise(op, z), channel_map=C.BROADCAST, channel_axis=None, maps_zero=z,
-                drop_input={"Add": D.SUM, "Sum": D.SUM, "Sub": D.SUBTRAHEND}.get(op, D.NEVER),
+                zero_out=_ZERO_OUT.get(op), flops=_flops_of(op), drop_input={"Add": D.SUM, "Sum": D.SUM, "Sub": D.SUBTRAHEND}.get(op, D.NEVER),
                 note="with one constant operand, zero maps to zero only for Mul/Div by the constant or Add/Sub of a zeroed parameter"))
 
 
@@ -185,7 +323,8 @@ def _where(node, is_data):
     return K.JOINT, "Where selects between two data inputs element-wise"
 
 
-_add(OpRule("Where", classify=_where, channel_map=C.BROADCAST, channel_axis=None, maps_zero=False))
+_add(OpRule("Where", classify=_where, channel_map=C.BROADCAST, channel_axis=None, maps_zero=False,
+            flops=_per_output()))
 
 # -- data movement -------------------------------------------------------------------------
 for op, cmap, zero in [("Reshape", C.RESHAPE, True), ("Flatten", C.FLATTEN, True), ("Transpose", C.TRANSPOSE, True),

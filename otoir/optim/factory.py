@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from otoir.optim.core import BaseRule, Selector, SparsitySchedule
 from otoir.optim.halfspace import is_torch
 from otoir.optim.layout import GroupLayout
@@ -55,7 +53,9 @@ def build_optimizer(
         groups: The analyses' prunable groups; the layout is built from their trainable
             slices, and for ``h2spg`` the selector defaults to the validity-checked
             :func:`~otoir.analyses.validity.select_redundant` and the target is checked to be
-            reachable.
+            reachable. GeZIGs come as a :class:`~otoir.analyses.validity.GroupSet` (the
+            partition's ``groups``, :func:`~otoir.optim.from_groups.groups_for`): its
+            ``checker`` is the validity check.
         lr: Learning rate.
         base: Base rule.
         schedule: Sparsity schedule.
@@ -84,7 +84,9 @@ def build_optimizer(
         raise ValueError(f"front end must be numpy or torch, not '{front}'")
     shapes = {n: tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v)) for n, v in items}
     if groups is not None:
-        groups = list(groups)
+        from otoir.analyses.validity import GroupSet
+
+        groups = GroupSet(groups, getattr(groups, "checker", None))
         if not groups:
             raise ValueError(f"{algorithm}: the model has no prunable groups")
         missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
@@ -94,12 +96,7 @@ def build_optimizer(
 
         layout = layout_from_groups(groups, shapes)
         if key == "h2spg" and selector is None:
-            from otoir.analyses.validity import select_redundant
-
-            glist = groups
-
-            def selector(scores: np.ndarray, k: int) -> list[int]:
-                return select_redundant(glist, scores, k)
+            selector = groups.selector()
 
     cfg = configure(key, base, schedule, selector, options)
     if groups is not None and key == "h2spg":
@@ -114,5 +111,5 @@ def build_optimizer(
 
         opt = NumpyStepper(layout, shapes, lr=lr, algorithm=key, **structured)
     if groups is not None:
-        opt.groups = groups
+        opt.groups = list(groups)
     return opt

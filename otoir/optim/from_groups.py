@@ -9,12 +9,16 @@ from otoir.optim.layout import GroupLayout
 
 if TYPE_CHECKING:
     from otoir.analyses.groups import Group
+    from otoir.analyses.validity import GroupSet
 
 __all__ = ["check_valid_target", "groups_for", "layout_from_groups", "make_numpy_stepper", "trainable_shapes"]
 
 
 def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     """Checks that H2SPG can reach ``target``: that many groups can be zero together validly.
+
+    GeZIGs must come as a :class:`~otoir.analyses.validity.GroupSet` (their partition's
+    ``groups``, or :func:`groups_for`), whose ``checker`` judges validity.
 
     Returns K. Raises ValueError naming the largest reachable target otherwise (the
     hierarchy forbids erasing a segment together with all of its alternatives).
@@ -23,7 +27,7 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     from otoir.optim.core import target_count
 
     k = target_count(target, len(groups))
-    most = len(select_redundant(list(groups), [0.0] * len(groups), len(groups)))
+    most = len(select_redundant(groups, [0.0] * len(groups), len(groups)))
     if k > most:
         raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
                          f"together while the network stays valid (target <= {most / len(groups):.3f})")
@@ -47,14 +51,19 @@ def layout_from_groups(groups: Sequence[Group], shapes: Mapping[str, Sequence[in
     return GroupLayout.from_slices(specs, shapes)
 
 
-def groups_for(model, kind: str, analyses=None) -> list[Group]:
+def groups_for(model, kind: str, analyses=None) -> GroupSet:
     """The prunable groups of ``model``: ``gezig`` (erasing) or ``zig`` (pruning).
+
+    Returns a :class:`~otoir.analyses.validity.GroupSet` carrying the partition's validity
+    checker (GeZIGs; None for channel groups): :func:`~otoir.optim.build_optimizer` and
+    :func:`~otoir.analyses.validity.select_redundant` take the checker from it.
 
     Args:
         model: The model.
         kind: ``gezig`` or ``zig``.
         analyses: An :class:`~otoir.infra.analysis.AnalysisManager` to reuse (optional).
     """
+    from otoir.analyses.validity import GroupSet
     from otoir.infra.analysis import AnalysisManager
 
     am = analyses or AnalysisManager(model)
@@ -65,10 +74,10 @@ def groups_for(model, kind: str, analyses=None) -> list[Group]:
     elif kind == "zig":
         from otoir.analyses.zig import ChannelGroups
 
-        groups = am.get(ChannelGroups).groups
+        groups = GroupSet(am.get(ChannelGroups).groups)
     else:
         raise ValueError(f"group kind must be gezig or zig, not '{kind}'")
-    return [g for g in groups if g.prunable]
+    return groups.subset(g for g in groups if g.prunable)
 
 
 def trainable_shapes(model, analyses=None) -> dict[str, tuple[int, ...]]:

@@ -19,11 +19,12 @@ import onnx_ir as ir
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.shapes import SENTINEL
 from otoir.ops.channels import slice_bounds, split_sizes
+from otoir.surgery.common import remove_dead_nodes
 
 if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
 
-__all__ = ["PruneError", "PruneResult", "prune_channel_groups", "remove_dead_nodes"]
+__all__ = ["PruneError", "PruneResult", "prune_channel_groups"]
 
 
 @dataclass(frozen=True)
@@ -277,20 +278,13 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
         if v.shape is not None and not v.is_graph_output():
             v.shape = None
     remove_dead_nodes(model)
+    _drop_helper_initializers(model)
     return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten)
 
 
-def remove_dead_nodes(model: ir.Model) -> int:
-    """Removes nodes none of whose outputs is used (e.g. replaced shape sub-graphs)."""
+def _drop_helper_initializers(model: ir.Model) -> None:
+    """Drops the shape constants this surgery created that are no longer used."""
     graph = model.graph
-    outputs = set(graph.outputs)
-    removed = 0
-    for node in reversed(list(graph)):
-        if any(o in outputs or o.uses() for o in node.outputs):
-            continue
-        graph.remove(node, safe=True)
-        removed += 1
     for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()
                  and n.endswith(("__shape", "__starts", "__ends", "__axes", "__steps", "__split"))]:
         del graph.initializers[name]
-    return removed

@@ -48,4 +48,4 @@ def test_h2spg_zero_set_is_valid_and_exact(supernet, fraction):
         set_tensor_array(model, n, arr)
     zero = [g for g in groups if group_is_zero(model, g)]
     assert len(zero) == k, name
-    assert is_valid(zero), f"{name}: H2SPG produced an invalid sub-network at {fraction}"
+    assert is_valid(zero, groups.checker), f"{name}: H2SPG produced an invalid sub-network at {fraction}"

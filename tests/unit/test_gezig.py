@@ -274,8 +274,9 @@ def test_stacking_joint_comes_from_the_rule_table():
 def test_erase_refusal_leaves_the_model_untouched():
     # Every joint is planned before anything changes: a refused joint (a Mul, later in the
     # graph) does not leave the Concat before it half rewired and its consumer sliced.
+    from otoir.analyses.shapes import StaticShapes
     from otoir.analyses.vertices import VertexClasses
-    from otoir.surgery.erase import erase_segment_outputs, value_shapes
+    from otoir.surgery.erase import erase_segment_outputs
 
     m = _cat_net(1, "conv")
     r0 = next(n for n in m.graph if n.name == "relu0").outputs[0]
@@ -286,7 +287,7 @@ def test_erase_refusal_leaves_the_model_untouched():
     z.outputs[0].dtype = ir.DataType.FLOAT
     m.graph.outputs.append(z.outputs[0])
     r1 = next(n for n in m.graph if n.name == "relu1").outputs[0]
-    res = erase_segment_outputs(m, [r1, q.outputs[0]], VertexClasses(m), value_shapes(m))
+    res = erase_segment_outputs(m, [r1, q.outputs[0]], VertexClasses(m), StaticShapes(m).value_dims)
     assert [(msg, n.name) for msg, n in res.errors] == [("feeds a Mul joint (a zero input does not vanish)", "mul")]
     cat = next(n for n in m.graph if n.name == "cat")
     assert len(cat.inputs) == 2 and cat.inputs[0] is r1

@@ -209,5 +209,5 @@ def test_h2spg_from_groups_uses_the_validity_selector_and_checks_the_target():
     opt = build_optimizer("h2spg", shapes, groups=groups, lr=0.05, target=0.3, warmup_steps=1)
     scores = np.random.default_rng(0).uniform(size=len(groups))
     chosen = opt.core.selector(scores, k)
-    assert len(chosen) == k and is_valid([groups[i] for i in chosen])
+    assert len(chosen) == k and is_valid([groups[i] for i in chosen], groups.checker)
     assert chosen == select_redundant(groups, scores, k)

@@ -1,0 +1,322 @@
+"""Erasability: which zero segment outputs a joint can lose, and what else goes with them.
+
+The analyses' side of erasing (OTOv3 section 3.3); :mod:`otoir.surgery.erase` only carries out
+the plans made here. What a joint allows is the rule table's ``OpRule.drop_input``
+(:class:`~otoir.ops.rules.DropInput`):
+
+* ``SUM`` (``Add``/``Sum``): drop the input, when the remaining inputs keep the output's
+  broadcast shape.
+* ``SUBTRAHEND`` (``Sub``): a zero subtrahend is dropped (``x - 0 = x``); a zero minuend is refused.
+* ``STACK`` (``Concat``) along the rule's channel axis: drop the input **and** the matching
+  channels downstream: walk through channel-wise ops after the Concat that map zero to zero
+  (ReLU, pooling, Resize, Clip with 0 in range, ...), and BatchNorm-like ops whose per-channel
+  parameters are sliced, until the stems whose input columns are sliced (Conv weight axis 1,
+  Gemm/MatMul rows after a ``Flatten``). Every op on the walk must work on the removed axis
+  (its rule's ``channel_axis``); a walk that meets anything else is refused. Along any other
+  axis (height, width, batch) the zero input is part of the output's shape and is never dropped.
+* ``NEVER``: a zero input does not vanish; refused.
+
+:func:`maps_zero` answers whether a node inside a segment keeps an all-zero input zero, from the
+rule's typed zero semantics (:meth:`~otoir.ops.rules.OpRule.zero_output`). Shapes are
+:attr:`StaticShapes.value_dims <otoir.analyses.shapes.StaticShapes.value_dims>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from otoir.analyses.shapes import Dims
+from otoir.analyses.vertices import VertexClasses, param_specs
+from otoir.infra.diagnostics import node_label
+from otoir.ops.rules import DropInput, VertexKind
+
+__all__ = [
+    "ChannelPlan",
+    "JointDrop",
+    "stack_ranges",
+    "plan_channel_removal",
+    "plan_joint_drop",
+    "maps_zero",
+]
+
+Shape = Dims
+
+
+def stack_ranges(node: ir.Node, axis: int, shapes: Mapping[str, Shape]) -> list[tuple[int, int]] | None:
+    """``[start, stop)`` of each input of a stacking joint (Concat) along ``axis``, or None if unknown."""
+    out = []
+    start = 0
+    for v in node.inputs:
+        s = shapes.get(v.name) if v is not None else None
+        if s is None or axis >= len(s) or not isinstance(s[axis], int):
+            return None
+        out.append((start, start + s[axis]))
+        start += s[axis]
+    return out
+
+
+@dataclass
+class ChannelPlan:
+    """Entries to delete when channels of a value go away.
+
+    Attributes:
+        slices: ``(tensor, axis, indices, trainable)``: trainable per-channel parameters of
+            accessories after the Concat (BatchNorm gamma/beta: must be zero for exactness, so
+            they belong to the group), and dependent entries (running statistics, stem columns).
+        values: Values whose channel count changes (their declared shapes are cleared).
+    """
+
+    slices: list[tuple[str, int, tuple[int, ...], bool]] = field(default_factory=list)
+    values: list[ir.Value] = field(default_factory=list)
+
+
+# Channel-wise ops without parameters a removed channel may pass through; it must stay zero (the
+# rule's zero semantics: Clip only with 0 in its range).
+_PASS_OPS = frozenset({
+    "Relu", "LeakyRelu", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "Neg",
+    "Abs", "Sign", "Erf", "Sin", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+    "GlobalLpPool", "Resize", "Upsample", "Identity", "Cast", "Dropout", "Clip",
+})
+_NORM_OPS = frozenset({"BatchNormalization", "InstanceNormalization"})
+
+
+def _rank(v: ir.Value, shapes: Mapping[str, Shape]) -> int | None:
+    s = shapes.get(v.name)
+    return len(s) if s is not None else None
+
+
+def _axis_mismatch(node: ir.Node, vc: VertexClasses, axis: int, rank: int | None) -> str:
+    """Why ``node`` (reading a value of ``rank``) cannot lose entries along ``axis`` ('' if it can).
+
+    The node's rule says which axis it treats channel-wise (``channel_axis``; None: every axis,
+    an element-wise op).
+    """
+    r = vc.info[node].rule
+    if r is None:
+        return f"{node_label(node)}: {node.op_type} has no rule"
+    if r.channel_axis is None:
+        return ""
+    ch = r.node_channel_axis(rank)
+    if ch != axis:
+        where = "unknown" if ch is None else str(ch)
+        return (f"{node_label(node)}: {node.op_type} works on axis {where}, "
+                f"not on the removed axis {axis}")
+    return ""
+
+
+def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: Sequence[int],
+                         shapes: Mapping[str, Shape], vc: VertexClasses) -> ChannelPlan | str:
+    """Plans removing entries ``channels`` along ``axis`` of ``value`` from everything downstream.
+
+    Every op on the way must treat ``axis`` as its channel axis (its rule's ``channel_axis``, or
+    an element-wise op) and keep its size; the walk ends at stems whose input columns are sliced.
+
+    Args:
+        model: The model.
+        value: Output of the Concat whose inputs are dropped.
+        axis: The axis of ``value`` the entries are removed from (normalised).
+        channels: Indices along ``axis`` that disappear.
+        shapes: :attr:`StaticShapes.value_dims`.
+        vc: Vertex classification.
+
+    Returns:
+        A :class:`ChannelPlan`, or a string saying why it cannot be done exactly.
+    """
+    plan = ChannelPlan()
+    graph_outputs = set(model.graph.outputs)
+    owned: dict[str, ir.Node] = {}
+    stack: list[tuple[ir.Value, int, tuple[int, ...]]] = [(value, axis, tuple(sorted(set(channels))))]
+    seen: set[ir.Value] = set()
+    while stack:
+        v, ax, idx = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        plan.values.append(v)
+        if v in graph_outputs:
+            return f"the channels reach graph output '{v.name}'"
+        rank = _rank(v, shapes)
+        for use in v.uses():
+            node, pos = use.node, use.idx
+            op = node.op_type
+            others_used = any(o.uses() or o in graph_outputs for o in node.outputs[1:])
+            if op in _PASS_OPS | _NORM_OPS | {"Conv", "Gemm", "MatMul"} and pos == 0:
+                why = _axis_mismatch(node, vc, ax, rank)
+                if why:
+                    return why
+            if op in _PASS_OPS | _NORM_OPS and pos == 0:
+                s_in, s_out = shapes.get(v.name), shapes.get(node.outputs[0].name)
+                if s_in is None or s_out is None or len(s_out) <= ax or s_out[ax] != s_in[ax]:
+                    return f"{node_label(node)}: {op} may change the size of axis {ax}"
+            if op in _PASS_OPS and pos == 0:
+                if others_used:
+                    return f"{node_label(node)}: {op} has other used outputs"
+                why = vc.info[node].rule.zero_output(node, vc.is_data, _never_zero)
+                if why:
+                    return f"{node_label(node)}: {why}"
+                stack.append((node.outputs[0], ax, idx))
+            elif op in _NORM_OPS and pos == 0:
+                if others_used:
+                    return f"{node_label(node)}: {op} running statistics outputs are used"
+                r = vc.info[node].rule
+                for spec in param_specs(node, r):
+                    p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
+                    if p is None:
+                        continue
+                    if not p.is_initializer():
+                        return f"{node_label(node)}: {op} {spec.role} is not an initializer"
+                    plan.slices.append((p.name, 0, idx, p.name in vc.trainable))
+                    owned.setdefault(p.name, node)
+                stack.append((node.outputs[0], ax, idx))
+            elif op == "Flatten" and pos == 0:
+                s = shapes.get(v.name)
+                if node.attributes.get_int("axis", 1) != 1 or ax != 1 or s is None or len(s) < 2:
+                    return f"{node_label(node)}: Flatten with unknown input shape, axis != 1 or entries removed from axis {ax}"
+                rest = s[2:]
+                if not all(isinstance(d, int) for d in rest):
+                    return f"{node_label(node)}: Flatten of a value with symbolic spatial dims"
+                inner = int(np.prod(rest)) if rest else 1
+                flat = tuple(c * inner + k for c in idx for k in range(inner))
+                stack.append((node.outputs[0], 1, flat))
+            elif op == "Conv" and pos == 0:
+                if node.attributes.get_int("group", 1) != 1:
+                    return f"{node_label(node)}: grouped Conv after the Concat"
+                w = node.inputs[1]
+                if not w.is_initializer():
+                    return f"{node_label(node)}: Conv weight is not an initializer"
+                plan.slices.append((w.name, 1, idx, False))
+                owned.setdefault(w.name, node)
+            elif op in ("Gemm", "MatMul") and pos == 0:
+                w = node.inputs[1]
+                if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
+                    return f"{node_label(node)}: {op} weight is not a 2-D initializer"
+                if op == "Gemm":
+                    if node.attributes.get_int("transA", 0):
+                        return f"{node_label(node)}: Gemm with transA"
+                    waxis = 1 if node.attributes.get_int("transB", 0) else 0
+                else:
+                    waxis = 0
+                plan.slices.append((w.name, waxis, idx, False))
+                owned.setdefault(w.name, node)
+            else:
+                return f"{node_label(node)}: {op} (input {pos}) after the Concat cannot drop channels"
+    for name, node in owned.items():
+        users = {u.node for u in model.graph.initializers[name].uses()}
+        if users != {node}:
+            return f"parameter '{name}' is shared by several nodes"
+    return plan
+
+
+def _never_zero(v: ir.Value | None) -> bool:
+    return False
+
+
+def maps_zero(node: ir.Node, vc: VertexClasses, group_params: set[str]) -> tuple[bool, str]:
+    """Whether ``node`` (inside a segment) maps an all-zero data input to an all-zero output.
+
+    Parameters in ``group_params`` are zero as well. A stem does unless it adds a bias outside
+    the group; a joint with unrestricted data inputs never does; otherwise the rule's zero
+    semantics decide (:meth:`~otoir.ops.rules.OpRule.zero_output`).
+
+    Returns:
+        ``(answer, reason when False)``.
+    """
+    info = vc.info[node]
+    r = info.rule
+    op = node.op_type
+    if r is None:
+        return False, f"{op} has no rule"
+    if info.kind is VertexKind.STEM:
+        for spec in param_specs(node, r):
+            p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
+            if spec.role == "bias" and p is not None and p.name not in group_params:
+                return False, f"{op} has a bias outside the group"
+        return True, ""
+    if r.data_inputs is None and info.kind is VertexKind.JOINT:
+        return False, f"{op} joint inside a segment"
+    why = r.zero_output(node, vc.is_data, lambda v: v is not None and v.name in group_params)
+    return not why, why
+
+
+@dataclass
+class JointDrop:
+    """How a joint loses some of its inputs.
+
+    Attributes:
+        keep: Input positions that remain, in order (may be empty: the joint is left without
+            inputs, which the validity check refuses).
+        plan: For a stacking joint (Concat), the entries removed downstream; else None.
+    """
+
+    keep: list[int]
+    plan: ChannelPlan | None = None
+
+
+def plan_joint_drop(model: ir.Model, joint: ir.Node, positions: Iterable[int], shapes: Mapping[str, Shape],
+                    vc: VertexClasses) -> JointDrop | str:
+    """Plans dropping the (all-zero) inputs ``positions`` of ``joint``, or says why it cannot be done.
+
+    What the joint allows comes from its rule's ``drop_input``. Element-wise sums must keep
+    their broadcast output shape without the dropped inputs; a stacking joint (Concat) must
+    stack along its rule's channel axis, and the removed channels must be removable downstream
+    (:func:`plan_channel_removal`).
+
+    Returns:
+        A :class:`JointDrop`, or a one-line reason.
+    """
+    op = joint.op_type
+    name = node_label(joint)
+    pos = set(positions)
+    r = vc.info[joint].rule
+    mode = r.drop_input if r is not None else DropInput.NEVER
+    keep = [i for i in range(len(joint.inputs)) if i not in pos]
+    if mode is DropInput.NEVER:
+        return f"feeds a {op} joint (a zero input does not vanish)"
+    if mode is DropInput.SUBTRAHEND:
+        if 0 in pos:
+            return f"feeds the minuend of {op} {name} (0 - x != x)"
+        return JointDrop(keep)
+    out = joint.outputs[0]
+    if mode is DropInput.STACK:
+        rank = _rank(out, shapes)
+        axis = r.node_axis(joint, rank)
+        ch = r.node_channel_axis(rank)
+        if axis is None or ch is None:
+            return f"{name}: {op} axis unknown (negative axis, output rank unknown)"
+        if axis != ch:
+            return (f"{name}: {op} stacks along axis {axis}, not the channel axis {ch}: a zero input is part "
+                    f"of its output shape and cannot be removed")
+        ranges = stack_ranges(joint, axis, shapes)
+        if ranges is None:
+            return f"{name}: {op} input sizes along axis {axis} unknown"
+        chans = [c for i in sorted(pos) for c in range(*ranges[i])]
+        plan = plan_channel_removal(model, out, axis, chans, shapes, vc)
+        if isinstance(plan, str):
+            return plan
+        return JointDrop(keep, plan)
+    # DropInput.SUM: the remaining inputs must broadcast to the same output shape.
+    o = shapes.get(out.name)
+    kept = [shapes.get(joint.inputs[i].name) if joint.inputs[i] is not None else None for i in keep]
+    if not kept:
+        return JointDrop(keep)
+    if o is None or any(k is None for k in kept):
+        return f"shapes around {name} unknown"
+    if _broadcast(kept) != tuple(o):
+        return f"dropping inputs of {name} would change its broadcast output shape"
+    return JointDrop(keep)
+
+
+def _broadcast(shapes: Sequence[Shape]) -> Shape | None:
+    rank = max(len(s) for s in shapes)
+    out: list = []
+    for k in range(rank):
+        dims = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            return None
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
