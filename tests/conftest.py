@@ -24,6 +24,10 @@ splits the file into cases. Each case is an independent model, run and checked o
   error, and so is an upper-case ``# WORD:`` (or ``# WORD-NEXT:`` …) line whose prefix no RUN
   line uses (a misspelt prefix would otherwise check nothing).
 
+``# REQUIRES: module[, module...]`` (anywhere in the file) skips the whole file unless the modules
+import, e.g. ``# REQUIRES: onnxruntime.training`` for the files that train. ``COM:`` lines are
+comments to FileCheck.
+
 Expected diagnostics are checked with ``not otoir-opt … 2>&1 | filecheck %s --check-prefix=ERR``
 and ``# ERR: <the message>`` lines in the failing case. Test items are named ``RUN<i>`` for a
 one-case file and ``RUN<i>@L<line>`` otherwise (``<line>``: the case's first line); a failure
@@ -46,6 +50,7 @@ import pytest
 SPLIT_MARKER = "# -----"
 
 _RUN = "# RUN:"
+_REQUIRES = "# REQUIRES:"
 _DIRECTIVE = re.compile(r"^\s*#\s*([A-Z][A-Z0-9_]*)(-(DAG|COUNT-\d+|NOT|EMPTY|NEXT|SAME|LABEL))?(\{LITERAL})?:")
 
 
@@ -127,9 +132,11 @@ class FileCheckFile(pytest.File):
         used = {p for ps in prefixes for p in ps}
         for n, line in enumerate(text.splitlines(), 1):
             m = _DIRECTIVE.match(line)
-            if m and m.group(1) not in ("RUN", "COM") and m.group(1) not in used:
+            if m and m.group(1) not in ("RUN", "COM", "REQUIRES") and m.group(1) not in used:
                 raise FileCheckFailure(f"{self.path.name}:{n}: check prefix '{m.group(1)}' is used by no RUN line "
                                        f"(RUN lines check {', '.join(sorted(used))})")
+        requires = tuple(m.strip() for s in (line.strip() for line in text.splitlines()) if s.startswith(_REQUIRES)
+                         for m in s[len(_REQUIRES):].split(",") if m.strip())
         cases = split_cases(text)
         for case in cases:
             where = f"{self.path.name}: case {case.index} (line {case.line})"
@@ -141,17 +148,21 @@ class FileCheckFile(pytest.File):
                                        f"({', '.join(sorted(used))})")
             for i in mine:
                 name = f"RUN{i}" if len(cases) == 1 else f"RUN{i}@L{case.line}"
-                yield FileCheckItem.from_parent(self, name=name, command=runs[i], case=case, ncases=len(cases))
+                yield FileCheckItem.from_parent(self, name=name, command=runs[i], case=case, ncases=len(cases),
+                                                requires=requires)
 
 
 class FileCheckItem(pytest.Item):
-    def __init__(self, *, command: str, case: Case, ncases: int, **kw) -> None:
+    def __init__(self, *, command: str, case: Case, ncases: int, requires: tuple[str, ...] = (), **kw) -> None:
         super().__init__(**kw)
         self.command = command
         self.case = case
         self.ncases = ncases
+        self.requires = requires
 
     def runtest(self) -> None:
+        for module in self.requires:
+            pytest.importorskip(module)
         with tempfile.TemporaryDirectory(prefix="otoir-filecheck-") as tmp:
             path = os.path.join(tmp, self.path.name)
             with open(path, "w", encoding="utf-8") as f:

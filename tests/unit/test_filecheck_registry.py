@@ -156,3 +156,11 @@ def test_plugin_rejects_malformed_files(pytester, body, message):
     res = _session(pytester, body)
     res.assert_outcomes(errors=1)
     res.stdout.fnmatch_lines([message])
+
+
+def test_plugin_requires_skips_when_a_module_is_missing(pytester):
+    res = _session(pytester, "# RUN: otoir-opt %s -p cse | filecheck %s\n# REQUIRES: json, otoir_no_such_module\n"
+                             f"{_MODEL}# CHECK: y = Sigmoid (x)\n")
+    res.assert_outcomes(skipped=1)
+    res = _session(pytester, f"# RUN: otoir-opt %s -p cse | filecheck %s\n# REQUIRES: json\n{_MODEL}# CHECK: y = Relu (x)\n")
+    res.assert_outcomes(passed=1)
