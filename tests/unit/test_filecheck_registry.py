@@ -119,7 +119,7 @@ g (float[2] x) => (float[2] y)
 
 def _session(pytester, body: str):
     pytester.makeconftest((Path(fc.__file__)).read_text())
-    pytester.mkdir("filecheck")
+    pytester.path.joinpath("filecheck").mkdir(exist_ok=True)
     pytester.path.joinpath("filecheck", "demo.onnxtxt").write_text(body)
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", "filecheck")
 
