@@ -64,7 +64,6 @@ setup(
         "onnx>=1.16",
         "onnx-ir>=1.1,<2",
         "onnx-graphsurgeon>=0.5",
-        "networkx>=3.0",
         "tqdm>=4.60",
     ],
     extras_require={
