@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from otoir.ops.rules import (
+    CHANNEL_VARIANTS,
     ChannelMap,
     DropInput,
     OpRule,
@@ -16,6 +17,7 @@ from otoir.ops.rules import (
 )
 
 __all__ = [
+    "CHANNEL_VARIANTS",
     "ChannelMap",
     "DropInput",
     "OpRule",

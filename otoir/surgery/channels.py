@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.shapes import SENTINEL
-from otoir.ops.channels import slice_bounds, split_sizes
+from otoir.analyses.zig.handlers.movement import slice_bounds, split_sizes
 
 if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from otoir.ops.channels import components, reshape_blocks
+from otoir.analyses.zig import components, reshape_blocks
 
 
 def test_reshape_blocks_factorise_shuffle_and_flatten():
