@@ -230,11 +230,12 @@ class OpRule:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.channel_variant not in CHANNEL_VARIANTS[ChannelMap(self.channel_map)]:
-            known = ", ".join(repr(v) for v in CHANNEL_VARIANTS[ChannelMap(self.channel_map)])
+        cmap = ChannelMap(self.channel_map)
+        object.__setattr__(self, "channel_map", cmap)  # a plain string names the same value
+        if self.channel_variant not in CHANNEL_VARIANTS[cmap]:
+            known = ", ".join(repr(v) for v in CHANNEL_VARIANTS[cmap])
             raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: channel_variant "
-                             f"{self.channel_variant!r} is not one of {known} for channel map "
-                             f"{ChannelMap(self.channel_map).value}")
+                             f"{self.channel_variant!r} is not one of {known} for channel map {cmap.value}")
 
     def param_spec(self, index: int) -> ParamSpec | None:
         """Returns the spec of input ``index`` if it is a parameter input."""
