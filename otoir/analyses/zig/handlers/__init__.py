@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from otoir.analyses.zig.handlers.common import barrier, op_label
+from otoir.analyses.zig.handlers.common import barrier
 from otoir.analyses.zig.handlers.elementwise import clip, elementwise, identity, pad, resize
 from otoir.analyses.zig.handlers.fill import constant_of_shape
 from otoir.analyses.zig.handlers.matmul import matmul
@@ -21,6 +21,7 @@ from otoir.analyses.zig.handlers.norms import group_norm, layer_norm, per_channe
 from otoir.analyses.zig.handlers.reduce import reduce_axes, reduce_axis, reduce_axis_input
 from otoir.analyses.zig.handlers.stems import conv, gather, gemm
 from otoir.analyses.zig.state import ChannelState
+from otoir.infra.diagnostics import op_label
 from otoir.ops.rules import ChannelMap, OpRule, VertexKind
 
 if TYPE_CHECKING:

@@ -11,15 +11,7 @@ from otoir.analyses.zig.state import ChannelState, Track
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["consume", "rest_untracked", "barrier", "only_axis", "op_label"]
-
-
-def op_label(node: ir.Node) -> str:
-    """``domain::op_type`` of a node (``op_type`` alone in the default ONNX domain)."""
-    from otoir.ops.rules import normalize_domain
-
-    dom = normalize_domain(node.domain)
-    return f"{dom}::{node.op_type}" if dom else node.op_type
+__all__ = ["consume", "rest_untracked", "barrier", "only_axis"]
 
 
 def consume(st: ChannelState, node: ir.Node, t: Track | None, axis: int, param: tuple | None) -> None:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from otoir.analyses.shapes import SENTINEL
-from otoir.analyses.zig.handlers.common import barrier, op_label, rest_untracked
+from otoir.analyses.zig.handlers.common import barrier, rest_untracked
 from otoir.analyses.zig.reshape import expand, reshape_track, transpose_track
 from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.infra.diagnostics import op_label
 from otoir.ops.rules import normalize_axis
 
 if TYPE_CHECKING:

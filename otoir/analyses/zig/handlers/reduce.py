@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from otoir.analyses.zig.handlers.common import barrier, op_label
+from otoir.analyses.zig.handlers.common import barrier
 from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.infra.diagnostics import op_label
 
 if TYPE_CHECKING:
     import onnx_ir as ir

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from otoir.analyses.vertices import param_specs
-from otoir.analyses.zig.handlers.common import barrier, consume, op_label
+from otoir.analyses.zig.handlers.common import barrier, consume
 from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.infra.diagnostics import op_label
 from otoir.ops.rules import ParamSpec, VertexKind, normalize_axis
 
 if TYPE_CHECKING:
