@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["Severity", "Diagnostic", "DiagnosticSink", "node_label"]
+__all__ = ["Severity", "Diagnostic", "DiagnosticSink", "node_label", "op_label"]
 
 
 def node_label(node: ir.Node) -> str:
@@ -18,6 +18,11 @@ def node_label(node: ir.Node) -> str:
         return node.name
     outs = [v.name for v in node.outputs if v is not None and v.name]
     return "@" + outs[0] if outs else "<unnamed>"
+
+
+def op_label(node: ir.Node) -> str:
+    """``domain::op_type`` of a node (``op_type`` alone in the default ONNX domain)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
 class Severity(enum.Enum):
@@ -56,8 +61,7 @@ class Diagnostic:
         """Builds a diagnostic located at ``node``."""
         if node is None:
             return cls(severity, message, **kw)
-        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        return cls(severity, message, node_name=node_label(node), op_type=op, **kw)
+        return cls(severity, message, node_name=node_label(node), op_type=op_label(node), **kw)
 
     def __str__(self) -> str:
         loc = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from otoir.ops import table as _table  # noqa: F401,E402  (registers the built-in rules)
 from otoir.ops.rules import (
+    CHANNEL_VARIANTS,
     ChannelMap,
     DropInput,
     FlopCount,
@@ -24,6 +25,7 @@ from otoir.ops.rules import (
 )
 
 __all__ = [
+    "CHANNEL_VARIANTS",
     "ChannelMap",
     "DropInput",
     "FlopCount",

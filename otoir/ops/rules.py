@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "VertexKind",
     "ChannelMap",
+    "CHANNEL_VARIANTS",
     "DropInput",
     "ParamSpec",
     "OpRule",
@@ -56,7 +57,37 @@ class VertexKind(str, enum.Enum):
 class ChannelMap(str, enum.Enum):
     """How channel indices of a node's output relate to those of its data inputs.
 
-    The channel dependency analysis interprets these; ``BARRIER`` stops propagation.
+    The ZIG analysis (:mod:`otoir.analyses.zig`) selects its handler from the rule's
+    ``channel_map`` and ``channel_variant`` (see :data:`CHANNEL_VARIANTS`) and nothing else, so
+    a user rule for a custom op gets exactly the behaviour it declares. What a rule must
+    declare for each value (the op's inputs and attributes must then match the description):
+
+    * ``PRODUCE``: a stem with fresh output channels. Default variant: a convolution; declare
+      the weight ``ParamSpec(i, out_axis=0, in_axis=1)`` (``out_axis=1, in_axis=0`` for a
+      transposed one) and optionally a ``ParamSpec(j, role="bias")``; data input
+      ``data_inputs[0]`` (default 0), NCHW, output channels on axis 1, optional ``group``
+      attribute; the vertex kind STEM (``kind`` or ``classify``) and, for erasing,
+      ``zero_params_zero_output``/``maps_zero``. Variant ``gemm``: ONNX Gemm's signature
+      (A, B, C; ``transA``/``transB``).
+    * ``IDENTITY``: output position p comes from position p of input 0. A rule with ``params``
+      gets per-channel parameters along axis 1 (each parameter's axis 0 follows the channels;
+      BatchNorm, PRelu); the output is zero for a zeroed group if ``zero_params_zero_output``,
+      zero where the input is if ``maps_zero``. Variants: ``layer-norm`` (``axis``
+      attribute, scale and bias inputs 1, 2), ``group-norm`` (``num_groups``), ``clip``,
+      ``pad`` (ONNX Pad's inputs), ``resize`` (a channel axis keeps its size).
+    * ``BROADCAST``: element-wise with numpy broadcasting; the inputs share channel atoms.
+      Variant ``expand``: ONNX Expand.
+    * ``CONCAT``: stacking along the axis named by ``axis_attribute`` (``axis_default``).
+    * ``SPLIT``, ``SLICE``, ``TRANSPOSE``, ``GATHER``, ``MATMUL``: the ONNX op's signature
+      (Split, Slice, Transpose ``perm``, Gather ``axis``, MatMul).
+    * ``RESHAPE``, ``FLATTEN``: any re-layout of input 0, read from the static shapes.
+      Variant ``target`` (RESHAPE): input 1 is the target shape, rewritten by pruning.
+    * ``REDUCE``: reduction or normalisation over axes without channels. Default variant: ONNX
+      Reduce* (``axes`` attribute or input 1, ``keepdims``); ``axis``: one axis named by
+      ``axis_attribute``; ``axis-input``: one axis given by input 1 (CumSum).
+    * ``FILL``: a uniform tensor whose shape input is read from other values' shapes
+      (ConstantOfShape): it follows their channels.
+    * ``BARRIER``: nothing propagates (also what an op without a rule gets).
     """
 
     PRODUCE = "produce"  # a stem: output channels are new (weight rows)
@@ -71,7 +102,27 @@ class ChannelMap(str, enum.Enum):
     MATMUL = "matmul"  # contraction
     GATHER = "gather"  # indexing along an axis
     REDUCE = "reduce"  # reduction over some axes
+    FILL = "fill"  # a uniform tensor shaped like tracked values (ConstantOfShape)
     BARRIER = "barrier"  # nothing propagates
+
+
+#: The ``channel_variant`` values each :class:`ChannelMap` accepts (``""``: the default).
+CHANNEL_VARIANTS: dict[ChannelMap, tuple[str, ...]] = {
+    ChannelMap.PRODUCE: ("", "gemm"),
+    ChannelMap.IDENTITY: ("", "layer-norm", "group-norm", "clip", "pad", "resize"),
+    ChannelMap.BROADCAST: ("", "expand"),
+    ChannelMap.CONCAT: ("",),
+    ChannelMap.SPLIT: ("",),
+    ChannelMap.SLICE: ("",),
+    ChannelMap.FLATTEN: ("",),
+    ChannelMap.RESHAPE: ("", "target"),
+    ChannelMap.TRANSPOSE: ("",),
+    ChannelMap.MATMUL: ("",),
+    ChannelMap.GATHER: ("",),
+    ChannelMap.REDUCE: ("", "axis", "axis-input"),
+    ChannelMap.FILL: ("",),
+    ChannelMap.BARRIER: ("",),
+}
 
 
 class DropInput(str, enum.Enum):
@@ -154,7 +205,11 @@ class OpRule:
         classify: Node-dependent classification, overrides ``kind``.
         params: Parameter inputs (by position) and which axes follow channels.
         data_inputs: Input positions that may carry data (None: every non-parameter input).
-        channel_map: How channels propagate through the op.
+        channel_map: How channels propagate through the op (see :class:`ChannelMap` for what
+            each value needs the rule to declare).
+        channel_variant: Which handler of ``channel_map`` applies, where one value covers
+            several (``gemm`` vs a convolution for ``PRODUCE``...); one of
+            ``CHANNEL_VARIANTS[channel_map]``, ``""`` for the default.
         channel_axis: The channel axis of the output (1 for NCHW ops), if fixed.
         maps_zero: A zero data input gives a zero output (ReLU yes, Sigmoid no), whatever the
             node; ``zero_out`` refines it for ops where it depends on the node.
@@ -183,6 +238,7 @@ class OpRule:
     params: tuple[ParamSpec, ...] = ()
     data_inputs: tuple[int, ...] | None = None
     channel_map: ChannelMap = ChannelMap.BARRIER
+    channel_variant: str = ""
     channel_axis: int | None = 1
     maps_zero: bool = False
     zero_out: ZeroOut | None = field(default=None, compare=False)
@@ -194,6 +250,14 @@ class OpRule:
     axis_default: int = 0
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        cmap = ChannelMap(self.channel_map)
+        object.__setattr__(self, "channel_map", cmap)  # a plain string names the same value
+        if self.channel_variant not in CHANNEL_VARIANTS[cmap]:
+            known = ", ".join(repr(v) for v in CHANNEL_VARIANTS[cmap])
+            raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: channel_variant "
+                             f"{self.channel_variant!r} is not one of {known} for channel map {cmap.value}")
 
     def param_spec(self, index: int) -> ParamSpec | None:
         """Returns the spec of input ``index`` if it is a parameter input."""
@@ -261,9 +325,12 @@ def unregister_rule(op_type: str, domain: str = "") -> None:
 def rule(op_type: str, *, domain: str = "", since: int = 1, until: int | None = None, **fields):
     """Decorator registering a user rule whose ``classify`` is the decorated function.
 
-    Example::
+    Example (a convolution in a custom domain; :class:`ChannelMap` says what each channel map
+    needs the rule to declare)::
 
-        @rule("MyConv", domain="com.acme", params=(ParamSpec(1),), channel_map=ChannelMap.PRODUCE)
+        @rule("MyConv", domain="com.acme", data_inputs=(0,), channel_map=ChannelMap.PRODUCE,
+              params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, role="bias")),
+              zero_params_zero_output=True, maps_zero=True)
         def my_conv(node, is_data):
             return VertexKind.STEM, "custom convolution"
     """

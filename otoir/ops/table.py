@@ -173,7 +173,7 @@ def _gemm_params(node):
 
 
 _add(OpRule("Gemm", classify=_gemm, reason="", params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
-            data_inputs=(0,), channel_map=C.PRODUCE, channel_axis=1, zero_params_zero_output=True, maps_zero=True,
+            data_inputs=(0,), channel_map=C.PRODUCE, channel_variant="gemm", channel_axis=1, zero_params_zero_output=True, maps_zero=True,
             flops=_gemm_flops, note="param axes depend on transB; use gemm_params(node)", extra={"params_of": _gemm_params}))
 
 
@@ -217,12 +217,13 @@ _add(OpRule("InstanceNormalization", kind=K.ACCESSORY, reason="per-channel insta
             zero_params_zero_output=True, flops=_per_output(5)))
 _add(OpRule("GroupNormalization", kind=K.ACCESSORY, reason="group normalisation: statistics per group of channels",
             params=(ParamSpec(1, role="scale"), ParamSpec(2, role="bias")), data_inputs=(0,), channel_map=C.IDENTITY,
-            zero_params_zero_output=True, exact_invariance=False, flops=_per_output(5),
+            channel_variant="group-norm", zero_params_zero_output=True, exact_invariance=False, flops=_per_output(5),
             note="pruning units are whole norm groups; removing part of a group changes its statistics"))
 _add(OpRule("LayerNormalization", kind=K.ACCESSORY, reason="normalisation over the trailing axes with per-feature parameters",
             params=(ParamSpec(1, out_axis=0, role="scale"), ParamSpec(2, out_axis=0, role="bias")), data_inputs=(0,),
-            channel_map=C.IDENTITY, channel_axis=-1, zero_params_zero_output=True, exact_invariance=False,
-            flops=_per_output(5), note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
+            channel_map=C.IDENTITY, channel_variant="layer-norm", channel_axis=-1, zero_params_zero_output=True,
+            exact_invariance=False, flops=_per_output(5),
+            note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
 
 # -- activations and other unary element-wise ops ------------------------------------------
 for op, zero in [("Relu", True), ("LeakyRelu", True), ("Sigmoid", False), ("HardSigmoid", False),
@@ -239,14 +240,15 @@ def _clip(node, is_data):
     return K.ACCESSORY, "element-wise clamp"
 
 
-_add(OpRule("Clip", classify=_clip, data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=False,
-            zero_out=_clip_zero_out, flops=_per_output(), note="maps zero to zero only when min <= 0 <= max"))
+_add(OpRule("Clip", classify=_clip, data_inputs=(0,), channel_map=C.IDENTITY, channel_variant="clip", channel_axis=None,
+            maps_zero=False, zero_out=_clip_zero_out, flops=_per_output(), note="maps zero to zero only when min <= 0 <= max"))
 _add(OpRule("PRelu", kind=K.ACCESSORY, reason="element-wise activation with a per-channel slope",
             params=(ParamSpec(1, out_axis=0, role="slope"),), data_inputs=(0,), channel_map=C.IDENTITY, maps_zero=True,
             flops=_per_output(), note="slope shape [C,1,1] (or [1]) broadcasts over the channel axis"))
 for op in ("Softmax", "LogSoftmax", "Hardmax"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="normalises along one axis", data_inputs=(0,), channel_map=C.REDUCE,
-                channel_axis=None, maps_zero=False, flops=_flops_of(op), note="channels are independent only when the softmax axis is not the channel axis"))
+                channel_variant="axis", axis_attribute="axis", axis_default=-1, channel_axis=None, maps_zero=False,
+                flops=_flops_of(op), note="channels are independent only when the softmax axis is not the channel axis"))
 _add(OpRule("Dropout", kind=K.ACCESSORY, reason="dropout (identity at inference; element-wise mask in training)",
             data_inputs=(0,), channel_map=C.IDENTITY, channel_axis=None, maps_zero=True))
 _add(OpRule("Identity", kind=K.PASSTHROUGH_SHAPE, reason="identity", data_inputs=(0,), channel_map=C.IDENTITY,
@@ -261,19 +263,20 @@ for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPo
     _add(OpRule(op, kind=K.ACCESSORY, reason="spatial pooling per channel", data_inputs=(0,), channel_map=C.IDENTITY,
                 maps_zero=True, flops=_flops_of(op)))
 _add(OpRule("Resize", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
-            channel_map=C.IDENTITY, maps_zero=True, note="assumes scales/sizes leave the channel axis unchanged (checked by the analyses)"))
+            channel_map=C.IDENTITY, channel_variant="resize", maps_zero=True, note="assumes scales/sizes leave the channel axis unchanged (checked by the analyses)"))
 _add(OpRule("Upsample", kind=K.ACCESSORY, reason="spatial resampling per channel", data_inputs=(0,),
             channel_map=C.IDENTITY, maps_zero=True))
 _add(OpRule("Pad", kind=K.ACCESSORY, reason="spatial padding per channel", data_inputs=(0,), channel_map=C.IDENTITY,
-            maps_zero=False, zero_out=_pad_zero_out,
+            channel_variant="pad", maps_zero=False, zero_out=_pad_zero_out,
             note="maps zero to zero for constant mode with value 0 and reflect/edge/wrap modes"))
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd",
            "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="reduction over some axes", data_inputs=(0,), channel_map=C.REDUCE,
-                channel_axis=None, flops=_flops_of(op),
+                channel_variant="axis" if op.startswith("Arg") else "",
+                axis_attribute="axis" if op.startswith("Arg") else None, channel_axis=None, flops=_flops_of(op),
                 maps_zero=op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceSumSquare")))
 _add(OpRule("CumSum", kind=K.ACCESSORY, reason="cumulative sum along one axis", data_inputs=(0,), channel_map=C.REDUCE,
-            channel_axis=None, maps_zero=True))
+            channel_variant="axis-input", channel_axis=None, maps_zero=True))
 
 
 # -- element-wise binary ops and joints ----------------------------------------------------
@@ -333,13 +336,16 @@ for op, cmap, zero in [("Reshape", C.RESHAPE, True), ("Flatten", C.FLATTEN, True
                        ("DepthToSpace", C.BARRIER, True), ("SpaceToDepth", C.BARRIER, True),
                        ("GatherElements", C.BARRIER, True), ("Trilu", C.IDENTITY, True)]:
     _add(OpRule(op, kind=K.PASSTHROUGH_SHAPE, reason=f"{op} moves data without arithmetic", data_inputs=(0,),
-                channel_map=cmap, channel_axis=None, maps_zero=zero))
+                channel_map=cmap, channel_variant={"Reshape": "target", "Expand": "expand"}.get(op, ""),
+                channel_axis=None, maps_zero=zero))
 
 # -- constants and shape computation -------------------------------------------------------
 for op in ("Shape", "Size"):
     _add(OpRule(op, kind=K.CONSTANT, reason=f"{op} reads metadata, not values", data_inputs=(), channel_map=C.BARRIER,
                 channel_axis=None))
-for op in ("Constant", "ConstantOfShape", "Range", "EyeLike", "RandomNormal", "RandomUniform",
+_add(OpRule("ConstantOfShape", kind=K.CONSTANT, reason="produces a constant or a shape-derived tensor", data_inputs=(),
+            channel_map=C.FILL, channel_axis=None))
+for op in ("Constant", "Range", "EyeLike", "RandomNormal", "RandomUniform",
            "RandomNormalLike", "RandomUniformLike", "NonZero"):
     _add(OpRule(op, kind=K.CONSTANT, reason="produces a constant or a shape-derived tensor", data_inputs=(),
                 channel_map=C.BARRIER, channel_axis=None))

@@ -18,11 +18,13 @@ import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.shapes import SENTINEL
-from otoir.ops.channels import slice_bounds, split_sizes
+from otoir.analyses.zig.handlers.movement import slice_bounds, split_sizes
+from otoir.ops.rules import ChannelMap
 from otoir.surgery.common import remove_dead_nodes
 
 if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
+    from otoir.ops.rules import OpRule
 
 __all__ = ["PruneError", "PruneResult", "prune_channel_groups"]
 
@@ -185,27 +187,27 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
         params_removed += before - arr.size
         set_tensor_array(model, name, arr)
 
-    # 3. rewrite attributes and shape inputs
+    # 3. rewrite attributes and shape inputs (what to rewrite is the node's channel rule)
     rewritten = 0
     for node in list(graph):
-        op = node.op_type
+        op = _rewrite_kind(st.vc.info[node].rule if node in st.vc.info else None)
         if node in st.conv_groups and any(o in masks for o in node.outputs[:1]):
             g, ids = st.conv_groups[node]
             kept = keep(ids).reshape(g, -1)
             new_g = int(np.all(kept, axis=1).sum())
             if not np.all(np.any(kept, axis=1) == np.all(kept, axis=1)):
                 raise PruneError(f"partial conv group removed in '{node.name}'")
-            attr = "num_groups" if op == "GroupNormalization" else "group"
+            attr = "num_groups" if op == "group-norm" else "group"
             node.attributes[attr] = ir.AttrInt64(attr, new_g)
             rewritten += 1
             continue
-        if op in ("Reshape",) and (node.outputs[0] in masks or node.inputs[0] in masks):
+        if op == "reshape-target" and (node.outputs[0] in masks or node.inputs[0] in masks):
             out = node.outputs[0]
             allowzero = bool(node.attributes.get("allowzero").value) if node.attributes.get("allowzero") else False
             tgt = _shape_target(shape_now(out), shape_now(node.inputs[0]), allowzero)
             _const_input(graph, node, 1, tgt, "shape")
             rewritten += 1
-        elif op == "Expand" and node.outputs[0] in masks:
+        elif op == "expand" and node.outputs[0] in masks:
             old_t = shapes.const(node.inputs[1])
             if old_t is None:
                 raise PruneError(f"Expand '{node.name}' with a computed shape")
@@ -225,7 +227,7 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                     tgt[i] = new_out[j]
             _const_input(graph, node, 1, tgt, "shape")
             rewritten += 1
-        elif op == "Slice" and node.inputs[0] in masks and any(
+        elif op == "slice" and node.inputs[0] in masks and any(
                 axis_mask(node.inputs[0], a) is not None
                 for a in (slice_bounds(node, shapes, shapes.shape(node.inputs[0])) or {})):
             # (a Slice on other axes only needs no change: its bounds do not depend on channels)
@@ -254,7 +256,7 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
             _const_input(graph, node, 3, np.array(axes), "axes")
             _const_input(graph, node, 4, np.array(steps), "steps")
             rewritten += 1
-        elif op == "Split" and node.inputs[0] in masks:
+        elif op == "split" and node.inputs[0] in masks:
             x = node.inputs[0]
             xs = shapes.shape(x)
             axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
@@ -280,6 +282,28 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
     remove_dead_nodes(model)
     _drop_helper_initializers(model)
     return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten)
+
+
+def _rewrite_kind(rule: OpRule | None) -> str | None:
+    """Which channel-count rewrite a node's rule calls for (None: no attribute or shape input to change).
+
+    ``group-norm`` (``num_groups``), ``reshape-target`` (input 1 is the target shape),
+    ``expand`` (input 1 is the broadcast shape), ``slice`` and ``split`` (ONNX Slice/Split
+    bounds and sizes); a grouped convolution's ``group`` is rewritten for any node the analysis
+    records in ``conv_groups``.
+    """
+    if rule is None:
+        return None
+    return _REWRITES.get((ChannelMap(rule.channel_map), rule.channel_variant))
+
+
+_REWRITES = {
+    (ChannelMap.IDENTITY, "group-norm"): "group-norm",
+    (ChannelMap.RESHAPE, "target"): "reshape-target",
+    (ChannelMap.BROADCAST, "expand"): "expand",
+    (ChannelMap.SLICE, ""): "slice",
+    (ChannelMap.SPLIT, ""): "split",
+}
 
 
 def _drop_helper_initializers(model: ir.Model) -> None:

@@ -1,6 +1,6 @@
 """``ChannelGroups``: zero-invariant channel groups (OTOv2 ZIGs) by exact channel propagation.
 
-Every data value carries channel atoms (see :mod:`otoir.ops.channels`); ops record which atoms
+Every data value carries channel atoms (see :mod:`otoir.analyses.zig.state`); ops record which atoms
 are equivalent; union-find over the atoms gives the groups. A group is one equivalence class:
 the producer weight rows, biases and normalisation entries that are zeroed together
 (``slices``) and the consumer weight columns and running statistics removed with them
@@ -23,9 +23,11 @@ import onnx_ir as ir
 from otoir.analyses.groups import Group, TensorSlice
 from otoir.analyses.shapes import StaticShapes
 from otoir.analyses.vertices import VertexClasses
+from otoir.analyses.zig.handlers import propagate_node
+from otoir.analyses.zig.state import ChannelState, ParamUse, Track
+from otoir.analyses.zig.unionfind import components
 from otoir.infra.analysis import Analysis
 from otoir.infra.diagnostics import node_label
-from otoir.ops.channels import ChannelState, ParamUse, Track, components, propagate_node
 from otoir.ops.rules import lookup_rule, node_flops
 
 if TYPE_CHECKING:

@@ -1,0 +1,224 @@
+"""Channel handler of ONNX MatMul (``ChannelMap.MATMUL``): linear layers and products of data.
+
+With one constant operand it is a stem (``X @ W``: the columns of W set the output features;
+``W @ X``: the rows of W set the rows of the output). With two data operands, batch axes
+broadcast, K is contracted, M comes from the left and N from the right operand; a tracked axis
+both operands index can be sliced only if the other operand is sliced alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from otoir.analyses.zig.handlers.common import barrier, consume
+from otoir.analyses.zig.reshape import squeeze_static
+from otoir.analyses.zig.state import ChannelState, Track
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+__all__ = ["matmul"]
+
+
+def matmul(st: ChannelState, node: ir.Node) -> None:
+    """ONNX MatMul (numpy matmul semantics)."""
+    a, b = node.inputs[0], node.inputs[1]
+    y = node.outputs[0]
+    as_, bs, ys = st.shape(a), st.shape(b), st.shape(y)
+    if as_ is None or bs is None or ys is None or len(as_) < 2 or len(bs) < 2:
+        barrier(st, node, f"MatMul '{node.name}' with unknown or 1-D shapes")
+        return
+    r = len(ys)
+    da, db = st.is_data(a), st.is_data(b)
+    if da and not db:
+        src_out = st.param_source(b, len(bs) - 1) if len(bs) == 2 else None
+        src_in = st.param_source(b, len(bs) - 2) if len(bs) == 2 else None
+        if src_out is None or src_in is None:
+            barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant operand")
+            return
+        ta = st.track(a)
+        ra = len(as_)
+        if ta is not None and ta.axes != (ra - 1,):
+            st.poison(ta.ids, f"MatMul '{node.name}' input carries channels on an axis other than the last")
+            ta = None
+        n = ys[-1]
+        ids = st.fresh((n,), node)
+        st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
+        if ta is not None and ra - 1 in ta.axes:
+            consume(st, node, ta, ra - 1, None)
+            st.add_param(src_in[0], src_in[1], ta.ids, node, "weight-columns", trainable=False, via=src_in[2])
+        st.set(y, Track((r - 1,), ids, np.ones(n, dtype=bool)))
+        return
+    if not da:
+        if not db:
+            return
+        # W @ X with a constant 2-D W (Mamba's dt_proj): output rows (axis -2) are W's rows;
+        # X's axis -2 is contracted with W's columns.
+        src_out = st.param_source(a, 0) if len(as_) == 2 else None
+        src_in = st.param_source(a, 1) if len(as_) == 2 else None
+        if src_out is None or src_in is None:
+            barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant left operand")
+            return
+        tb_ = st.track(b)
+        rb = len(bs)
+        if tb_ is not None and tb_.axes != (rb - 2,):
+            st.poison(tb_.ids, f"MatMul '{node.name}' right operand carries channels on an axis other than -2")
+            tb_ = None
+        m = ys[-2]
+        ids = st.fresh((m,), node)
+        st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
+        if tb_ is not None:
+            consume(st, node, tb_, rb - 2, None)
+            st.add_param(src_in[0], src_in[1], tb_.ids, node, "weight-columns", trainable=False, via=src_in[2])
+        st.set(y, Track((r - 2,), ids, np.ones(m, dtype=bool)))
+        return
+    # Two data operands: batch axes broadcast, K contracted, M from a, N from b.
+    ta, tb_ = st.track(a), st.track(b)
+    ra, rb = len(as_), len(bs)
+    if ta is None and tb_ is None:
+        return
+    # Positions in output coordinates.
+    def to_out(t: Track | None, rank: int, is_a: bool):
+        if t is None:
+            return None
+        m = {}
+        for x in t.axes:
+            if x == rank - 1:
+                m[x] = "K" if is_a else r - 1
+            elif x == rank - 2:
+                m[x] = r - 2 if is_a else "K"
+            else:
+                m[x] = x + (r - rank)
+        return m
+
+    # A tracked axis both operands index (K, or a batch axis the other operand does not
+    # broadcast) can be sliced only if the other operand is sliced alike, i.e. tracked there
+    # too: an untracked data operand keeps its size (Mamba's scan: C contracted with the state).
+    # Such an operand is poisoned (never sliced) and then followed as untracked.
+    while True:
+        ma, mb = to_out(ta, ra, True), to_out(tb_, rb, False)
+        dropped = None
+        for which, t, mp, other_mp, other_shape in ((0, ta, ma, mb, bs), (1, tb_, mb, ma, as_)):
+            if t is None:
+                continue
+            shared = set(other_mp.values()) if other_mp else set()
+            for x in t.axes:
+                o = mp[x]
+                if o in shared or (o != "K" and o >= r - 2):
+                    continue
+                if o == "K":
+                    why = "contracts channels with an operand whose channels are not tracked"
+                else:
+                    k = o - (r - len(other_shape))
+                    if k < 0 or other_shape[k] == 1:
+                        continue
+                    why = "broadcasts channels against an operand whose channels are not tracked"
+                st.poison(t.ids, f"MatMul '{node.name}' {why}")
+                dropped = which
+                break
+            if dropped is not None:
+                break
+        if dropped is None:
+            break
+        if dropped == 0:
+            ta = None
+        else:
+            tb_ = None
+    if ta is None and tb_ is None:
+        return
+    batch_axes = sorted({v for mp in (ma, mb) if mp for v in mp.values() if v != "K" and v < r - 2})
+    k_size = as_[-1]
+    # Build each operand's ids over (batch axes..., M or N, K) in a common layout:
+    # layout axes = batch_axes + [r-2 (M)] + [r-1 (N)] + ["K"]
+    lay = [*batch_axes, r - 2, r - 1, "K"]
+    lsize = [ys[x] for x in batch_axes] + [ys[r - 2], ys[r - 1], k_size]
+
+    def lay_ids(t: Track | None, mp):
+        if t is None:
+            return None
+        src = [mp[x] for x in t.axes]
+        view = [1] * len(lay)
+        order = []
+        for i, s in enumerate(src):
+            li = lay.index(s)
+            view[li] = t.ids.shape[i]
+            order.append(li)
+        perm = np.argsort(order)
+        ids = np.transpose(t.ids, perm).reshape(view) if t.ids.ndim else t.ids.reshape(view)
+        zero = np.transpose(t.zero, perm).reshape(view) if t.zero.ndim else t.zero.reshape(view)
+        return ids, zero
+
+    la, lb = lay_ids(ta, ma), lay_ids(tb_, mb)
+    kdim = len(lay) - 1
+    # Operands that carry no atoms on a broadcast axis but vary there (untracked data): fine,
+    # matmul with an untracked operand is linear in the tracked one per batch index.
+    # Unify along batch axes and K where both are tracked.
+    if la is not None and lb is not None:
+        ia = la[0]
+        ib = lb[0]
+        # Batch axes (and K): both operands index the same positions.
+        sel_a = [slice(None) if i < len(batch_axes) or i == kdim else slice(0, 1) for i in range(len(lay))]
+        sel_b = sel_a
+        a_part = ia[tuple(sel_a)]
+        b_part = ib[tuple(sel_b)]
+        st.unify(a_part, b_part)
+    contracted_tracked = (la is not None and la[0].shape[kdim] > 1) or (lb is not None and lb[0].shape[kdim] > 1)
+    if contracted_tracked:
+        tracked_batch_or_mn = any(
+            lt is not None and any(lt[0].shape[i] > 1 for i in range(kdim)) for lt in (la, lb)
+        )
+        if tracked_batch_or_mn:
+            # Merge K per output position: the K atoms of a position's batch/M/N index join it.
+            for lt in (la, lb):
+                if lt is None:
+                    continue
+                ids = lt[0]
+                if ids.shape[kdim] > 1:
+                    st.unify(ids, ids.take([0], axis=kdim))
+        else:
+            za = la[1] if la is not None else None
+            zb = lb[1] if lb is not None else None
+            zz = None
+            if za is not None:
+                zz = np.broadcast_to(za, za.shape)
+            if zb is not None:
+                zz = zb if zz is None else (np.broadcast_arrays(zz, zb)[0] | np.broadcast_arrays(zz, zb)[1])
+            ids = (la or lb)[0]
+            bad = ~np.broadcast_to(zz, ids.shape) if zz is not None else np.ones(ids.shape, bool)
+            if np.any(bad):
+                st.poison(ids[bad], f"contracted by MatMul '{node.name}' while not zero")
+    if not any(o != "K" for mp in (ma, mb) if mp for o in mp.values()):
+        return  # only the contracted axis carries channels (unified above): the product has none
+    # Output ids over layout axes except K.
+    parts = []
+    for lt in (la, lb):
+        if lt is None:
+            continue
+        ids, zero = lt
+        ids = ids.take(0, axis=kdim)
+        # zero over K: the product is zero if one operand is zero for all K of the position
+        zall = np.all(zero, axis=kdim)
+        parts.append((ids, zall))
+    ids0, z0 = parts[0]
+    shape_full = lsize[:-1]
+    ids_full = np.broadcast_to(ids0, shape_full)
+    z_full = np.broadcast_to(z0, shape_full)
+    if len(parts) > 1:
+        ids1, z1 = parts[1]
+        ids1 = np.broadcast_to(ids1, shape_full)
+        z_full = z_full | np.broadcast_to(z1, shape_full)
+        vary0 = [i for i in range(len(shape_full)) if np.shape(ids0)[i] > 1]
+        vary1 = [i for i in range(len(shape_full)) if np.shape(ids1)[i] > 1]
+        if set(vary1) - set(vary0):
+            st.unify(np.broadcast_to(ids0, shape_full), ids1)
+            ids_full = ids1
+        else:
+            st.unify(ids_full, ids1)
+    out_axes = [x for x in lay[:-1]]
+    ids_c = np.ascontiguousarray(ids_full)
+    z_c = np.ascontiguousarray(z_full)
+    ids2, zero2, axes2 = squeeze_static(ids_c, z_c, out_axes)
+    st.set(y, Track(tuple(axes2), ids2, zero2))
+

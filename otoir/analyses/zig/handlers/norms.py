@@ -1,0 +1,134 @@
+"""Channel handlers of per-channel accessories (``ChannelMap.IDENTITY`` rules with parameters).
+
+BatchNormalization, InstanceNormalization and PRelu carry one parameter entry per channel of
+axis 1 (the rule's :class:`~otoir.ops.rules.ParamSpec` entries); GroupNormalization ties each
+norm group of channels together (variant ``group-norm``); LayerNormalization normalises the
+trailing axes (variant ``layer-norm``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from otoir.analyses.zig.handlers.common import barrier, only_axis
+from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.ops.rules import normalize_axis
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+__all__ = ["per_channel", "layer_norm", "group_norm"]
+
+
+def layer_norm(st: ChannelState, node: ir.Node) -> None:
+    """Normalisation over the axes from ``axis`` (default -1) on, scale and bias inputs 1 and 2."""
+    x, y = node.inputs[0], node.outputs[0]
+    t = st.track(x)
+    xs = st.shape(x)
+    if t is None or xs is None:
+        return
+    axis = normalize_axis(int(attr(node, "axis", -1)), len(xs))
+    normed = tuple(range(axis, len(xs)))
+    tracked_normed = [a for a in t.axes if a in normed]
+    if tracked_normed:
+        if len(normed) != 1:
+            barrier(st, node, f"LayerNormalization '{node.name}' over several axes with channels")
+            return
+        st.inexact.append((t.ids, f"LayerNormalization '{node.name}' normalises over the pruned axis "
+                                  "(mean/variance change): not exactly zero-invariant"))
+        ids, _ = only_axis(t, normed[0])
+        for i, role in ((1, "scale"), (2, "bias")):
+            p = node.inputs[i] if len(node.inputs) > i else None
+            if p is not None and p.is_initializer():
+                st.add_param(p.name, 0, ids, node, role)
+            elif p is not None:
+                st.poison(ids, f"LayerNormalization '{node.name}' {role} is computed")
+        zero = np.ones(t.ids.shape, bool) if len(node.inputs) > 2 and node.inputs[2] is not None \
+            else t.zero
+        st.set(y, Track(t.axes, t.ids, zero))
+        return
+    # Channels on other axes: per-position normalisation, exact.
+    st.set(y, Track(t.axes, t.ids, np.zeros(t.ids.shape, bool)))
+
+
+def _channel_ids(st: ChannelState, node: ir.Node, t: Track) -> np.ndarray | None:
+    """The ids of ``t`` when it carries channels on axis 1 only (else poisons or barriers)."""
+    op = node.op_type
+    caxis = 1
+    if t.axes != (caxis,):
+        if caxis in t.axes:
+            st.poison(t.ids, f"{op} '{node.name}' input carries channels on several axes")
+            return None
+        # statistics over axes that carry channels: not followed
+        barrier(st, node, f"{op} '{node.name}' normalises over an axis carrying channels")
+        return None
+    return t.ids
+
+
+def group_norm(st: ChannelState, node: ir.Node) -> None:
+    """Statistics per group of ``num_groups`` channels of axis 1: a norm group is one unit."""
+    x, y = node.inputs[0], node.outputs[0]
+    t = st.track(x)
+    xs = st.shape(x)
+    if t is None or xs is None:
+        return
+    ids = _channel_ids(st, node, t)
+    if ids is None:
+        return
+    g = int(attr(node, "num_groups"))
+    c = xs[1]
+    for row in ids.reshape(g, c // g):
+        st.merge(row)
+    st.conv_groups[node] = (g, ids)
+    for i, role in ((1, "scale"), (2, "bias")):
+        p = node.inputs[i]
+        ps = st.shape(p)
+        if ps is not None and ps[0] == c:
+            st.add_param(p.name, 0, ids, node, role)
+        else:
+            st.add_param(p.name, 0, ids.reshape(g, c // g)[:, 0], node, role)
+    st.set(y, Track(t.axes, t.ids, np.ones(ids.shape, bool)))
+
+
+def per_channel(st: ChannelState, node: ir.Node) -> None:
+    """One entry of each parameter (axis 0) per channel of axis 1 (a scalar parameter is shared).
+
+    The output is zero when the group is zeroed if the rule says ``zero_params_zero_output``
+    (BatchNorm with gamma = beta = 0), else where the input is zero if ``maps_zero`` (PRelu).
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    t = st.track(x)
+    xs = st.shape(x)
+    op = node.op_type
+    rule = st.vc.info[node].rule
+    if t is None or xs is None:
+        return
+    ids = _channel_ids(st, node, t)
+    if ids is None:
+        return
+    for spec in rule.params:
+        i = spec.input
+        if i >= len(node.inputs) or node.inputs[i] is None:
+            continue
+        p = node.inputs[i]
+        ps = st.shape(p)
+        if ps is not None and (len(ps) == 0 or int(np.prod(ps)) == 1):
+            continue  # one shared value (e.g. a scalar PRelu slope): nothing per channel
+        if ps is None or ps[0] != len(ids):
+            st.poison(ids, f"{op} '{node.name}' parameter {spec.role} does not follow the channels")
+            continue
+        # the initializer itself, or seen through Unsqueeze/Reshape/... (torch PReLU slope)
+        src = (p.name, 0, ()) if p.is_initializer() else st.param_source(p, 0)
+        if src is None:
+            st.poison(ids, f"{op} '{node.name}' parameter {spec.role} is computed")
+            continue
+        st.add_param(src[0], src[1], ids, node, spec.role, trainable=None if spec.trainable else False, via=src[2])
+    if rule.zero_params_zero_output:
+        zero = np.ones(ids.shape, bool)
+    elif rule.maps_zero:
+        zero = t.zero.copy()
+    else:
+        zero = np.zeros(ids.shape, bool)
+    st.set(y, Track(t.axes, t.ids, zero))
