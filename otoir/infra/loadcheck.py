@@ -276,6 +276,11 @@ def _one(prep: _Prepared, check: str) -> tuple[str, str | None] | None:
 
     if not runtime.available():
         return None
+    from otoir.infra.verifier import recursive_function
+
+    cycle = recursive_function(prep.model)
+    if cycle is not None:  # ONNX Runtime 1.19 segfaults creating a session for it
+        return f"model-local function {' -> '.join(cycle)} calls itself (ONNX Runtime cannot load recursive functions)", None
     try:
         if prep.session is None:
             # unoptimised: ORT's graph transformers rename the nodes its errors would name

@@ -21,7 +21,7 @@ from otoir.infra.diagnostics import Diagnostic, Severity
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["verify_model", "check_node_attributes"]
+__all__ = ["verify_model", "check_node_attributes", "recursive_function"]
 
 
 def verify_model(model: ir.Model, limit: int = 20, *, structure: bool = True, shapes: bool = False) -> list[Diagnostic]:
@@ -44,7 +44,43 @@ def verify_model(model: ir.Model, limit: int = 20, *, structure: bool = True, sh
         return diags[:limit]
     opsets = dict(model.opset_imports)
     _verify_graph(model.graph, set(), opsets, diags, limit, shapes)
+    cycle = recursive_function(model)
+    if cycle is not None:
+        diags.append(Diagnostic(Severity.ERROR, f"model-local function {' -> '.join(cycle)} calls itself; ONNX functions "
+                                "must not be recursive (ONNX Runtime crashes on such a model)"))
     return diags[:limit]
+
+
+def recursive_function(model: ir.Model) -> list[str] | None:
+    """A cycle of model-local functions calling each other (``["d::F", "d::G", "d::F"]``), or None."""
+    functions = model.functions
+    if not functions:
+        return None
+    calls = {key: {(n.domain, n.op_type, n.overload) for n in f} & set(functions) for key, f in functions.items()}
+
+    def label(key) -> str:
+        return f"{key[0]}::{key[1]}" if key[0] else key[1]
+
+    state: dict = {}
+    for start in calls:
+        stack = [(start, iter(sorted(calls[start])))]
+        path = [start]
+        state[start] = 1
+        while stack:
+            key, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                state[key] = 2
+                stack.pop()
+                path.pop()
+                continue
+            if state.get(nxt) == 1:
+                return [label(k) for k in path[path.index(nxt):]] + [label(nxt)]
+            if nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, iter(sorted(calls[nxt]))))
+    return None
 
 
 def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limit: int, shapes: bool = False) -> None:

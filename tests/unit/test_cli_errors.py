@@ -343,3 +343,33 @@ def test_console_entry_imports_are_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+RECURSIVE = """<ir_version: 10, opset_import: ["" : 17, "local" : 1]>
+g (float[2] x) => (float[2] y) {
+  y = local.F (x)
+}
+<domain: "local", opset_import: ["" : 17, "local" : 1]>
+F (t) => (out) {
+  out = local.G (t)
+}
+<domain: "local", opset_import: ["" : 17, "local" : 1]>
+G (t) => (out) {
+  out = local.F (t)
+}
+"""
+
+
+def test_recursive_local_functions_never_reach_onnx_runtime(tmp_path):
+    """ONNX Runtime 1.19 segfaults creating a session for a recursive model-local function."""
+    from otoir.errors import LoadCheckError
+
+    src = _write(tmp_path, RECURSIVE)
+    code, _, err = cli(src, "-p", "cse", "-o", str(tmp_path / "out.onnx"))
+    assert code == 2 and "local::F -> local::G -> local::F calls itself" in one_line(err)
+    assert not (tmp_path / "out.onnx").exists()
+    # without the input verifier the load check still keeps it away from ORT (a note, no crash)
+    code, _, err = cli(src, "-p", "cse", "--no-verify-each", "-o", str(tmp_path / "out.onnx"))
+    assert code == 0 and "note:" in err
+    with pytest.raises(LoadCheckError, match="recursive"):
+        otoir.save(otoir.load(src), tmp_path / "x.onnx")
