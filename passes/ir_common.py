@@ -79,10 +79,21 @@ class ShapeInference(Pass):
 
     name = "shape-inference"
     summary = "Infer value shapes and types with ONNX shape inference (onnx-ir)"
-    strict: bool = option(True, "fail on inference errors")
+    strict: bool = option(True, "fail on inference errors (false: leave the model unchanged instead)")
     data_prop: bool = option(True, "propagate constant shape data")
 
     def run(self, model, ctx) -> bool:
+        if self.strict:  # onnx-ir's pass logs a failure and leaves the model as it is
+            import onnx
+
+            from otoir.analyses.shapes import weight_free_proto
+
+            try:
+                onnx.shape_inference.infer_shapes(weight_free_proto(model, symbolic=True), check_type=True,
+                                                  strict_mode=True, data_prop=self.data_prop)
+            except Exception as exc:  # InferenceError and friends
+                ctx.error("shape inference failed: " + (" ".join(str(exc).split()) or type(exc).__name__))
+                return False
         return _apply(common.ShapeInferencePass(strict_mode=self.strict, data_prop=self.data_prop), model)
 
 
@@ -107,13 +118,50 @@ class Check(Pass):
 @register_pass
 @dataclass(frozen=True)
 class IdentityElimination(Pass):
-    """onnx-ir IdentityEliminationPass."""
+    """Removes ``Identity`` nodes, keeping every graph output's name.
+
+    A graph output made by an Identity is renamed onto the Identity's input when that input is
+    made by a node of the same graph and is not itself an output (the node then makes the
+    output directly); otherwise the Identity stays, so two outputs that are copies of one value
+    keep both their names. (onnx-ir's own pass renamed both onto one value and lost an output.)
+    """
 
     name = "identity-elimination"
-    summary = "Remove Identity nodes (onnx-ir)"
+    summary = "Remove Identity nodes (graph output names are kept)"
 
     def run(self, model, ctx) -> bool:
-        return _apply(common.IdentityEliminationPass(), model)
+        changed = False
+        for graph in [model.graph, *model.graph.subgraphs()]:
+            changed |= _eliminate_identities(graph)
+        return changed
+
+
+def _eliminate_identities(graph) -> bool:
+    changed = False
+    for node in list(graph):
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None:
+            continue
+        if not y.is_graph_output():
+            y.replace_all_uses_with(x)
+            graph.remove(node, safe=True)
+            changed = True
+            continue
+        producer = x.producer()
+        if producer is None or producer.graph is not graph or x.is_graph_output() or x.is_graph_input():
+            continue  # the Identity is what gives this output its own name
+        name = y.name
+        y.replace_all_uses_with(x, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        x.name = name
+        if x.type is None:  # the output keeps its declared type and shape
+            x.type = y.type
+        if x.shape is None:
+            x.shape = y.shape
+        changed = True
+    return changed
 
 
 @register_pass

@@ -68,7 +68,7 @@ class ZeroGroups(Pass):
             # every channel group of a tensor"), with the requested ones first in the given order.
             wanted = {gid: len(self.ids) - k for k, gid in enumerate(self.ids)}
             scores = [float(wanted.get(g.id, float("-inf"))) for g in groups]
-            picked = select_redundant(groups, scores, len(self.ids), getattr(self, "_checker", None))
+            picked = select_redundant(groups, scores, len(self.ids))
             chosen = [groups[i] for i in picked if groups[i].id in wanted]
             refused = [gid for gid in self.ids if gid not in {g.id for g in chosen}]
             if refused:
@@ -81,13 +81,15 @@ class ZeroGroups(Pass):
             scores = rng.random(len(groups))
             chosen = [groups[i] for i in select_redundant(groups, scores, k)]
         changed = False
+        entries = 0
         for g in chosen:
+            slices = (*g.slices, *(g.dependent if self.dependent else ()))
             if not changed:
-                slices = (*g.slices, *(g.dependent if self.dependent else ()))
                 changed = any(np.any(s.select(tensor_array(model, s.tensor)) != 0) for s in slices)
+            entries += sum(s.numel(tensor_array(model, s.tensor).shape) for s in slices)
             zero_group(model, g, include_dependent=self.dependent)
         ctx.stat("num-zeroed", len(chosen))
-        ctx.stat("params-zeroed", sum(g.num_params for g in chosen))
+        ctx.stat("params-zeroed", entries)  # entries set to zero (slices, and dependent ones when asked)
         ctx.results["zeroed"] = [g.id for g in chosen]
         return changed
 

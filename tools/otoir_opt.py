@@ -87,6 +87,8 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
                    help="print a before/after table (parameters, FLOPs, held-out accuracy, ORT CPU latency) to stderr")
     p.add_argument("--report-json", metavar="PATH", help="write the before/after report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
+    p.add_argument("-v", "--remarks", action="store_true",
+                   help="also print the passes' remarks (e.g. why each segment or group was kept: partition-gezig{explain=true})")
     p.add_argument("--debug", action="store_true", help="print tracebacks")
     return p
 
@@ -208,8 +210,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         if not args.quiet:
             from otoir.infra.diagnostics import Severity
 
+            shown = (Severity.WARNING, Severity.REMARK) if args.remarks else (Severity.WARNING,)
             for d in result.diagnostics:
-                if d.severity is Severity.WARNING:
+                if d.severity in shown:
                     stderr.write(f"{PROG}: {d}\n")
 
         if baseline is not None and result.changed:

@@ -12,7 +12,7 @@ FLOP counts (:meth:`~StaticShapes.sample_shape`) and erase planning
 (:attr:`~StaticShapes.value_dims`: symbolic dimensions kept symbolic; when shape inference
 leaves a node output unknown, e.g. a ``Resize`` whose scales come from a shape sub-graph, the
 model is run once in ONNX Runtime on random inputs and every value gets its concrete shape).
-The proto handed to ONNX shape inference carries no weights (:func:`_shape_proto`).
+The proto handed to ONNX shape inference carries no weights (:func:`weight_free_proto`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def infer_static_shapes(model: ir.Model, max_rounds: int = 4) -> tuple[dict[str,
     Returns:
         ``(shapes, consts)``: value name -> static shape; value name -> folded value.
     """
-    proto = _shape_proto(model)
+    proto = weight_free_proto(model)
     shapes = _infer(proto, {})
     consts = fold_constants(model, shapes)
     for _ in range(max_rounds):
@@ -99,7 +99,7 @@ def _infer(proto: onnx.ModelProto, overrides: dict[str, np.ndarray]) -> dict[str
 _SMALL_INIT = 64
 
 
-def _typed_input(g: onnx.GraphProto, name: str, dtype, dims) -> None:
+def _typed_input(g: onnx.GraphProto, name: str, dtype, dims, symbolic: bool = False) -> None:
     vi = g.input.add()
     vi.name = name
     tt = vi.type.tensor_type
@@ -110,17 +110,22 @@ def _typed_input(g: onnx.GraphProto, name: str, dtype, dims) -> None:
         dd = shape.dim.add()
         if isinstance(d, int):
             dd.dim_value = d
+        elif symbolic:
+            if d is not None and str(d):
+                dd.dim_param = str(d)
         else:
             dd.dim_value = SENTINEL  # symbolic: a concrete stand-in (see SENTINEL)
 
 
-def _shape_proto(model: ir.Model) -> onnx.ModelProto:
+def weight_free_proto(model: ir.Model, *, symbolic: bool = False) -> onnx.ModelProto:
     """A weight-free ModelProto for ONNX shape inference.
 
     Built directly from the IR (``ir.to_proto`` would copy every weight into protobuf, most of
     the analysis time on large models): large initializers become graph inputs typed with
     their shape, small ones (possible shape data) are serialized; symbolic dimensions of graph
-    inputs become :data:`SENTINEL`; graph outputs carry no shape and there is no value_info.
+    inputs become :data:`SENTINEL` (``symbolic=True`` keeps them symbolic, to check the model
+    as it is rather than infer concrete sizes); graph outputs carry no shape and there is no
+    value_info.
     """
     from onnx_ir import serde
 
@@ -142,7 +147,7 @@ def _shape_proto(model: ir.Model) -> onnx.ModelProto:
         if v.shape is None:
             serde.serialize_value_into(g.input.add(), v)
         else:
-            _typed_input(g, v.name, v.dtype, dims)
+            _typed_input(g, v.name, v.dtype, dims, symbolic)
     for name, v in graph.initializers.items():
         if name in seen:
             continue
@@ -156,7 +161,7 @@ def _shape_proto(model: ir.Model) -> onnx.ModelProto:
             serde.serialize_tensor_into(t, cv)
             t.name = name
         elif dims is not None:
-            _typed_input(g, name, dtype, dims)
+            _typed_input(g, name, dtype, dims, symbolic)
     for node in graph:
         serde.serialize_node_into(g.node.add(), from_=node, model_ir_version=model.ir_version)
     for v in graph.outputs:
@@ -177,7 +182,7 @@ def _probe_shapes(model: ir.Model) -> dict[str, Dims] | None:
     from otoir.errors import RuntimeModelError, RuntimeUnavailableError
 
     try:  # element types of the values (the IR often has none for intermediate values)
-        inferred = onnx.shape_inference.infer_shapes(_shape_proto(model))
+        inferred = onnx.shape_inference.infer_shapes(weight_free_proto(model))
     except Exception:  # noqa: BLE001 - onnx raises several types; then there is nothing to probe with
         return None
     types = {vi.name: vi.type.tensor_type.elem_type for vi in inferred.graph.value_info}

@@ -108,6 +108,24 @@ def test_warnings_and_quiet(good):
     assert err == ""
 
 
+def test_remarks_are_printed_with_v(tmp_path):
+    """partition-gezig{explain=true} says why each segment is kept; -v shows it, plain runs don't."""
+    p = tmp_path / "seg.onnxtxt"
+    p.write_text("""<ir_version: 10, opset_import: ["" : 17]>
+g (float[N,2,4,4] x) => (float[N,3,4,4] y)
+<float[3,2,1,1] w = {1,0,0,1,1,1}>
+{
+  c = Conv (x, w)
+  y = Relu (c)
+}
+""")
+    pipeline = "classify-vertices,grow-segments,partition-gezig{explain=true}"
+    code, _, err = cli(str(p), "-p", pipeline)
+    assert code == 0 and "remark" not in err
+    code, _, err = cli(str(p), "-p", pipeline, "-v")
+    assert code == 0 and "remark: segment 0 is not a GeZIG: its output is a graph output" in err, err
+
+
 def test_dump_pass_pipeline_without_input():
     code, _, err = cli("-p", "repeat{max=2}(cse, remove-unused-nodes)", "--dump-pass-pipeline")
     assert code == 0
