@@ -9,6 +9,7 @@ outputs, and are ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -16,12 +17,21 @@ import onnx_ir as ir
 from otoir import runtime
 from otoir.runtime import max_rel_diff, random_feeds
 
-__all__ = ["run_ort", "assert_same_outputs", "random_feeds", "max_rel_diff", "output_names"]
+__all__ = ["session", "run_ort", "assert_same_outputs", "random_feeds", "max_rel_diff", "output_names"]
 
 
 def output_names(model: ir.Model) -> list[str]:
     """Names of the model's graph outputs, in order."""
     return [v.name for v in model.graph.outputs]
+
+
+def session(model: ir.Model | Any) -> Any:
+    """An ONNX Runtime session for oracles: one thread, no graph optimisation.
+
+    ORT 1.19's graph optimisations mis-run training-mode BatchNormalization after a Conv (the
+    output then depends on the running statistics), so oracle sessions run the graph as it is.
+    """
+    return runtime.session(model, threads=1, inter_threads=1, optimization="disable")
 
 
 def run_ort(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -36,7 +46,7 @@ def run_ort(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray
     Returns:
         One array per graph output.
     """
-    return runtime.run_model(model, feeds, threads=1, inter_threads=1, optimization="disable")
+    return runtime.run(session(model), feeds)
 
 
 def assert_same_outputs(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray] | None = None, *,

@@ -226,13 +226,13 @@ def _run_filecheck(args: list[str], text: str) -> None:
         os.unlink(tmp)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _torch_single_thread():
-    """Pins torch to one intra-op thread per test (2-core CI machines stall with OpenMP spinning)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None:
+    """Pins torch to one intra-op thread for the whole run, module fixtures included (2-core CI
+    machines stall with OpenMP spinning)."""
+    try:
+        import torch
+    except ImportError:
         yield
         return
     before = torch.get_num_threads()

@@ -16,30 +16,14 @@ ort = pytest.importorskip("onnxruntime")
 
 from torch import nn  # noqa: E402
 
-from otoir import runtime  # noqa: E402
 from otoir.frontends import ExportError, export_torch, parameter_map  # noqa: E402
 from otoir.frontends.torch_export import ALIASES_KEY, UNUSED_PARAMETERS_KEY  # noqa: E402
+from otoir.testing import session  # noqa: E402
 from otoir.zoo import build  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine torch's OpenMP pool stalls under load."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _session(model: ir.Model):
-    # ORT 1.19's graph optimizations mis-run training-mode BatchNormalization (Conv+BN): the
-    # output then depends on the running stats and drifts from run to run. Run unoptimized.
-    return runtime.session(model, threads=1, optimization="disable")
-
-
 def _run(model: ir.Model, *inputs: torch.Tensor) -> list[np.ndarray]:
-    sess = _session(model)
+    sess = session(model)
     feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), inputs, strict=True)}
     return sess.run(None, feeds)
 

@@ -11,29 +11,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from otoir import runtime
+from otoir.testing import session
 from otoir.zoo import MODELS, PRUNING_NETWORKS, SUPERNETS, ZooEntry, names
 from otoir.zoo.random_dag import random_conv_dag
 
 ort = pytest.importorskip("onnxruntime")
 
 EXPORTED = [n for n in MODELS if n != "resnet18_cifar"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine torch's OpenMP pool stalls under load."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _session(proto: onnx.ModelProto):
-    # ORT 1.19's graph optimizations mis-run training-mode BatchNormalization (Conv+BN): the
-    # output then depends on the running stats and drifts from run to run. Run unoptimized.
-    return runtime.session(proto, threads=1, optimization="disable")
 
 
 def test_registry_shape() -> None:
@@ -87,7 +71,7 @@ def test_zoo_model_exports_and_matches_torch(name: str) -> None:
     onnx.checker.check_model(proto, full_check=True)
     with torch.no_grad():
         ref = copy.deepcopy(module).eval()(x3).numpy()
-    out = _session(proto).run(None, {"input": x3.numpy()})[0]
+    out = session(proto).run(None, {"input": x3.numpy()})[0]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
 
     # Training mode (the mode otoir analyses): batch statistics; dropout set to 0 to compare.
@@ -99,7 +83,7 @@ def test_zoo_model_exports_and_matches_torch(name: str) -> None:
     assert set(parameter_map(module, model)) >= set(params)
     with torch.no_grad():
         ref = copy.deepcopy(module).train()(x).numpy()
-    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    out = session(proto).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
 
 
@@ -177,7 +161,7 @@ def test_random_dag_valid_and_runs(seed: int) -> None:
     proto = ir.to_proto(model)
     onnx.checker.check_model(proto, full_check=True)
     x = np.random.default_rng(seed).normal(size=(3, 3, 8, 8)).astype(np.float32)
-    (y,) = _session(proto).run(None, {"input": x})
+    (y,) = session(proto).run(None, {"input": x})
     assert y.shape == (3, 5) and np.isfinite(y).all()
     ops = {n.op_type for n in model.graph}
     assert {"Conv", "GlobalAveragePool", "Flatten", "Gemm"} <= ops
@@ -215,6 +199,6 @@ def test_conv_dags_strategy() -> None:
         onnx.checker.check_model(proto, full_check=True)
         size = params["image_size"]
         x = np.ones((2, params["in_channels"], size, size), np.float32)
-        _session(proto).run(None, {"input": x})
+        session(proto).run(None, {"input": x})
 
     check()
