@@ -15,14 +15,48 @@ import math
 import numpy as np
 
 from otoir.ops.rules import ChannelMap as C
+from otoir.ops.rules import ChannelWalk as W
+from otoir.ops.rules import ConstFlow as F
 from otoir.ops.rules import DropInput as D
 from otoir.ops.rules import OpRule, ParamSpec, VertexKind, register_rule
 from otoir.ops.rules import VertexKind as K
+from otoir.ops.rules import ZeroJoin as Z
 
 __all__: list[str] = []
 
+# -- behaviour fields shared by op families (set on the rules by _add) ------------------------
+#: ``OpRule.channel_walk``: where erasing's channel removal after a Concat passes, slices or ends.
+_CHANNEL_WALK: dict[str, W] = {
+    **dict.fromkeys(("Relu", "LeakyRelu", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Mish", "Softsign",
+                     "Neg", "Abs", "Sign", "Erf", "Sin", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                     "GlobalMaxPool", "GlobalLpPool", "Resize", "Upsample", "Identity", "Cast", "Dropout", "Clip"),
+                    W.PASS),
+    "BatchNormalization": W.NORM, "InstanceNormalization": W.NORM,
+    "Flatten": W.FLATTEN,
+    "Conv": W.CONSUME, "Gemm": W.CONSUME, "MatMul": W.CONSUME,
+}
+#: ``OpRule.const_flow``: how constant entries are followed back through the op.
+_CONST_FLOW: dict[str, F] = {
+    "Cast": F.SAME, "Identity": F.SAME,
+    **dict.fromkeys(("Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Softplus", "Relu", "Sin",
+                     "Cos", "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign", "Elu", "Selu", "LeakyRelu",
+                     "HardSigmoid", "Gelu"), F.UNARY),
+    "Reshape": F.RELAYOUT, "Squeeze": F.RELAYOUT, "Unsqueeze": F.RELAYOUT,
+    "Transpose": F.TRANSPOSE, "Gather": F.GATHER, "Expand": F.EXPAND, "Concat": F.CONCAT, "Shape": F.SHAPE,
+    "Constant": F.CONSTANT,
+}
+#: ``OpRule.zero_join``: where an element-wise op of several inputs is zero.
+_ZERO_JOIN: dict[str, Z] = {
+    "Mul": Z.ANY, "And": Z.ANY,
+    **dict.fromkeys(("Add", "Sub", "Max", "Min", "Sum", "Mean"), Z.ALL),
+    "Div": Z.NUMERATOR, "Where": Z.SELECT,
+}
+
 
 def _add(r: OpRule) -> None:
+    r = r.with_(channel_walk=r.channel_walk or _CHANNEL_WALK.get(r.op_type),
+                const_flow=r.const_flow or _CONST_FLOW.get(r.op_type),
+                zero_join=r.zero_join or _ZERO_JOIN.get(r.op_type))
     register_rule(r, builtin=True)
 
 
