@@ -65,15 +65,19 @@ def _numel(shape) -> int:
     return math.prod(shape) if shape else 1
 
 
-def _conv_flops(node, shape_of) -> int:
-    ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
-    ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
-    if ys is None or xs is None or ws is None:
-        return 0
-    k = _numel(ws[2:]) if len(ws) > 2 else 1
-    if node.op_type == "Conv":
-        return 2 * _numel(ys) * ws[1] * k
-    return 2 * _numel(xs) * ws[1] * k  # ConvTranspose: every input element meets Cout/g·k weights
+def _conv_flops_of(transposed: bool):
+    """Convolution FLOPs: every output element meets ``Cin/g·k`` weights; transposed, every
+    input element meets ``Cout/g·k`` (weight axis 1 either way)."""
+
+    def flops(node, shape_of) -> int:
+        ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
+        ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
+        if ys is None or xs is None or ws is None:
+            return 0
+        k = _numel(ws[2:]) if len(ws) > 2 else 1
+        return 2 * _numel(xs if transposed else ys) * ws[1] * k
+
+    return flops
 
 
 def _gemm_flops(node, shape_of) -> int:
@@ -186,10 +190,11 @@ _ZERO_OUT = {"Add": _sum_zero_out, "Sub": _sum_zero_out, "Div": _div_zero_out}
 _add(OpRule("Conv", kind=K.STEM, reason="convolution: its weight rows set the output channels",
             params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
             data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
-            flops=_conv_flops))
+            flops=_conv_flops_of(transposed=False)))
 _add(OpRule("ConvTranspose", kind=K.STEM, reason="transposed convolution: weight axis 1 sets the output channels",
             params=(ParamSpec(1, out_axis=1, in_axis=0), ParamSpec(2, out_axis=0, role="bias")),
-            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True, flops=_conv_flops,
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
+            flops=_conv_flops_of(transposed=True),
             note="with group > 1 the output axis of the weight holds C_out/group channels"))
 
 
