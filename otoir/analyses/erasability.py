@@ -11,7 +11,8 @@ the plans made here. What a joint allows is the rule table's ``OpRule.drop_input
   channels downstream: walk through channel-wise ops after the Concat that map zero to zero
   (ReLU, pooling, Resize, Clip with 0 in range, ...), and BatchNorm-like ops whose per-channel
   parameters are sliced, until the stems whose input columns are sliced (Conv weight axis 1,
-  Gemm/MatMul rows after a ``Flatten``). Every op on the walk must work on the removed axis
+  Gemm/MatMul rows after a ``Flatten``). What each op does on the walk is its rule's
+  ``channel_walk`` (:class:`~otoir.ops.rules.ChannelWalk`). Every op on the walk must work on the removed axis
   (its rule's ``channel_axis``); a walk that meets anything else is refused. Along any other
   axis (height, width, batch) the zero input is part of the output's shape and is never dropped.
 * ``NEVER``: a zero input does not vanish; refused.
@@ -32,7 +33,7 @@ import onnx_ir as ir
 from otoir.analyses.shapes import Dims
 from otoir.analyses.vertices import VertexClasses, param_specs
 from otoir.infra.diagnostics import node_label
-from otoir.ops.rules import DropInput, VertexKind
+from otoir.ops.rules import ChannelMap, ChannelWalk, DropInput, OpRule, VertexKind
 
 __all__ = [
     "ChannelPlan",
@@ -72,16 +73,6 @@ class ChannelPlan:
 
     slices: list[tuple[str, int, tuple[int, ...], bool]] = field(default_factory=list)
     values: list[ir.Value] = field(default_factory=list)
-
-
-# Channel-wise ops without parameters a removed channel may pass through; it must stay zero (the
-# rule's zero semantics: Clip only with 0 in its range).
-_PASS_OPS = frozenset({
-    "Relu", "LeakyRelu", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Mish", "Softsign", "Neg",
-    "Abs", "Sign", "Erf", "Sin", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
-    "GlobalLpPool", "Resize", "Upsample", "Identity", "Cast", "Dropout", "Clip",
-})
-_NORM_OPS = frozenset({"BatchNormalization", "InstanceNormalization"})
 
 
 def _rank(v: ir.Value, shapes: Mapping[str, Shape]) -> int | None:
@@ -144,25 +135,26 @@ def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: 
             node, pos = use.node, use.idx
             op = node.op_type
             others_used = any(o.uses() or o in graph_outputs for o in node.outputs[1:])
-            if op in _PASS_OPS | _NORM_OPS | {"Conv", "Gemm", "MatMul"} and pos == 0:
+            r = vc.info[node].rule
+            walk = r.channel_walk if r is not None and pos == 0 else None
+            if walk in (ChannelWalk.PASS, ChannelWalk.NORM, ChannelWalk.CONSUME):
                 why = _axis_mismatch(node, vc, ax, rank)
                 if why:
                     return why
-            if op in _PASS_OPS | _NORM_OPS and pos == 0:
+            if walk in (ChannelWalk.PASS, ChannelWalk.NORM):
                 s_in, s_out = shapes.get(v.name), shapes.get(node.outputs[0].name)
                 if s_in is None or s_out is None or len(s_out) <= ax or s_out[ax] != s_in[ax]:
                     return f"{node_label(node)}: {op} may change the size of axis {ax}"
-            if op in _PASS_OPS and pos == 0:
+            if walk is ChannelWalk.PASS:
                 if others_used:
                     return f"{node_label(node)}: {op} has other used outputs"
-                why = vc.info[node].rule.zero_output(node, vc.is_data, _never_zero)
+                why = r.zero_output(node, vc.is_data, _never_zero)
                 if why:
                     return f"{node_label(node)}: {why}"
                 stack.append((node.outputs[0], ax, idx))
-            elif op in _NORM_OPS and pos == 0:
+            elif walk is ChannelWalk.NORM:
                 if others_used:
                     return f"{node_label(node)}: {op} running statistics outputs are used"
-                r = vc.info[node].rule
                 for spec in param_specs(node, r):
                     p = node.inputs[spec.input] if spec.input < len(node.inputs) else None
                     if p is None:
@@ -172,36 +164,20 @@ def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: 
                     plan.slices.append((p.name, 0, idx, p.name in vc.trainable))
                     owned.setdefault(p.name, node)
                 stack.append((node.outputs[0], ax, idx))
-            elif op == "Flatten" and pos == 0:
+            elif walk is ChannelWalk.FLATTEN:
                 s = shapes.get(v.name)
                 if node.attributes.get_int("axis", 1) != 1 or ax != 1 or s is None or len(s) < 2:
-                    return f"{node_label(node)}: Flatten with unknown input shape, axis != 1 or entries removed from axis {ax}"
+                    return f"{node_label(node)}: {op} with unknown input shape, axis != 1 or entries removed from axis {ax}"
                 rest = s[2:]
                 if not all(isinstance(d, int) for d in rest):
-                    return f"{node_label(node)}: Flatten of a value with symbolic spatial dims"
+                    return f"{node_label(node)}: {op} of a value with symbolic spatial dims"
                 inner = int(np.prod(rest)) if rest else 1
                 flat = tuple(c * inner + k for c in idx for k in range(inner))
                 stack.append((node.outputs[0], 1, flat))
-            elif op == "Conv" and pos == 0:
-                if node.attributes.get_int("group", 1) != 1:
-                    return f"{node_label(node)}: grouped Conv after the Concat"
-                w = node.inputs[1]
-                if not w.is_initializer():
-                    return f"{node_label(node)}: Conv weight is not an initializer"
-                plan.slices.append((w.name, 1, idx, False))
-                owned.setdefault(w.name, node)
-            elif op in ("Gemm", "MatMul") and pos == 0:
-                w = node.inputs[1]
-                if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
-                    return f"{node_label(node)}: {op} weight is not a 2-D initializer"
-                if op == "Gemm":
-                    if node.attributes.get_int("transA", 0):
-                        return f"{node_label(node)}: Gemm with transA"
-                    waxis = 1 if node.attributes.get_int("transB", 0) else 0
-                else:
-                    waxis = 0
-                plan.slices.append((w.name, waxis, idx, False))
-                owned.setdefault(w.name, node)
+            elif walk is ChannelWalk.CONSUME:
+                why = _consume(node, r, idx, plan, owned)
+                if why:
+                    return why
             else:
                 return f"{node_label(node)}: {op} (input {pos}) after the Concat cannot drop channels"
     for name, node in owned.items():
@@ -209,6 +185,42 @@ def plan_channel_removal(model: ir.Model, value: ir.Value, axis: int, channels: 
         if users != {node}:
             return f"parameter '{name}' is shared by several nodes"
     return plan
+
+
+def _consume(node: ir.Node, r: OpRule, idx: tuple[int, ...], plan: ChannelPlan, owned: dict[str, ir.Node]) -> str:
+    """Slices the input columns ``idx`` of the weight of a stem ending the walk ('' or why not).
+
+    The weight follows the rule's channel signature: a convolution (``PRODUCE``: the parameter
+    with an ``in_axis``, ungrouped), ONNX Gemm (variant ``gemm``: ``transB`` picks the axis) or
+    MatMul (``MATMUL``: rows of a 2-D constant right operand).
+    """
+    op = node.op_type
+    if r.channel_map is ChannelMap.PRODUCE and r.channel_variant == "":
+        spec = next((p for p in param_specs(node, r) if p.in_axis is not None), None)
+        if spec is None:
+            return f"{node_label(node)}: {op} declares no weight input axis"
+        if node.attributes.get_int("group", 1) != 1:
+            return f"{node_label(node)}: grouped {op} after the Concat"
+        w = node.inputs[spec.input] if spec.input < len(node.inputs) else None
+        if w is None or not w.is_initializer():
+            return f"{node_label(node)}: {op} weight is not an initializer"
+        plan.slices.append((w.name, spec.in_axis, idx, False))
+        owned.setdefault(w.name, node)
+        return ""
+    if r.channel_map is ChannelMap.MATMUL or (r.channel_map is ChannelMap.PRODUCE and r.channel_variant == "gemm"):
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if w is None or not w.is_initializer() or w.const_value is None or len(w.shape) != 2:
+            return f"{node_label(node)}: {op} weight is not a 2-D initializer"
+        waxis = 0
+        if r.channel_map is ChannelMap.PRODUCE:
+            if node.attributes.get_int("transA", 0):
+                return f"{node_label(node)}: {op} with transA"
+            waxis = 1 if node.attributes.get_int("transB", 0) else 0
+        plan.slices.append((w.name, waxis, idx, False))
+        owned.setdefault(w.name, node)
+        return ""
+    return (f"{node_label(node)}: {op} is declared to consume channels but its channel map "
+            f"{r.channel_map.value} names no weight to slice")
 
 
 def _never_zero(v: ir.Value | None) -> bool:

@@ -20,6 +20,9 @@ __all__ = [
     "ChannelMap",
     "CHANNEL_VARIANTS",
     "DropInput",
+    "ChannelWalk",
+    "ConstFlow",
+    "ZeroJoin",
     "ParamSpec",
     "OpRule",
     "rule",
@@ -145,6 +148,85 @@ class DropInput(str, enum.Enum):
     STACK = "stack"
 
 
+class ChannelWalk(str, enum.Enum):
+    """What erasing's channel-removal walk after a stacking joint does at an op (its input 0).
+
+    When a Concat loses an all-zero input, the matching channels are removed downstream
+    (:func:`otoir.analyses.erasability.plan_channel_removal`); ops without a value stop the walk.
+
+    PASS: a channel-wise op without parameters that keeps the channel axis's size; the walk
+    continues through it when the rule's zero semantics keep the removed channels zero
+    (activations, pooling, Resize, Cast, Clip with 0 in range...).
+    NORM: a per-channel normalisation whose parameters (``params``, axis 0) are sliced with the
+    channels; the walk continues (BatchNorm, InstanceNorm).
+    FLATTEN: ONNX Flatten with ``axis=1``: channel c becomes a block of features; the walk continues.
+    CONSUME: a stem whose weight loses the matching input columns; the walk ends. The weight is
+    the rule's ``channel_map``/``channel_variant`` signature: a convolution (``PRODUCE``: the
+    parameter with an ``in_axis``, no ``group``), ONNX Gemm (``PRODUCE``/``gemm``), MatMul
+    (``MATMUL``: rows of a 2-D constant right operand).
+    """
+
+    PASS = "pass"
+    NORM = "norm"
+    FLATTEN = "flatten"
+    CONSUME = "consume"
+
+
+class ConstFlow(str, enum.Enum):
+    """How the entries of a constant input reach an op's output, for following constants back.
+
+    The ZIG analysis follows parameters seen through constant sub-graphs
+    (:meth:`~otoir.analyses.zig.state.ChannelState.param_source`: a torch Linear's transposed
+    weight, an embedding table's Gather) and shape tensors computed at run time
+    (:func:`~otoir.analyses.zig.handlers.fill.shape_provenance`: ``Shape -> Gather ->
+    Unsqueeze -> Concat``). Ops without a value are not looked through.
+
+    SAME: the output is input 0 (Cast, Identity); both.
+    UNARY: an element-wise function of input 0 alone: slicing commutes with it but values
+    change (zero need not stay zero); parameter sources asked for values only.
+    RELAYOUT: input 0 re-laid out with only size-1 axes added or removed, in element order
+    (Reshape, Squeeze, Unsqueeze); both.
+    TRANSPOSE: ONNX Transpose (``perm``); parameter sources.
+    GATHER: ONNX Gather with constant indices (``axis``); parameter sources (on another axis)
+    and shape tensors (axis 0).
+    EXPAND: ONNX Expand; parameter sources.
+    CONCAT: ONNX Concat of 1-D shape tensors; shape tensors.
+    SHAPE: ONNX Shape (``start``/``end``): the sizes of input 0; shape tensors.
+    CONSTANT: a literal constant (its folded value); shape tensors.
+    """
+
+    SAME = "same"
+    UNARY = "unary"
+    RELAYOUT = "relayout"
+    TRANSPOSE = "transpose"
+    GATHER = "gather"
+    EXPAND = "expand"
+    CONCAT = "concat"
+    SHAPE = "shape"
+    CONSTANT = "constant"
+
+
+class ZeroJoin(str, enum.Enum):
+    """Where an element-wise op of several inputs (``ChannelMap.BROADCAST``) is exactly zero.
+
+    The ZIG analysis combines, position by position, which inputs are zero once their group is
+    zeroed; an op without a value is never zero there.
+
+    ANY: zero where any input is (Mul, And); a constant operand drawn from a zeroed trainable
+    parameter zeroes the output.
+    ALL: zero where every input is (Add, Sub, Max, Min, Sum, Mean); a constant operand counts as
+    zero when the rule's zero semantics (:meth:`OpRule.zero_output`) say a zeroed parameter or
+    a zero constant leaves the output zero (Add/Sub), else it keeps the output non-zero.
+    NUMERATOR: zero where input 0 is (Div).
+    SELECT: zero where every input after the first is (Where: input 0 is the condition).
+    """
+
+    ANY = "any"
+    ALL = "all"
+    NUMERATOR = "numerator"
+    SELECT = "select"
+
+
 def normalize_axis(axis: int | None, rank: int | None) -> int | None:
     """``axis`` in ``[0, rank)`` (None when it is None, or negative with an unknown rank)."""
     if axis is None:
@@ -225,6 +307,12 @@ class OpRule:
         axis_attribute: The integer attribute naming the axis the op works along (Concat:
             ``axis``, the stacking axis), or None.
         axis_default: The axis when the attribute is absent.
+        channel_walk: What erasing's channel-removal walk after a Concat does at this op
+            (:class:`ChannelWalk`); None: the walk stops with a reason.
+        const_flow: How constant entries flow through this op when the ZIG analysis follows
+            parameters and shape tensors back (:class:`ConstFlow`); None: not followed.
+        zero_join: Where an element-wise op of several inputs is zero (:class:`ZeroJoin`);
+            None: never.
         note: Free text (limitations).
     """
 
@@ -248,12 +336,24 @@ class OpRule:
     drop_input: DropInput = DropInput.NEVER
     axis_attribute: str | None = None
     axis_default: int = 0
+    channel_walk: ChannelWalk | None = None
+    const_flow: ConstFlow | None = None
+    zero_join: ZeroJoin | None = None
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         cmap = ChannelMap(self.channel_map)
         object.__setattr__(self, "channel_map", cmap)  # a plain string names the same value
+        for name, kind in (("channel_walk", ChannelWalk), ("const_flow", ConstFlow), ("zero_join", ZeroJoin)):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    known = ", ".join(repr(k.value) for k in kind)
+                    raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: {name} {value!r} is "
+                                     f"not one of {known}") from None
         if self.channel_variant not in CHANNEL_VARIANTS[cmap]:
             known = ", ".join(repr(v) for v in CHANNEL_VARIANTS[cmap])
             raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: channel_variant "

@@ -15,14 +15,48 @@ import math
 import numpy as np
 
 from otoir.ops.rules import ChannelMap as C
+from otoir.ops.rules import ChannelWalk as W
+from otoir.ops.rules import ConstFlow as F
 from otoir.ops.rules import DropInput as D
 from otoir.ops.rules import OpRule, ParamSpec, VertexKind, register_rule
 from otoir.ops.rules import VertexKind as K
+from otoir.ops.rules import ZeroJoin as Z
 
 __all__: list[str] = []
 
+# -- behaviour fields shared by op families (set on the rules by _add) ------------------------
+#: ``OpRule.channel_walk``: where erasing's channel removal after a Concat passes, slices or ends.
+_CHANNEL_WALK: dict[str, W] = {
+    **dict.fromkeys(("Relu", "LeakyRelu", "HardSwish", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Mish", "Softsign",
+                     "Neg", "Abs", "Sign", "Erf", "Sin", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                     "GlobalMaxPool", "GlobalLpPool", "Resize", "Upsample", "Identity", "Cast", "Dropout", "Clip"),
+                    W.PASS),
+    "BatchNormalization": W.NORM, "InstanceNormalization": W.NORM,
+    "Flatten": W.FLATTEN,
+    "Conv": W.CONSUME, "Gemm": W.CONSUME, "MatMul": W.CONSUME,
+}
+#: ``OpRule.const_flow``: how constant entries are followed back through the op.
+_CONST_FLOW: dict[str, F] = {
+    "Cast": F.SAME, "Identity": F.SAME,
+    **dict.fromkeys(("Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Softplus", "Relu", "Sin",
+                     "Cos", "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign", "Elu", "Selu", "LeakyRelu",
+                     "HardSigmoid", "Gelu"), F.UNARY),
+    "Reshape": F.RELAYOUT, "Squeeze": F.RELAYOUT, "Unsqueeze": F.RELAYOUT,
+    "Transpose": F.TRANSPOSE, "Gather": F.GATHER, "Expand": F.EXPAND, "Concat": F.CONCAT, "Shape": F.SHAPE,
+    "Constant": F.CONSTANT,
+}
+#: ``OpRule.zero_join``: where an element-wise op of several inputs is zero.
+_ZERO_JOIN: dict[str, Z] = {
+    "Mul": Z.ANY, "And": Z.ANY,
+    **dict.fromkeys(("Add", "Sub", "Max", "Min", "Sum", "Mean"), Z.ALL),
+    "Div": Z.NUMERATOR, "Where": Z.SELECT,
+}
+
 
 def _add(r: OpRule) -> None:
+    r = r.with_(channel_walk=r.channel_walk or _CHANNEL_WALK.get(r.op_type),
+                const_flow=r.const_flow or _CONST_FLOW.get(r.op_type),
+                zero_join=r.zero_join or _ZERO_JOIN.get(r.op_type))
     register_rule(r, builtin=True)
 
 
@@ -31,15 +65,19 @@ def _numel(shape) -> int:
     return math.prod(shape) if shape else 1
 
 
-def _conv_flops(node, shape_of) -> int:
-    ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
-    ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
-    if ys is None or xs is None or ws is None:
-        return 0
-    k = _numel(ws[2:]) if len(ws) > 2 else 1
-    if node.op_type == "Conv":
-        return 2 * _numel(ys) * ws[1] * k
-    return 2 * _numel(xs) * ws[1] * k  # ConvTranspose: every input element meets Cout/g·k weights
+def _conv_flops_of(transposed: bool):
+    """Convolution FLOPs: every output element meets ``Cin/g·k`` weights; transposed, every
+    input element meets ``Cout/g·k`` (weight axis 1 either way)."""
+
+    def flops(node, shape_of) -> int:
+        ys, xs = shape_of(node.outputs[0]), shape_of(node.inputs[0])
+        ws = shape_of(node.inputs[1]) if len(node.inputs) > 1 else None
+        if ys is None or xs is None or ws is None:
+            return 0
+        k = _numel(ws[2:]) if len(ws) > 2 else 1
+        return 2 * _numel(xs if transposed else ys) * ws[1] * k
+
+    return flops
 
 
 def _gemm_flops(node, shape_of) -> int:
@@ -152,10 +190,11 @@ _ZERO_OUT = {"Add": _sum_zero_out, "Sub": _sum_zero_out, "Div": _div_zero_out}
 _add(OpRule("Conv", kind=K.STEM, reason="convolution: its weight rows set the output channels",
             params=(ParamSpec(1, out_axis=0, in_axis=1), ParamSpec(2, out_axis=0, role="bias")),
             data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
-            flops=_conv_flops))
+            flops=_conv_flops_of(transposed=False)))
 _add(OpRule("ConvTranspose", kind=K.STEM, reason="transposed convolution: weight axis 1 sets the output channels",
             params=(ParamSpec(1, out_axis=1, in_axis=0), ParamSpec(2, out_axis=0, role="bias")),
-            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True, flops=_conv_flops,
+            data_inputs=(0,), channel_map=C.PRODUCE, zero_params_zero_output=True, maps_zero=True,
+            flops=_conv_flops_of(transposed=True),
             note="with group > 1 the output axis of the weight holds C_out/group channels"))
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from otoir.ops.rules import normalize_axis
+from otoir.ops.rules import ConstFlow, normalize_axis
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from otoir.analyses.shapes import StaticShapes
     from otoir.analyses.vertices import VertexClasses
 
-__all__ = ["Track", "ParamUse", "ChannelState", "UNARY_VALUE_OPS", "is_pure_source", "attr"]
+__all__ = ["Track", "ParamUse", "ChannelState", "attr"]
 
 
 def attr(node: ir.Node, name: str, default=None):
@@ -139,6 +139,17 @@ class ChannelState:
         flat = ids.ravel()
         self.edges.append((flat.copy(), np.full(flat.size, pid, dtype=np.int64)))
 
+    def is_pure_source(self, via: tuple) -> bool:
+        """Whether a parameter seen through ``via`` nodes keeps its values (zero stays zero).
+
+        False when one of them is an element-wise function (``ConstFlow.UNARY``).
+        """
+        for n in via:
+            r = self.vc.info[n].rule if n in self.vc.info else None
+            if r is not None and r.const_flow is ConstFlow.UNARY:
+                return False
+        return True
+
     # -- values ---------------------------------------------------------------------------
     def shape(self, v: ir.Value | None) -> tuple[int, ...] | None:
         """Static shape of a value."""
@@ -174,10 +185,12 @@ class ChannelState:
     def param_source(self, v: ir.Value | None, axis: int, *, values: bool = False) -> tuple[str, int, tuple] | None:
         """Follows a constant value back to the initializer entries along ``axis``.
 
-        Handles initializers seen through Transpose, Gather (on another axis, constant
-        indices), Unsqueeze/Squeeze, Expand, Cast and Identity; with ``values`` also through
-        the element-wise unary ops of :data:`UNARY_VALUE_OPS` (Mamba's ``A = -exp(A_log)``),
-        which commute with slicing but do not map zero to zero (see :func:`is_pure_source`).
+        Looks through the ops whose rule's ``const_flow`` (:class:`~otoir.ops.rules.ConstFlow`)
+        is ``SAME`` (Cast, Identity), ``RELAYOUT`` (Reshape, Squeeze, Unsqueeze: only size-1
+        axes appear or vanish), ``TRANSPOSE``, ``GATHER`` (on another axis, constant indices) or
+        ``EXPAND``; with ``values`` also ``UNARY`` element-wise ops of one input (Mamba's
+        ``A = -exp(A_log)``), which commute with slicing but do not map zero to zero (see
+        :meth:`is_pure_source`).
 
         Returns:
             ``(initializer name, axis in it, via nodes)`` or None.
@@ -193,52 +206,38 @@ class ChannelState:
             node = v.producer()
             if node is None or self.vc.is_data(v) or len(v.uses()) != 1 and via:
                 return None
-            op = node.op_type
+            r = self.vc.info[node].rule if node in self.vc.info else None
+            flow = r.const_flow if r is not None else None
             src = node.inputs[0] if node.inputs else None
             ss, os_ = self.shape(src), self.shape(v)
             if ss is None or os_ is None:
                 return None
-            if op in ("Cast", "Identity") or (values and op in UNARY_VALUE_OPS and len(node.inputs) == 1):
+            if flow is ConstFlow.SAME or (values and flow is ConstFlow.UNARY and len(node.inputs) == 1):
                 pass
-            elif op == "Transpose":
+            elif flow is ConstFlow.TRANSPOSE:
                 perm = attr(node, "perm", None)
                 perm = list(perm) if perm is not None else list(reversed(range(len(ss))))
                 axis = perm[axis]
-            elif op == "Gather":
+            elif flow is ConstFlow.GATHER:
                 g = normalize_axis(int(attr(node, "axis", 0)), len(ss))
                 ri = len(self.shape(node.inputs[1]) or ())
                 if self.shapes.const(node.inputs[1]) is None or g <= axis < g + ri:
                     return None
                 axis = axis if axis < g else axis - ri + 1
-            elif op in ("Unsqueeze", "Squeeze", "Expand", "Reshape"):
+            elif flow is ConstFlow.EXPAND:
+                sh = len(os_) - len(ss)
+                if axis - sh < 0 or ss[axis - sh] != os_[axis]:
+                    return None
+                axis = axis - sh
+            elif flow is ConstFlow.RELAYOUT:
                 # only size-1 axes may appear/disappear; map by position of non-1 axes
-                if op == "Expand":
-                    sh = len(os_) - len(ss)
-                    if axis - sh < 0 or ss[axis - sh] != os_[axis]:
-                        return None
-                    axis = axis - sh
-                else:
-                    a_nz = [i for i, d in enumerate(ss) if d != 1]
-                    b_nz = [i for i, d in enumerate(os_) if d != 1]
-                    if [ss[i] for i in a_nz] != [os_[i] for i in b_nz] or axis not in b_nz:
-                        return None
-                    axis = a_nz[b_nz.index(axis)]
+                a_nz = [i for i, d in enumerate(ss) if d != 1]
+                b_nz = [i for i, d in enumerate(os_) if d != 1]
+                if [ss[i] for i in a_nz] != [os_[i] for i in b_nz] or axis not in b_nz:
+                    return None
+                axis = a_nz[b_nz.index(axis)]
             else:
                 return None
             via.append(node)
             v = src
         return None
-
-
-#: Element-wise ops of one input that :meth:`ChannelState.param_source` may look through when
-#: asked for ``values``: slicing their input slices their output alike.
-UNARY_VALUE_OPS = frozenset({
-    "Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Softplus", "Relu", "Sin", "Cos",
-    "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "Gelu",
-})
-
-
-def is_pure_source(via: tuple) -> bool:
-    """Whether a parameter seen through ``via`` nodes keeps its values (zero stays zero)."""
-    return not any(n.op_type in UNARY_VALUE_OPS for n in via)
-

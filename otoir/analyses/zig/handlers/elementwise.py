@@ -15,16 +15,13 @@ import numpy as np
 
 from otoir.analyses.zig.handlers.common import barrier, rest_untracked
 from otoir.analyses.zig.reshape import expand
-from otoir.analyses.zig.state import ChannelState, Track, attr, is_pure_source
+from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.ops.rules import ZeroJoin
 
 if TYPE_CHECKING:
     import onnx_ir as ir
 
 __all__ = ["elementwise", "outer_product", "is_zero_const", "identity", "clip", "pad", "resize"]
-
-
-_ZERO_ANY = {"Mul", "And"}
-_ZERO_ALL = {"Add", "Sub", "Max", "Min", "Sum", "Mean", "Where"}
 
 
 def outer_product(st: ChannelState, node: ir.Node, inputs: list, tracked: list, r: int) -> list:
@@ -64,12 +61,19 @@ def outer_product(st: ChannelState, node: ir.Node, inputs: list, tracked: list, 
 
 
 def elementwise(st: ChannelState, node: ir.Node) -> None:
-    """Element-wise ops with numpy broadcasting (``ChannelMap.BROADCAST``): the inputs share channel atoms."""
+    """Element-wise ops with numpy broadcasting (``ChannelMap.BROADCAST``): the inputs share channel atoms.
+
+    Where the output is zero once a group is zeroed follows the rule's ``zero_join``
+    (:class:`~otoir.ops.rules.ZeroJoin`); a constant operand drawn from a parameter counts
+    as zero by the rule's zero semantics (:meth:`~otoir.ops.rules.OpRule.zero_output`).
+    """
     y = node.outputs[0]
     ys = st.shape(y)
     op = node.op_type
+    rule = st.vc.info[node].rule
+    join = rule.zero_join
     inputs = list(node.inputs)
-    first = 1 if op == "Where" else 0
+    first = 1 if join is ZeroJoin.SELECT else 0
     tracked = [st.track(v) for v in inputs]
     if not any(t is not None for t in tracked):
         return
@@ -128,17 +132,10 @@ def elementwise(st: ChannelState, node: ir.Node) -> None:
         src = st.param_source(v, a - sh, values=True)
         if src is not None:
             # entries seen through Exp/Neg/...: removed with the group, never claimed zero
-            trainable = src[0] in st.trainable and is_pure_source(src[2])
+            trainable = src[0] in st.trainable and st.is_pure_source(src[2])
             st.add_param(src[0], src[1], col, node, f"{op.lower()}-operand", trainable=trainable, via=src[2])
             if i >= first:
-                if op in ("Add", "Sub"):
-                    zeros.append(None if trainable or is_zero_const(st, v) else False)
-                elif op == "Mul":
-                    zeros.append(True if trainable else None)
-                elif op == "Div" and i == 1:
-                    zeros.append(None)
-                else:
-                    zeros.append(False)
+                zeros.append(_operand_zero(st, node, v, join, trainable))
         else:
             st.poison(col, f"{op} '{node.name}' constant operand computed in the graph varies along a channel axis")
             if i >= first:
@@ -148,16 +145,16 @@ def elementwise(st: ChannelState, node: ir.Node) -> None:
     out_ids = np.ascontiguousarray(np.broadcast_to(ids_list[0], full))
     zarrs = [z for z in zeros if z is not None and not isinstance(z, bool)]
     consts = [z for z in zeros if isinstance(z, bool)]
-    if op in _ZERO_ANY:
+    if join is ZeroJoin.ANY:
         z = np.zeros(full, bool)
         for za in zarrs:
             z = z | np.broadcast_to(za, full)
         if any(consts):
             z[...] = True
-    elif op == "Div":
+    elif join is ZeroJoin.NUMERATOR:
         z0 = zeros[0] if zeros else False
         z = np.broadcast_to(z0, full).copy() if not isinstance(z0, bool) and z0 is not None else np.full(full, bool(z0))
-    elif op in _ZERO_ALL:
+    elif join in (ZeroJoin.ALL, ZeroJoin.SELECT):
         z = np.ones(full, bool)
         for za in zarrs:
             z = z & np.broadcast_to(za, full)
@@ -166,6 +163,23 @@ def elementwise(st: ChannelState, node: ir.Node) -> None:
     else:
         z = np.zeros(full, bool)
     st.set(y, Track(axes, out_ids, z))
+
+
+def _operand_zero(st: ChannelState, node: ir.Node, v: ir.Value, join: ZeroJoin | None, trainable: bool):
+    """What a constant operand drawn from a parameter contributes to the output's zero positions.
+
+    True: it zeroes the output (``ANY``: a zeroed trainable factor); None: neutral (``ANY``
+    otherwise; ``ALL``/``SELECT`` when the rule's zero semantics accept it as zero: a zeroed
+    parameter or a zero constant); False: it keeps the output non-zero.
+    """
+    if join is ZeroJoin.ANY:
+        return True if trainable else None
+    if join in (ZeroJoin.ALL, ZeroJoin.SELECT):
+        zeroed = trainable or is_zero_const(st, v)
+        why = st.vc.info[node].rule.zero_output(node, lambda u: u is not None and u is not v,
+                                                 lambda u: u is v and zeroed)
+        return None if not why else False
+    return False
 
 
 def is_zero_const(st: ChannelState, v: ir.Value) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.ops.rules import ConstFlow
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -22,7 +23,9 @@ __all__ = ["shape_provenance", "constant_of_shape"]
 def shape_provenance(st: ChannelState, v: ir.Value | None, depth: int = 0) -> list | None:
     """Where the entries of a 1-D shape tensor come from.
 
-    Follows ``Shape -> Gather -> Unsqueeze -> Concat`` chains (and Cast, Identity, Squeeze).
+    Follows ``Shape -> Gather -> Unsqueeze -> Concat`` chains (and Cast, Identity, Squeeze):
+    the producers' rules say how (``const_flow``: ``CONSTANT``, ``SHAPE``, ``SAME``,
+    ``RELAYOUT``, ``GATHER`` on axis 0, ``CONCAT``; :class:`~otoir.ops.rules.ConstFlow`).
 
     Returns:
         One entry per element: ``(value, axis)`` when it is ``value.shape[axis]`` read at run
@@ -31,26 +34,27 @@ def shape_provenance(st: ChannelState, v: ir.Value | None, depth: int = 0) -> li
     if v is None or depth > 32:
         return None
     node = v.producer()
-    if node is None or node.op_type == "Constant":
+    r = st.vc.info[node].rule if node is not None and node in st.vc.info else None
+    flow = r.const_flow if r is not None else None
+    if node is None or flow is ConstFlow.CONSTANT:
         c = st.shapes.const(v)
         return None if c is None else [None] * int(np.asarray(c).size)
-    op = node.op_type
-    if op == "Shape":
+    if flow is ConstFlow.SHAPE:
         src = node.inputs[0]
         ss = st.shape(src)
         if ss is None:
             return None
         start, end = slice(int(attr(node, "start", 0)), attr(node, "end", None)).indices(len(ss))[:2]
         return [(src, a) for a in range(start, end)]
-    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
+    if flow in (ConstFlow.SAME, ConstFlow.RELAYOUT):
         return shape_provenance(st, node.inputs[0], depth + 1)
-    if op == "Gather":
+    if flow is ConstFlow.GATHER:
         idx = st.shapes.const(node.inputs[1])
         p = shape_provenance(st, node.inputs[0], depth + 1)
         if idx is None or p is None or int(attr(node, "axis", 0)) != 0:
             return None
         return [p[int(i)] for i in np.atleast_1d(idx).ravel()]
-    if op == "Concat":
+    if flow is ConstFlow.CONCAT:
         out: list = []
         for x in node.inputs:
             p = shape_provenance(st, x, depth + 1)
