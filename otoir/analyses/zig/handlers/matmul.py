@@ -32,47 +32,15 @@ def matmul(st: ChannelState, node: ir.Node) -> None:
         return
     r = len(ys)
     da, db = st.is_data(a), st.is_data(b)
-    if da and not db:
-        src_out = st.param_source(b, len(bs) - 1) if len(bs) == 2 else None
-        src_in = st.param_source(b, len(bs) - 2) if len(bs) == 2 else None
-        if src_out is None or src_in is None:
-            barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant operand")
-            return
-        ta = st.track(a)
-        ra = len(as_)
-        if ta is not None and ta.axes != (ra - 1,):
-            st.poison(ta.ids, f"MatMul '{node.name}' input carries channels on an axis other than the last")
-            ta = None
-        n = ys[-1]
-        ids = st.fresh((n,), node)
-        st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
-        if ta is not None and ra - 1 in ta.axes:
-            consume(st, node, ta, ra - 1, None)
-            st.add_param(src_in[0], src_in[1], ta.ids, node, "weight-columns", trainable=False, via=src_in[2])
-        st.set(y, Track((r - 1,), ids, np.ones(n, dtype=bool)))
+    if da and not db:  # X @ W: W's columns (axis 1) set the output features; X's last axis meets W's rows
+        _linear(st, node, data=a, weight=b, out_axis=1, in_axis=0, data_axis=-1, y_axis=-1, what="operand")
         return
     if not da:
         if not db:
             return
         # W @ X with a constant 2-D W (Mamba's dt_proj): output rows (axis -2) are W's rows;
         # X's axis -2 is contracted with W's columns.
-        src_out = st.param_source(a, 0) if len(as_) == 2 else None
-        src_in = st.param_source(a, 1) if len(as_) == 2 else None
-        if src_out is None or src_in is None:
-            barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant left operand")
-            return
-        tb_ = st.track(b)
-        rb = len(bs)
-        if tb_ is not None and tb_.axes != (rb - 2,):
-            st.poison(tb_.ids, f"MatMul '{node.name}' right operand carries channels on an axis other than -2")
-            tb_ = None
-        m = ys[-2]
-        ids = st.fresh((m,), node)
-        st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
-        if tb_ is not None:
-            consume(st, node, tb_, rb - 2, None)
-            st.add_param(src_in[0], src_in[1], tb_.ids, node, "weight-columns", trainable=False, via=src_in[2])
-        st.set(y, Track((r - 2,), ids, np.ones(m, dtype=bool)))
+        _linear(st, node, data=b, weight=a, out_axis=0, in_axis=1, data_axis=-2, y_axis=-2, what="left operand")
         return
     # Two data operands: batch axes broadcast, K contracted, M from a, N from b.
     ta, tb_ = st.track(a), st.track(b)
@@ -222,3 +190,31 @@ def matmul(st: ChannelState, node: ir.Node) -> None:
     ids2, zero2, axes2 = squeeze_static(ids_c, z_c, out_axes)
     st.set(y, Track(tuple(axes2), ids2, zero2))
 
+
+def _linear(st: ChannelState, node: ir.Node, *, data: ir.Value, weight: ir.Value, out_axis: int, in_axis: int,
+            data_axis: int, y_axis: int, what: str) -> None:
+    """A MatMul with one constant 2-D operand: a stem.
+
+    The weight's ``out_axis`` makes the output's ``y_axis`` (fresh channels); its ``in_axis`` is
+    contracted with the data operand's ``data_axis`` (the data's channels, when tracked there,
+    remove the weight's entries along ``in_axis`` with them).
+    """
+    ws, xs, ys = st.shape(weight), st.shape(data), st.shape(node.outputs[0])
+    src_out = st.param_source(weight, out_axis) if len(ws) == 2 else None
+    src_in = st.param_source(weight, in_axis) if len(ws) == 2 else None
+    if src_out is None or src_in is None:
+        barrier(st, node, f"MatMul '{node.name}' with a computed or batched constant {what}")
+        return
+    rx, r = len(xs), len(ys)
+    t = st.track(data)
+    if t is not None and t.axes != (rx + data_axis,):
+        st.poison(t.ids, f"MatMul '{node.name}' {'input' if data_axis == -1 else 'right operand'} carries channels on an "
+                         f"axis other than {'the last' if data_axis == -1 else data_axis}")
+        t = None
+    n = ys[y_axis]
+    ids = st.fresh((n,), node)
+    st.add_param(src_out[0], src_out[1], ids, node, "weight-rows", via=src_out[2])
+    if t is not None:
+        consume(st, node, t, rx + data_axis, None)
+        st.add_param(src_in[0], src_in[1], t.ids, node, "weight-columns", trainable=False, via=src_in[2])
+    st.set(node.outputs[0], Track((r + y_axis,), ids, np.ones(n, dtype=bool)))
