@@ -79,8 +79,12 @@ _GEN_KEY = PASS_KEY + ".generation"
 
 
 def snapshot(model: ir.Model) -> tuple[int, dict[int, tuple]]:
-    """Fingerprints of every node (taken before a pass; see :func:`stamp`)."""
-    return next(_generation), {id(n): _fingerprint(n) for n in _all_nodes(model)}
+    """Fingerprints of every node (taken before a pass; see :func:`stamp`).
+
+    The nodes themselves are held too, so that a node the pass deletes cannot hand its ``id``
+    to a node the pass creates (which would then pass for unchanged).
+    """
+    return next(_generation), {id(n): (n, _fingerprint(n)) for n in _all_nodes(model)}
 
 
 def stamp(model: ir.Model, before: tuple[int, dict[int, tuple]], pass_name: str) -> int:
@@ -93,7 +97,7 @@ def stamp(model: ir.Model, before: tuple[int, dict[int, tuple]], pass_name: str)
     n_stamped = 0
     for node in _all_nodes(model):
         old = prints.get(id(node))
-        if old is not None and old == _fingerprint(node):
+        if old is not None and old[0] is node and old[1] == _fingerprint(node):
             continue
         if node.meta.get(_GEN_KEY, 0) > start:  # stamped by a pass nested in this one
             continue
