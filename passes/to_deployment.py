@@ -186,15 +186,22 @@ def fold_batchnorms(model: ir.Model, shapes: dict[str, tuple[int, ...]] | None =
     return n
 
 
-def _rebound(model: ir.Model, size: int) -> ir.Model:
-    """A copy of ``model`` whose symbolic input dimensions are the concrete ``size``."""
-    from otoir.api import clone_model
+def _consts_rebound(model: ir.Model, size: int) -> dict[str, np.ndarray]:
+    """Folded values of ``model`` with its symbolic input dimensions bound to ``size``.
 
-    copy = clone_model(model)
-    for v in copy.graph.inputs:
-        if v.shape is not None and not all(isinstance(d, int) for d in v.shape.dims):
-            v.shape = ir.Shape([d if isinstance(d, int) else size for d in v.shape.dims])
-    return copy
+    The input shapes are changed for the analysis only and restored (no copy of the weights).
+    """
+    from otoir.analyses.shapes import infer_static_shapes
+
+    saved = [(v, v.shape) for v in model.graph.inputs]
+    try:
+        for v, shape in saved:
+            if shape is not None and not all(isinstance(d, int) for d in shape.dims):
+                v.shape = ir.Shape([d if isinstance(d, int) else size for d in shape.dims])
+        return infer_static_shapes(model)[1]
+    finally:
+        for v, shape in saved:
+            v.shape = shape
 
 
 def fold_static_values(model: ir.Model, consts: dict[str, np.ndarray] | None = None) -> int:
@@ -212,7 +219,7 @@ def fold_static_values(model: ir.Model, consts: dict[str, np.ndarray] | None = N
     if consts is None:
         consts = infer_static_shapes(model)[1]
     symbolic = any(v.shape is not None and not all(isinstance(d, int) for d in v.shape.dims) for v in model.graph.inputs)
-    alt = infer_static_shapes(_rebound(model, _ALT_SIZE))[1] if symbolic else consts
+    alt = _consts_rebound(model, _ALT_SIZE) if symbolic else consts
     graph = model.graph
     n = 0
     for node in list(graph):
