@@ -4,7 +4,7 @@
 
     classify-vertices, grow-segments, partition-gezig,
     train{groups=gezig ...}, check-validity, to-inference,
-    eliminate-dead-branches, cleanup, check
+    eliminate-dead-branches, cleanup, check, to-deployment
 
 and ``otoir-prune{...}`` the same with ``partition-zig``, ``train{groups=zig ...}`` and
 ``prune-channels`` (no ``check-validity``). The options are those of
@@ -55,7 +55,7 @@ class _Compress(TrainConfig, Pass):
         names = (["classify-vertices", "grow-segments", "partition-gezig", "train", "check-validity"]
                  if self.mode == "erase" else ["classify-vertices", "partition-zig", "train"])
         names += ["to-inference", "eliminate-dead-branches" if self.mode == "erase" else "prune-channels",
-                  "cleanup", "check"]
+                  "cleanup", "check", "to-deployment"]
         return [self.train_pass() if n == "train" else get_pass(n)() for n in names]
 
     def expansion(self) -> str:

@@ -350,7 +350,7 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
         problem = next(p for p in baseline.problems if "ONNX Runtime" in p)
         stderr.write(f"{PROG}: error: cannot {option}: {problem}\n")
         return 2, None
-    from otoir.report import build_report
+    from otoir.report import batch_feeds, build_report, fixed_batch, random_inputs
     from otoir.train.inference import to_inference
 
     full = to_inference(reference)
@@ -364,18 +364,17 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
         if ds.val_x is not None:
             val = (ds.val_x, ds.val_y)
         inputs = (ds.val_x if ds.val_x is not None else ds.train_x)[:512]
-    if inputs is None:
-        feeds = runtime.random_feeds(full, seed=0, batch=4)
-        inputs = next(iter(feeds.values())) if len(feeds) == 1 else None
-    if inputs is None:
-        stderr.write(f"{PROG}: error: --verify/--report need a model with exactly one data input\n")
+    if inputs is None:  # random inputs of the declared shapes and types, every data input
+        inputs = random_inputs(full)
+    if isinstance(inputs, dict) and not inputs:
+        stderr.write(f"{PROG}: error: cannot {option}: the model has no data inputs\n")
         return 1, None
     try:
         rep = build_report(full, sub, val=val, verify_inputs=inputs, latency_runs=50 if (args.report or args.report_json) else 0,
                            details={"pipeline": args.pipeline})
     except RuntimeModelError as exc:
         try:
-            runtime.run_model(full, {runtime.data_inputs(full)[0].name: inputs[:1]})
+            runtime.run_model(full, batch_feeds(full, inputs, fixed_batch(full) or 1))
         except RuntimeModelError as ref_exc:
             stderr.write(f"{PROG}: error: cannot {option}: the input model does not run: {ref_exc}\n")
             return 2, None
