@@ -196,10 +196,11 @@ class PrintGroups(Pass):
     collapse: bool = option(False, "one row for consecutive channel groups of one tensor set with equal figures")
     annotate_metadata: bool = option(False, "write otoir.groups / otoir.groups-not-prunable into node metadata_props (Netron shows them)")
 
-    def run(self, model, ctx) -> bool:
+    def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            ctx.error(f"unknown kind='{self.kind}' (zig, gezig or all)")
-            return False
+            raise ValueError(f"unknown kind='{self.kind}' (zig, gezig or all)")
+
+    def run(self, model, ctx) -> bool:
         groups: list[Group] = []
         if self.kind in ("all", "zig"):
             groups.extend(ctx.analyses.get(ChannelGroups).groups)
@@ -212,5 +213,6 @@ class PrintGroups(Pass):
             changed = n > 0
         shown = [g for g in groups if g.prunable] if self.only_prunable else groups
         ctx.stat("rows", len(shown))
-        ctx.results[self.name] = format_groups(shown, f"print-groups{{kind={self.kind}}}", collapse=self.collapse)
+        ctx.results[self.name] = format_groups(shown, f"print-groups{{{' '.join(f'{k}={v}' for k, v in self.option_text().items())}}}"
+                                                if self.option_text() else "print-groups", collapse=self.collapse)
         return changed
