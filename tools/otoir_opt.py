@@ -404,12 +404,25 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
         stderr.write(f"{PROG}: error: cannot {option}: the result does not run: {exc}; nothing written\n")
         return 1, None
     if args.report:
-        stderr.write(rep.to_text() + "\n")
+        stderr.write(rep.to_text(labels=_report_labels(result)) + "\n")
     if args.verify and not rep.verified:
         stderr.write(f"{PROG}: error: verification failed: outputs differ from the reference by "
                      f"{rep.max_rel_diff:.3g} of their scale (> {rep.tolerance:g}); nothing written\n")
         return 1, rep
     return 0, rep
+
+
+def _report_labels(result) -> tuple[str, str]:
+    """The --report column labels: "full (trained)" only when a ``train`` pass ran; else the
+    reference is the input ("input"), or the input with values set by a values-only pass such as
+    ``zero-groups`` ("reference")."""
+    from otoir.infra.registry import get_pass
+
+    if result.results_of("train"):
+        return "full (trained)", "compressed"
+    if any(r.changed and get_pass(r.name).values_only for r in result.records):
+        return "reference", "result"
+    return "input", "result"
 
 
 def _print_warnings(stderr, exc, quiet: bool) -> None:

@@ -316,3 +316,22 @@ def test_print_groups_metadata_survives_save(tmp_path):
     # --annotate shows the metadata in the printed IR.
     code, out, _ = cli(str(p), "-p", "print-groups{annotate-metadata=true}", "--annotate", "-q")
     assert code == 0 and "# metadata: otoir.groups=zig:w1:0-2" in out
+
+
+def test_report_labels_say_what_the_reference_is(tmp_path):
+    from otoir.infra.pass_manager import PassRecord, PipelineResult
+    from otoir.tools.otoir_opt import _report_labels
+
+    path = _dag_file(tmp_path)
+    # Analysis only: the reference is the input, and nothing was trained.
+    code, _, err = cli(str(path), "-p", "partition-zig", "--report", "-q", "-o", str(tmp_path / "a.onnx"))
+    assert code == 0, err
+    head = next(ln for ln in err.splitlines() if "ratio" in ln).split()
+    assert head == ["input", "result", "ratio"] and "full (trained)" not in err
+    # Zeroed but not trained: the reference is the zeroed model.
+    code, _, err = cli(str(path), "-p", "zero-groups{random=0.5 seed=1},eliminate-dead-branches,cleanup", "--report",
+                       "-q", "-o", str(tmp_path / "b.onnx"))
+    assert code == 0, err
+    assert next(ln for ln in err.splitlines() if "ratio" in ln).split() == ["reference", "result", "ratio"]
+    trained = PipelineResult(records=[PassRecord("train", "train", 0, True, {}, {"train": {"dataset": "x"}})])
+    assert _report_labels(trained) == ("full (trained)", "compressed")
