@@ -5,7 +5,7 @@ Annotations appear as a comment line above the node they describe::
     # otoir.vertex=stem otoir.reason="sets the output channel count"
     conv1_out = Conv <...> (x, conv1.weight)
 
-With ``metadata=True`` a node's ``metadata_props`` (e.g. ``otoir.groups``, written by
+With ``metadata=True`` a node's ``otoir.*`` ``metadata_props`` (e.g. ``otoir.groups``, written by
 ``print-groups{annotate-metadata=true}``) appear as a ``# metadata:`` comment line above it.
 
 The ONNX parser skips comments, so annotated text parses back to the same model (unless
@@ -49,7 +49,8 @@ def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_lar
         analyses: Analyses whose ``annotations()`` are printed above the nodes.
         elide_larger_than: Drop the data of initializers with more elements than this (a
             comment lists them); ``None`` prints everything, so the text parses back.
-        metadata: Print each node's ``metadata_props`` as a comment line above it.
+        metadata: Print each node's ``otoir.*`` ``metadata_props`` as a comment line above it
+            (other keys, such as exporters' stack traces, are left out).
     """
     annotations: dict[ir.Node, dict[str, object]] = {}
     for a in analyses:
@@ -73,8 +74,9 @@ def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_lar
         note = annotations.get(node)
         if note:
             lines.append("   # " + format_annotation(note))
-        if metadata and node.metadata_props:
-            lines.append("   # metadata: " + " ".join(f"{k}={_quoted(v)}" for k, v in node.metadata_props.items()))
+        ours = {k: v for k, v in node.metadata_props.items() if k.startswith("otoir.")} if metadata else {}
+        if ours:  # only otoir's keys: exporters leave long ones (stack traces) there
+            lines.append("   # metadata: " + " ".join(f"{k}={_quoted(v)}" for k, v in ours.items()))
         lines.append(onnx.printer.to_text(ir.serde.serialize_node(node)).rstrip("\n"))
     lines.append("}")
     for func in model.functions.values():

@@ -142,3 +142,18 @@ def test_table_of_a_hundred_groups_is_readable():
     short = otoir.PassManager.from_text("print-groups{collapse=true}").run(m).results["print-groups"].splitlines()
     assert len(short) < len(lines) / 2
     assert short[0].split(": ", 1)[1] == lines[0].split(": ", 1)[1]  # same counts
+
+
+def test_printer_shows_only_otoir_metadata_and_only_when_asked():
+    from otoir.textir import print_model
+
+    m = _chain()
+    node = next(iter(m.graph))
+    node.metadata_props["pkg.torch.onnx.stack_trace"] = "File x.py, line 1 ..."
+    node.metadata_props[GROUPS_KEY] = "zig:w1:0-2"
+    text = print_model(m, metadata=True)
+    assert "   # metadata: otoir.groups=zig:w1:0-2\n   c1 = Conv" in text
+    assert "stack_trace" not in text
+    assert "# metadata" not in print_model(m)
+    # comments only: the text still parses back to the same graph
+    assert [n.op_type for n in ir.from_proto(onnx.parser.parse_model(text)).graph] == ["Conv", "Relu", "Conv"]
