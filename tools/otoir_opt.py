@@ -69,7 +69,9 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
                         "without it, print ONNX text on stdout")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     p.add_argument("--dump-pass-pipeline", action="store_true", help="print the canonical pipeline text to stderr")
-    p.add_argument("--annotate", action="store_true", help="show analysis results as '# otoir.*' comments in printed IR")
+    p.add_argument("--annotate", action="store_true",
+                   help="show analysis results and otoir.* node metadata as comments in printed IR; initializers "
+                        f"with more than {ANNOTATE_ELIDE_DEFAULT} elements are elided (see --elide-initializers-if-larger)")
     p.add_argument("--print-ir-before", metavar="NAMES", default="", help="print IR before these passes (comma list)")
     p.add_argument("--print-ir-after", metavar="NAMES", default="", help="print IR after these passes (comma list)")
     p.add_argument("--print-ir-before-all", action="store_true", help="print IR before every pass")
