@@ -72,8 +72,8 @@ class CompressReport:
         """JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
-    def to_text(self) -> str:
-        """A before/after table."""
+    def to_text(self, labels: tuple[str, str] = ("full (trained)", "compressed")) -> str:
+        """A before/after table; ``labels`` head its two columns."""
 
         def num(v: float | None, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
@@ -99,7 +99,7 @@ class CompressReport:
              num(c.latency_ms, ".3f") + " ms", ratio(f.latency_ms, c.latency_ms)),
         ]
         w = max(len(r[0]) for r in rows)
-        lines = [f"{'':<{w}}  {'full (trained)':>16}  {'compressed':>16}  {'ratio':>10}"]
+        lines = [f"{'':<{w}}  {labels[0]:>16}  {labels[1]:>16}  {'ratio':>10}"]
         lines += [f"{a:<{w}}  {b:>16}  {cc:>16}  {d:>10}" for a, b, cc, d in rows]
         if self.max_rel_diff is not None:
             verdict = "OK" if self.verified else "MISMATCH"

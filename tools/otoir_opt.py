@@ -14,9 +14,15 @@ import sys
 import traceback
 from typing import TextIO
 
-__all__ = ["main", "console_main", "build_parser"]
+__all__ = ["main", "console_main", "build_parser", "ANNOTATE_ELIDE_DEFAULT", "PRINT_ALL"]
 
 PROG = "otoir-opt"
+
+#: With ``--annotate`` (and no --elide-initializers-if-larger), initializers with more elements
+#: than this are elided in the printed IR (the text is for reading, not for parsing back).
+ANNOTATE_ELIDE_DEFAULT = 16
+#: The --elide-initializers-if-larger value that prints every initializer.
+PRINT_ALL = -1
 
 
 class _UsageError(Exception):
@@ -63,14 +69,18 @@ def build_parser(with_passes: bool = False) -> argparse.ArgumentParser:
                         "without it, print ONNX text on stdout")
     p.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     p.add_argument("--dump-pass-pipeline", action="store_true", help="print the canonical pipeline text to stderr")
-    p.add_argument("--annotate", action="store_true", help="show analysis results as '# otoir.*' comments in printed IR")
+    p.add_argument("--annotate", action="store_true",
+                   help="show analysis results and otoir.* node metadata as comments in printed IR; initializers "
+                        f"with more than {ANNOTATE_ELIDE_DEFAULT} elements are elided (see --elide-initializers-if-larger)")
     p.add_argument("--print-ir-before", metavar="NAMES", default="", help="print IR before these passes (comma list)")
     p.add_argument("--print-ir-after", metavar="NAMES", default="", help="print IR after these passes (comma list)")
     p.add_argument("--print-ir-before-all", action="store_true", help="print IR before every pass")
     p.add_argument("--print-ir-after-all", action="store_true", help="print IR after every pass")
     p.add_argument("--print-ir-after-change", action="store_true", help="with --print-ir-after*, only when the pass changed the IR")
     p.add_argument("--elide-initializers-if-larger", type=int, default=None, metavar="N",
-                   help="elide initializer data with more than N elements in printed IR (default: 1024 in dumps, never in the output)")
+                   help="elide initializer data with more than N elements in printed IR; -1 prints every initializer "
+                        f"(default: {ANNOTATE_ELIDE_DEFAULT} in the --annotate output, 1024 in dumps, never in the plain "
+                        "output, which parses back to the model)")
     p.add_argument("--timing", action="store_true", help="report the wall time of every pass")
     p.add_argument("--pass-statistics", action="store_true", help="report the statistics of every pass")
     p.add_argument("--dump-ir-dir", metavar="DIR", help="write the IR after every pass into DIR")
@@ -180,15 +190,15 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
             baseline = load_baseline(model, subject=f"the input '{'<stdin>' if args.input == '-' else args.input}'")
 
-        elide = args.elide_initializers_if_larger
+        elide, out_elide = _elide_limits(args)
         instruments = []
         before = "all" if args.print_ir_before_all else _names(args.print_ir_before)
         after = "all" if args.print_ir_after_all else _names(args.print_ir_after)
         if before or after:
             instruments.append(PrintIR(stderr, before, after, only_if_changed=args.print_ir_after_change,
-                                       annotate=args.annotate, elide_larger_than=1024 if elide is None else elide))
+                                       annotate=args.annotate, elide_larger_than=elide))
         if args.dump_ir_dir:
-            instruments.append(DumpIR(args.dump_ir_dir, annotate=True, elide_larger_than=1024 if elide is None else elide))
+            instruments.append(DumpIR(args.dump_ir_dir, annotate=True, elide_larger_than=elide))
         if args.pass_statistics:
             instruments.append(PassStatistics(stderr))
         if args.timing:
@@ -207,6 +217,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             return fail(1, str(exc) + (f" (passes run before: {', '.join(exc.history)})" if exc.history else ""))
         except PassFailure as exc:
             return fail(1, str(exc))
+        for table in result.results_of("print-groups"):  # asked for in the pipeline: even with -q
+            stderr.write(table)
         if not args.quiet:
             from otoir.infra.diagnostics import Severity
 
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
             from otoir.textir import print_model
 
             ann = result.analyses.cached_analyses() if args.annotate and result.analyses else ()
-            stdout.write(print_model(model, analyses=ann, elide_larger_than=elide))
+            stdout.write(print_model(model, analyses=ann, elide_larger_than=out_elide, metadata=args.annotate))
         if args.report_json and report is not None:  # last: no file is left after a failure
             from otoir.io import atomic_write_text
 
@@ -273,10 +285,22 @@ def _interrupted(stderr, written: list[str] | tuple = ()) -> int:
     return 130
 
 
+def _elide_limits(args) -> tuple[int | None, int | None]:
+    """(limit in dumps, limit in the printed output) from --elide-initializers-if-larger and
+    --annotate; None prints every initializer."""
+    n = args.elide_initializers_if_larger
+    if n == PRINT_ALL:
+        return None, None
+    if n is not None:
+        return n, n
+    return 1024, ANNOTATE_ELIDE_DEFAULT if args.annotate else None
+
+
 def _check_options(args) -> str | None:
     """Range checks of the command-line options; returns the problem, or None."""
-    if args.elide_initializers_if_larger is not None and args.elide_initializers_if_larger < 0:
-        return f"--elide-initializers-if-larger must not be negative, got {args.elide_initializers_if_larger}"
+    if args.elide_initializers_if_larger is not None and args.elide_initializers_if_larger < PRINT_ALL:
+        return (f"--elide-initializers-if-larger must be >= 0 (or {PRINT_ALL} to print every initializer), "
+                f"got {args.elide_initializers_if_larger}")
     if args.output is not None and not args.output:
         return "-o: the output path is empty"
     if args.report_json is not None and not args.report_json:
@@ -381,12 +405,25 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
         stderr.write(f"{PROG}: error: cannot {option}: the result does not run: {exc}; nothing written\n")
         return 1, None
     if args.report:
-        stderr.write(rep.to_text() + "\n")
+        stderr.write(rep.to_text(labels=_report_labels(result)) + "\n")
     if args.verify and not rep.verified:
         stderr.write(f"{PROG}: error: verification failed: outputs differ from the reference by "
                      f"{rep.max_rel_diff:.3g} of their scale (> {rep.tolerance:g}); nothing written\n")
         return 1, rep
     return 0, rep
+
+
+def _report_labels(result) -> tuple[str, str]:
+    """The --report column labels: "full (trained)" only when a ``train`` pass ran; else the
+    reference is the input ("input"), or the input with values set by a values-only pass such as
+    ``zero-groups`` ("reference")."""
+    from otoir.infra.registry import get_pass
+
+    if result.results_of("train"):
+        return "full (trained)", "compressed"
+    if any(r.changed and get_pass(r.name).values_only for r in result.records):
+        return "reference", "result"
+    return "input", "result"
 
 
 def _print_warnings(stderr, exc, quiet: bool) -> None:

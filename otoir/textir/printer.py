@@ -5,8 +5,11 @@ Annotations appear as a comment line above the node they describe::
     # otoir.vertex=stem otoir.reason="sets the output channel count"
     conv1_out = Conv <...> (x, conv1.weight)
 
+With ``metadata=True`` a node's ``otoir.*`` ``metadata_props`` (e.g. ``otoir.groups``, written by
+``print-groups{annotate-metadata=true}``) appear as a ``# metadata:`` comment line above it.
+
 The ONNX parser skips comments, so annotated text parses back to the same model (unless
-initializers were elided, which drops their data).
+initializers were elided, which drops their data; node metadata is not kept by the text form).
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ if TYPE_CHECKING:
 __all__ = ["print_model", "format_annotation"]
 
 
+def _quoted(value: object) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c in '"#' for c in text):
+        text = '"' + text.replace('"', "'") + '"'
+    return text
+
+
 def format_annotation(values: dict[str, object]) -> str:
     """Formats ``{key: value}`` as ``otoir.key=value`` pairs (quoted when needed)."""
-    parts = []
-    for key, value in values.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"#' for c in text):
-            text = '"' + text.replace('"', "'") + '"'
-        parts.append(f"otoir.{key}={text}")
-    return " ".join(parts)
+    return " ".join(f"otoir.{key}={_quoted(value)}" for key, value in values.items())
 
 
-def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_larger_than: int | None = None) -> str:
+def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_larger_than: int | None = None,
+                metadata: bool = False) -> str:
     """Returns the ONNX text of ``model``.
 
     Args:
@@ -44,6 +49,8 @@ def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_lar
         analyses: Analyses whose ``annotations()`` are printed above the nodes.
         elide_larger_than: Drop the data of initializers with more elements than this (a
             comment lists them); ``None`` prints everything, so the text parses back.
+        metadata: Print each node's ``otoir.*`` ``metadata_props`` as a comment line above it
+            (other keys, such as exporters' stack traces, are left out).
     """
     annotations: dict[ir.Node, dict[str, object]] = {}
     for a in analyses:
@@ -67,6 +74,9 @@ def print_model(model: ir.Model, *, analyses: Iterable[Analysis] = (), elide_lar
         note = annotations.get(node)
         if note:
             lines.append("   # " + format_annotation(note))
+        ours = {k: v for k, v in node.metadata_props.items() if k.startswith("otoir.")} if metadata else {}
+        if ours:  # only otoir's keys: exporters leave long ones (stack traces) there
+            lines.append("   # metadata: " + " ".join(f"{k}={_quoted(v)}" for k, v in ours.items()))
         lines.append(onnx.printer.to_text(ir.serde.serialize_node(node)).rstrip("\n"))
     lines.append("}")
     for func in model.functions.values():

@@ -233,3 +233,105 @@ def test_report_json(tmp_path):
     assert data["compressed"]["params"] < data["full"]["params"]
     assert data["verified"] is True
     assert "parameters" in err and "ORT CPU latency" in err
+
+
+BIG = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[1,20] x) => (float[1,20] y)
+<float[16] small = {SMALL}, float[20] large = {LARGE}>
+{
+  a = Add (x, large)
+  y = Mul (a, small)
+}
+""".replace("SMALL", ",".join(["2"] * 16)).replace("LARGE", ",".join(["1"] * 20))
+
+
+@pytest.fixture
+def big(tmp_path):
+    p = tmp_path / "big.onnxtxt"
+    p.write_text(BIG)
+    return p
+
+
+def test_annotate_elides_large_initializers_by_default(big):
+    from otoir.tools.otoir_opt import ANNOTATE_ELIDE_DEFAULT
+
+    assert ANNOTATE_ELIDE_DEFAULT == 16
+    # 20 elements > 16: elided (a comment names it); 16 elements: printed.
+    code, out, err = cli(str(big), "-p", "cse", "--annotate", "-q")
+    assert code == 0, err
+    assert "# otoir.elided-initializer: float[20] large" in out
+    assert "small =  {2,2" in out and "large =" not in out
+    # Without --annotate the output is the whole model (it parses back).
+    code, out, _ = cli(str(big), "-p", "cse", "-q")
+    assert code == 0 and "elided" not in out and "large =" in out
+    # An explicit limit wins; -1 prints every initializer.
+    code, out, _ = cli(str(big), "-p", "cse", "--annotate", "-q", "--elide-initializers-if-larger", "8")
+    assert code == 0 and "elided-initializer: float[16] small" in out and "elided-initializer: float[20] large" in out
+    code, out, _ = cli(str(big), "-p", "cse", "--annotate", "-q", "--elide-initializers-if-larger=-1")
+    assert code == 0 and "elided" not in out and "large =" in out
+    code, _, err = cli(str(big), "-p", "cse", "--elide-initializers-if-larger=-2")
+    assert code == 2 and "got -2" in one_line(err)
+
+
+ZIG = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[1,2,4,4] x) => (float[1,2,4,4] y)
+<float[3,2,1,1] w1 = {1,0,0,1,1,1}, float[2,3,1,1] w2 = {1,0,1,0,1,1}>
+{
+  c1 = Conv (x, w1)
+  r1 = Relu (c1)
+  y = Conv (r1, w2)
+}
+"""
+
+
+def test_print_groups_table_on_stderr_even_with_q(tmp_path):
+    p = tmp_path / "zig.onnxtxt"
+    p.write_text(ZIG)
+    code, out, err = cli(str(p), "-p", "print-groups{kind=zig}", "-q")
+    assert code == 0
+    lines = err.splitlines()
+    assert lines[0] == "print-groups{kind=zig}: 4 zig (3 prunable)"
+    assert lines[1].split() == ["id", "kind", "tensors", "params", "FLOPs", "prunable"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["zig:w1:0", "zig:w1:1", "zig:w1:2", "zig:w2:0"]
+    assert lines[-1].endswith("no: reaches graph output 'y'")
+    col = lines[1].index("tensors")  # aligned: every row's tensors start under the heading
+    assert all(ln[col:].startswith("w") and ln[col - 2:col] == "  " for ln in lines[2:])
+    assert "Conv (x, w1)" in out  # the model is printed as usual
+
+
+def test_print_groups_metadata_survives_save(tmp_path):
+    import otoir
+
+    p = tmp_path / "zig.onnxtxt"
+    p.write_text(ZIG)
+    o = tmp_path / "o.onnx"
+    code, _, err = cli(str(p), "-p", "print-groups{annotate-metadata=true}", "-o", str(o), "-q")
+    assert code == 0, err
+    m = otoir.load(str(o))
+    props = {n.op_type + ":" + n.outputs[0].name: dict(n.metadata_props) for n in m.graph}
+    assert props["Conv:c1"] == {"otoir.groups": "zig:w1:0-2"}
+    assert props["Conv:y"]["otoir.groups"] == "zig:w2:0"
+    assert props["Conv:y"]["otoir.groups-not-prunable"] == "zig:w2:0 (reaches graph output 'y')"
+    assert props["Relu:r1"] == {}
+    # --annotate shows the metadata in the printed IR.
+    code, out, _ = cli(str(p), "-p", "print-groups{annotate-metadata=true}", "--annotate", "-q")
+    assert code == 0 and "# metadata: otoir.groups=zig:w1:0-2" in out
+
+
+def test_report_labels_say_what_the_reference_is(tmp_path):
+    from otoir.infra.pass_manager import PassRecord, PipelineResult
+    from otoir.tools.otoir_opt import _report_labels
+
+    path = _dag_file(tmp_path)
+    # Analysis only: the reference is the input, and nothing was trained.
+    code, _, err = cli(str(path), "-p", "partition-zig", "--report", "-q", "-o", str(tmp_path / "a.onnx"))
+    assert code == 0, err
+    head = next(ln for ln in err.splitlines() if "ratio" in ln).split()
+    assert head == ["input", "result", "ratio"] and "full (trained)" not in err
+    # Zeroed but not trained: the reference is the zeroed model.
+    code, _, err = cli(str(path), "-p", "zero-groups{random=0.5 seed=1},eliminate-dead-branches,cleanup", "--report",
+                       "-q", "-o", str(tmp_path / "b.onnx"))
+    assert code == 0, err
+    assert next(ln for ln in err.splitlines() if "ratio" in ln).split() == ["reference", "result", "ratio"]
+    trained = PipelineResult(records=[PassRecord("train", "train", 0, True, {}, {"train": {"dataset": "x"}})])
+    assert _report_labels(trained) == ("full (trained)", "compressed")

@@ -147,7 +147,7 @@ def test_option_ranges(good, pipeline, fragment):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--elide-initializers-if-larger", "-5"], "--elide-initializers-if-larger must not be negative"),
+        (["--elide-initializers-if-larger", "-5"], "--elide-initializers-if-larger must be >= 0 (or -1 to print every initializer), got -5"),
         (["--print-ir-after", "nosuchpass"], "--print-ir-after: unknown pass 'nosuchpass'"),
         (["--print-ir-before", "cse,nosuch"], "--print-ir-before: unknown pass 'nosuch'"),
         (["-o", ""], "-o: the output path is empty"),

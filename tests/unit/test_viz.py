@@ -111,3 +111,54 @@ def test_visualize_pass_keeps_every_file(tmp_path):
     assert all(os.path.exists(f) for f in files)
     assert "(zero)" not in open(dots[0]).read()
     assert "(zero)" in open(dots[1]).read()
+
+
+def test_labels_are_escaped_for_dot():
+    # A line break in a label is DOT's \n escape (one backslash), never a doubled backslash
+    # (drawn as a literal "\n"); backslashes and quotes in names are escaped.
+    assert viz._q('a\nb') == '"a\\nb"'
+    assert viz._q('x\\y"z') == '"x\\\\y\\"z"'
+    m = _model()
+    for dot in (viz.trace_dot(m), viz.segments_dot(m)):
+        assert "\\\\n" not in dot
+        assert "\n\n" not in dot.strip()  # no raw line break inside a label either
+    assert "@c1\\nConv" in viz.trace_dot(m)
+    assert "\\ngezig:1" in viz.segments_dot(m)
+
+
+def test_zig_dot_draws_channel_groups():
+    from otoir.analyses.zig import ChannelGroups
+    from otoir.infra.analysis import AnalysisManager
+
+    m = _model()
+    groups = AnalysisManager(m).get(ChannelGroups).groups
+    dot = viz.zig_dot(m, groups)
+    assert dot.startswith('digraph "zig" {')
+    # c1's output channels are two prunable groups; c2/c3 feed the graph output (not prunable).
+    c1 = next(line for line in dot.splitlines() if "@c1\\nConv" in line)
+    assert "zig:w1 (2 ch, 2 prunable)" in c1 and "fillcolor=\"#" in c1
+    out = [line for line in dot.splitlines() if "\\nConv" in line and "@c1\\n" not in line]
+    assert out and all("0 prunable" in line and "dashed" in line for line in out)
+    relu = next(line for line in dot.splitlines() if "@r1\\nRelu" in line)
+    assert "prunable" not in relu  # no trainable input: not coloured
+    assert dot.count(" -> ") == viz.trace_dot(m).count(" -> ")
+
+
+def test_write_dot_warns_without_graphviz(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    said: list[str] = []
+    path = str(tmp_path / "g.dot")
+    assert viz.write_dot("digraph g { }\n", path, warn=said.append) == [path]
+    assert len(said) == 1 and "Graphviz 'dot' not found" in said[0] and path in said[0]
+
+
+def test_visualize_pass_warns_without_graphviz_and_draws_zig(tmp_path, monkeypatch):
+    from otoir.infra.diagnostics import Severity
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    r = otoir.PassManager.from_text(f"visualize{{what=zig out={tmp_path}}}").run(_model())
+    path = os.path.join(str(tmp_path), "zig.dot")
+    assert r.results["visualize"] == [path]
+    assert "(2 ch, 2 prunable)" in open(path).read()
+    warnings = [str(d) for d in r.diagnostics if d.severity is Severity.WARNING]
+    assert len(warnings) == 1 and "not found" in warnings[0] and path in warnings[0]
