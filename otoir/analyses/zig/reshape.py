@@ -78,6 +78,11 @@ def reshape_blocks(sin: tuple[int, ...], sout: tuple[int, ...]) -> list[tuple[li
     return blocks
 
 
+def _has_multi_axis_block(blocks) -> bool:
+    """Whether any factor block spans several axes (its entries are then tied as a product)."""
+    return any(len(b) > 1 for b in blocks)
+
+
 def reshape_track(st: ChannelState, t: Track, sin: tuple[int, ...], sout: tuple[int, ...], node: ir.Node) -> Track | None:
     """Maps a track through a reshape (exact factorisation; records product constraints)."""
     # Size-1 tracked axes: a single channel; it cannot be followed through a reshape that
@@ -97,25 +102,13 @@ def reshape_track(st: ChannelState, t: Track, sin: tuple[int, ...], sout: tuple[
     in_axes = tuple(x for bi, _ in tb for x in bi)
     out_axes = [x for _, bo in tb for x in bo]
     ids, zero = expand(t, in_axes, sin)
-    # Product constraints on the input side: one per block with several axes.
-    pos = 0
-    in_blocks = []
-    for bi, _ in tb:
-        if len(bi) > 1:
-            in_blocks.append(tuple(range(pos, pos + len(bi))))
-        pos += len(bi)
-    if in_blocks:
+    # Product constraints: one per block with several axes, on the input and the output side.
+    if _has_multi_axis_block(bi for bi, _ in tb):
         st.constraints.append(np.ascontiguousarray(ids))
     oshape = [sout[x] for x in out_axes]
     ids = np.ascontiguousarray(ids).reshape(oshape)
     zero = np.ascontiguousarray(zero).reshape(oshape)
-    pos = 0
-    out_blocks = []
-    for _, bo in tb:
-        if len(bo) > 1:
-            out_blocks.append(tuple(range(pos, pos + len(bo))))
-        pos += len(bo)
-    if out_blocks:
+    if _has_multi_axis_block(bo for _, bo in tb):
         st.constraints.append(ids)
     ids2, zero2, axes2 = squeeze_static(ids, zero, out_axes)
     return Track(tuple(axes2), ids2, zero2)
