@@ -17,7 +17,7 @@ import onnx_ir as ir
 from otoir import runtime
 from otoir.runtime import max_rel_diff, random_feeds
 
-__all__ = ["session", "run_ort", "assert_same_outputs", "random_feeds", "max_rel_diff", "output_names"]
+__all__ = ["cli", "one_line", "session", "run_ort", "assert_same_outputs", "random_feeds", "max_rel_diff", "output_names"]
 
 
 def output_names(model: ir.Model) -> list[str]:
@@ -81,3 +81,34 @@ def assert_same_outputs(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray
         diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
         if diff > rtol_scale * scale:
             raise AssertionError(f"output {i}: max abs diff {diff:.3e} > {rtol_scale:.1e} x scale {scale:.3e}")
+
+
+def cli(*argv: Any, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Runs ``otoir-opt`` in-process: ``(exit status, stdout, stderr)``.
+
+    Args:
+        *argv: Command-line arguments (paths may be ``pathlib.Path``).
+        stdin: Bytes to read as standard input (for ``-``), or None.
+    """
+    import io
+    import sys
+
+    from otoir.tools.otoir_opt import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        code = main([str(a) for a in argv], stdout=out, stderr=err)
+    finally:
+        sys.stdin = saved
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_line(err: str) -> str:
+    """The single ``otoir-opt: error: ...`` line of ``err`` (asserts there is exactly one, no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("otoir-opt: error: ") and "Traceback" not in err, err
+    return lines[0]

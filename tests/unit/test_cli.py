@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from otoir.testing import cli, one_line
 from otoir.tools.otoir_opt import main
 
 GOOD = """<ir_version: 10, opset_import: ["" : 17, "com.acme" : 1]>
@@ -20,11 +21,6 @@ g (float[N,4] x) => (float[N,4] y)
 }
 """
 
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -45,13 +41,6 @@ def test_output_file_written(good, tmp_path):
     code, out, _ = cli(str(good), "-p", "cse", "-o", str(out_path), "-q")
     assert code == 0 and out == "" and out_path.exists()
 
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otoir-opt: error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 import pytest
 
 import otoir
-from otoir.tools.otoir_opt import main
+from otoir.testing import cli, one_line
 
 CONV = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[1,4,6,6] x) => (y)
@@ -35,19 +34,6 @@ def conv_text(attrs: str, cin: int = 4) -> str:
     return CONV.format(attrs=attrs, cin=cin, weights="{" + ",".join(["1"] * n) + "}")
 
 
-def cli(*argv, stdin: bytes | None = None, monkeypatch=None):
-    out, err = io.StringIO(), io.StringIO()
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = main([str(a) for a in argv], stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otoir-opt: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture
@@ -195,16 +181,16 @@ def test_repeat_bound_in_the_library():
 
 
 def test_stdin_errors_name_stdin(monkeypatch):
-    code, _, err = cli("-", "-p", "cse", stdin=b"\x08\x07garbage\xff\xfe", monkeypatch=monkeypatch)
+    code, _, err = cli("-", "-p", "cse", stdin=b"\x08\x07garbage\xff\xfe")
     assert code == 2
     line = one_line(err)
     assert "'<stdin>'" in line and "/tmp" not in line
-    code, _, err = cli("-", "-p", "cse", stdin=conv_text("group=0").encode(), monkeypatch=monkeypatch)
+    code, _, err = cli("-", "-p", "cse", stdin=conv_text("group=0").encode())
     assert code == 2 and "invalid input '<stdin>'" in one_line(err)
 
 
 def test_stdin_good_model(monkeypatch):
-    code, out, err = cli("-", "-p", "cse", "-q", stdin=conv_text("pads=[1,1,1,1]").encode(), monkeypatch=monkeypatch)
+    code, out, err = cli("-", "-p", "cse", "-q", stdin=conv_text("pads=[1,1,1,1]").encode())
     assert code == 0, err
     assert "Conv" in out
 

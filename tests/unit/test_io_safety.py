@@ -4,7 +4,6 @@ data, write errors naming the path, and external data resolved against the model
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import signal
@@ -20,23 +19,10 @@ import pytest
 import otoir
 import otoir.io as oio
 from otoir.errors import InputError, OutputError
-from otoir.tools.otoir_opt import main
+from otoir.testing import cli, one_line
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_io import X, make_model, run  # noqa: E402
-
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("otoir-opt: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def weights(path) -> np.ndarray:

@@ -6,7 +6,6 @@ result must be exit 1 naming the pass, and nothing written.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -23,7 +22,7 @@ from otoir.infra import PassManager
 from otoir.infra.loadcheck import PASS_KEY, baseline, check_loadable, find_problem, made_by
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass, unregister_pass
-from otoir.tools.otoir_opt import main
+from otoir.testing import cli
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -120,11 +119,6 @@ def _broken_passes():
     for cls in BROKEN:
         unregister_pass(cls.name)
 
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import otoir
 from otoir.report import batch_feeds, build_report, fixed_batch, random_inputs
-from otoir.tools.otoir_opt import main
+from otoir.testing import cli
 
 PRUNE = "classify-vertices,partition-zig,zero-groups{kind=zig random=0.5 seed=1},prune-channels,cleanup"
 
@@ -43,11 +42,6 @@ def _two_input_model(path, batch: int | str = 4) -> str:
     onnx.save(model, str(path))
     return str(path)
 
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("pipeline", ["cleanup", PRUNE])
