@@ -9,15 +9,17 @@ lose groups or make a compressed model disagree with the trained one. The pass f
    such Identity is removed and its consumers read the initializer directly (then step 2 gives
    them their own copy where the sharing is an artefact).
 2. **Folded shared initializers.** An initializer used as a *parameter* (an input the rule
-   table's :class:`~otoir.ops.rules.ParamSpec` of the consumer names) by several nodes gets one
-   copy per consumer when the sharing is an artefact of export. The rule: a shared parameter is
-   un-shared when it is **not declared** as one trainable parameter (declared: listed in the
-   model's ``otoir.parameters`` metadata, or the target of an alias in
-   ``model.meta["otoir.parameter_aliases"]``, both written by otoir's own exporter) **and** it
-   either reached a consumer through an ``Identity`` (step 1) or holds one repeated value
-   (all zeros, all ones: the tensors constant folding and the exporter's value dedup merge).
-   A shared, non-uniform initializer that came in directly is taken as true weight tying and
-   left shared (``partition-zig`` handles shared weights).
+   table's :class:`~otoir.ops.rules.ParamSpec` of the consumer names) more than once gets one
+   copy per use (a node reading it in two parameter slots, e.g. a BatchNorm's bias and running
+   mean both all-zero, counts twice) when the sharing is an artefact of export. The rule: a
+   shared parameter is un-shared when it is **not declared** as one trainable parameter
+   (declared: listed in the model's ``otoir.parameters`` metadata, which the vertex analysis
+   reads, or the target of an alias in ``model.meta["otoir.parameter_aliases"]``, which
+   ``otoir.load(module)`` records for tied parameters) **and** it either reached a consumer
+   through an ``Identity`` (step 1) or holds one repeated value (all zeros, all ones: the
+   tensors constant folding and the exporter's value dedup merge). A shared, non-uniform
+   initializer that came in directly is taken as true weight tying and left shared
+   (``partition-zig`` handles shared weights).
 3. **Eval-form BatchNormalization** (inference ``BatchNormalization``, one output). With
    ``bn-training=true`` (the default) it is restored to the training form otoir's exporter
    writes: ``training_mode=1`` and the running mean/var as two more outputs, so training uses
@@ -142,16 +144,13 @@ class NormalizeExport(Pass):
         declared = _declared(model)
         copies = 0
         for name, where in uses.items():
-            if len({id(n) for n, _ in where}) < 2 or name in declared:
+            if len(where) < 2 or name in declared:
                 continue
             src = graph.initializers[name]
             if name not in via_identity and not _uniform(src):
                 continue  # true weight tying: left shared
             arr = src.const_value.numpy()
-            first = where[0][0]
-            for node, idx in where:
-                if node is first:
-                    continue
+            for node, idx in where[1:]:  # the first use keeps the original
                 base = f"{name}__{node.name or node.op_type}" if node.name else f"{name}__copy"
                 new_name = _fresh_name(graph, base.replace("/", "_").strip("_"), taken)
                 v = ir.Value(name=new_name, shape=src.shape, type=src.type,
