@@ -2,7 +2,7 @@
 
 ``otoir-erase{data=mnist epochs=1 target-sparsity=0.5 ...}`` runs::
 
-    classify-vertices, grow-segments, partition-gezig,
+    normalize-export, classify-vertices, grow-segments, partition-gezig,
     train{groups=gezig ...}, check-validity, to-inference,
     eliminate-dead-branches, cleanup, check, to-deployment
 
@@ -52,8 +52,8 @@ class _Compress(TrainConfig, Pass):
 
     def children(self) -> list[Pass]:
         """The child passes, in order (built directly, no pipeline text)."""
-        names = (["classify-vertices", "grow-segments", "partition-gezig", "train", "check-validity"]
-                 if self.mode == "erase" else ["classify-vertices", "partition-zig", "train"])
+        names = (["normalize-export", "classify-vertices", "grow-segments", "partition-gezig", "train", "check-validity"]
+                 if self.mode == "erase" else ["normalize-export", "classify-vertices", "partition-zig", "train"])
         names += ["to-inference", "eliminate-dead-branches" if self.mode == "erase" else "prune-channels",
                   "cleanup", "check", "to-deployment"]
         # to-deployment's own load check is left to the writer (otoir-opt / otoir.save), which

@@ -1,0 +1,195 @@
+"""``normalize-export``: brings an ordinary ONNX export into the form otoir trains and prunes.
+
+An ordinary export (``torch.onnx.export(model.eval(), x, f, do_constant_folding=True)``, the
+default way people export) differs from otoir's own training-form export in three ways that
+lose groups or make a compressed model disagree with the trained one. The pass fixes them:
+
+1. **Identity feeding initializers.** The exporter keeps one initializer per distinct value and
+   feeds the other parameters through ``Identity`` (``conv2.bias = Identity(conv1.bias)``). Each
+   such Identity is removed and its consumers read the initializer directly (then step 2 gives
+   them their own copy where the sharing is an artefact).
+2. **Folded shared initializers.** An initializer used as a *parameter* (an input the rule
+   table's :class:`~otoir.ops.rules.ParamSpec` of the consumer names) more than once gets one
+   copy per use (a node reading it in two parameter slots, e.g. a BatchNorm's bias and running
+   mean both all-zero, counts twice) when the sharing is an artefact of export. The rule: a
+   shared parameter is un-shared when it is **not declared** as one trainable parameter
+   (declared: listed in the model's ``otoir.parameters`` metadata, which the vertex analysis
+   reads, or the target of an alias in ``model.meta["otoir.parameter_aliases"]``, which
+   ``otoir.load(module)`` records for tied parameters) **and** it either reached a consumer
+   through an ``Identity`` (step 1) or holds one repeated value (all zeros, all ones: the
+   tensors constant folding and the exporter's value dedup merge). A shared, non-uniform
+   initializer that came in directly is taken as true weight tying and left shared
+   (``partition-zig`` handles shared weights).
+3. **Eval-form BatchNormalization** (inference ``BatchNormalization``, one output). With
+   ``bn-training=true`` (the default) it is restored to the training form otoir's exporter
+   writes: ``training_mode=1`` and the running mean/var as two more outputs, so training uses
+   batch statistics and updates the running ones. Where that is not possible (opset < 14) a
+   warning says the BatchNorm trains as a fixed affine and how to avoid it (export with
+   ``model.train()`` or use ``otoir.load(module)``). With ``bn-training=false`` the graph is
+   left as is and the same warning is given.
+
+``otoir-erase`` and ``otoir-prune`` run this pass first. It changes no value a node computes
+(copies hold the same numbers), except that restored BatchNorms normalise with batch statistics
+when run in training form, which is what the original module did in training.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from otoir.infra.passes import Pass, option
+from otoir.infra.registry import register_pass
+
+__all__ = ["NormalizeExport"]
+
+_ALIASES_KEY = "otoir.parameter_aliases"  # otoir.frontends.torch_export.ALIASES_KEY (no torch import)
+_FIXED_AFFINE_ADVICE = ("export with model.train() (torch.onnx.export(..., training=torch.onnx.TrainingMode.TRAINING)) "
+                        "or use otoir.load(module) to train its statistics")
+
+
+def _default(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def _declared(model: ir.Model) -> set[str]:
+    from otoir.analyses.vertices import PARAMETERS_METADATA_KEY
+
+    names = {n for n in (model.metadata_props.get(PARAMETERS_METADATA_KEY) or "").split(",") if n}
+    aliases = model.meta.get(_ALIASES_KEY) or {}
+    return names | set(aliases.values())
+
+
+def _uniform(value: ir.Value) -> bool:
+    arr = value.const_value.numpy()
+    return arr.size <= 1 or bool(np.all(arr == arr.reshape(-1)[0]))
+
+
+def _fresh_name(graph: ir.Graph, base: str, taken: set[str]) -> str:
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+@register_pass
+@dataclass(frozen=True)
+class NormalizeExport(Pass):
+    """See through Identity initializers, un-share folded parameters, restore BN's training form."""
+
+    name = "normalize-export"
+    summary = ("Normalise an ordinary export: Identity-fed initializers, per-consumer copies of folded "
+               "shared parameters, eval BatchNorm -> training form")
+    statistics = {
+        "identities-removed": "Identity nodes feeding initializers removed",
+        "initializers-unshared": "copies made of shared parameter initializers",
+        "batchnorms-restored": "eval-form BatchNormalization restored to training form",
+    }
+
+    bn_training: bool = option(True, "restore eval-form BatchNormalization to training form "
+                                     "(false: leave it and warn that it trains as a fixed affine)")
+
+    def run(self, model, ctx) -> bool:
+        graph = model.graph
+        taken = {v.name for v in graph.initializers.values()} | {v.name for v in graph.inputs}
+        taken |= {o.name for n in graph for o in n.outputs if o.name}
+        via_identity = self._see_through_identity(graph, ctx)
+        copies = self._unshare(model, via_identity, taken)
+        ctx.stat("identities-removed", len(via_identity))
+        ctx.stat("initializers-unshared", copies)
+        restored = self._batchnorm(model, ctx, taken)
+        ctx.stat("batchnorms-restored", restored)
+        return bool(via_identity or copies or restored)
+
+    @staticmethod
+    def _see_through_identity(graph: ir.Graph, ctx) -> set[str]:
+        """Removes every Identity whose input is an initializer; returns those initializers' names."""
+        inits = graph.initializers
+        removed = []
+        seen: set[str] = set()
+        for node in list(graph):
+            if node.op_type != "Identity" or not _default(node) or len(node.inputs) != 1:
+                continue
+            src, out = node.inputs[0], node.outputs[0]
+            if src is None or src.name not in inits or src.const_value is None or out.is_graph_output():
+                continue
+            out.replace_all_uses_with(src)
+            graph.remove(node, safe=True)
+            removed.append(src.name)
+            seen.add(src.name)
+        if removed:
+            ctx.remark(f"{len(removed)} Identity node(s) feeding initializers removed")
+        return seen
+
+    @staticmethod
+    def _unshare(model: ir.Model, via_identity: set[str], taken: set[str]) -> int:
+        from otoir.analyses.vertices import node_version, param_specs
+        from otoir.ops import lookup_rule
+
+        graph = model.graph
+        uses: dict[str, list[tuple[ir.Node, int]]] = defaultdict(list)
+        for node in graph:
+            r = lookup_rule(node.op_type, node.domain, node_version(node, model))
+            if r is None:
+                continue
+            for spec in param_specs(node, r):
+                if spec.input < len(node.inputs):
+                    v = node.inputs[spec.input]
+                    if v is not None and v.name in graph.initializers and v.const_value is not None:
+                        uses[v.name].append((node, spec.input))
+        declared = _declared(model)
+        copies = 0
+        for name, where in uses.items():
+            if len(where) < 2 or name in declared:
+                continue
+            src = graph.initializers[name]
+            if name not in via_identity and not _uniform(src):
+                continue  # true weight tying: left shared
+            arr = src.const_value.numpy()
+            for node, idx in where[1:]:  # the first use keeps the original
+                base = f"{name}__{node.name or node.op_type}" if node.name else f"{name}__copy"
+                new_name = _fresh_name(graph, base.replace("/", "_").strip("_"), taken)
+                v = ir.Value(name=new_name, shape=src.shape, type=src.type,
+                             const_value=ir.tensor(arr.copy(), name=new_name))
+                graph.register_initializer(v)
+                node.replace_input_with(idx, v)
+                copies += 1
+        return copies
+
+    def _batchnorm(self, model: ir.Model, ctx, taken: set[str]) -> int:
+        from otoir.analyses.vertices import node_version
+
+        graph = model.graph
+        restored = 0
+        fixed: list[ir.Node] = []
+        for node in list(graph):
+            if node.op_type != "BatchNormalization" or not _default(node) or len(node.outputs) != 1:
+                continue
+            attr = node.attributes.get("training_mode")
+            if attr is not None and attr.as_int() != 0:
+                continue
+            version = node_version(node, model) or 0
+            mean_var = node.inputs[3:5]
+            if (not self.bn_training or version < 14 or len(mean_var) != 2
+                    or any(v is None or v.name not in graph.initializers for v in mean_var)):
+                fixed.append(node)
+                continue
+            node.attributes["training_mode"] = ir.AttrInt64("training_mode", 1)
+            node.resize_outputs(3)
+            for out, stat, src in zip(node.outputs[1:], ("running_mean", "running_var"), mean_var):
+                out.name = _fresh_name(graph, f"{node.name or src.name}_{stat}".replace("/", "_").strip("_"), taken)
+                out.shape, out.type = src.shape, src.type
+            restored += 1
+        if fixed:
+            why = "bn-training=false" if not self.bn_training else "its form cannot be restored (opset < 14 or " \
+                "running statistics that are not initializers)"
+            ctx.warning(f"{len(fixed)} eval-form BatchNormalization node(s) ({why}) train as a fixed affine "
+                        f"(running statistics, not batch statistics); to avoid it, {_FIXED_AFFINE_ADVICE}",
+                        fixed[0])
+        if restored:
+            ctx.remark(f"{restored} eval-form BatchNormalization node(s) restored to training form")
+        return restored
