@@ -86,7 +86,7 @@ def build_optimizer(
     if groups is not None:
         from otoir.analyses.validity import GroupSet
 
-        groups = GroupSet(groups, getattr(groups, "checker", None))
+        groups = GroupSet(groups, getattr(groups, "checker", None), getattr(groups, "layer_caps", None))
         if not groups:
             raise ValueError(f"{algorithm}: the model has no prunable groups")
         missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
@@ -95,11 +95,11 @@ def build_optimizer(
         from otoir.optim.from_groups import check_valid_target, layout_from_groups
 
         layout = layout_from_groups(groups, shapes)
-        if key == "h2spg" and selector is None:
-            selector = groups.selector()
+        if selector is None and (key == "h2spg" or (key == "dhspg" and groups.layer_caps)):
+            selector = groups.selector()  # per-tensor caps (max-layer-ratio) need the checked selection
 
     cfg = configure(key, base, schedule, selector, options)
-    if groups is not None and key == "h2spg":
+    if groups is not None and (key == "h2spg" or (key == "dhspg" and groups.layer_caps)):
         check_valid_target(groups, cfg.schedule.target)
     structured = dict(base=cfg.base, schedule=cfg.schedule, selector=cfg.selector)
     if front == "torch":
