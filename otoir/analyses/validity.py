@@ -20,11 +20,11 @@ argument. GeZIGs without a checker are refused (ValueError) rather than judged w
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import fnmatch
 import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from otoir.analyses.groups import Group
