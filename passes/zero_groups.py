@@ -76,7 +76,8 @@ class ZeroGroups(Pass):
             picked = select_redundant(groups, scores, len(self.ids))
             chosen = [groups[i] for i in picked if groups[i].id in wanted]
             refused = [gid for gid in self.ids if gid not in {g.id for g in chosen}]
-            ignored = [f"{gid} ({groups[by_id[gid]].reason})" for gid in refused if not groups[by_id[gid]].prunable]
+            ignored = [f"{gid} ({groups[by_id[gid]].reason})" for gid in refused 
+                       if groups[by_id[gid]].reason.startswith("ignored by ignore=")]
             if ignored:
                 ctx.error(f"kept: {', '.join(ignored)}")
                 return False
