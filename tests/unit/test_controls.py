@@ -205,3 +205,25 @@ def test_make_torch_optimizer_never_zeroes_at_the_first_step_by_default():
     opt2 = make_torch_optimizer(module2, groups2, warmup_steps=0, projection_steps=0, lr=0.01)
     _step(module2, opt2, x)
     assert opt2.num_zero_groups == opt2.core.target_count > 0
+
+
+def test_dhspg_zeroes_only_removable_channel_groups():
+    """Asked K, removed K: DHSPG's selection never zeroes every channel of a tensor."""
+    from otoir.frontends.torch_export import export_torch
+    from otoir.optim.from_groups import groups_for
+    from otoir.train.torch_backend import copy_state_to_model, make_torch_optimizer
+    from otoir.zoo import build
+
+    torch.manual_seed(0)
+    module, _ = build("resnet_basic", in_channels=1, width=4)
+    x = torch.randn(8, 1, 28, 28)
+    model = export_torch(module, x[:2])
+    groups = groups_for(model, "zig")
+    opt = make_torch_optimizer(module, groups, target=0.9, warmup_steps=0, projection_steps=0, lr=0.01)
+    _step(module, opt, x)
+    k = opt.core.target_count
+    assert opt.num_zero_groups == k > 0
+    copy_state_to_model(module, model)
+    res = PassManager.from_text("to-inference,prune-channels").run(model)
+    stats = res.statistics[-1][1]
+    assert stats["num-groups-removed"] == k and stats["num-last-kept"] == 0
