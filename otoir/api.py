@@ -24,7 +24,10 @@ class CompressResult:
         full: The trained full model (inference form), for comparison.
         report: Before/after figures and the output agreement check.
         groups: The groups that were candidates for removal.
-        zero_group_ids: Ids of the groups that were zero after training (and removed).
+        zero_group_ids: Ids of the groups that were zero after training.
+        removed_group_ids: Ids of the groups the construction removed (zero groups it had to
+            keep, e.g. the last channel of a tensor, are in ``kept_groups``).
+        kept_groups: ``{id: reason}`` of zero groups that were not removed.
         module: The trained torch module (torch backend only).
         pipeline: The pipeline that ran (``otoir-opt -p`` text; the torch module and a
             dataset object, which text cannot name, were lent to it).
@@ -35,6 +38,8 @@ class CompressResult:
     report: CompressReport
     groups: list = field(default_factory=list)
     zero_group_ids: list[str] = field(default_factory=list)
+    removed_group_ids: list[str] = field(default_factory=list)
+    kept_groups: dict[str, str] = field(default_factory=dict)
     module: Any = None
     pipeline: str = ""
 
@@ -57,7 +62,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              optimizer: str | None = None, backend: str = "auto", example_inputs: Any = None,
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
-             loss_fn: Callable | None = None, recalibrate_bn: bool = True) -> CompressResult:
+             loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
+             max_layer_ratio: float = 1.0) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
 
     This is the ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline (see
@@ -98,6 +104,10 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             pass over the training inputs (parameters are not changed). Running averages taken
             while the weights move lag behind the final weights and can cost many points of
             held-out accuracy; the sub-network is built from the recalibrated full model.
+        ignore: Node or parameter name globs (``fnmatch``, e.g. ``("conv1*", "fc.*")``); groups
+            touching a match are kept.
+        max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
+            removed (1.0: no cap).
 
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
@@ -118,7 +128,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             data=ds.name, optimizer=optimizer or "auto", variant=variant, epochs=epochs, batch=batch, lr=lr,
             momentum=momentum, weight_decay=weight_decay, target_sparsity=target_sparsity, warmup=warmup,
             projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
-            seed=seed, verify=True, tolerance=tolerance, quiet=not progress)
+            seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
+            ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 
@@ -141,13 +152,16 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     full, sub, groups = out["full"], onnx_model, list(train["groups"])
     zero_mask = np.asarray(train["zero-mask"], dtype=bool)
     zero_ids = [g.id for g, z in zip(groups, zero_mask, strict=True) if z]
+    removed_ids, kept = out.get("removed", zero_ids), out.get("kept", {})
     details = {
         "mode": mode, "optimizer": f"{train['optimizer']} ({variant}, lr {lr:g})", "backend": train["backend"],
         "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
-        "groups": f"{len(zero_ids)} of {len(groups)} {p.group_kind} groups removed "
+        "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
                   f"(target {target_sparsity:g} -> {train['target-count']})",
         "training time": f"{train['seconds']:.1f} s",
     }
+    if kept:
+        details["kept"] = "; ".join(f"{gid}: {why}" for gid, why in sorted(kept.items()))
     if mode == "erase":
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)
@@ -157,4 +171,5 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         raise OtoirError(f"the compressed model's outputs differ from the trained model's: max relative difference "
                          f"{report.max_rel_diff:.3g} > {tolerance:g}")
     return CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
+                          removed_group_ids=list(removed_ids), kept_groups=dict(kept),
                           module=model if torch_module else None, pipeline=p.to_text())

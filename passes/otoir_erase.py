@@ -16,8 +16,9 @@ see each of them. With ``verify=true`` (the default) the result is compared with
 full model on the dataset's held-out inputs, and the pass fails if outputs differ.
 
 :func:`otoir.compress` runs exactly this pass, and reads ``ctx.results[name]``: ``full`` (the
-trained full model, inference form; with ``verify``), ``train`` (the ``train`` pass's results)
-and ``max-rel-diff``.
+trained full model, inference form; with ``verify``), ``train`` (the ``train`` pass's results),
+``removed`` (ids of the groups the construction actually removed), ``kept`` (id -> reason for
+zero groups it kept) and ``max-rel-diff``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class _Compress(TrainConfig, Pass):
         full = clone_model(model) if self.verify else None
         changed |= ctx.run_nested(passes[cut:], model)  # construction: the sub-network
         train = (ctx.earlier_results("train") or [None])[-1]
-        out = {"full": full, "train": train, "max-rel-diff": None}
+        out = {"full": full, "train": train, "max-rel-diff": None, **self._removed(ctx, train)}
         ctx.results[self.name] = out
         if full is not None:
             from otoir.report import output_agreement
@@ -89,6 +90,22 @@ class _Compress(TrainConfig, Pass):
                 ctx.error(f"the compressed model's outputs differ from the trained full model's: "
                           f"{diff:.3g} > {self.tolerance:g}")
         return changed
+
+
+    def _removed(self, ctx, train) -> dict:
+        """``removed`` / ``kept`` group ids: what the construction cut out, not what was zeroed."""
+        if not train or train.get("groups") is None or train.get("zero-mask") is None:
+            return {"removed": [], "kept": {}}
+        zero = [g.id for g, z in zip(train["groups"], train["zero-mask"], strict=True) if z]
+        if self.mode == "erase":
+            return {"removed": zero, "kept": {}}
+        ids = (ctx.earlier_results("prune-channels-ids") or [{"removed": [], "kept": {}}])[-1]
+        kept = dict(ids["kept"])
+        removed = set(ids["removed"])
+        for gid in zero:  # zero groups prune-channels did not remove (e.g. not exactly zero-invariant)
+            if gid not in removed and gid not in kept:
+                kept[gid] = "not removed by prune-channels (not exactly zero-invariant)"
+        return {"removed": [g for g in zero if g in removed], "kept": kept}
 
 
 @register_pass

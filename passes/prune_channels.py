@@ -21,7 +21,11 @@ class PruneChannels(Pass):
     Slices producer rows, biases, normalisation entries, consumer columns and running
     statistics, and rewrites Conv ``group``, Reshape targets (attention head counts), Slice
     bounds and Split sizes. Groups that are not exactly zero-invariant (LayerNorm over the
-    pruned axis) are kept unless ``allow-inexact`` is set.
+    pruned axis) are kept unless ``allow-inexact`` is set. A tensor never loses every channel:
+    one group of such a tensor is kept, with a warning naming it (``num-last-kept``).
+    ``ctx.results["prune-channels"]`` is the :class:`~otoir.surgery.channels.PruneResult`;
+    ``ctx.results["prune-channels-ids"]`` names the groups: ``removed`` (ids) and ``kept``
+    (id -> reason).
     """
 
     name = "prune-channels"
@@ -32,6 +36,7 @@ class PruneChannels(Pass):
         "num-tensors-sliced": "initializers sliced",
         "num-nodes-rewritten": "nodes whose attributes or shape inputs changed",
         "num-inexact-kept": "zero groups kept because removing them is not exact",
+        "num-last-kept": "zero groups kept so that no tensor loses every channel",
     }
 
     allow_inexact: bool = option(False, "also remove zero groups that are not exactly zero-invariant")
@@ -68,9 +73,20 @@ class PruneChannels(Pass):
         except PruneError as e:
             ctx.error(f"prune-channels: {e}")
             return False
+        by_label = {g.meta["label"]: g for g in chosen}
+        kept = {by_label[lab].id: f"kept so that '{t}' keeps one channel" for lab, t in res.kept_last.items()
+                if lab in by_label}
+        ctx.stat("num-last-kept", len(kept))
+        if kept:
+            ids = sorted(kept)
+            ctx.warning(f"kept {len(ids)} of the {len(chosen)} zero groups asked, so that no tensor loses every "
+                        f"channel: " + "; ".join(f"{i} ({kept[i]})" for i in ids[:8])
+                        + (f"; and {len(ids) - 8} more" if len(ids) > 8 else ""))
         ctx.stat("num-groups-removed", res.groups_removed)
         ctx.stat("num-params-removed", res.params_removed)
         ctx.stat("num-tensors-sliced", res.tensors_sliced)
         ctx.stat("num-nodes-rewritten", res.nodes_rewritten)
         ctx.results[self.name] = res
+        ctx.results["prune-channels-ids"] = {
+            "removed": [by_label[lab].id for lab in res.removed if lab in by_label], "kept": kept}
         return True

@@ -30,6 +30,23 @@ def _static_dims(value: Any) -> tuple[int | None, ...] | None:
     return tuple(d if isinstance(d, int) else None for d in value.shape.dims)
 
 
+def _remark_ignored(ctx, model, kind: str, analyses, ignore) -> None:
+    """Remarks which groups ``ignore=`` keeps, by pattern."""
+    from otoir.analyses.validity import controlled_groups
+    from otoir.optim.from_groups import groups_for
+
+    allg = groups_for(model, kind, analyses)
+    kept = [g for g in controlled_groups(allg, model, ignore=ignore) if not g.prunable]
+    by_reason: dict[str, list[str]] = {}
+    for g in kept:
+        by_reason.setdefault(g.reason, []).append(g.id)
+    for reason, ids in by_reason.items():
+        more = f" and {len(ids) - 5} more" if len(ids) > 5 else ""
+        ctx.remark(f"train: kept {len(ids)} {kind} group(s) {reason}: {', '.join(ids[:5])}{more}")
+    if not kept:
+        ctx.remark(f"train: ignore={','.join(ignore)} matches no prunable {kind} group")
+
+
 @register_pass
 @dataclass(frozen=True)
 class Train(TrainConfig, Pass):
@@ -137,10 +154,13 @@ class Train(TrainConfig, Pass):
             from otoir.optim.from_groups import groups_for
 
             try:
-                groups = groups_for(model, kind, ctx.analyses)
+                groups = groups_for(model, kind, ctx.analyses, ignore=self.ignore,
+                                    max_layer_ratio=self.max_layer_ratio)
             except (ImportError, ValueError) as exc:
                 ctx.error(f"train: cannot get the {kind} groups: {exc}")
                 return False
+            if self.ignore:
+                _remark_ignored(ctx, model, kind, ctx.analyses, self.ignore)
             if not groups:
                 ctx.error(f"train: the model has no prunable {kind} groups: nothing to sparsify")
                 return False

@@ -11,7 +11,7 @@ import numpy as np
 from otoir.analyses.gezig import GeZIGPartition
 from otoir.analyses.groups import tensor_array, zero_group
 from otoir.analyses.segments import SegmentGraph
-from otoir.analyses.validity import select_redundant
+from otoir.analyses.validity import controlled_groups, select_redundant
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -44,17 +44,22 @@ class ZeroGroups(Pass):
     seed: int = option(0, "seed for random=")
     kind: str = option("gezig", "group kind: gezig (erasing) or zig (channel pruning)")
     dependent: bool = option(False, "also zero the groups' dependent entries")
+    ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
+    max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
             raise ValueError(f"option 'random' must be a number in [0, 1], got {self.random!r}")
         if self.seed < 0:
             raise ValueError(f"option 'seed' must not be negative, got {self.seed}")
+        if not (math.isfinite(self.max_layer_ratio) and 0.0 < self.max_layer_ratio <= 1.0):
+            raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
         if groups is None:
             return False
+        groups = controlled_groups(groups, model, ignore=self.ignore, max_layer_ratio=self.max_layer_ratio)
         by_id = {g.id: i for i, g in enumerate(groups)}
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
@@ -71,6 +76,11 @@ class ZeroGroups(Pass):
             picked = select_redundant(groups, scores, len(self.ids))
             chosen = [groups[i] for i in picked if groups[i].id in wanted]
             refused = [gid for gid in self.ids if gid not in {g.id for g in chosen}]
+            ignored = [f"{gid} ({groups[by_id[gid]].reason})" for gid in refused 
+                       if groups[by_id[gid]].reason.startswith("ignored by ignore=")]
+            if ignored:
+                ctx.error(f"kept: {', '.join(ignored)}")
+                return False
             if refused:
                 ctx.error(f"refused by the validity check: {', '.join(refused)}")
                 return False
@@ -80,6 +90,12 @@ class ZeroGroups(Pass):
             rng = np.random.default_rng(self.seed)
             scores = rng.random(len(groups))
             chosen = [groups[i] for i in select_redundant(groups, scores, k)]
+            if len(chosen) < k:
+                ctx.warning(f"zeroed {len(chosen)} of the {k} groups asked: no more can be zero together validly"
+                            + (" within max-layer-ratio" if groups.layer_caps else ""))
+        kept = [g for g in groups if g.reason.startswith("ignored by ignore=")]
+        if kept:
+            ctx.remark(f"kept {len(kept)} group(s) ignored by ignore={','.join(self.ignore)}")
         changed = False
         entries = 0
         for g in chosen:

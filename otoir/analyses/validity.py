@@ -20,6 +20,9 @@ argument. GeZIGs without a checker are refused (ValueError) rather than judged w
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "is_valid", "select_redundant"]
+__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "controlled_groups", "is_valid", "select_redundant"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -191,22 +194,25 @@ class GroupSet(tuple):
     """
 
     checker: ValidityChecker | None
+    layer_caps: dict[str, int] | None
 
-    def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None) -> GroupSet:
+    def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None,
+                layer_caps: Mapping[str, int] | None = None) -> GroupSet:
         self = super().__new__(cls, groups)
         self.checker = checker
+        self.layer_caps = dict(layer_caps) if layer_caps else None
         return self
 
     def subset(self, groups: Iterable[Group]) -> GroupSet:
-        """Other groups (e.g. the prunable ones) with the same checker."""
-        return GroupSet(groups, self.checker)
+        """Other groups (e.g. the prunable ones) with the same checker and per-tensor caps."""
+        return GroupSet(groups, self.checker, self.layer_caps)
 
     def selector(self):
         """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
-        groups, checker = tuple(self), self.checker
+        groups, checker, caps = tuple(self), self.checker, self.layer_caps
 
         def select(scores, k: int) -> list[int]:
-            return select_redundant(groups, scores, k, checker)
+            return select_redundant(groups, scores, k, checker, layer_caps=caps)
 
         return select
 
@@ -241,20 +247,24 @@ def is_valid(zero_groups: Iterable[Group | str], checker: ValidityChecker | None
 
 
 def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[str, float], K: int,
-                     checker: ValidityChecker | None = None) -> list[int]:
+                     checker: ValidityChecker | None = None, *,
+                     layer_caps: Mapping[str, int] | None = None) -> list[int]:
     """H2SPG's hierarchical selection: the K most redundant groups that keep the network valid.
 
     Groups are visited by decreasing score (ties: list order); a group is accepted only if the
     accepted set plus it stays valid, otherwise the next one is tried. Non-prunable groups are
     skipped. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
     ``O(|groups| log |groups| + |E_d|)`` overall (the sort); other groups (channel ZIGs) are
-    refused when they would zero every channel group of one tensor (counted incrementally).
+    refused when they would zero every channel group of one tensor (counted incrementally), or
+    more of one tensor's channel groups than its cap in ``layer_caps`` (``max-layer-ratio``).
 
     Args:
         groups: Candidate groups.
         scores: Redundancy score per group (same order), or a mapping id -> score.
         K: Number of groups wanted.
         checker: Validity checker (default: ``groups.checker`` of a :class:`GroupSet`).
+        layer_caps: Most channel groups that may be chosen per tensor (first slice's tensor);
+            default: ``groups.layer_caps`` of a :class:`GroupSet` (see :func:`controlled_groups`).
 
     Returns:
         Indices into ``groups`` of the accepted groups, in acceptance order (at most K).
@@ -282,6 +292,7 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
     # tensor may not lose all of them. Counted once, updated per acceptance: O(|groups|).
     zig_total = _groups_per_tensor(groups)
     zig_used: dict[str, int] = {}
+    caps = layer_caps if layer_caps is not None else (getattr(groups, "layer_caps", None) or {})
     for i in order:
         if len(accepted) >= K:
             break
@@ -302,7 +313,7 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         else:
             if g.slices:
                 t = g.slices[0].tensor
-                if zig_used.get(t, 0) + 1 >= zig_total[t]:
+                if zig_used.get(t, 0) + 1 >= zig_total[t] or zig_used.get(t, 0) + 1 > caps.get(t, 1 << 60):
                     continue
                 zig_used[t] = zig_used.get(t, 0) + 1
             accepted.append(i)
@@ -330,3 +341,45 @@ def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
             if used[t] >= total.get(t, 1 << 30):
                 return False
     return True
+
+
+def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[str] = (),
+                      max_layer_ratio: float = 1.0) -> GroupSet:
+    """The groups with the user's controls applied: the one place ``ignore=`` and
+    ``max-layer-ratio=`` act (training, ``zero-groups`` and the optimizers all select through
+    :func:`select_redundant` over the result).
+
+    Args:
+        groups: All groups of one kind (a :class:`GroupSet` keeps its checker).
+        model: The model (its node names are matched by ``ignore``; without it only parameter
+            names are).
+        ignore: ``fnmatch`` globs; a group whose tensors (trainable or dependent) or whose
+            nodes using them match one is made non-prunable, with the reason
+            ``ignored by ignore=PATTERN``.
+        max_layer_ratio: In (0, 1]: at most ``floor(F * n)`` of the ``n`` channel groups of one
+            tensor may be chosen (``layer_caps`` of the result; 1 means no cap).
+
+    Raises:
+        ValueError: ``max_layer_ratio`` outside (0, 1].
+    """
+    if not (math.isfinite(max_layer_ratio) and 0.0 < max_layer_ratio <= 1.0):
+        raise ValueError(f"max-layer-ratio must be in (0, 1], got {max_layer_ratio!r}")
+    patterns = tuple(p for p in ignore if p)
+    users: dict[str, tuple[str, ...]] = {}
+    if patterns and model is not None:
+        for name, v in model.graph.initializers.items():
+            users[name] = tuple(u.node.name or "" for u in v.uses())
+    out: list[Group] = []
+    for g in groups:
+        if patterns and g.prunable:
+            names = [s.tensor for s in (*g.slices, *g.dependent)]
+            names += [n for t in list(names) for n in users.get(t, ())]
+            hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
+            if hit is not None:
+                g = dataclasses.replace(g, prunable=False, reason=f"ignored by ignore={hit}")
+        out.append(g)
+    caps = None
+    if max_layer_ratio < 1.0:
+        caps = {t: int(math.floor(max_layer_ratio * n + 1e-9)) for t, n in _groups_per_tensor(
+            g for g in out if "segment" not in g.meta).items()}
+    return GroupSet(out, getattr(groups, "checker", None), caps)

@@ -51,11 +51,11 @@ def build_optimizer(
             front end: ``model.named_parameters()`` or a name → tensor mapping.
         layout: The groups as a :class:`GroupLayout` (give this or ``groups``).
         groups: The analyses' prunable groups; the layout is built from their trainable
-            slices, and for ``h2spg`` the selector defaults to the validity-checked
-            :func:`~otoir.analyses.validity.select_redundant` and the target is checked to be
-            reachable. GeZIGs come as a :class:`~otoir.analyses.validity.GroupSet` (the
-            partition's ``groups``, :func:`~otoir.optim.from_groups.groups_for`): its
-            ``checker`` is the validity check.
+            slices, and for ``h2spg`` (and ``dhspg`` over channel groups) the selector defaults
+            to the validity-checked :func:`~otoir.analyses.validity.select_redundant` (with the
+            groups' ``layer_caps``) and the target is checked to be reachable. GeZIGs come as
+            a :class:`~otoir.analyses.validity.GroupSet` (the partition's ``groups``,
+            :func:`~otoir.optim.from_groups.groups_for`): its ``checker`` is the validity check.
         lr: Learning rate.
         base: Base rule.
         schedule: Sparsity schedule.
@@ -86,7 +86,7 @@ def build_optimizer(
     if groups is not None:
         from otoir.analyses.validity import GroupSet
 
-        groups = GroupSet(groups, getattr(groups, "checker", None))
+        groups = GroupSet(groups, getattr(groups, "checker", None), getattr(groups, "layer_caps", None))
         if not groups:
             raise ValueError(f"{algorithm}: the model has no prunable groups")
         missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
@@ -95,11 +95,15 @@ def build_optimizer(
         from otoir.optim.from_groups import check_valid_target, layout_from_groups
 
         layout = layout_from_groups(groups, shapes)
-        if key == "h2spg" and selector is None:
+        # Channel groups under DHSPG are selected by the same checked walk (never every channel of
+        # a tensor, per-tensor caps of max-layer-ratio), so the K zeroed groups are all removable.
+        checked = key == "h2spg" or (key == "dhspg" and selector is None
+                                     and not any("segment" in g.meta for g in groups))
+        if selector is None and checked:
             selector = groups.selector()
 
     cfg = configure(key, base, schedule, selector, options)
-    if groups is not None and key == "h2spg":
+    if groups is not None and checked:
         check_valid_target(groups, cfg.schedule.target)
     structured = dict(base=cfg.base, schedule=cfg.schedule, selector=cfg.selector)
     if front == "torch":

@@ -15,7 +15,8 @@ __all__ = ["check_valid_target", "groups_for", "layout_from_groups", "make_numpy
 
 
 def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
-    """Checks that H2SPG can reach ``target``: that many groups can be zero together validly.
+    """Checks that the selection can reach ``target``: that many groups can be zero together validly
+    (and within the per-tensor caps of ``max-layer-ratio``).
 
     GeZIGs must come as a :class:`~otoir.analyses.validity.GroupSet` (their partition's
     ``groups``, or :func:`groups_for`), whose ``checker`` judges validity.
@@ -29,8 +30,9 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     k = target_count(target, len(groups))
     most = len(select_redundant(groups, [0.0] * len(groups), len(groups)))
     if k > most:
+        capped = " and within max-layer-ratio" if getattr(groups, "layer_caps", None) else ""
         raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
-                         f"together while the network stays valid (target <= {most / len(groups):.3f})")
+                         f"together while the network stays valid{capped} (target <= {most / len(groups):.3f})")
     return k
 
 
@@ -51,8 +53,13 @@ def layout_from_groups(groups: Sequence[Group], shapes: Mapping[str, Sequence[in
     return GroupLayout.from_slices(specs, shapes)
 
 
-def groups_for(model, kind: str, analyses=None) -> GroupSet:
+def groups_for(model, kind: str, analyses=None, *, ignore: Sequence[str] = (),
+               max_layer_ratio: float = 1.0) -> GroupSet:
     """The prunable groups of ``model``: ``gezig`` (erasing) or ``zig`` (pruning).
+
+    The user's controls are applied here (:func:`~otoir.analyses.validity.controlled_groups`):
+    groups matching ``ignore`` are left out (kept), and the result's ``layer_caps`` carry
+    ``max_layer_ratio`` to the selection.
 
     Returns a :class:`~otoir.analyses.validity.GroupSet` carrying the partition's validity
     checker (GeZIGs; None for channel groups): :func:`~otoir.optim.build_optimizer` and
@@ -62,8 +69,10 @@ def groups_for(model, kind: str, analyses=None) -> GroupSet:
         model: The model.
         kind: ``gezig`` or ``zig``.
         analyses: An :class:`~otoir.infra.analysis.AnalysisManager` to reuse (optional).
+        ignore: Node or parameter name globs whose groups are kept.
+        max_layer_ratio: Most fraction of one tensor's channel groups that may be zeroed.
     """
-    from otoir.analyses.validity import GroupSet
+    from otoir.analyses.validity import GroupSet, controlled_groups
     from otoir.infra.analysis import AnalysisManager
 
     am = analyses or AnalysisManager(model)
@@ -77,6 +86,7 @@ def groups_for(model, kind: str, analyses=None) -> GroupSet:
         groups = GroupSet(am.get(ChannelGroups).groups)
     else:
         raise ValueError(f"group kind must be gezig or zig, not '{kind}'")
+    groups = controlled_groups(groups, model, ignore=ignore, max_layer_ratio=max_layer_ratio)
     return groups.subset(g for g in groups if g.prunable)
 
 

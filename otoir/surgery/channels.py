@@ -10,7 +10,7 @@ sub-graphs feeding rewritten inputs are replaced by constants computed from the 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,12 +38,17 @@ class PruneResult:
         params_removed: Initializer entries removed.
         tensors_sliced: Number of initializers sliced.
         nodes_rewritten: Number of nodes whose attributes or shape inputs changed.
+        removed: Labels of the groups removed.
+        kept_last: ``{label: tensor}`` of groups asked for but kept so that ``tensor`` keeps
+            one channel (a tensor is never emptied).
     """
 
     groups_removed: int
     params_removed: int
     tensors_sliced: int
     nodes_rewritten: int
+    removed: tuple[int, ...] = ()
+    kept_last: dict[int, str] = field(default_factory=dict)
 
 
 class PruneError(ValueError):
@@ -117,6 +122,7 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
         return ~removed_label[lab[ids]]
 
     # Never empty a tensor: keep one group of any channel axis that would lose every channel.
+    kept_last: dict[int, str] = {}
     changed = True
     while changed:
         changed = False
@@ -126,12 +132,14 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
                 continue
             for k in range(m.ndim):
                 if not _mask_along(m, k).any():
-                    removed_label[lab[t.ids.ravel()[0]]] = False
+                    first = int(lab[t.ids.ravel()[0]])
+                    removed_label[first] = False
+                    kept_last[first] = _track_name(st, t)
                     changed = True
                     break
     remove = np.flatnonzero(removed_label).astype(np.int64)
     if remove.size == 0:
-        return PruneResult(0, 0, 0, 0)
+        return PruneResult(0, 0, 0, 0, kept_last=kept_last)
 
     shapes = st.shapes
     # 1. new static shapes of tracked values
@@ -281,7 +289,16 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
             v.shape = None
     remove_dead_nodes(model)
     _drop_helper_initializers(model)
-    return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten)
+    return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten,
+                       removed=tuple(int(x) for x in remove), kept_last=kept_last)
+
+
+def _track_name(st, track) -> str:
+    """The name of the value a channel track follows (for messages)."""
+    for v, t in st.tracks.items():
+        if t is track:
+            return getattr(v, "name", None) or "?"
+    return "?"
 
 
 def _rewrite_kind(rule: OpRule | None) -> str | None:

@@ -62,6 +62,10 @@ class TrainConfig:
             :class:`TrainInputs`), ``ort`` (ONNX Runtime training) or ``auto`` (torch when a
             module is lent, ONNX Runtime otherwise).
         seed: Seed of the batch order (and of torch's RNG on the torch backend).
+        ignore: Node or parameter name globs (``fnmatch``); groups touching a match are kept
+            (never selected), with the reason ``ignored by ignore=PATTERN``.
+        max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
+            zeroed (1.0: no cap); the global target is still met exactly, or refused up front.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
@@ -80,6 +84,8 @@ class TrainConfig:
     recalibrate_bn: bool = option(True, "re-estimate BatchNorm running statistics from the training inputs after training")
     backend: str = option("auto", "auto | torch | ort (auto: torch when the caller lends a torch module, else ort)")
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
+    ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
+    max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -94,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup < 0 or self.projection < 0:
             raise ValueError("warmup and projection must be >= 0")
+        if not (0.0 < self.max_layer_ratio <= 1.0):
+            raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
+        if isinstance(self.ignore, str):
+            object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
+        else:
+            object.__setattr__(self, "ignore", tuple(self.ignore))
         if isinstance(self.target_sparsity, int) and not isinstance(self.target_sparsity, bool):
             object.__setattr__(self, "target_sparsity", float(self.target_sparsity))
         try:  # the optimizer library's own checks: one validation of the target, ε, the base rule

@@ -185,7 +185,7 @@ def test_torch_backend_factory_goes_through_build_optimizer(monkeypatch):
     module = torch.nn.Sequential()
     for n, p in _torch_params().items():
         module.register_parameter(n, p)
-    opt = make_torch_optimizer(module, _groups(), optimizer="dhspg", lr=0.05, target=4)
+    opt = make_torch_optimizer(module, _groups(), optimizer="dhspg", lr=0.05, target=4, total_steps=20)
     assert calls and calls[0]["front"] == "torch" and opt.core.target_count == 4
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         make_torch_optimizer(module, _groups(), optimizer="sgd")
