@@ -93,8 +93,18 @@ def seed_models(seed: int) -> list[tuple[str, bytes, str]]:
     if os.path.isdir(filecheck):
         for name in sorted(os.listdir(filecheck)):
             if name.endswith(".onnxtxt") and name != "visualize.onnxtxt":
-                with open(os.path.join(filecheck, name), "rb") as f:
-                    out.append((name[:-8], f.read(), ".onnxtxt"))
+                with open(os.path.join(filecheck, name), encoding="utf-8") as f:
+                    text = f.read()
+                # a FileCheck file holds several models separated by '# -----' lines
+                chunks = [[]]
+                for line in text.splitlines():
+                    if line.strip() == "# -----":
+                        chunks.append([])
+                    else:
+                        chunks[-1].append(line)
+                for i, chunk in enumerate(chunks):
+                    if any(x.strip() and not x.lstrip().startswith("#") for x in chunk):
+                        out.append((f"{name[:-8]}#{i}", "\n".join(chunk).encode(), ".onnxtxt"))
     with tempfile.TemporaryDirectory() as d:
         for i, (blocks, s) in enumerate(((3, seed), (4, seed + 1))):
             path = os.path.join(d, f"dag{i}.onnx")

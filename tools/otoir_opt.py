@@ -375,10 +375,18 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
         stderr.write(f"{PROG}: error: cannot {option}: {problem}\n")
         return 2, None
     from otoir.report import batch_feeds, build_report, fixed_batch, random_inputs
-    from otoir.train.inference import to_inference
+    from otoir.train.inference import InferenceFormError, to_inference
 
-    full = to_inference(reference)
-    sub = to_inference(model)
+    try:
+        full = to_inference(reference)
+    except InferenceFormError as exc:
+        stderr.write(f"{PROG}: error: cannot {option}: the reference model has no inference form: {exc}\n")
+        return 2, None
+    try:
+        sub = to_inference(model)
+    except InferenceFormError as exc:
+        stderr.write(f"{PROG}: error: cannot {option}: the result has no inference form: {exc}; nothing written\n")
+        return 1, None
     val = inputs = None
     train = result.results.get("train")
     if train:

@@ -109,6 +109,11 @@ def _verify_graph(graph, outer: set, opsets: dict, diags: list[Diagnostic], limi
     for node in graph:
         if len(diags) >= limit:
             return
+        texts = (node.op_type, node.domain, node.name or "", *(v.name or "" for v in node.outputs if v is not None))
+        if not all(isinstance(t, str) for t in texts):  # onnx-ir keeps invalid UTF-8 as bytes
+            diags.append(Diagnostic(Severity.ERROR, f"node {node.op_type!r} has a name, op type or domain that is "
+                                    "not valid UTF-8 text"))
+            continue
         diags.extend(check_node_attributes(node, shapes=shapes))
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain not in opsets and not (domain == "" and "ai.onnx" in opsets):

@@ -359,3 +359,33 @@ def test_recursive_local_functions_never_reach_onnx_runtime(tmp_path):
     assert code == 0 and "note:" in err
     with pytest.raises(LoadCheckError, match="recursive"):
         otoir.save(otoir.load(src), tmp_path / "x.onnx")
+
+
+def test_verify_on_a_model_without_inference_form_is_one_line(tmp_path):
+    """A running statistic used as a graph output: --verify cannot build the reference's inference form."""
+    src = _write(tmp_path, """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N,2,4,4] x) => (float[N,2,4,4] y, float[2] rm)
+<float[2] s = {1,2}, float[2] b = {0,1}, float[2] m = {3,4}, float[2] v = {5,6}>
+{
+  y, rm, rv = BatchNormalization <training_mode = 1> (x, s, b, m, v)
+}
+""")
+    code, _, err = cli(src, "-p", "cleanup", "--verify", "-o", tmp_path / "o.onnx")
+    assert code == 2 and "cannot --verify: the reference model has no inference form" in one_line(err)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_op_type_that_is_not_utf8_is_an_input_error(tmp_path):
+    """onnx-ir keeps an op type with invalid UTF-8 as bytes, which it then cannot serialize."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"], name="r")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(data.replace(b"Relu", b"R\xefeu"))
+    onnx.load(str(path))  # protobuf itself accepts it
+    code, _, err = cli(path, "-p", "cleanup", "-o", tmp_path / "o.onnx")
+    assert code == 2 and "not valid UTF-8 text" in one_line(err)
