@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     def fail(code: int, message: str) -> int:
         if debug:
             traceback.print_exc(file=stderr)
-        stderr.write(f"{PROG}: error: {message}\n")
+        stderr.write(f"{PROG}: error: {_one_line(message)}\n")
         return code
 
     import logging
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no message)"
+    """One line: white space folded, other control characters (e.g. in a corrupt value name) escaped."""
+    text = " ".join(text.split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) or "(no message)"
 
 
 def _interrupted(stderr, written: list[str] | tuple = ()) -> int:

@@ -389,3 +389,17 @@ def test_op_type_that_is_not_utf8_is_an_input_error(tmp_path):
     onnx.load(str(path))  # protobuf itself accepts it
     code, _, err = cli(path, "-p", "cleanup", "-o", tmp_path / "o.onnx")
     assert code == 2 and "not valid UTF-8 text" in one_line(err)
+
+
+def test_control_characters_in_names_stay_on_one_line(tmp_path):
+    """A corrupt value name with a newline and control bytes is escaped in the one error line."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["w\n\x02b"], ["y"], name="r")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    code, _, err = cli(path, "-p", "cse")
+    line = one_line(err)
+    assert code == 2 and "'w \\x02b' is not defined" in line
