@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
+from otoir.surgery.common import new_initializer
 
 __all__ = ["ToDeployment", "fold_batchnorms", "fold_static_values"]
 
@@ -52,17 +53,6 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
 def _attr(node: ir.Node, name: str, default):
     a = node.attributes.get(name)
     return default if a is None else a.value
-
-
-def _new_init(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-    names = set(graph.initializers)
-    name, i = base, 1
-    while name in names:
-        name, i = f"{base}_{i}", i + 1
-    v = ir.Value(name=name, const_value=ir.tensor(array, name=name), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                 shape=ir.Shape(array.shape))
-    graph.register_initializer(v)
-    return v
 
 
 def _bn_factors(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -134,11 +124,11 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, shapes: dict[str, tuple[int, ...]]) 
                 return False
         b2 = (b.astype(np.float64) * s + t).astype(dt)
     base = prod.name or op
-    new_w = _new_init(graph, f"{base}.folded_weight", np.ascontiguousarray(w2.astype(dt)))
+    new_w = new_initializer(graph, f"{base}.folded_weight", np.ascontiguousarray(w2.astype(dt)))
     prod.replace_input_with(1, new_w)
     y = bn.outputs[0]
     if bias_in > 0:
-        new_b = _new_init(graph, f"{base}.folded_bias", b2)
+        new_b = new_initializer(graph, f"{base}.folded_bias", b2)
         if len(prod.inputs) > bias_in:
             prod.replace_input_with(bias_in, new_b)
         else:
@@ -149,7 +139,7 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, shapes: dict[str, tuple[int, ...]]) 
         _take_over(graph, y, x)
         graph.remove(bn, safe=True)
     else:  # MatMul: the BN becomes an Add of the folded bias
-        new_b = _new_init(graph, f"{base}.folded_bias", (t.astype(dt)))
+        new_b = new_initializer(graph, f"{base}.folded_bias", (t.astype(dt)))
         add = ir.node("Add", [x, new_b], name=(bn.name or "bn") + ".bias", outputs=[ir.Value(name=(y.name or "") + ".add")])
         graph.insert_after(bn, add)
         _take_over(graph, y, add.outputs[0])
@@ -244,7 +234,7 @@ def fold_static_values(model: ir.Model, consts: dict[str, np.ndarray] | None = N
             vals.append(a)
         else:
             for o, a in zip(outs, vals, strict=True):
-                init = _new_init(graph, f"{o.name or 'folded'}.folded", np.ascontiguousarray(a))
+                init = new_initializer(graph, f"{o.name or 'folded'}.folded", np.ascontiguousarray(a))
                 o.replace_all_uses_with(init)
             n += 1
     return n

@@ -20,7 +20,7 @@ from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.shapes import SENTINEL
 from otoir.analyses.zig.handlers.movement import slice_bounds, split_sizes
 from otoir.ops.rules import ChannelMap
-from otoir.surgery.common import remove_dead_nodes
+from otoir.surgery.common import new_initializer, remove_dead_nodes
 
 if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
@@ -61,16 +61,7 @@ def _mask_along(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def _const_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, tag: str) -> None:
-    base = f"{node.name or node.op_type}__{tag}"
-    name = base
-    k = 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base}_{k}"
-    arr = np.asarray(array, dtype=np.int64)
-    v = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.INT64),
-                 const_value=ir.tensor(arr, name=name))
-    graph.register_initializer(v)
+    v = new_initializer(graph, f"{node.name or node.op_type}__{tag}", np.asarray(array, dtype=np.int64))
     if index < len(node.inputs):
         node.replace_input_with(index, v)
     else:

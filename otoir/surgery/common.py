@@ -1,10 +1,11 @@
-"""IR clean-up shared by the surgeries (erasing and channel pruning)."""
+"""IR helpers shared by the rewrites (erasing, channel pruning, deployment form)."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
-__all__ = ["remove_dead_nodes"]
+__all__ = ["remove_dead_nodes", "new_initializer"]
 
 
 def remove_dead_nodes(model: ir.Model) -> int:
@@ -22,3 +23,15 @@ def remove_dead_nodes(model: ir.Model) -> int:
         graph.remove(node, safe=True)
         removed += 1
     return removed
+
+
+def new_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """Registers ``array`` as a new initializer named ``base`` (``base_1``, ``base_2``… when taken)."""
+    name, k = base, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base}_{k}"
+    v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                 const_value=ir.tensor(array, name=name))
+    graph.register_initializer(v)
+    return v
