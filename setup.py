@@ -35,14 +35,21 @@ class BuildPyWithKernels(build_py):
         want = os.environ.get("OTOIR_BUILD_CUDA")
         if want == "0" or (want != "1" and shutil.which("nvcc") is None):
             return
-        build_dir = os.path.join(self.build_temp, "cuda")
+        # An editable install imports otoir.kernels from the source tree, whose loader also looks in
+        # <repo>/build: build there. A wheel build uses the build command's temporary folder.
+        editable = bool(getattr(self, "editable_mode", False))
+        here = os.path.dirname(os.path.abspath(__file__))
+        build_dir = (os.path.join(here, "build") if editable
+                     else os.path.join(self.get_finalized_command("build").build_temp, "cuda"))
         try:
-            subprocess.check_call(["cmake", "-S", ".", "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release"])
+            subprocess.check_call(["cmake", "-S", here, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release"])
             subprocess.check_call(["cmake", "--build", build_dir, "-j2"])
         except (OSError, subprocess.CalledProcessError) as exc:
             if want == "1":
                 raise
             print(f"otoir: optional CUDA kernel build skipped ({exc})", file=sys.stderr)
+            return
+        if editable:
             return
         for name in os.listdir(build_dir):
             if name.startswith("libotoir_kernels") and name.endswith(".so"):
