@@ -32,7 +32,7 @@ Example (groups given as tensor slices; for the analyses' groups use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
