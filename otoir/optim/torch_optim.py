@@ -6,8 +6,12 @@ half-space operation per step over the redundant groups (the CUDA kernel from
 ``otoir.kernels`` for float32 CUDA tensors when it is built and a device is present, otherwise
 the vectorised torch reference), and re-zeroing of zero groups with cached row indices.
 
-Example (groups given as tensor slices; for the analyses' groups use
-:func:`otoir.optim.build_optimizer` with ``groups=``, which builds the layout):
+For a model otoir analysed, use the own-loop API instead — ``otoir.analyze(module, x)`` then
+``job.optimizer(total_steps=N)`` (:mod:`otoir.workflow`), which builds the layout from the
+analysis groups and, for H2SPG, the validity-checked selector. Here the groups are given by hand
+as tensor slices (analysis :class:`~otoir.analyses.groups.Group` objects go through
+:func:`otoir.optim.build_optimizer` with ``groups=``); the windows are explicit, or give
+``total_steps=N`` for the default fractions:
 
 >>> import torch
 >>> from otoir.optim import DHSPG, GroupLayout

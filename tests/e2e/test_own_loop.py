@@ -71,3 +71,31 @@ def test_bert_own_loop(tmp_path, monkeypatch):
     for layer in ns["out"].module.model.bert.encoder.layer:
         sa = layer.attention.self
         assert sa.all_head_size == sa.num_attention_heads * sa.attention_head_size == sa.query.out_features
+
+
+def test_compress_returns_the_compressed_module():
+    import numpy as np
+
+    import otoir
+    from otoir.data import Dataset
+    from otoir.zoo import build
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
+    model, _ = build("resnet_basic", width=4, layers=(1, 1, 1, 1))
+    res = otoir.compress(model, ds, mode="prune", epochs=2, batch=16, progress=False, latency_runs=0,
+                         example_inputs=torch.from_numpy(x[:2]))
+    small = res.compressed_module
+    assert small is not None, res.compressed_module_error
+    assert res.removed_group_ids
+    with torch.no_grad():
+        got = small.eval()(torch.from_numpy(x[64:])).numpy()
+    from otoir.runtime import max_rel_diff, run_model
+
+    want = run_model(res.model, {res.model.graph.inputs[0].name: x[64:]})
+    assert max_rel_diff(want, [got]) <= 1e-4
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in res.module.parameters())
+    text = repr(res)
+    assert "trained FULL ResNet" in text and "compressed ResNet" in text
