@@ -310,6 +310,9 @@ class Compression:
                                                 f"{self.target_count})"}
         if kept:
             details["kept"] = "; ".join(f"{gid}: {why}" for gid, why in sorted(kept.items()))
+        if int(zero.sum()) < self.target_count:
+            details["warning"] = (f"only {int(zero.sum())} of the {self.target_count} target groups are zero: "
+                                  "training stopped before the projection window ended (see total_steps)")
         report = build_report(full, model, verify_inputs=feeds, tolerance=tolerance, latency_runs=latency_runs,
                               details=details)
         if report.verified is False:

@@ -145,3 +145,31 @@ def test_analyze_rejects_bad_mode_and_non_module():
         otoir.analyze(nn.Linear(2, 2), torch.randn(1, 2), mode="shrink")
     with pytest.raises(otoir.OtoirError, match="torch.nn.Module"):
         otoir.analyze("model.onnx", None)
+
+
+def test_erase_mode_gives_the_onnx_result_and_a_clear_module_error():
+    from otoir.zoo import build
+
+    torch.manual_seed(0)
+    m, x = build("demosupnet", width=0.125, relu=True)
+    job = otoir.analyze(m, x, mode="erase", target_sparsity=0.3)
+    opt = job.optimizer(total_steps=8, lr=0.01)
+    assert type(opt).__name__ == "H2SPG"  # its validity selector comes built in
+    for _ in range(8):
+        opt.zero_grad()
+        F.cross_entropy(m(torch.randn(8, *x.shape[1:])), torch.randint(0, 10, (8,))).backward()
+        opt.step()
+    out = job.construct()
+    assert len(out.removed_group_ids) == job.target_count > 0 and out.report.verified
+    assert out.report.compressed.params < out.report.full.params
+    with pytest.raises(TorchSliceError, match="whole branches cannot be removed.*still available"):
+        _ = out.module
+
+
+def test_construct_warns_when_training_stopped_early():
+    m = ConvNet()
+    job = otoir.analyze(m, torch.randn(2, 3, 8, 8))
+    job.optimizer(total_steps=100)
+    out = job.construct()
+    assert "stopped before the projection window ended" in out.report.details["warning"]
+    assert out.removed_group_ids == []
