@@ -249,12 +249,19 @@ def _fix_attention(module: Any, changes: dict[str, dict[str, Any]]) -> None:
         for attr in ("num_attention_heads", "num_heads"):
             if isinstance(getattr(mod, attr, None), int):
                 new[attr] = outs[0] // head
+        gqa = any(isinstance(getattr(mod, a, None), int) for a in ("num_key_value_heads", "num_key_value_groups"))
         if isinstance(getattr(mod, "num_key_value_heads", None), int):
             new["num_key_value_heads"] = outs[1] // head
-        elif outs[1] != outs[0] or outs[2] != outs[0]:
+        if gqa and outs[1] != outs[2]:
+            raise _fail(name, mod, f"key/value keep {outs[1:]} features (one key/value head count)")
+        if not gqa and (outs[1] != outs[0] or outs[2] != outs[0]):
             raise _fail(name, mod, f"query/key/value keep {outs} features (the module has one head count)")
         if isinstance(getattr(mod, "all_head_size", None), int):
             new["all_head_size"] = outs[0]
+        if isinstance(getattr(mod, "num_key_value_groups", None), int):  # grouped-query attention
+            if outs[0] % outs[1]:
+                raise _fail(name, mod, f"{outs[0] // head} query heads do not share {outs[1] // head} key/value heads")
+            new["num_key_value_groups"] = outs[0] // outs[1]
         for a, val in new.items():
             setattr(mod, a, val)
         changes.setdefault(name, {}).update(new)

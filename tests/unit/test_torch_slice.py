@@ -173,3 +173,25 @@ def test_construct_warns_when_training_stopped_early():
     out = job.construct()
     assert "stopped before the projection window ended" in out.report.details["warning"]
     assert out.removed_group_ids == []
+
+
+def test_llama_grouped_query_attention_heads_and_mlp():
+    transformers = pytest.importorskip("transformers")
+
+    class LM(nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, ids, mask):
+            return self.m(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    m = LM(transformers.LlamaForCausalLM(cfg))
+    out = _check(m, (torch.randint(0, 64, (2, 8)), torch.ones(2, 8, dtype=torch.long)))
+    attn = out.module.m.model.layers[0].self_attn
+    assert attn.q_proj.out_features < 32 and attn.o_proj.in_features == attn.q_proj.out_features
+    assert attn.num_key_value_groups == attn.q_proj.out_features // attn.k_proj.out_features
+    assert out.module.m.model.layers[0].mlp.gate_proj.out_features < 48
