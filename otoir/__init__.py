@@ -19,7 +19,10 @@ __version__ = "0.1.0"
 # ``import otoir`` -- and with it the ``otoir-opt`` console script, which must handle Ctrl-C
 # from its first moment -- starts in milliseconds.
 _LAZY = {
+    "Compression": "otoir.workflow",
+    "Constructed": "otoir.workflow",
     "PassManager": "otoir.infra",
+    "analyze": "otoir.workflow",
     "from_graphsurgeon": "otoir.io",
     "load": "otoir.io",
     "save": "otoir.io",
@@ -59,6 +62,8 @@ def compress(*args, **kwargs):
 
 
 __all__ = [
+    "Compression",
+    "Constructed",
     "InputError",
     "OtoirError",
     "OutputError",
@@ -67,6 +72,7 @@ __all__ = [
     "PipelineError",
     "PipelineSyntaxError",
     "VerifierError",
+    "analyze",
     "compress",
     "stats",
     "from_graphsurgeon",

@@ -28,9 +28,15 @@ class CompressResult:
         removed_group_ids: Ids of the groups the construction removed (zero groups it had to
             keep, e.g. the last channel of a tensor, are in ``kept_groups``).
         kept_groups: ``{id: reason}`` of zero groups that were not removed.
-        module: The trained torch module (torch backend only).
+        module: The trained **full** torch module (torch backend only): your module, trained in
+            place, with the removed groups exactly zero but still present. Not the compressed one.
         pipeline: The pipeline that ran (``otoir-opt -p`` text; the torch module and a
             dataset object, which text cannot name, were lent to it).
+        compressed_module: The **compressed** torch module (torch backend, pruning mode): a deep
+            copy of ``module`` with the removed channels sliced out, checked against ``model``
+            in ONNX Runtime (:func:`otoir.workflow.torch_subnetwork`); None when it could not
+            be built (``compressed_module_error`` says why; ``model`` is still the result).
+        compressed_module_error: Why there is no ``compressed_module`` (None when there is one).
     """
 
     model: ir.Model
@@ -42,6 +48,20 @@ class CompressResult:
     kept_groups: dict[str, str] = field(default_factory=dict)
     module: Any = None
     pipeline: str = ""
+    compressed_module: Any = None
+    compressed_module_error: str | None = None
+
+    def __repr__(self) -> str:
+        def params(m: Any) -> int:
+            return sum(p.numel() for p in m.parameters())
+
+        full = (f"<trained FULL {type(self.module).__name__}: {params(self.module):,} params>"
+                if self.module is not None else "None")
+        comp = (f"<compressed {type(self.compressed_module).__name__}: {params(self.compressed_module):,} params>"
+                if self.compressed_module is not None else repr(self.compressed_module_error))
+        return (f"CompressResult(model=<ONNX sub-network: {self.report.compressed.params:,} params>, "
+                f"compressed_module={comp}, module={full}, removed {len(self.removed_group_ids)} of "
+                f"{len(self.groups)} groups)")
 
 
 def clone_model(model: ir.Model) -> ir.Model:
@@ -170,6 +190,15 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if report.verified is False:  # the pass checked 512 held-out inputs; the report checks them all
         raise OtoirError(f"the compressed model's outputs differ from the trained model's: max relative difference "
                          f"{report.max_rel_diff:.3g} > {tolerance:g}")
+    compressed, compressed_error = None, None
+    if torch_module:
+        from otoir.workflow import torch_subnetwork
+
+        by_id = {g.id: g for g in groups}
+        compressed, compressed_error, _, _ = torch_subnetwork(
+            model, [by_id[i] for i in removed_ids], sub, example if isinstance(example, (tuple, list)) else (example,),
+            tolerance)
     return CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
                           removed_group_ids=list(removed_ids), kept_groups=dict(kept),
-                          module=model if torch_module else None, pipeline=p.to_text())
+                          module=model if torch_module else None, pipeline=p.to_text(),
+                          compressed_module=compressed, compressed_module_error=compressed_error)

@@ -60,9 +60,12 @@ def build_optimizer(
         base: Base rule.
         schedule: Sparsity schedule.
         selector: Redundant-set selector.
-        front: ``"numpy"`` or ``"torch"``; default: torch when ``params`` holds torch tensors.
+        front: ``"numpy"`` or ``"torch"``; default: torch when ``params`` holds torch tensors
+            (or is a list of param-group dicts).
         cuda_kernel: Torch front end: use the CUDA kernel (``None`` auto).
-        **options: Flat settings (:data:`otoir.optim.options.OPTION_NAMES`).
+        **options: Flat settings (:data:`otoir.optim.options.OPTION_NAMES`); on the torch
+            front end also ``module``, ``total_steps``, ``warmup`` and ``projection`` (see
+            :class:`~otoir.optim.torch_optim.HybridSparseOptimizer`).
 
     Returns:
         A :class:`~otoir.optim.numpy_stepper.NumpyStepper` or a torch
@@ -77,11 +80,20 @@ def build_optimizer(
     if (layout is None) == (groups is None):
         raise TypeError("build_optimizer: give exactly one of layout= and groups=")
     key = str(algorithm).lower()
-    items = list(params.items()) if isinstance(params, Mapping) else list(params)
+    windows = {k: options.pop(k) for k in ("module", "total_steps", "warmup", "projection") if k in options}
+    raw = list(params.items()) if isinstance(params, Mapping) else list(params)
+    items = raw
+    if raw and all(isinstance(i, Mapping) for i in raw) or windows.get("module") is not None:
+        from otoir.optim.torch_optim import named_param_groups  # param groups: the torch front end
+
+        front = front or "torch"
+        items = [pair for g in named_param_groups(raw, windows.get("module")) for pair in g["params"]]
     if front is None:
         front = "torch" if any(is_torch(v) for _, v in items) else "numpy"
     if front not in ("numpy", "torch"):
         raise ValueError(f"front end must be numpy or torch, not '{front}'")
+    if windows and front != "torch":
+        raise TypeError(f"build_optimizer: {', '.join(windows)} apply to the torch front end only")
     shapes = {n: tuple(int(s) for s in (v.shape if hasattr(v, "shape") else v)) for n, v in items}
     if groups is not None:
         from otoir.analyses.validity import GroupSet
@@ -109,7 +121,9 @@ def build_optimizer(
     if front == "torch":
         from otoir.optim.torch_optim import OPTIMIZERS
 
-        opt = OPTIMIZERS[key](items, layout, lr, cuda_kernel=cuda_kernel, **structured)
+        # the torch optimizer resolves the windows itself (safe defaults: total_steps or explicit windows)
+        opt = OPTIMIZERS[key](raw, layout, lr, base=base, schedule=schedule, selector=cfg.selector,
+                              cuda_kernel=cuda_kernel, **windows, **options)
     else:
         from otoir.optim.numpy_stepper import NumpyStepper
 

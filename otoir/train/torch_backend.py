@@ -53,26 +53,27 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, optimizer: str = "dhspg",
                          selector: Callable[[np.ndarray, int], list[int]] | None = None,
-                         total_steps: int | None = None, **kwargs: Any):
+                         total_steps: int | None = None, params: Any = None, **kwargs: Any):
     """Builds a DHSPG or H2SPG ``torch.optim.Optimizer`` over ``module``'s trainable parameters.
 
     The optimizer comes from the one factory, :func:`otoir.optim.build_optimizer`.
 
     Safe defaults: no group is zeroed at initialisation. The warm-up and projection windows
-    default to the fractions of ``total_steps`` that :class:`~otoir.train.config.TrainConfig`
-    uses (``warmup`` 0.25, ``projection`` 0.35); without ``total_steps`` both
-    ``warmup_steps`` and ``projection_steps`` (or a ``schedule``) must be given — zeroing at the
-    first step takes an explicit ``warmup_steps=0``.
+    default to the fractions ``warmup`` (0.25) and ``projection`` (0.35) of ``total_steps``;
+    without ``total_steps`` both ``warmup_steps`` and ``projection_steps`` (or a ``schedule``)
+    must be given — zeroing at the first step takes an explicit ``warmup_steps=0``.
 
     Args:
         module: The module (DDP-wrapped or not). Group tensor names must be its parameter names.
         groups: The prunable groups.
         optimizer: ``"dhspg"`` (top-K partition) or ``"h2spg"`` (validity-checked partition).
-        selector: Redundant-set selection ``selector(scores, k) -> indices`` (H2SPG default:
-            :func:`otoir.analyses.validity.select_redundant` over ``groups``).
+        selector: Redundant-set selection ``selector(scores, k) -> indices`` (default: the
+            validity-checked :func:`otoir.analyses.validity.select_redundant` over ``groups``).
         total_steps: Optimizer steps the training will take (sets the default windows).
-        **kwargs: ``lr``, ``base``, ``schedule`` and the flat options of
-            :mod:`otoir.optim.options` (``momentum``, ``target``, ``warmup_steps``, ...).
+        params: Param groups (``[{"params": [...], "weight_decay": 0.0}, ...]``, tensors of
+            ``module`` or ``(name, tensor)`` pairs); default: every trainable parameter.
+        **kwargs: ``lr``, ``base``, ``schedule``, ``warmup``, ``projection`` and the flat
+            options of :mod:`otoir.optim.options` (``momentum``, ``target``, ``warmup_steps``, ...).
 
     Raises:
         ValueError: Unknown optimizer; neither ``total_steps`` nor both windows given; windows
@@ -82,26 +83,14 @@ def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, op
 
     if optimizer not in ("dhspg", "h2spg"):
         raise ValueError(f"unknown optimizer '{optimizer}' (dhspg or h2spg)")
-    kwargs = _default_windows(kwargs, total_steps)
-    named = [(n, p) for n, p in unwrap(module).named_parameters() if p.requires_grad]
-    return build_optimizer(optimizer, named, groups=groups, selector=selector, front="torch", **kwargs)
-
-
-def _default_windows(kwargs: dict[str, Any], total_steps: int | None) -> dict[str, Any]:
-    """``kwargs`` with ``warmup_steps`` / ``projection_steps`` filled in from ``total_steps``."""
-    from otoir.train.config import TrainConfig
-
-    missing = [k for k in ("warmup_steps", "projection_steps") if k not in kwargs]
-    if not missing or ("schedule" in kwargs and kwargs["schedule"] is not None):
-        return kwargs
-    if total_steps is None:
-        raise ValueError("make_torch_optimizer: give total_steps= (the warm-up and projection windows default to "
-                         "fractions of it) or both warmup_steps= and projection_steps=; groups are never zeroed at "
-                         "the first step unless warmup_steps=0 is given explicitly")
-    if int(total_steps) < 1:
-        raise ValueError(f"make_torch_optimizer: total_steps must be >= 1, got {total_steps}")
-    warm, proj = TrainConfig().schedule_steps(int(total_steps))
-    return {"warmup_steps": max(warm, 1), "projection_steps": proj, **kwargs}
+    inner = unwrap(module)
+    if params is None:
+        params = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
+    try:
+        return build_optimizer(optimizer, params, groups=groups, selector=selector, front="torch", module=inner,
+                               total_steps=total_steps, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"make_torch_optimizer: {exc}") from None
 
 
 def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, groups: Sequence[Group], *,

@@ -171,7 +171,7 @@ def test_torch_fused_equals_torch_sgd_bitwise(mode):
 def test_adam_is_not_fused():
     lay = _layout()
     params = {n: torch.nn.Parameter(torch.randn(s)) for n, s in SHAPES.items()}
-    opt = DHSPG(params, lay, lr=0.01, variant="adam")
+    opt = DHSPG(params, lay, lr=0.01, variant="adam", warmup_steps=0)
     for p in params.values():
         p.grad = torch.randn(p.shape)
     assert opt.fused_step(fused_mod.StepRequest(0.01)) is None
