@@ -154,6 +154,56 @@ class GeZIGPartition(Analysis):
         verdicts: dict[int, SegmentVerdict] = {}
         in_group: set[str] = set()
         owner_group: dict[int, int] = {}
+        def judge(exits: list[int], nodes: list[ir.Node], cand: list[str]) -> tuple[tuple[str, ...], str]:
+            """The region's own variables and why they are no GeZIG ('' when they are one)."""
+            node_set = set(nodes)
+            params = tuple(p for p in cand if exclusive(p, node_set))
+            if not cand:
+                return params, "no trainable variables of its own"
+            if not params:
+                return params, f"parameter '{cand[0]}' is also used outside its region"
+            bad = next((n for n in nodes if vc.info[n].kind is VertexKind.UNKNOWN), None)
+            if bad is not None:
+                return params, f"contains unknown op {bad.op_type}"
+            zero, breakers = region_zero_values(nodes, vc, set(params), views)
+            for e in exits:
+                outs = [o for o in segs[e].last.outputs if o.uses()]
+                if not outs or not all(o in zero for o in outs):
+                    last = next((n for n in reversed(nodes) if n in breakers), None)
+                    why = "no op whose zero parameters zero its output" if last is None else \
+                        f"{last.name or last.op_type}: {breakers[last]}"
+                    return params, f"all-zero parameters do not zero its output ({why})"
+            return params, ""
+
+        def make_group(exits: list[int], rs: list[int], nodes: list[ir.Node], params: tuple[str, ...],
+                       own: list[int]) -> None:
+            extra: list[TensorSlice] = []
+            dependent: list[TensorSlice] = []
+            joints: list[str] = []
+            for e in exits:
+                x, d, j = exit_plan[e]
+                extra.extend(x)
+                dependent.extend(d)
+                joints.extend(j)
+            buffers = _buffers_of(nodes, vc)
+            slices = tuple(TensorSlice(p) for p in params) + tuple(extra)
+            dep = tuple(TensorSlice(b) for b in buffers) + tuple(dependent)
+            n_params = sum(_numel(graph, t) for t in (*slices, *dep))
+            flops = sum(node_flops(n, static.sample_shape) for n in nodes)
+            in_group.update(params)
+            e0 = exits[0]
+            for t in own:
+                owner_group[t] = e0
+            label = segs[e0].label if len(rs) == 1 else f"{segs[e0].label} (+{len(rs) - 1} segments)"
+            meta = {"segment": e0, "region": tuple(sorted(rs)), "label": label, "params": params,
+                    "joints": tuple(dict.fromkeys(joints)),
+                    "concat": any(_stacks(segs[t].first, vc) for e in exits for t in segs[e].succs if t >= 0)}
+            if len(exits) > 1:
+                meta["exits"] = tuple(exits)
+            groups.append(Group(id=f"gezig:{e0}", kind="gezig", slices=slices, dependent=dep, num_params=n_params,
+                                flops=flops, prunable=True, reason="", meta=meta))
+
+        shared: dict[int, list[str]] = {}  # rejected top-level exits whose variables are read elsewhere
         for e in order:
             if not is_exit[e]:
                 continue
@@ -162,51 +212,34 @@ class GeZIGPartition(Analysis):
             region_segs[e] = rs
             nodes = sorted((n for t in rs for n in segs[t].nodes), key=position.__getitem__)
             region_nodes[e] = nodes
-            node_set = set(nodes)
             cand = list(dict.fromkeys([*reads(n for t in own_segs for n in segs[t].nodes), *carried.get(e, ())]))
-            params = tuple(p for p in cand if exclusive(p, node_set))
-            reason = ""
-            if not cand:
-                reason = "no trainable variables of its own"
-            elif not params:
-                reason = f"parameter '{cand[0]}' is also used outside its region"
-            else:
-                bad = next((n for n in nodes if vc.info[n].kind is VertexKind.UNKNOWN), None)
-                if bad is not None:
-                    reason = f"contains unknown op {bad.op_type}"
-                else:
-                    zero, breakers = region_zero_values(nodes, vc, set(params), views)
-                    outs = [o for o in segs[e].last.outputs if o.uses()]
-                    if not outs or not all(o in zero for o in outs):
-                        last = next((n for n in reversed(nodes) if n in breakers), None)
-                        if last is None:
-                            why = "no op whose zero parameters zero its output"
-                        else:
-                            why = f"{last.name or last.op_type}: {breakers[last]}"
-                        reason = f"all-zero parameters do not zero its output ({why})"
+            params, reason = judge([e], nodes, cand)
             if cand:
                 verdicts[e] = SegmentVerdict(e, not reason, reason, params if not reason else tuple(cand))
             if reason:
                 if up[e] is not None:
                     carried.setdefault(up[e], []).extend(cand)
+                elif len(params) < len(cand):
+                    shared[e] = cand
                 continue
-            extra_slices, dependent, joints = exit_plan[e]
-            buffers = _buffers_of(nodes, vc)
-            slices = tuple(TensorSlice(p) for p in params) + extra_slices
-            dep = tuple(TensorSlice(b) for b in buffers) + dependent
-            n_params = sum(_numel(graph, t) for t in (*slices, *dep))
-            flops = sum(node_flops(n, static.sample_shape) for n in nodes)
-            in_group.update(params)
-            for t in own_segs:
-                owner_group[t] = e
-            label = segs[e].label if len(rs) == 1 else f"{segs[e].label} (+{len(rs) - 1} segments)"
-            groups.append(Group(
-                id=f"gezig:{e}", kind="gezig", slices=slices, dependent=dep, num_params=n_params,
-                flops=flops, prunable=True, reason="",
-                meta={"segment": e, "region": tuple(sorted(rs)), "label": label, "params": params,
-                      "joints": joints,
-                      "concat": any(_stacks(segs[t].first, vc) for t in segs[e].succs if t >= 0)},
-            ))
+            make_group([e], rs, nodes, params, own_segs)
+        # Parameters shared by several regions (one layer applied at every depth, ALBERT): the
+        # regions reading them form one GeZIG together when zeroing the union's variables zeroes
+        # every exit's output.
+        if len(shared) > 1:
+            for exits in _connected(shared):
+                if len(exits) < 2:
+                    continue
+                rs = [t for e in exits for t in region_segs[e]]
+                nodes = sorted((n for t in rs for n in segs[t].nodes), key=position.__getitem__)
+                cand = list(dict.fromkeys(p for e in exits for p in shared[e]))
+                params, reason = judge(exits, nodes, cand)
+                if reason:
+                    continue
+                own = [t for e in exits for t in members[e]]
+                for e in exits:
+                    verdicts[e] = SegmentVerdict(e, True, "", params, region=exits[0] if e != exits[0] else None)
+                make_group(exits, rs, nodes, params, own)
         # Verdicts of the other segments with trainable variables.
         for s in segs:
             if s.id in verdicts:
@@ -225,7 +258,7 @@ class GeZIGPartition(Analysis):
                 why = exit_why[s.id]
             verdicts[s.id] = SegmentVerdict(s.id, False, why, params)
         groups.sort(key=lambda g: g.meta["segment"])
-        self.checker = ValidityChecker(sg, groups, vc)
+        self.checker = ValidityChecker(sg, groups, vc, droppable=(i for i in range(len(segs)) if is_exit[i]))
         self.groups: GroupSet = GroupSet(groups, self.checker)
         self.complement: tuple[str, ...] = tuple(p for p in trainable if p not in in_group)
         self.verdicts = dict(sorted(verdicts.items()))
@@ -299,6 +332,31 @@ class GeZIGPartition(Analysis):
 def _stacks(node: ir.Node, vc: VertexClasses) -> bool:
     r = vc.info[node].rule
     return r is not None and r.drop_input is DropInput.STACK
+
+
+def _connected(reads: dict[int, list[str]]) -> list[list[int]]:
+    """Keys of ``reads`` connected by a shared name, each component in key order."""
+    parent = {k: k for k in reads}
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    first: dict[str, int] = {}
+    for k, names in reads.items():
+        for n in names:
+            if n in first:
+                a, b = find(k), find(first[n])
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            else:
+                first[n] = k
+    comps: dict[int, list[int]] = {}
+    for k in sorted(reads):
+        comps.setdefault(find(k), []).append(k)
+    return list(comps.values())
 
 
 def _params_of(nodes, names) -> tuple[str, ...]:
