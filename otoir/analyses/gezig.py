@@ -8,14 +8,21 @@ output's shape). Such a segment is an *exit*. A transformer sub-layer is not one
 DAG of them (q/k/v branches, the exported GELU/SiLU/RMSNorm decompositions, gated products), so
 otoir grows each exit's *region*: every segment all of whose consumers lie in the region (it
 exists only to feed the exit; one pass in reverse topological order, ``O(|V_d| + |E_d|)``). A chain
-segment whose producer fans out is its own region, exactly the paper's structure. Values entering
+segment whose producer fans out is its own region, exactly the paper's structure. A segment whose
+consumers lie in different regions nested in one enclosing region (the query feeding both halves
+of a rotary embedding) belongs to the innermost common one when the regions between are exits
+without variables of their own; a segment feeding several structures with variables stays
+outside them (the paper's Conv1-BN1 in Figure 1c). Values entering
 the region from outside (the residual stream, an attention mask, rotary tables) stay.
 
 The region's trainable variables that nothing outside it reads form one GeZIG when zeroing them
 zeroes the exit's output: :func:`~otoir.analyses.erasability.region_zero_values` propagates an
 "all zero" fact through the region from the rule table (``zero_params_zero_output`` stems,
 ``zero_join``: ``Mul``/``MatMul`` zero when any factor is, ``Add`` when all terms are,
-``maps_zero``). Regions nest (an exit inside another region): nested ones are decided first;
+``maps_zero``). The proof assumes nothing about an op without a rule (its output counts as
+non-zero; zero-ness cannot pass it), so such an op inside a region (a MoE router's ``TopK``, a
+selective scan) does not block the region when zero is proved around it: it is removed only as
+dead code with the rest of the region. Regions nest (an exit inside another region): nested ones are decided first;
 a rejected nested region's variables are carried up to the enclosing one, an accepted one keeps
 its own group and is erased with the enclosing region when that is. otoir also checks that the
 joint can lose the input without changing shapes and, for a Concat, that the removed channels
@@ -38,7 +45,7 @@ from otoir.analyses.shapes import StaticShapes
 from otoir.analyses.validity import GroupSet, ValidityChecker
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.analysis import Analysis
-from otoir.ops.rules import DropInput, VertexKind, node_flops
+from otoir.ops.rules import DropInput, node_flops
 
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
@@ -131,6 +138,7 @@ class GeZIGPartition(Analysis):
         is_exit = [not exit_why[s.id] for s in segs]
         # 2. Regions: a segment belongs to the region of exit e when every consumer of it is e or
         # in e's region (it exists only to compute e's input), one pass in reverse topological order.
+        opaque = [is_exit[s.id] and bool(reads(s.nodes)) for s in segs]  # exits with variables
         up: list[int | None] = [None] * len(segs)
         for i in reversed(order):
             s = segs[i]
@@ -139,6 +147,12 @@ class GeZIGPartition(Analysis):
             keys = {t if is_exit[t] else up[t] for t in s.succs}
             if len(keys) == 1:
                 up[i] = keys.pop()
+            elif None not in keys:
+                # Consumers in different regions nested in one enclosing region: when the inner
+                # exits have no variables of their own (the two halves of a rotary embedding that
+                # q feeds), the segment belongs to the innermost region holding them; consumers in
+                # several structures with variables leave it to the complement (paper: Conv1-BN1).
+                up[i] = _common_region(keys, up, opaque)
         members: dict[int, list[int]] = {i: [i] for i in range(len(segs)) if is_exit[i]}
         children: dict[int, list[int]] = {i: [] for i in members}
         for i in range(len(segs)):
@@ -162,9 +176,6 @@ class GeZIGPartition(Analysis):
                 return params, "no trainable variables of its own"
             if not params:
                 return params, f"parameter '{cand[0]}' is also used outside its region"
-            bad = next((n for n in nodes if vc.info[n].kind is VertexKind.UNKNOWN), None)
-            if bad is not None:
-                return params, f"contains unknown op {bad.op_type}"
             zero, breakers = region_zero_values(nodes, vc, set(params), views)
             for e in exits:
                 outs = [o for o in segs[e].last.outputs if o.uses()]
@@ -332,6 +343,20 @@ class GeZIGPartition(Analysis):
 def _stacks(node: ir.Node, vc: VertexClasses) -> bool:
     r = vc.info[node].rule
     return r is not None and r.drop_input is DropInput.STACK
+
+
+def _common_region(keys: set[int], up: list[int | None], opaque: list[bool]) -> int | None:
+    """The region holding every exit of ``keys`` once exits without variables of their own are
+    seen through (replaced by their enclosing region, ``up``), or None when they still differ."""
+    keys = set(keys)
+    while len(keys) > 1:
+        if None in keys:
+            return None
+        lift = {k for k in keys if not opaque[k]}
+        if not lift:
+            return None
+        keys = {up[k] if k in lift else k for k in keys}
+    return next(iter(keys), None)
 
 
 def _connected(reads: dict[int, list[str]]) -> list[list[int]]:

@@ -127,6 +127,9 @@ def _build(name: str):
     raise ValueError(name)
 
 
+#: Parameter names of the layers of pre-LN models (all inside some sub-layer's group).
+_ALL_IN_GROUP = {"gpt2": r"\.h\.\d+\.", "llama": r"layers\.\d+\.", "neox": r"layers\.\d+\.", "mixer": r"blocks\.\d+\."}
+
 _CACHE: dict[str, bytes] = {}
 
 
@@ -184,6 +187,11 @@ def test_every_sublayer_is_a_gezig_and_erasing_is_exact(name):
     assert len(projections) >= expected, projections
     assert [n for n in projections if n not in in_group] == []
     assert len(p.groups) >= expected
+    # Pre-LN blocks: every variable of a layer (norms, q/k/v — rotary included —, gates) belongs
+    # to the group of its sub-layer.
+    if name in _ALL_IN_GROUP:
+        layer = [n for n in model.graph.initializers if re.search(_ALL_IN_GROUP[name], n)]
+        assert layer and [n for n in layer if n not in in_group] == []
     # Oracle: a random valid half zeroed, erased; outputs unchanged, fewer parameters.
     rng = np.random.default_rng(0)
     groups = list(p.groups)

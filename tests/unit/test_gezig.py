@@ -409,3 +409,31 @@ g (float[2,3,4] x) => (float[2,3,4] y)
     zero_v, _ = region_zero_values(nodes, vc, {"wv"})
     assert c in zero_v
     assert node_output_zero(nodes[-1], vc, lambda v: False) == "MatMul has no all-zero factor"
+
+
+_ROUTED = """
+<ir_version: 10, opset_import: ["" : 17, "com.acme" : 1]>
+g (float[2,3,4] x) => (float[2,3,4] y)
+<float[4,4] we = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}>
+{
+  e = MatMul (x, we)
+  r = com.acme.Router (x)
+  o = Mul (e, r)
+  y = Add (x, o)
+}
+"""
+
+
+def test_an_op_without_rule_off_the_zero_path_does_not_block_a_region():
+    """The router (no rule) only scales the expert: a zero expert zeroes the product whatever the
+    router computes, so the region is a GeZIG and the router goes with it as dead code."""
+    p = GeZIGPartition(_from_text(_ROUTED), None)
+    assert [g.meta["params"] for g in p.groups] == [("we",)]
+
+
+def test_an_op_without_rule_on_the_zero_path_blocks_it():
+    m = _from_text(_ROUTED.replace("r = com.acme.Router (x)\n  o = Mul (e, r)", "o = com.acme.Router (e)"))
+    p = GeZIGPartition(m, None)
+    assert not p.groups
+    (v,) = [v for v in p.verdicts.values() if v.params == ("we",)]
+    assert "Router" in v.reason and "do not zero its output" in v.reason
