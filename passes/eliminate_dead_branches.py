@@ -21,8 +21,9 @@ __all__ = ["EliminateDeadBranches"]
 class EliminateDeadBranches(Pass):
     """Removes the GeZIGs whose parameters are all zero, fixes the joints they fed (Add/Sum
     drop the input, a Concat along the channel axis also drops the matching downstream
-    channels; what each joint allows is its rule's ``drop_input``), removes whatever no longer
-    reaches an output and drops unused initializers. Every joint is planned before the model
+    channels; what each joint allows is its rule's ``drop_input``; a residual ``x + 0`` becomes
+    ``x``), removes whatever no longer reaches an output (a GeZIG's whole region: an attention or
+    MLP sub-layer, nested GeZIGs with it) and drops unused initializers. Every joint is planned before the model
     changes, so a refusal (error) leaves it untouched. Refuses (error) an invalid set.
     """
 
@@ -57,8 +58,12 @@ class EliminateDeadBranches(Pass):
             zero = [zero[i] for i in keep]
         nodes_before = len(model.graph)
         segs = p.segments.segments
-        values = [o for g in zero for o in segs[g.meta["segment"]].last.outputs if o.uses()]
-        res = erase_segment_outputs(model, values, vc, p.shapes.value_dims)
+        # Cut where a zero segment meets a live one: a zero GeZIG nested in the region of another
+        # goes with it; a sum left without inputs is zero and dropped by its own consumers.
+        cut, gone = p.checker.erased(zero)
+        dead = {n for i in gone for n in segs[i].nodes}
+        values = [o for e in cut for o in segs[e].last.outputs if o.uses()]
+        res = erase_segment_outputs(model, values, vc, p.shapes.value_dims, dead_nodes=dead)
         for msg, node in res.errors:
             ctx.error(msg, node)
         if res.errors:

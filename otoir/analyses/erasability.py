@@ -18,7 +18,14 @@ the plans made here. What a joint allows is the rule table's ``OpRule.drop_input
 * ``NEVER``: a zero input does not vanish; refused.
 
 :func:`maps_zero` answers whether a node inside a segment keeps an all-zero input zero, from the
-rule's typed zero semantics (:meth:`~otoir.ops.rules.OpRule.zero_output`). Shapes are
+rule's typed zero semantics (:meth:`~otoir.ops.rules.OpRule.zero_output`).
+:func:`region_zero_values` generalises it to a removal *region* (a DAG of segments, e.g. a whole
+attention sub-layer): which values are identically zero once a set of parameters is zero, by
+forward propagation of a per-tensor "all zero" fact through the region in graph order, each node
+answered by :func:`node_output_zero` from its rule (``zero_join`` for ops of several inputs —
+``Mul``/``MatMul`` of two activations are zero when *either* factor is, ``Add`` only when *all*
+terms are —, ``zero_params_zero_output`` for stems and normalisations, ``maps_zero``/``zero_out``
+for the rest). Shapes are
 :attr:`StaticShapes.value_dims <otoir.analyses.shapes.StaticShapes.value_dims>`.
 """
 
@@ -33,7 +40,7 @@ import onnx_ir as ir
 from otoir.analyses.shapes import Dims
 from otoir.analyses.vertices import VertexClasses, param_specs
 from otoir.infra.diagnostics import node_label
-from otoir.ops.rules import ChannelMap, ChannelWalk, DropInput, OpRule, VertexKind
+from otoir.ops.rules import ChannelMap, ChannelWalk, DropInput, OpRule, VertexKind, ZeroJoin
 
 __all__ = [
     "ChannelPlan",
@@ -42,6 +49,9 @@ __all__ = [
     "plan_channel_removal",
     "plan_joint_drop",
     "maps_zero",
+    "node_output_zero",
+    "param_views",
+    "region_zero_values",
 ]
 
 Shape = Dims
@@ -332,3 +342,127 @@ def _broadcast(shapes: Sequence[Shape]) -> Shape | None:
             return None
         out.append(dims.pop() if dims else 1)
     return tuple(out)
+
+
+def node_output_zero(node: ir.Node, vc: VertexClasses, is_zero) -> str:
+    """Whether ``node``'s output is identically zero, given which of its inputs are.
+
+    ``is_zero(value)`` says whether an input (data or parameter) is known to be all zero. The
+    answer comes from the node's rule only (so a user ``@rule`` takes part):
+
+    * ``zero_join`` (ops of several inputs, :class:`~otoir.ops.rules.ZeroJoin`): ``ANY`` — zero
+      when any input is (``Mul``; ``MatMul`` of two activations: ``P @ V`` is zero when the V
+      projection's parameters are, not when Q's or K's are, since ``Softmax(0)`` is uniform);
+      ``ALL`` — zero when every input is (``Add``: a bias ``Add`` is zero only with the bias
+      zeroed too); ``NUMERATOR`` (``Div``); ``SELECT`` (``Where``).
+    * a stem or a normalisation with ``zero_params_zero_output``: zero when all its trainable
+      parameters are (``Conv``/``Gemm`` weight and bias, ``LayerNormalization`` scale and bias),
+      or when its data input is zero, it ``maps_zero`` and its bias (if any) is zero;
+    * any other op with a data input: zero when that input is and the rule's zero semantics
+      (:meth:`~otoir.ops.rules.OpRule.zero_output`) map zero to zero.
+
+    Returns:
+        ``""`` when the output is zero, else a one-line reason why not (naming the op).
+    """
+    info = vc.info[node]
+    r = info.rule
+    op = node.op_type
+    if r is None:
+        return f"{op} has no rule"
+    if info.kind is VertexKind.UNKNOWN:
+        return f"{op}: {info.reason}"
+    present = [v for v in node.inputs if v is not None]
+    join = r.zero_join
+    if join is not None and len(present) > 1:
+        if join is ZeroJoin.ANY:
+            return "" if any(is_zero(v) for v in present) else f"{op} has no all-zero factor"
+        if join is ZeroJoin.ALL:
+            return "" if all(is_zero(v) for v in present) else f"{op} has an operand that is not zero"
+        if join is ZeroJoin.NUMERATOR:
+            return "" if is_zero(node.inputs[0]) else f"{op} numerator is not zero"
+        if join is ZeroJoin.SELECT:
+            return "" if all(is_zero(v) for v in present[1:]) else f"{op} selects a value that is not zero"
+    specs = [sp for sp in param_specs(node, r) if sp.input < len(node.inputs) and node.inputs[sp.input] is not None]
+    own = [node.inputs[sp.input] for sp in specs if sp.trainable]
+    if r.zero_params_zero_output and own and all(is_zero(v) for v in own):
+        return ""
+    data = [v for i, v in enumerate(node.inputs)
+            if v is not None and vc.is_data(v) and not any(sp.input == i for sp in specs)]
+    if not data:
+        return f"{op} has no zero input"
+    if info.kind is VertexKind.STEM:
+        if not all(is_zero(v) for v in data):
+            return f"{op} input is not zero"
+        if not r.maps_zero:
+            return f"{op} does not map zero to zero"
+        bias = [node.inputs[sp.input] for sp in specs if sp.role == "bias"]
+        return "" if all(is_zero(v) for v in bias) else f"{op} adds a bias that is not zeroed"
+    if info.kind is VertexKind.JOINT or len(data) > 1:
+        if not all(is_zero(v) for v in data):
+            return f"{op} has a data input that is not zero"
+        others = [v for v in present if v not in data]
+        if r.maps_zero and all(is_zero(v) for v in others):
+            return ""
+        return f"{op} does not map zero inputs to zero"
+    if not is_zero(data[0]):
+        return f"{op} input is not zero"
+    return r.zero_output(node, vc.is_data, is_zero)
+
+
+def param_views(model: ir.Model, vc: VertexClasses) -> dict[ir.Value, str]:
+    """Values that are a trainable parameter seen through constant re-layouts, -> its name.
+
+    A torch ``Linear`` exports ``MatMul(x, Transpose(W))``: the ``Transpose`` is a constant node
+    (no data input), and ``W`` is zero exactly when its view is. Followed through constant nodes
+    whose rule's ``const_flow`` keeps the entries (``SAME``, ``RELAYOUT``, ``TRANSPOSE``: Cast,
+    Identity, Reshape, Squeeze, Unsqueeze, Transpose) of input 0; one pass in graph order.
+    """
+    from otoir.ops.rules import ConstFlow
+
+    keep = (ConstFlow.SAME, ConstFlow.RELAYOUT, ConstFlow.TRANSPOSE)
+    views: dict[ir.Value, str] = {}
+    for n in model.graph:
+        info = vc.info.get(n)
+        if info is None or info.kind is not VertexKind.CONSTANT or info.rule is None or not n.inputs:
+            continue
+        if info.rule.const_flow not in keep or len(n.outputs) != 1:
+            continue
+        src = n.inputs[0]
+        if src is None:
+            continue
+        name = src.name if src.name in vc.trainable and src.is_initializer() else views.get(src)
+        if name is not None:
+            views[n.outputs[0]] = name
+    return views
+
+
+def region_zero_values(nodes: Iterable[ir.Node], vc: VertexClasses, zero_params: set[str],
+                       views: Mapping[ir.Value, str] | None = None) -> tuple[set[ir.Value], dict[ir.Node, str]]:
+    """The values of a region that are identically zero when the parameters ``zero_params`` are.
+
+    Args:
+        nodes: The region's nodes in graph (topological) order; values produced outside it are
+            taken as non-zero.
+        vc: Vertex classification.
+        zero_params: Names of the parameters assumed zero.
+        views: :func:`param_views`: a constant view of a zero parameter is zero too.
+
+    Returns:
+        ``(zero values, breakers)``: ``breakers`` maps each node that has an all-zero input but
+        a non-zero output to the reason (:func:`node_output_zero`).
+    """
+    zero: set[ir.Value] = set()
+    breakers: dict[ir.Node, str] = {}
+
+    views = views or {}
+
+    def is_zero(v: ir.Value | None) -> bool:
+        return v is not None and (v in zero or v.name in zero_params or views.get(v) in zero_params)
+
+    for n in nodes:
+        why = node_output_zero(n, vc, is_zero)
+        if not why:
+            zero.update(o for o in n.outputs)
+        elif any(is_zero(v) for v in n.inputs):
+            breakers[n] = why
+    return zero, breakers

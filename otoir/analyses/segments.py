@@ -184,6 +184,26 @@ class SegmentGraph(Analysis):
     def __len__(self) -> int:
         return len(self.segments)
 
+    def topological_order(self) -> tuple[int, ...]:
+        """Segment ids in a topological order of the dependency graph (producers first), ``O(|V_d| + |E_d|)``."""
+        cached = self.__dict__.get("_topo")
+        if cached is not None:
+            return cached
+        segs = self.segments
+        indeg = [sum(1 for p in s.preds if p >= 0) for s in segs]
+        order: list[int] = []
+        q = deque(i for i in range(len(segs)) if indeg[i] == 0)
+        while q:
+            i = q.popleft()
+            order.append(i)
+            for t in segs[i].succs:
+                if t >= 0:
+                    indeg[t] -= 1
+                    if indeg[t] == 0:
+                        q.append(t)
+        self._topo: tuple[int, ...] = tuple(order)
+        return self._topo
+
     def num_edges(self) -> int:
         """``|E_d|``: edges between segments (graph input/output edges excluded)."""
         return sum(1 for s in self.segments for t in s.succs if t >= 0)

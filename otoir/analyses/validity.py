@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,29 +60,35 @@ class ValidityChecker:
     really drop, e.g. a Concat along the channel axis), ``SUBTRAHEND`` joints lose all but the
     first, ``NEVER`` joints need every input.
 
+    A ``SUM`` joint that loses every input is zero itself; when it is in ``droppable`` (its own
+    consumers can drop it: the GeZIG analysis's exits) it is erased in turn instead of breaking
+    the network (parallel attention + MLP: ``(attn + mlp) + x`` with both zero is ``x``).
+
     Args:
         segments: The segment graph.
         groups: The GeZIGs (their ``meta["segment"]`` names their segment).
         vc: Vertex classification (for the nodes' rules); the rule table is looked up when None.
+        droppable: Segments whose (zero) output every consumer can drop.
     """
 
-    def __init__(self, segments: SegmentGraph, groups: Iterable[Group] = (), vc: VertexClasses | None = None) -> None:
+    def __init__(self, segments: SegmentGraph, groups: Iterable[Group] = (), vc: VertexClasses | None = None,
+                 droppable: Iterable[int] = ()) -> None:
         segs = segments.segments
         self.segments = segments
-        self.group_segment: dict[str, int] = {g.id: g.meta["segment"] for g in groups if "segment" in g.meta}
-        n = len(segs)
-        indeg = [sum(1 for p in s.preds if p >= 0) for s in segs]
-        order: list[int] = []
-        q = deque(i for i in range(n) if indeg[i] == 0)
-        while q:
-            i = q.popleft()
-            order.append(i)
-            for t in segs[i].succs:
-                if t >= 0:
-                    indeg[t] -= 1
-                    if indeg[t] == 0:
-                        q.append(t)
-        self._order = order
+        groups = [g for g in groups if "segment" in g.meta]
+        self.group_segment: dict[str, int] = {g.id: g.meta["segment"] for g in groups}
+        # A GeZIG may end several segments (meta "exits": one group over every use of shared
+        # parameters) and remove a region of segments with them (meta "region": segments that
+        # only feed its exits, nested GeZIGs included); those are gone when it is zero.
+        self.group_exits: dict[str, tuple[int, ...]] = {
+            g.id: tuple(g.meta.get("exits", (g.meta["segment"],))) for g in groups}
+        self._interior: dict[int, frozenset[int]] = {}
+        for g in groups:
+            exits = self.group_exits[g.id]
+            inner = frozenset(g.meta.get("region", ())) - set(exits)
+            for e in exits:
+                self._interior[e] = inner
+        self._order = list(segments.topological_order())
         self._kind: list[str] = []
         for s in segs:
             mode = _drop_mode(s.first, vc)
@@ -95,6 +100,9 @@ class ValidityChecker:
                 self._kind.append("sub")
             else:
                 self._kind.append("strict")
+        droppable = set(droppable)
+        self._droppable: frozenset[int] = frozenset(
+            s.id for s in segs if s.id in droppable and s.is_joint and _drop_mode(s.first, vc) is DropInput.SUM)
         # Producer segment of Sub's minuend.
         self._minuend: dict[int, int | None] = {}
         for s in segs:
@@ -111,24 +119,52 @@ class ValidityChecker:
                 out.add(z)
             elif isinstance(z, Group):
                 if "segment" in z.meta:
-                    out.add(z.meta["segment"])
-                elif z.id in self.group_segment:
-                    out.add(self.group_segment[z.id])
-            elif z in self.group_segment:
-                out.add(self.group_segment[z])
+                    out.update(z.meta.get("exits", (z.meta["segment"],)))
+                elif z.id in self.group_exits:
+                    out.update(self.group_exits[z.id])
+            elif z in self.group_exits:
+                out.update(self.group_exits[z])
             else:
                 raise KeyError(f"unknown group {z!r}")
         return out
 
+    def interior(self, exits: Iterable[int]) -> set[int]:
+        """Segments removed with the zero GeZIGs ending at ``exits``, other than those exits."""
+        out: set[int] = set()
+        for e in exits:
+            out.update(self._interior.get(e, ()))
+        return out
+
     def check(self, zero: Iterable[Group | str | int]) -> ValidityReport:
         """Full check of a set of zero groups, ``O(|V_d| + |E_d|)``."""
+        _, reasons = self._states(zero)
+        return ValidityReport(not reasons, tuple(dict.fromkeys(reasons)))
+
+    def erased(self, zero: Iterable[Group | str | int]) -> tuple[list[int], set[int]]:
+        """What erasing the zero groups removes: ``(cut, gone)``.
+
+        ``cut``: zero segments whose outputs the joints they feed drop (zero exits, and ``SUM``
+        joints left without inputs), in topological order; ``gone``: every segment that
+        disappears (those, the regions they end, and zero segments that only feed zero ones).
+        """
+        state, _ = self._states(zero)
         z = self.segments_of(zero)
+        inner = self.interior(z)
+        segs = self.segments.segments
+        gone = {i for i in range(len(segs)) if state[i] == _ZERO}
+        cut = [i for i in self._order if i in gone and i not in inner
+               and any(t < 0 or t not in gone for t in segs[i].succs)]
+        return cut, gone
+
+    def _states(self, zero: Iterable[Group | str | int]) -> tuple[list[int], list[str]]:
+        z = self.segments_of(zero)
+        gone = self.interior(z)
         segs = self.segments.segments
         state = [_LIVE] * len(segs)
         reasons: list[str] = []
         for i in self._order:
             s = segs[i]
-            if i in z:
+            if i in z or i in gone:  # erased (the region's inside only feeds the region)
                 state[i] = _ZERO
                 continue
             ins = [state[p] for p in s.preds if p >= 0]
@@ -140,8 +176,11 @@ class ValidityChecker:
                 if any(x == _BROKEN for x in ins):
                     st = _BROKEN
                 elif not has_input and ins and all(x == _ZERO for x in ins):
-                    reasons.append(f"joint {s.first.name or s.first.op_type} is left without inputs")
-                    st = _BROKEN
+                    if i in self._droppable:
+                        st = _ZERO  # a sum of zeros, dropped by its consumers in turn
+                    else:
+                        reasons.append(f"joint {s.first.name or s.first.op_type} is left without inputs")
+                        st = _BROKEN
                 elif kind == "sub" and self._minuend.get(i) is not None and state[self._minuend[i]] != _LIVE:
                     reasons.append(f"Sub {s.first.name} loses its minuend")
                     st = _BROKEN
@@ -157,10 +196,16 @@ class ValidityChecker:
                 what = "becomes identically zero" if state[s.id] == _ZERO else "is no longer computed from the inputs"
                 names = ",".join(o.name for o in s.last.outputs if o.is_graph_output())
                 reasons.append(f"graph output {names} {what}")
-        return ValidityReport(not reasons, tuple(dict.fromkeys(reasons)))
+        return state, reasons
 
-    def can_add(self, current: set[int], segment: int, live_inputs: dict[int, int]) -> bool:
-        """Local test used by :func:`select_redundant` (``live_inputs``: joint -> live producers)."""
+    def can_add(self, current: set[int], segment: int, live_inputs: dict[int, int],
+                _pending: dict[int, int] | None = None) -> bool:
+        """Local test used by :func:`select_redundant` (``live_inputs``: joint -> live producers).
+
+        A joint left without live inputs is acceptable when it is droppable and its own
+        consumers can lose it (checked recursively).
+        """
+        pending = {} if _pending is None else _pending
         s = self.segments.segments[segment]
         for t in s.succs:
             if t < 0:
@@ -169,9 +214,21 @@ class ValidityChecker:
                 return False
             if self._kind[t] == "sub" and self._minuend.get(t) == segment:
                 return False
-            if live_inputs[t] <= 1:
-                return False
+            pending[t] = pending.get(t, 0) + 1
+            if live_inputs[t] - pending[t] <= 0:
+                if t not in self._droppable or not self.can_add(current, t, live_inputs, pending):
+                    return False
         return True
+
+    def apply_zero(self, segment: int, live_inputs: dict[int, int], zero: set[int]) -> None:
+        """Records ``segment`` as zero for :meth:`can_add`: its joints lose a live input (a
+        droppable joint left without any becomes zero in turn)."""
+        zero.add(segment)
+        for t in self.segments.segments[segment].succs:
+            if t >= 0:
+                live_inputs[t] -= 1
+                if live_inputs[t] == 0 and t in self._droppable:
+                    self.apply_zero(t, live_inputs, zero)
 
 
 def _drop_mode(node, vc: VertexClasses | None) -> DropInput:
@@ -299,16 +356,15 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         g = groups[i]
         if not g.prunable:
             continue
-        seg = g.meta.get("segment") if c is not None else None
-        if seg is None and c is not None:
-            seg = c.group_segment.get(g.id)
-        if seg is not None:
-            if seg in zero_segs or not c.can_add(zero_segs, seg, live):
+        exits = None
+        if c is not None:
+            exits = tuple(g.meta["exits"]) if "exits" in g.meta else (
+                (g.meta["segment"],) if "segment" in g.meta else c.group_exits.get(g.id))
+        if exits:
+            if any(e in zero_segs or not c.can_add(zero_segs, e, live) for e in exits):
                 continue
-            zero_segs.add(seg)
-            for t in c.segments.segments[seg].succs:
-                if t >= 0:
-                    live[t] -= 1
+            for e in exits:
+                c.apply_zero(e, live, zero_segs)
             accepted.append(i)
         else:
             if g.slices:

@@ -210,7 +210,11 @@ class ZeroJoin(str, enum.Enum):
     """Where an element-wise op of several inputs (``ChannelMap.BROADCAST``) is exactly zero.
 
     The ZIG analysis combines, position by position, which inputs are zero once their group is
-    zeroed; an op without a value is never zero there.
+    zeroed; an op without a value is never zero there. The GeZIG analysis (erasing) uses the
+    same field per whole tensor, for any op with several inputs
+    (:func:`otoir.analyses.erasability.node_output_zero`): MatMul declares ``ANY`` (a
+    contraction with an all-zero factor is zero: a zeroed weight, or the V of attention's
+    ``P @ V``; the ZIG analysis's MatMul handler does its own contraction bookkeeping).
 
     ANY: zero where any input is (Mul, And); a constant operand drawn from a zeroed trainable
     parameter zeroes the output.

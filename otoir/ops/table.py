@@ -228,9 +228,17 @@ def _matmul(node, is_data):
     return K.CONSTANT, "MatMul of constants"
 
 
+# Zero semantics of MatMul (erasing, OTOv3 GeZIGs): a contraction with an all-zero factor is all
+# zero, whichever factor it is (zero_join ANY). With a constant weight: a zeroed weight, or a zero
+# input. With two activations (attention): P @ V is zero when V is, so zeroing the V projection
+# (weight and bias) zeroes the attention output and then the output projection gives its bias;
+# zeroing the Q or K projection does NOT zero anything downstream: Q @ K^T = 0, but Softmax(0) is
+# uniform, not zero. Only the V and output projections' parameters can zero an attention sub-layer.
 _add(OpRule("MatMul", classify=_matmul, params=(ParamSpec(1, out_axis=-1, in_axis=-2),),
             channel_map=C.MATMUL, channel_axis=-1, zero_params_zero_output=True, maps_zero=True,
-            flops=_matmul_flops))
+            zero_join=Z.ANY, flops=_matmul_flops,
+            note="zero when either factor is all zero: a zeroed weight, a zero input, or (two activations, "
+                 "attention P @ V) a zero V; Q or K zero gives Softmax(0) != 0"))
 
 
 def _gather(node, is_data):

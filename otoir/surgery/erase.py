@@ -10,7 +10,7 @@ no longer reaches an output and :func:`remove_unused_initializers` drops unused 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +57,7 @@ class EraseResult:
 
 
 def erase_segment_outputs(model: ir.Model, zero_values: Iterable[ir.Value], vc: VertexClasses,
-                          shapes: Mapping[str, Dims]) -> EraseResult:
+                          shapes: Mapping[str, Dims], dead_nodes: Collection[ir.Node] = ()) -> EraseResult:
     """Disconnects zero values from the joints they feed and fixes the joints.
 
     The producers of ``zero_values`` are left without consumers; call
@@ -68,13 +68,16 @@ def erase_segment_outputs(model: ir.Model, zero_values: Iterable[ir.Value], vc: 
         zero_values: Values that are identically zero (outputs of zero segments).
         vc: Vertex classification of the model before the change.
         shapes: :attr:`StaticShapes.value_dims` before the change.
+        dead_nodes: Nodes that go away anyway (erased too): their uses are left alone.
     """
     res = EraseResult()
     graph = model.graph
     drops: dict[ir.Node, set[int]] = {}
+    dead = set(dead_nodes)
     for v in zero_values:
         for use in v.uses():
-            drops.setdefault(use.node, set()).add(use.idx)
+            if use.node not in dead:
+                drops.setdefault(use.node, set()).add(use.idx)
     order = {n: i for i, n in enumerate(graph)}
     # Plan every joint before changing anything (plans read shapes and uses of the original).
     plans: list[tuple[ir.Node, JointDrop]] = []

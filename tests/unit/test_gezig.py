@@ -292,3 +292,148 @@ def test_erase_refusal_leaves_the_model_untouched():
     cat = next(n for n in m.graph if n.name == "cat")
     assert len(cat.inputs) == 2 and cat.inputs[0] is r1
     assert m.graph.initializers["w3"].const_value.shape.dims == (3, 4, 1, 1)
+
+
+def _from_text(text: str) -> ir.Model:
+    import onnx
+
+    return ir.from_proto(onnx.parser.parse_model(text))
+
+
+_NESTED = """
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[1,2,4,4] x) => (float[1,2,4,4] y)
+<float[2,2,1,1] wa = {1,0,0,1}, float[2,2,1,1] wb = {0,1,1,0}, float[2,2,1,1] wd = {2,0,0,2}>
+{
+  ca = Conv (x, wa)
+  cb = Conv (x, wb)
+  n2 = Add (ca, cb)
+  r = Relu (n2)
+  cd = Conv (r, wd)
+  y = Add (x, cd)
+}
+"""
+
+
+def _erase(model: ir.Model, groups) -> tuple[list[np.ndarray], list[np.ndarray], ir.Model]:
+    from otoir.analyses.groups import zero_group
+    from otoir.infra.pass_manager import PassManager
+    from otoir.testing import run_ort
+
+    for g in groups:
+        zero_group(model, g)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    ref = run_ort(model, feeds)
+    PassManager.from_text("eliminate-dead-branches,cleanup").run(model)
+    return ref, run_ort(model, feeds), model
+
+
+def test_nested_regions_each_form_a_gezig():
+    """Branches a and b feed a sum inside the region of d (everything d reads): three GeZIGs; d's
+    region holds a's and b's, and erasing d removes them with it, zero or not."""
+    m = _from_text(_NESTED)
+    p = GeZIGPartition(m, None)
+    by = {g.meta["params"]: g for g in p.groups}
+    assert set(by) == {("wa",), ("wb",), ("wd",)}
+    d = by[("wd",)]
+    assert {p.segments.segment_of[n] for n in m.graph if n.op_type == "Conv"} <= set(d.meta["region"])
+    # a and b both zero leave the sum without inputs (its consumer is no joint): invalid; with d
+    # zero too they are inside d's region and go with it.
+    assert not p.checker.check([by[("wa",)], by[("wb",)]]).valid
+    assert p.checker.check([by[("wa",)], by[("wb",)], d]).valid
+    ref, got, out = _erase(m, [by[("wa",)], by[("wb",)], d])
+    np.testing.assert_array_equal(ref[0], got[0])
+    assert [n.op_type for n in out.graph] == ["Identity"]
+
+
+def test_erasing_an_outer_region_removes_nested_nonzero_groups():
+    m = _from_text(_NESTED)
+    p = GeZIGPartition(m, None)
+    (d,) = [g for g in p.groups if g.meta["params"] == ("wd",)]
+    ref, got, out = _erase(m, [d])
+    np.testing.assert_array_equal(ref[0], got[0])
+    assert not set(out.graph.initializers) & {"wa", "wb", "wd"}
+
+
+def test_parameters_shared_by_two_sublayers_form_one_gezig():
+    """One weight applied at two depths (ALBERT): a GeZIG over both uses; zeroing it erases both."""
+    m = _from_text("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[2,3,4] x) => (float[2,3,4] y)
+<float[4,4] w = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[4] b = {1,1,1,1}>
+{
+  h0 = MatMul (x, w)
+  h = Add (h0, b)
+  x1 = Add (x, h)
+  k0 = MatMul (x1, w)
+  k = Add (k0, b)
+  y = Add (x1, k)
+}
+""")
+    p = GeZIGPartition(m, None)
+    (g,) = p.groups
+    assert g.meta["params"] == ("w", "b") and len(g.meta["exits"]) == 2
+    assert p.checker.check([g]).valid
+    from otoir.analyses.groups import zero_group
+    from otoir.infra.pass_manager import PassManager
+
+    zero_group(m, g)
+    PassManager.from_text("eliminate-dead-branches,cleanup").run(m)
+    assert [n.op_type for n in m.graph] == ["Identity"]
+
+
+def test_attention_group_zeroed_through_v_not_through_q():
+    """The rule table's MatMul zero semantics: P @ V is zero when V is; Q @ K^T zero is not enough."""
+    from otoir.analyses.erasability import node_output_zero, region_zero_values
+    from otoir.analyses.vertices import VertexClasses
+
+    m = _from_text("""
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[2,3,4] x) => (float[2,3,4] y)
+<float[4,4] wq = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}, float[4,4] wv = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}>
+{
+  q = MatMul (x, wq)
+  xt = Transpose <perm = [0, 2, 1]> (x)
+  s = MatMul (q, xt)
+  p = Softmax <axis = -1> (s)
+  v = MatMul (x, wv)
+  c = MatMul (p, v)
+  y = Add (x, c)
+}
+""")
+    vc = VertexClasses(m)
+    nodes = [n for n in m.graph if n.op_type != "Add"]
+    zero_q, why_q = region_zero_values(nodes, vc, {"wq"})
+    c = nodes[-1].outputs[0]
+    assert c not in zero_q and "Softmax does not map zero to zero" in why_q[nodes[3]]
+    zero_v, _ = region_zero_values(nodes, vc, {"wv"})
+    assert c in zero_v
+    assert node_output_zero(nodes[-1], vc, lambda v: False) == "MatMul has no all-zero factor"
+
+
+_ROUTED = """
+<ir_version: 10, opset_import: ["" : 17, "com.acme" : 1]>
+g (float[2,3,4] x) => (float[2,3,4] y)
+<float[4,4] we = {1,0,0,0,0,1,0,0,0,0,1,0,0,0,0,1}>
+{
+  e = MatMul (x, we)
+  r = com.acme.Router (x)
+  o = Mul (e, r)
+  y = Add (x, o)
+}
+"""
+
+
+def test_an_op_without_rule_off_the_zero_path_does_not_block_a_region():
+    """The router (no rule) only scales the expert: a zero expert zeroes the product whatever the
+    router computes, so the region is a GeZIG and the router goes with it as dead code."""
+    p = GeZIGPartition(_from_text(_ROUTED), None)
+    assert [g.meta["params"] for g in p.groups] == [("we",)]
+
+
+def test_an_op_without_rule_on_the_zero_path_blocks_it():
+    m = _from_text(_ROUTED.replace("r = com.acme.Router (x)\n  o = Mul (e, r)", "o = com.acme.Router (e)"))
+    p = GeZIGPartition(m, None)
+    assert not p.groups
+    (v,) = [v for v in p.verdicts.values() if v.params == ("we",)]
+    assert "Router" in v.reason and "do not zero its output" in v.reason
