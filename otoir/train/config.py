@@ -66,6 +66,10 @@ class TrainConfig:
             (never selected), with the reason ``ignored by ignore=PATTERN``.
         max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
             zeroed (1.0: no cap); the global target is still met exactly, or refused up front.
+        round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
+            count (whole groups: attention heads stay whole). Acts in the selection; K is still
+            ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
+            (with a warning). 1: no rounding.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
@@ -86,6 +90,7 @@ class TrainConfig:
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
+    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -102,6 +107,9 @@ class TrainConfig:
             raise ValueError("warmup and projection must be >= 0")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
+        from otoir.analyses.validity import check_round_to
+
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:
