@@ -122,6 +122,12 @@ def build_optimizer(
         k = check_valid_target(groups, cfg.schedule.target)
         if k != cfg.schedule.target_count(len(groups)):  # round-to: the nearest reachable count
             cfg = cfg._replace(schedule=dataclasses.replace(cfg.schedule, target=k))
+            # the torch front end resolves its schedule from the raw arguments: hand it the count
+            if schedule is not None:
+                schedule = dataclasses.replace(schedule, target=k)
+            else:
+                options = {key_: v for key_, v in options.items() if key_ not in ("target", "target_sparsity")}
+                options["target"] = k
     structured = dict(base=cfg.base, schedule=cfg.schedule, selector=cfg.selector)
     if front == "torch":
         from otoir.optim.torch_optim import OPTIMIZERS
