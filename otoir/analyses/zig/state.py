@@ -89,6 +89,10 @@ class ChannelState:
         inexact: ``(ids, reason)``: groups containing these atoms are not exactly zero-invariant.
         stems: ``(node, ids)`` of fresh atoms, in order (names groups).
         conv_groups: Conv node -> (G, out-ids) for grouped convolutions.
+        channel_reductions: Node -> ``(ids, kind)``: a reduction (``kind`` ``"sum"`` or
+            ``"mean"``, the rule's ``channel_reduction``) or an RMS normalisation (``"rms-norm"``)
+            over the channel atoms ``ids``; construction compensates a mean for the removed
+            share (:mod:`otoir.surgery.channels`).
     """
 
     shapes: StaticShapes
@@ -103,6 +107,7 @@ class ChannelState:
     inexact: list = field(default_factory=list)
     stems: list = field(default_factory=list)
     conv_groups: dict = field(default_factory=dict)
+    channel_reductions: dict = field(default_factory=dict)
 
     # -- atoms ----------------------------------------------------------------------------
     def fresh(self, shape, node: ir.Node | None = None) -> np.ndarray:

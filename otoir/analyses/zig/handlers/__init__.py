@@ -17,7 +17,7 @@ from otoir.analyses.zig.handlers.elementwise import clip, elementwise, identity,
 from otoir.analyses.zig.handlers.fill import constant_of_shape
 from otoir.analyses.zig.handlers.matmul import matmul
 from otoir.analyses.zig.handlers.movement import concat, expand_op, reshape, slice_op, split, transpose
-from otoir.analyses.zig.handlers.norms import group_norm, layer_norm, per_channel
+from otoir.analyses.zig.handlers.norms import group_norm, layer_norm, per_channel, rms_norm
 from otoir.analyses.zig.handlers.reduce import reduce_axes, reduce_axis, reduce_axis_input
 from otoir.analyses.zig.handlers.stems import conv, gather, gemm
 from otoir.analyses.zig.state import ChannelState
@@ -46,6 +46,7 @@ CHANNEL_HANDLERS: dict[tuple[ChannelMap, str], Handler] = {
     (_M.PRODUCE, "gemm"): gemm,
     (_M.IDENTITY, ""): identity,
     (_M.IDENTITY, "layer-norm"): layer_norm,
+    (_M.IDENTITY, "rms-norm"): rms_norm,
     (_M.IDENTITY, "group-norm"): group_norm,
     (_M.IDENTITY, "clip"): clip,
     (_M.IDENTITY, "pad"): pad,
