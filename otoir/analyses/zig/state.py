@@ -192,7 +192,7 @@ class ChannelState:
 
         Looks through the ops whose rule's ``const_flow`` (:class:`~otoir.ops.rules.ConstFlow`)
         is ``SAME`` (Cast, Identity), ``RELAYOUT`` (Reshape, Squeeze, Unsqueeze: only size-1
-        axes appear or vanish), ``TRANSPOSE``, ``GATHER`` (on another axis, constant indices) or
+        axes appear or vanish), ``TRANSPOSE``, ``GATHER`` (on another axis; indices computed from constants or shapes) or
         ``EXPAND``; with ``values`` also ``UNARY`` element-wise ops of one input (Mamba's
         ``A = -exp(A_log)``), which commute with slicing but do not map zero to zero (see
         :meth:`is_pure_source`).
@@ -225,8 +225,11 @@ class ChannelState:
                 axis = perm[axis]
             elif flow is ConstFlow.GATHER:
                 g = normalize_axis(int(attr(node, "axis", 0)), len(ss))
-                ri = len(self.shape(node.inputs[1]) or ())
-                if self.shapes.const(node.inputs[1]) is None or g <= axis < g + ri:
+                idx_shape = self.shape(node.inputs[1])
+                ri = len(idx_shape or ())
+                # the indices need not be known (BERT's token_type_ids buffer expanded to the
+                # input's shape): a lookup along another axis commutes with slicing this one
+                if idx_shape is None or g <= axis < g + ri:
                     return None
                 axis = axis if axis < g else axis - ri + 1
             elif flow is ConstFlow.EXPAND:
