@@ -370,9 +370,10 @@ def _absorb_affine(model: ir.Model, ln: ir.Node, shapes: StaticShapes) -> bool:
 def _add_after(graph: ir.Graph, node: ir.Node, operand: ir.Value) -> ir.Node:
     """Inserts ``Add(node's output, operand)`` and moves every use (and graph output) of the output to it."""
     out = node.outputs[0]
-    add = ir.node("Add", inputs=[out, operand], name=f"{node.name}__ln_bias")
+    add = ir.node("Add", inputs=[out, operand], name=f"{out.name}__plus")
     graph.insert_after(node, add)
     new = add.outputs[0]
+    new.name = f"{out.name}__plus"
     new.type, new.shape = out.type, None
     _move_uses(graph, out, new, skip=add)
     return add
@@ -394,6 +395,7 @@ def _move_uses(graph: ir.Graph, old: ir.Value, new: ir.Value, *, skip: ir.Node) 
 def _constant(graph: ir.Graph, before: ir.Node, name: str, array: np.ndarray) -> ir.Value:
     c = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(array, name=name)}, name=name)
     graph.insert_before(before, c)
+    c.outputs[0].name = name
     return c.outputs[0]
 
 
@@ -402,7 +404,7 @@ def _replace_layernorm(graph: ir.Graph, ln: ir.Node, *, keep_affine: bool) -> No
     x = ln.inputs[0]
     dtype = (x.dtype or ir.DataType.FLOAT).numpy()
     eps = ln.attributes.get_float("epsilon", 1e-5)
-    name = ln.name or "LayerNormalization"
+    name = ln.outputs[0].name  # unique in the graph: the new names derive from it
     opset = graph.opset_imports.get("", 17)
     nodes = [ir.node("Pow", inputs=[x, _constant(graph, ln, f"{name}__two", np.array(2, dtype))], name=f"{name}__pow")]
     if opset >= 18:
@@ -433,26 +435,29 @@ def _replace_layernorm(graph: ir.Graph, ln: ir.Node, *, keep_affine: bool) -> No
     for k, o in enumerate(graph.outputs):
         if o is y:
             graph.outputs[k] = last
+    params = list(ln.inputs[1:])
     graph.remove(ln, safe=True)
     last.name = yname
     last.shape = y.shape
-    for n in ln.inputs[1:]:
-        if n is not None and n.is_initializer() and not n.uses() and not n.is_graph_output():
-            graph.initializers.pop(n.name, None)
+    for p in params:  # a scale and bias absorbed into the readers are no longer used
+        if p is not None and p.is_initializer() and not p.uses() and not p.is_graph_output():
+            graph.initializers.pop(p.name, None)
 
 
 def _correct_tied_head(graph: ir.Graph, head: ir.Node, means: np.ndarray) -> None:
     """``logits + ReduceSum(y, -1)·m``: the head ``y @ Eᵀ`` after E's rows lost their means ``m``."""
     y = head.inputs[0]
     dtype = (y.dtype or ir.DataType.FLOAT).numpy()
-    name = head.name or "MatMul"
+    name = head.outputs[0].name
     if graph.opset_imports.get("", 17) >= 13:
         axes = _constant(graph, head, f"{name}__sum_axes", np.array([-1], np.int64))
         s = ir.node("ReduceSum", inputs=[y, axes], attributes={"keepdims": 1}, name=f"{name}__tied_sum")
     else:
         s = ir.node("ReduceSum", inputs=[y], attributes={"axes": [-1], "keepdims": 1}, name=f"{name}__tied_sum")
     graph.insert_before(head, s)
+    s.outputs[0].name = f"{name}__tied_sum"
     m = new_initializer(graph, f"{name}__tied_row_means", means.astype(dtype))
     corr = ir.node("Mul", inputs=[s.outputs[0], m], name=f"{name}__tied_correction")
+    corr.outputs[0].name = f"{name}__tied_correction"
     graph.insert_before(head, corr)
     _add_after(graph, head, corr.outputs[0])

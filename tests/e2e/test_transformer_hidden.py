@@ -153,6 +153,39 @@ def test_rmsnormalization_op_folds_epsilon_and_scale():
     assert out.shape == ref.shape and max_rel_diff([ref], [out]) <= TOL
 
 
+_PRE_LN = """
+<ir_version: 10, opset_import: ["" : 17]>
+g (int64[2,3] ids) => (float[2,3,2] y)
+<float[5,4] emb = {1,2,3,6, 0,0,4,4, 1,1,1,1, 2,0,2,0, -1,1,-1,5}, float[4] g1 = {1,2,1,2}, float[4] b1 = {0,1,0,1},
+ float[4,4] wa = {1,0,0,3, 0,1,1,2, 2,2,0,0, 1,0,1,2}, float[4] g2 = {2,1,3,2}, float[4] b2 = {1,0,0,0},
+ float[4,2] wo = {1,2,3,4,5,6,7,8}>
+{
+  e = Gather (emb, ids)
+  n1 = LayerNormalization <axis = -1, epsilon = 0.5> (e, g1, b1)
+  a = MatMul (n1, wa)
+  h = Add (e, a)
+  n2 = LayerNormalization <axis = -1, epsilon = 0.5> (h, g2, b2)
+  y = MatMul (n2, wo)
+}
+"""
+
+
+@pytest.mark.parametrize("absorb", [True, False])
+def test_layernorm_invariance_small_graph(absorb):
+    model = _parse(_PRE_LN)
+    feeds = {"ids": np.array([[0, 1, 2], [3, 4, 0]], dtype=np.int64)}
+    ref = run_ort(model, feeds)
+    PassManager.from_text(f"layernorm-invariance{{absorb={str(absorb).lower()}}}").run(model)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    hidden = _hidden_groups(model, "emb")
+    assert len(hidden) == 4 and all(g.prunable and g.meta["exact"] for g in hidden)
+    zero_group(model, hidden[1])
+    ref = run_ort(model, feeds)
+    PassManager.from_text("prune-channels").run(model)
+    assert model.graph.initializers["emb"].const_value.numpy().shape == (5, 3)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+
+
 # -- transformers models ----------------------------------------------------------------------
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
