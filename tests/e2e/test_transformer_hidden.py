@@ -339,3 +339,23 @@ def test_albert_shared_layer():
     assert len(units) == 48 and all(g.prunable and g.meta["exact"] for g in units)
     diff, before, after, _ = _oracle(model, seed=4)
     assert diff <= TOL and after < before
+
+
+def test_t5_relative_position_bias_heads():
+    """T5's relative position bias (a table looked up by computed buckets) is sliced with the heads.
+
+    Layer 0 computes the bias and every later layer reuses it, so head h of every layer is one
+    group together with column h of the table.
+    """
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    model = _load(_export(transformers.T5EncoderModel(cfg)))
+    table = "model.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    heads = [g for g in _groups(model) if any(s.tensor == table for s in g.slices)]
+    assert len(heads) == 4 and all(g.prunable and g.meta["exact"] for g in heads)
+    for g in heads:
+        q = {s.tensor for s in g.slices if s.tensor.endswith("SelfAttention.q.weight")}
+        assert len(q) == 2  # the same head of both layers
+    diff, before, after, _ = _oracle(model, seed=5)
+    assert diff <= TOL and after < before
