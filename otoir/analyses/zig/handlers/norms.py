@@ -74,7 +74,8 @@ def layer_norm(st: ChannelState, node: ir.Node) -> None:
             barrier(st, node, f"LayerNormalization '{node.name}' over several axes with channels")
             return
         st.inexact.append((t.ids, f"LayerNormalization '{node.name}' normalises over the pruned axis "
-                                  "(mean/variance change): not exactly zero-invariant"))
+                                  "(mean/variance change): not exactly zero-invariant; layernorm-invariance makes a "
+                                  "pre-LN model exact, prune-channels{allow-inexact=true} removes such groups anyway"))
         ids, _ = only_axis(t, normed[0])
         for i, role in ((1, "scale"), (2, "bias")):
             p = node.inputs[i] if len(node.inputs) > i else None
