@@ -67,7 +67,8 @@ def _init(v: ir.Value | None) -> ir.Value | None:
 
 
 def _used_once(v: ir.Value) -> bool:
-    return len(v.uses()) == 1 and not v.is_graph_output()
+    """One use (Shape/Size do not count: they read no values) and not a graph output."""
+    return sum(1 for u, _ in v.uses() if u.op_type not in ("Shape", "Size")) == 1 and not v.is_graph_output()
 
 
 @dataclass
@@ -120,7 +121,7 @@ class LayernormInvariance(Pass):
                 continue
             seen.update(stream.readers)
             try:
-                plan = [self._writer(v, stream) for v in stream.writers]
+                plan = [self._writer(v, stream, shapes) for v in stream.writers]
                 tied = self._tied_heads(plan, stream)
             except StreamRefused as exc:
                 ctx.stat("streams-refused", 1, add=True)
@@ -182,21 +183,37 @@ class LayernormInvariance(Pass):
         return st
 
     @staticmethod
-    def _writer(v: ir.Value, st: _Stream) -> list[_Weight]:
-        """The initializer axes whose centring centres ``v`` (raises when ``v``'s producer is not linear)."""
+    def _writer(v: ir.Value, st: _Stream, shapes: StaticShapes, axis: int = -1) -> list[_Weight]:
+        """The initializer axes whose centring centres ``v`` along ``axis`` (the hidden features).
+
+        Writers: an embedding lookup (Gather of a 2-D table), a linear layer (MatMul with a
+        constant right operand, Gemm) or a convolution (ViT's patch embedding, channels on axis
+        1, ``group=1``), each with its own initializers; through an Add of a constant (a bias,
+        learned position embeddings), Concat along another axis (ViT's class token), Expand of
+        a constant, Transpose and Reshape that keep the hidden axis whole. Raises
+        :class:`StreamRefused` otherwise.
+        """
+        vs = shapes.shape(v)
         p = v.producer()
-        if p is None:
-            raise StreamRefused(f"'{v.name}' has no producer")
-        if p.op_type == "Gather" and (p.attributes.get_int("axis", 0) == 0) and _init(p.inputs[0]) is not None \
+        if p is None or vs is None:
+            raise StreamRefused(f"'{v.name}' has no producer or no static shape")
+        axis %= len(vs)
+        last = axis == len(vs) - 1
+        op = p.op_type
+        rec = LayernormInvariance._writer
+        if op == "Gather" and last and p.attributes.get_int("axis", 0) == 0 and _init(p.inputs[0]) is not None \
                 and len(p.inputs[0].shape or ()) == 2:
             return [_Weight(p.inputs[0], 1)]
-        if p.op_type == "Add":
+        if op == "Add":
             const = [x for x in p.inputs if _is_param(x)]
             data = [x for x in p.inputs if not _is_param(x)]
             if len(const) == 1 and len(data) == 1 and _init(const[0]) is not None and _used_once(const[0]) \
                     and _used_once(data[0]):
-                return [_Weight(const[0], len(const[0].shape) - 1), *LayernormInvariance._writer(data[0], st)]
-        if p.op_type == "Gemm" and not p.attributes.get_int("transA", 0):
+                c = const[0]
+                ca = axis - (len(vs) - len(c.shape))
+                if ca >= 0:
+                    return [_Weight(c, ca), *rec(data[0], st, shapes, axis)]
+        if op == "Gemm" and last and not p.attributes.get_int("transA", 0):
             b = _init(p.inputs[1])
             if b is not None and _used_once(b):
                 out = [_Weight(b, 0 if p.attributes.get_int("transB", 0) else 1)]
@@ -206,12 +223,36 @@ class LayernormInvariance(Pass):
                         raise StreamRefused(f"{_label(p)} has a computed or shared bias")
                     out.append(_Weight(c, len(c.shape) - 1))
                 return out
-        if p.op_type == "MatMul" and not _is_param(p.inputs[0]):
+        if op == "MatMul" and last and not _is_param(p.inputs[0]):
             w = _linear_weight(p.inputs[1])
             if w is not None:
                 return [_Weight(w[0], 1 - w[1])]  # the output axis of the (in, out) weight
-        raise StreamRefused(f"{_label(p)} writes the residual stream and is not an embedding lookup or a linear "
-                            "layer with its own initializer weight")
+        if op == "Conv" and axis == 1 and p.attributes.get_int("group", 1) == 1:
+            w = _init(p.inputs[1])
+            b = _init(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else None
+            if w is not None and _used_once(w) and (len(p.inputs) < 3 or p.inputs[2] is None
+                                                     or (b is not None and _used_once(b))):
+                return [_Weight(w, 0)] + ([_Weight(b, 0)] if b is not None else [])
+        if op == "Concat" and all(x is not None and _used_once(x) for x in p.inputs):
+            if p.attributes.get_int("axis", 0) % len(vs) != axis:
+                return [w for x in p.inputs for w in rec(x, st, shapes, axis)]
+        if op == "Expand" and _init(p.inputs[0]) is not None and _used_once(p.inputs[0]):
+            c = p.inputs[0]
+            ca = axis - (len(vs) - len(c.shape))
+            if ca >= 0:
+                return [_Weight(c, ca)]
+        if op == "Transpose" and _used_once(p.inputs[0]):
+            perm = list(p.attributes.get_ints("perm", list(reversed(range(len(vs))))))
+            return rec(p.inputs[0], st, shapes, perm[axis])
+        if op == "Reshape" and _used_once(p.inputs[0]):
+            xs = shapes.shape(p.inputs[0])
+            if xs is not None:
+                before = int(np.prod(vs[:axis], dtype=np.int64))
+                for b_ in range(len(xs)):
+                    if xs[b_] == vs[axis] and int(np.prod(xs[:b_], dtype=np.int64)) == before:
+                        return rec(p.inputs[0], st, shapes, b_)
+        raise StreamRefused(f"{_label(p)} writes the residual stream and is not an embedding lookup, a linear layer "
+                            "or a convolution with its own initializer weight")
 
     @staticmethod
     def _tied_heads(plan: list[list[_Weight]], st: _Stream) -> list[tuple[ir.Node, np.ndarray]]:

@@ -359,3 +359,35 @@ def test_t5_relative_position_bias_heads():
         assert len(q) == 2  # the same head of both layers
     diff, before, after, _ = _oracle(model, seed=5)
     assert diff <= TOL and after < before
+
+
+def test_vit_layernorm_invariance_patch_conv_and_class_token():
+    """ViT: the stream is written by a patch Conv (through Reshape/Transpose), the class token
+    (Expand, Concat along the sequence axis) and learned position embeddings (an Add)."""
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                                 image_size=16, patch_size=4, num_channels=3, num_labels=5)
+
+    class Pixels(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values, return_dict=False)[0]
+
+    model = otoir.load(Pixels(transformers.ViTForImageClassification(cfg).eval()), (torch.randn(1, 3, 16, 16),),
+                       training=False)
+    PassManager.from_text("to-inference").run(model)
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance").run(model)
+    assert dict(res.statistics)["layernorm-invariance"]["layernorms-replaced"] == 5
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    conv = "m.vit.embeddings.patch_embeddings.projection.weight"
+    hidden = [g for g in _groups(model) if any(s.tensor == conv and s.axis == 0 for s in g.slices)]
+    assert len(hidden) == 32 and all(g.prunable and g.meta["exact"] for g in hidden)
+    assert all({"m.vit.embeddings.cls_token", "m.vit.embeddings.position_embeddings"}
+               <= {s.tensor for s in g.slices} for g in hidden)
+    diff, before, after, _ = _oracle(model, seed=6)
+    assert diff <= TOL and after < before
