@@ -3,8 +3,8 @@
 A LayerNorm over the hidden axis is not zero-invariant: removing hidden channels changes its
 mean and variance, so the hidden (residual-stream) size of a LayerNorm model is never exactly
 prunable. In a *pre-LN* transformer the residual stream is written only by linear maps
-(embedding lookups, the output projections of the attention and MLP sub-layers) and read only
-by LayerNorms. Like SliceGPT's "computational invariance", this pass then
+(embedding lookups, learned position embeddings, ViT's patch convolution and class token, the
+output projections of the attention and MLP sub-layers) and read only by LayerNorms. Like SliceGPT's "computational invariance", this pass then
 
 * centres every writer: the rows of each embedding table and the output features of each
   writer's weight and bias get their mean over the hidden axis subtracted, so the stream is
