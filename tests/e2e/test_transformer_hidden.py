@@ -99,8 +99,8 @@ def test_rmsnorm_graph_hidden_groups_exact_and_folded():
     assert np.allclose(model.graph.initializers["gain"].const_value.numpy(), np.array([1, 3]) * np.sqrt(2))
     assert not any("mean_rescale" in n.name for n in model.graph)
     assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
-    # without folding (a plain mean of squares): the same outputs through a rescaling Mul
-    assert max_rel_diff(run_ort(full, feeds), ref) > TOL  # the zeroing itself changed the outputs
+    # the oracle is meaningful: zeroing the groups did change the outputs of the full model
+    assert max_rel_diff(run_ort(full, feeds), ref) > TOL
 
 
 def test_mean_over_channels_without_rmsnorm_is_rescaled():
