@@ -21,7 +21,9 @@ class PruneChannels(Pass):
     Slices producer rows, biases, normalisation entries, consumer columns and running
     statistics, and rewrites Conv ``group``, Reshape targets (attention head counts), Slice
     bounds and Split sizes. Groups that are not exactly zero-invariant (LayerNorm over the
-    pruned axis) are kept unless ``allow-inexact`` is set. A tensor never loses every channel:
+    pruned axis) are kept unless ``allow-inexact`` is set. A mean over a pruned axis (RMSNorm's
+    statistics) is compensated exactly: r = n/(n-k) goes into its epsilon and √r into its gain
+    (:func:`~otoir.surgery.channels.compensate_reductions`). A tensor never loses every channel:
     one group of such a tensor is kept, with a warning naming it (``num-last-kept``).
     ``ctx.results["prune-channels"]`` is the :class:`~otoir.surgery.channels.PruneResult`;
     ``ctx.results["prune-channels-ids"]`` names the groups: ``removed`` (ids) and ``kept``

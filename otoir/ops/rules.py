@@ -76,7 +76,9 @@ class ChannelMap(str, enum.Enum):
       gets per-channel parameters along axis 1 (each parameter's axis 0 follows the channels;
       BatchNorm, PRelu); the output is zero for a zeroed group if ``zero_params_zero_output``,
       zero where the input is if ``maps_zero``. Variants: ``layer-norm`` (``axis``
-      attribute, scale and bias inputs 1, 2), ``group-norm`` (``num_groups``), ``clip``,
+      attribute, scale and bias inputs 1, 2), ``rms-norm`` (ONNX RMSNormalization: ``axis``,
+      ``epsilon``, scale input 1; exact over the pruned axis, construction folds the removed
+      share into ``epsilon`` and the scale), ``group-norm`` (``num_groups``), ``clip``,
       ``pad`` (ONNX Pad's inputs), ``resize`` (a channel axis keeps its size).
     * ``BROADCAST``: element-wise with numpy broadcasting; the inputs share channel atoms.
       Variant ``expand``: ONNX Expand.
@@ -86,7 +88,8 @@ class ChannelMap(str, enum.Enum):
     * ``RESHAPE``, ``FLATTEN``: any re-layout of input 0, read from the static shapes.
       Variant ``target`` (RESHAPE): input 1 is the target shape, rewritten by pruning.
     * ``REDUCE``: reduction or normalisation over axes without channels. Default variant: ONNX
-      Reduce* (``axes`` attribute or input 1, ``keepdims``); ``axis``: one axis named by
+      Reduce* (``axes`` attribute or input 1, ``keepdims``; a reduction over a channel axis
+      is followed only as the rule's ``channel_reduction`` says); ``axis``: one axis named by
       ``axis_attribute``; ``axis-input``: one axis given by input 1 (CumSum).
     * ``FILL``: a uniform tensor whose shape input is read from other values' shapes
       (ConstantOfShape): it follows their channels.
@@ -112,7 +115,7 @@ class ChannelMap(str, enum.Enum):
 #: The ``channel_variant`` values each :class:`ChannelMap` accepts (``""``: the default).
 CHANNEL_VARIANTS: dict[ChannelMap, tuple[str, ...]] = {
     ChannelMap.PRODUCE: ("", "gemm"),
-    ChannelMap.IDENTITY: ("", "layer-norm", "group-norm", "clip", "pad", "resize"),
+    ChannelMap.IDENTITY: ("", "layer-norm", "rms-norm", "group-norm", "clip", "pad", "resize"),
     ChannelMap.BROADCAST: ("", "expand"),
     ChannelMap.CONCAT: ("",),
     ChannelMap.SPLIT: ("",),
@@ -317,6 +320,11 @@ class OpRule:
             parameters and shape tensors back (:class:`ConstFlow`); None: not followed.
         zero_join: Where an element-wise op of several inputs is zero (:class:`ZeroJoin`);
             None: never.
+        channel_reduction: What a ``REDUCE`` rule's reduction over a channel axis does when the
+            removed positions are exactly zero: ``"sum"`` (ReduceSum, ReduceL1/L2,
+            ReduceSumSquare: unchanged, exact), ``"mean"`` (ReduceMean: multiplied by
+            ``n/(n-k)`` when k of n channels go; construction compensates, folding it into an
+            RMSNorm's epsilon and gain where it can); ``""``: a barrier.
         note: Free text (limitations).
     """
 
@@ -343,6 +351,7 @@ class OpRule:
     channel_walk: ChannelWalk | None = None
     const_flow: ConstFlow | None = None
     zero_join: ZeroJoin | None = None
+    channel_reduction: str = ""  # added for exact hidden-size pruning (RMSNorm statistics)
     note: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -358,6 +367,9 @@ class OpRule:
                     known = ", ".join(repr(k.value) for k in kind)
                     raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: {name} {value!r} is "
                                      f"not one of {known}") from None
+        if self.channel_reduction not in ("", "sum", "mean"):
+            raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: channel_reduction "
+                             f"{self.channel_reduction!r} is not one of '', 'sum', 'mean'")
         if self.channel_variant not in CHANNEL_VARIANTS[cmap]:
             known = ", ".join(repr(v) for v in CHANNEL_VARIANTS[cmap])
             raise ValueError(f"rule {self.domain or 'ai.onnx'}::{self.op_type}: channel_variant "

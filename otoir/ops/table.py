@@ -50,6 +50,8 @@ _ZERO_JOIN: dict[str, Z] = {
     "Mul": Z.ANY, "And": Z.ANY,
     **dict.fromkeys(("Add", "Sub", "Max", "Min", "Sum", "Mean"), Z.ALL),
     "Div": Z.NUMERATOR, "Where": Z.SELECT,
+    # Pow(x, c): zero where the base is, refined by its zero_out (only for a positive constant c)
+    "Pow": Z.NUMERATOR,
 }
 
 
@@ -132,8 +134,16 @@ def _flops_of(op: str):
 
 # -- zero semantics that depend on the node --------------------------------------------------
 def _const(node, i: int):
+    """The value of constant input ``i`` (an initializer or a ``Constant`` node's ``value``), or None."""
     v = node.inputs[i] if i < len(node.inputs) else None
-    return None if v is None or v.const_value is None else np.asarray(v.const_value.numpy())
+    if v is None:
+        return None
+    if v.const_value is None:
+        p = v.producer()
+        a = p.attributes.get("value") if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx") \
+            else None
+        return None if a is None else np.asarray(a.value.numpy())
+    return np.asarray(v.const_value.numpy())
 
 
 def _clip_zero_out(node, is_data, is_zero) -> str:
@@ -183,7 +193,16 @@ def _div_zero_out(node, is_data, is_zero) -> str:
     return "" if is_data(node.inputs[0]) else "Div by data"
 
 
-_ZERO_OUT = {"Add": _sum_zero_out, "Sub": _sum_zero_out, "Div": _div_zero_out}
+def _pow_zero_out(node, is_data, is_zero) -> str:
+    """Pow: ``0 ** c = 0`` when the exponent is a constant with every entry positive (RMSNorm's ``x²``)."""
+    why = "Pow with an exponent that is not a positive constant"
+    if is_data(node.inputs[1]) or not is_data(node.inputs[0]):
+        return why
+    c = _const(node, 1)
+    return "" if c is not None and c.size and bool(np.all(c > 0)) else why
+
+
+_ZERO_OUT = {"Add": _sum_zero_out, "Sub": _sum_zero_out, "Div": _div_zero_out, "Pow": _pow_zero_out}
 
 
 # -- stems ---------------------------------------------------------------------------------
@@ -271,6 +290,13 @@ _add(OpRule("LayerNormalization", kind=K.ACCESSORY, reason="normalisation over t
             channel_map=C.IDENTITY, channel_variant="layer-norm", channel_axis=-1, zero_params_zero_output=True,
             exact_invariance=False, flops=_per_output(5),
             note="not exactly zero-invariant when the normalised axis is pruned (mean/variance change)"))
+_add(OpRule("RMSNormalization", since=23, kind=K.ACCESSORY,
+            reason="root-mean-square normalisation over the trailing axes with a per-feature scale",
+            params=(ParamSpec(1, out_axis=0, role="scale"),), data_inputs=(0,), channel_map=C.IDENTITY,
+            channel_variant="rms-norm", channel_axis=-1, zero_params_zero_output=True, maps_zero=True,
+            flops=_per_output(4),
+            note="exact over the pruned axis when the removed inputs are zero: k of n removed scales the mean "
+                 "square by n/(n-k); construction multiplies epsilon by n/(n-k) and the scale by its square root"))
 
 # -- activations and other unary element-wise ops ------------------------------------------
 for op, zero in [("Relu", True), ("LeakyRelu", True), ("Sigmoid", False), ("HardSigmoid", False),
@@ -316,9 +342,15 @@ _add(OpRule("Upsample", kind=K.ACCESSORY, reason="spatial resampling per channel
 _add(OpRule("Pad", kind=K.ACCESSORY, reason="spatial padding per channel", data_inputs=(0,), channel_map=C.IDENTITY,
             channel_variant="pad", maps_zero=False, zero_out=_pad_zero_out,
             note="maps zero to zero for constant mode with value 0 and reflect/edge/wrap modes"))
+#: What a reduction over a channel axis does when the removed positions are zero (exact
+#: hidden-size pruning: RMSNorm's ``ReduceMean(x²)``): sums are unchanged, a mean is scaled by
+#: n/(n-k) and construction compensates; other reductions (max, product...) stay barriers there.
+_CHANNEL_REDUCTION = {"ReduceSum": "sum", "ReduceL1": "sum", "ReduceL2": "sum", "ReduceSumSquare": "sum",
+                      "ReduceMean": "mean"}
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceProd",
            "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"):
     _add(OpRule(op, kind=K.ACCESSORY, reason="reduction over some axes", data_inputs=(0,), channel_map=C.REDUCE,
+                channel_reduction=_CHANNEL_REDUCTION.get(op, ""),
                 channel_variant="axis" if op.startswith("Arg") else "",
                 axis_attribute="axis" if op.startswith("Arg") else None, channel_axis=None, flops=_flops_of(op),
                 maps_zero=op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1", "ReduceSumSquare")))

@@ -5,6 +5,11 @@ normalisation entries, consumer columns, running statistics) and rewrites what d
 channel counts: Conv ``group``, GroupNormalization ``num_groups``, Reshape targets (including
 head counts of attention reshapes), Slice bounds, Split sizes and Expand shapes. Shape
 sub-graphs feeding rewritten inputs are replaced by constants computed from the static shapes.
+
+Means over a pruned channel axis (RMSNorm's ``ReduceMean(x²)``, ONNX ``RMSNormalization``)
+are compensated exactly (:func:`compensate_reductions`): removing k zero positions of n
+scales the mean by r = n/(n-k), so ``epsilon`` is multiplied by r and the gain by √r (or,
+where no such RMSNorm is recognised, the mean is multiplied back by (n-k)/n).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
     from otoir.ops.rules import OpRule
 
-__all__ = ["PruneError", "PruneResult", "prune_channel_groups"]
+__all__ = ["PruneError", "PruneResult", "prune_channel_groups", "compensate_reductions"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
         set_tensor_array(model, name, arr)
 
     # 3. rewrite attributes and shape inputs (what to rewrite is the node's channel rule)
-    rewritten = 0
+    rewritten = compensate_reductions(model, st, keep)
     for node in list(graph):
         op = _rewrite_kind(st.vc.info[node].rule if node in st.vc.info else None)
         if node in st.conv_groups and any(o in masks for o in node.outputs[:1]):
@@ -282,6 +287,162 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
     _drop_helper_initializers(model)
     return PruneResult(int(remove.size), int(params_removed), len(per_tensor), rewritten,
                        removed=tuple(int(x) for x in remove), kept_last=kept_last)
+
+
+def compensate_reductions(model: ir.Model, st, keep) -> int:
+    """Makes every mean over a pruned channel axis give the unpruned value; returns nodes rewritten.
+
+    ``st.channel_reductions`` (from the ZIG analysis) holds, per node, the atoms it averages
+    over (all exactly zero when removed). With k of n removed the pruned mean is r = n/(n-k)
+    times the full one. An RMSNorm ``x / sqrt(mean + eps) * g`` (decomposed:
+    ``ReduceMean -> Add eps -> Sqrt -> Div/Reciprocal -> Mul... -> Mul g``, or ONNX
+    ``RMSNormalization``) gets ``eps·r`` and ``g·√r``: ``sqrt(r·m + r·eps) = √r·sqrt(m + eps)``.
+    Any other mean is multiplied by (n-k)/n by a new ``Mul``. Sums need nothing.
+
+    Args:
+        model: The model being pruned (initializers already sliced).
+        st: The analysis's :class:`~otoir.analyses.zig.state.ChannelState`.
+        keep: ``keep(ids) -> bool array``: which atoms stay.
+    """
+    graph = model.graph
+    done = 0
+    for node, (ids, kind) in st.channel_reductions.items():
+        n = int(ids.size)
+        k = n - int(np.count_nonzero(keep(ids)))
+        if k == 0 or kind == "sum" or node.graph is None:
+            continue
+        if k == n:
+            raise PruneError(f"{node.op_type} '{node.name}' would average over no channel")
+        r = n / (n - k)
+        if kind == "rms-norm":
+            eps = node.attributes.get("epsilon")
+            node.attributes["epsilon"] = ir.AttrFloat32("epsilon", float(eps.value if eps is not None else 1e-5) * r)
+            if len(node.inputs) > 1 and node.inputs[1] is not None:
+                _scale_input(model, node, 1, float(np.sqrt(r)))
+            done += 1
+        elif not _fold_rms(model, node, r):
+            out = node.outputs[0]
+            c = _constant(graph, node, f"{node.name or node.op_type}__mean_rescale",
+                          np.array((n - k) / n, dtype=_np_dtype(out)), after=True)
+            mul = ir.node("Mul", inputs=[out, c], name=f"{node.name or node.op_type}__mean_rescale")
+            graph.insert_after(c.producer(), mul)
+            new = mul.outputs[0]
+            new.name = f"{out.name}__rescaled"
+            new.type, new.shape = out.type, out.shape
+            for user, i in list(out.uses()):
+                if user is not mul:
+                    user.replace_input_with(i, new)
+            if out.is_graph_output():
+                raise PruneError(f"mean '{out.name}' over pruned channels is a graph output")
+            done += 1
+        else:
+            done += 1
+    return done
+
+
+def _np_dtype(v: ir.Value):
+    dt = v.dtype if v.dtype is not None else ir.DataType.FLOAT
+    return dt.numpy()
+
+
+def _constant(graph: ir.Graph, node: ir.Node, name: str, array: np.ndarray, *, after: bool = False) -> ir.Value:
+    """A ``Constant`` node holding ``array``, inserted next to ``node`` (a literal, not a parameter).
+
+    Its output gets ``name`` or, when a value already has it, ``name_1``, ``name_2``...
+    """
+    taken = {v.name for n in graph for v in n.outputs} | set(graph.initializers) | {v.name for v in graph.inputs}
+    base, k = name, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    c = ir.node("Constant", inputs=[], attributes={"value": ir.tensor(array, name=name)}, name=name)
+    (graph.insert_after if after else graph.insert_before)(node, c)
+    out = c.outputs[0]
+    out.name = name
+    out.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    out.shape = ir.Shape(array.shape)
+    return out
+
+
+def _single_user(v: ir.Value) -> tuple[ir.Node, int] | None:
+    uses = list(v.uses())
+    if len(uses) != 1 or v.is_graph_output():
+        return None
+    return uses[0][0], uses[0][1]
+
+
+def _const_array(v: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant (initializer or ``Constant`` node output), or None."""
+    if v is None:
+        return None
+    if v.const_value is not None:
+        return np.asarray(v.const_value.numpy())
+    p = v.producer()
+    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
+        return np.asarray(p.attributes["value"].value.numpy())
+    return None
+
+
+def _scale_input(model: ir.Model, node: ir.Node, i: int, factor: float) -> None:
+    """Multiplies constant input ``i`` of ``node`` by ``factor`` (a private copy when shared)."""
+    v = node.inputs[i]
+    arr = _const_array(v)
+    new = (arr * factor).astype(arr.dtype)
+    if v.is_initializer() and len(v.uses()) == 1 and not v.is_graph_output():
+        set_tensor_array(model, v.name, new)
+    else:
+        node.replace_input_with(i, new_initializer(model.graph, f"{node.name or node.op_type}__folded", new))
+
+
+def _fold_rms(model: ir.Model, node: ir.Node, r: float) -> bool:
+    """Folds r into a decomposed RMSNorm after ``node`` (a ReduceMean); False when not recognised.
+
+    ``ReduceMean -> [Add eps] -> Sqrt -> {Div(a, ·) | Reciprocal} -> {Mul by data | Cast}* ->
+    Mul by a constant gain``, each value used once; exactly one inversion. Nothing changes
+    unless the whole chain is recognised.
+    """
+    v = node.outputs[0]
+    u = _single_user(v)
+    eps_at = None
+    if u is not None and u[0].op_type == "Add":
+        add, i = u
+        other = add.inputs[1 - i]
+        if _const_array(other) is None:
+            return False
+        eps_at = (add, 1 - i)
+        v = add.outputs[0]
+        u = _single_user(v)
+    if u is None or u[0].op_type != "Sqrt":
+        return False
+    v = u[0].outputs[0]
+    inversions = 0
+    gain = None
+    for _ in range(8):
+        u = _single_user(v)
+        if u is None:
+            return False
+        user, i = u
+        op = user.op_type
+        if op == "Reciprocal" or (op == "Div" and i == 1):
+            inversions += 1
+        elif op == "Cast":
+            pass
+        elif op == "Mul":
+            other = user.inputs[1 - i]
+            if _const_array(other) is not None:
+                gain = (user, 1 - i)
+                break
+        else:
+            return False
+        v = user.outputs[0]
+    if gain is None or inversions != 1:
+        return False
+    if eps_at is not None:
+        add, j = eps_at
+        eps = _const_array(add.inputs[j])
+        add.replace_input_with(j, _constant(model.graph, add, f"{add.name or 'Add'}__eps", (eps * r).astype(eps.dtype)))
+    _scale_input(model, gain[0], gain[1], float(np.sqrt(r)))
+    return True
 
 
 def _track_name(st, track) -> str:

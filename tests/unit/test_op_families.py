@@ -139,11 +139,20 @@ FAMILIES: dict[str, Family] = {
                         N("Gemm", ["r", "fc"], ["y"], transB=1)],
                        [("w1", (4, 3, 1, 1)), ("fc", (10, 4))], IMAGE, [("y", ("N", 10))]),
         {"c": "stem", "r": "accessory", "y": "stem"}, 4, frozenset({"w1", "fc"})),
-    "reduce-channels": Family(
-        lambda: _model([N("Conv", ["x", "w1"], ["c"]), N("ReduceSum", ["c", "ax"], ["r"], keepdims=1),
+    "reduce-channels": Family(  # a max over the channels changes when a zero channel goes
+        lambda: _model([N("Conv", ["x", "w1"], ["c"]), N("ReduceMax", ["c"], ["r"], axes=[1], keepdims=1),
                         N("Conv", ["r", "w2"], ["y"])],
-                       [("w1", (4, 3, 1, 1)), ("ax", _i64(1)), ("w2", (4, 1, 1, 1))], IMAGE, [("y", ("N", 4, 8, 8))]),
+                       [("w1", (4, 3, 1, 1)), ("w2", (4, 1, 1, 1))], IMAGE, [("y", ("N", 4, 8, 8))]),
         {"c": "stem", "r": "accessory", "y": "stem"}, 0, barrier="channel axis"),
+    # a sum over the channels is unchanged by removing zero channels; a mean is compensated
+    **{f"{op.lower()}-channels": Family(
+        lambda op=op: _model([N("Conv", ["x", "w1"], ["c"]),
+                              N(op, ["c", "ax"], ["r"], keepdims=1) if op == "ReduceSum"
+                              else N(op, ["c"], ["r"], axes=[1], keepdims=1),  # opset 13: attribute
+                              N("Conv", ["r", "w2"], ["y"])],
+                             [("w1", (4, 3, 1, 1)), ("ax", _i64(1)), ("w2", (4, 1, 1, 1))], IMAGE,
+                             [("y", ("N", 4, 8, 8))]),
+        {"c": "stem", "r": "accessory", "y": "stem"}, 4, frozenset({"w1"})) for op in ("ReduceSum", "ReduceMean")},
     "activation": Family(  # each maps 0 to 0 (Clip's range contains 0)
         lambda: _model([N("Conv", ["x", "w1"], ["c"]), N("LeakyRelu", ["c"], ["a1"], alpha=0.1), N("Tanh", ["a1"], ["a2"]),
                         N("Clip", ["a2", "lo", "hi"], ["a3"]), N("HardSwish", ["a3"], ["a4"]), N("Elu", ["a4"], ["a5"]),

@@ -215,4 +215,6 @@ def test_builtin_rules_declare_the_fields():
     assert lookup_rule("Trilu").channel_walk is None and lookup_rule("Pad").channel_walk is None
     assert lookup_rule("ConvTranspose").channel_walk is None
     assert lookup_rule("Exp").const_flow is ConstFlow.UNARY and lookup_rule("Shape").const_flow is ConstFlow.SHAPE
-    assert lookup_rule("Where").zero_join is ZeroJoin.SELECT and lookup_rule("Pow").zero_join is None
+    assert lookup_rule("Where").zero_join is ZeroJoin.SELECT and lookup_rule("Max").zero_join is ZeroJoin.ALL
+    # Pow(x, c) is zero where x is, refined by its zero_out to a positive constant exponent
+    assert lookup_rule("Pow").zero_join is ZeroJoin.NUMERATOR and lookup_rule("Sqrt").zero_join is None

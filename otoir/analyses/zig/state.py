@@ -89,6 +89,10 @@ class ChannelState:
         inexact: ``(ids, reason)``: groups containing these atoms are not exactly zero-invariant.
         stems: ``(node, ids)`` of fresh atoms, in order (names groups).
         conv_groups: Conv node -> (G, out-ids) for grouped convolutions.
+        channel_reductions: Node -> ``(ids, kind)``: a reduction (``kind`` ``"sum"`` or
+            ``"mean"``, the rule's ``channel_reduction``) or an RMS normalisation (``"rms-norm"``)
+            over the channel atoms ``ids``; construction compensates a mean for the removed
+            share (:mod:`otoir.surgery.channels`).
     """
 
     shapes: StaticShapes
@@ -103,6 +107,7 @@ class ChannelState:
     inexact: list = field(default_factory=list)
     stems: list = field(default_factory=list)
     conv_groups: dict = field(default_factory=dict)
+    channel_reductions: dict = field(default_factory=dict)
 
     # -- atoms ----------------------------------------------------------------------------
     def fresh(self, shape, node: ir.Node | None = None) -> np.ndarray:
@@ -187,7 +192,7 @@ class ChannelState:
 
         Looks through the ops whose rule's ``const_flow`` (:class:`~otoir.ops.rules.ConstFlow`)
         is ``SAME`` (Cast, Identity), ``RELAYOUT`` (Reshape, Squeeze, Unsqueeze: only size-1
-        axes appear or vanish), ``TRANSPOSE``, ``GATHER`` (on another axis, constant indices) or
+        axes appear or vanish), ``TRANSPOSE``, ``GATHER`` (on another axis; indices computed from constants or shapes) or
         ``EXPAND``; with ``values`` also ``UNARY`` element-wise ops of one input (Mamba's
         ``A = -exp(A_log)``), which commute with slicing but do not map zero to zero (see
         :meth:`is_pure_source`).
@@ -220,8 +225,11 @@ class ChannelState:
                 axis = perm[axis]
             elif flow is ConstFlow.GATHER:
                 g = normalize_axis(int(attr(node, "axis", 0)), len(ss))
-                ri = len(self.shape(node.inputs[1]) or ())
-                if self.shapes.const(node.inputs[1]) is None or g <= axis < g + ri:
+                idx_shape = self.shape(node.inputs[1])
+                ri = len(idx_shape or ())
+                # the indices need not be known (BERT's token_type_ids buffer expanded to the
+                # input's shape): a lookup along another axis commutes with slicing this one
+                if idx_shape is None or g <= axis < g + ri:
                     return None
                 axis = axis if axis < g else axis - ri + 1
             elif flow is ConstFlow.EXPAND:

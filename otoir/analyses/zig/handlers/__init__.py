@@ -17,9 +17,9 @@ from otoir.analyses.zig.handlers.elementwise import clip, elementwise, identity,
 from otoir.analyses.zig.handlers.fill import constant_of_shape
 from otoir.analyses.zig.handlers.matmul import matmul
 from otoir.analyses.zig.handlers.movement import concat, expand_op, reshape, slice_op, split, transpose
-from otoir.analyses.zig.handlers.norms import group_norm, layer_norm, per_channel
+from otoir.analyses.zig.handlers.norms import group_norm, layer_norm, per_channel, rms_norm
 from otoir.analyses.zig.handlers.reduce import reduce_axes, reduce_axis, reduce_axis_input
-from otoir.analyses.zig.handlers.stems import conv, gather, gemm
+from otoir.analyses.zig.handlers.stems import constant_lookup, conv, gather, gemm
 from otoir.analyses.zig.state import ChannelState
 from otoir.infra.diagnostics import op_label
 from otoir.ops.rules import ChannelMap, OpRule, VertexKind
@@ -46,6 +46,7 @@ CHANNEL_HANDLERS: dict[tuple[ChannelMap, str], Handler] = {
     (_M.PRODUCE, "gemm"): gemm,
     (_M.IDENTITY, ""): identity,
     (_M.IDENTITY, "layer-norm"): layer_norm,
+    (_M.IDENTITY, "rms-norm"): rms_norm,
     (_M.IDENTITY, "group-norm"): group_norm,
     (_M.IDENTITY, "clip"): clip,
     (_M.IDENTITY, "pad"): pad,
@@ -69,6 +70,10 @@ CHANNEL_HANDLERS: dict[tuple[ChannelMap, str], Handler] = {
 }
 
 
+#: Channel maps followed through constant sub-graphs that start at a :func:`constant_lookup`.
+_CONSTANT_FLOW = frozenset({_M.TRANSPOSE, _M.RESHAPE, _M.FLATTEN, _M.BROADCAST, _M.SLICE, _M.IDENTITY})
+
+
 def handler_for(rule: OpRule) -> Handler | None:
     """The handler a rule selects (None: the pair is unknown)."""
     cmap = ChannelMap(rule.channel_map)
@@ -87,7 +92,15 @@ def propagate_node(st: ChannelState, node: ir.Node) -> None:
         constant_of_shape(st, node)  # a constant whose shape follows tracked values
         return
     if info.kind is VertexKind.CONSTANT:
-        return
+        if rule is not None and rule.channel_map is ChannelMap.GATHER and constant_lookup(st, node):
+            return  # a parameter table looked up by computed indices (T5's relative position bias)
+        if not any(st.track(v) is not None for v in node.inputs) or (rule is not None and rule.data_inputs == ()):
+            return  # (Shape, Size: metadata only, as for data values)
+        # a constant computed from such a lookup: followed through re-layouts and element-wise
+        # ops only; anything else would compute with channels it cannot slice
+        if rule is None or rule.channel_map not in _CONSTANT_FLOW:
+            barrier(st, node, f"{op_label(node)} '{node.name}' computes a constant from a looked-up parameter table")
+            return
     if rule is None:
         barrier(st, node, f"no rule for op {op_label(node)} ('{node.name}'): barrier")
         return

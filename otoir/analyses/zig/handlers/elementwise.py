@@ -136,6 +136,14 @@ def elementwise(st: ChannelState, node: ir.Node) -> None:
             st.add_param(src[0], src[1], col, node, f"{op.lower()}-operand", trainable=trainable, via=src[2])
             if i >= first:
                 zeros.append(_operand_zero(st, node, v, join, trainable))
+        elif len(axes) > 1:
+            # A computed constant (rotary cos/sin over head_dim) that cannot be sliced along
+            # ``a`` while another channel axis (the heads) can: the positions along ``a`` are
+            # merged per index of the other axes, so ``a`` is only ever removed whole for those
+            # indices (whole heads) and the operand, broadcast over them, keeps its size.
+            st.unify(ids_a, ids_a.take([0], axis=k))
+            if i >= first:
+                zeros.append(False)
         else:
             st.poison(col, f"{op} '{node.name}' constant operand computed in the graph varies along a channel axis")
             if i >= first:
@@ -154,6 +162,8 @@ def elementwise(st: ChannelState, node: ir.Node) -> None:
     elif join is ZeroJoin.NUMERATOR:
         z0 = zeros[0] if zeros else False
         z = np.broadcast_to(z0, full).copy() if not isinstance(z0, bool) and z0 is not None else np.full(full, bool(z0))
+        if rule.zero_output(node, st.is_data, lambda u: False):
+            z[...] = False  # the node's zero semantics refuse (Pow with a non-positive exponent)
     elif join in (ZeroJoin.ALL, ZeroJoin.SELECT):
         z = np.ones(full, bool)
         for za in zarrs:

@@ -19,7 +19,44 @@ from otoir.ops.rules import normalize_axis
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["per_channel", "layer_norm", "group_norm"]
+__all__ = ["per_channel", "layer_norm", "rms_norm", "group_norm"]
+
+
+def rms_norm(st: ChannelState, node: ir.Node) -> None:
+    """ONNX RMSNormalization (variant ``rms-norm``): exact over the pruned axis.
+
+    ``y = x / sqrt(mean(x²) + eps) * scale`` over the axes from ``axis`` on. Removing k
+    positions of n that are exactly zero scales ``mean(x²)`` by n/(n-k); construction
+    multiplies ``epsilon`` by n/(n-k) and the scale by its square root, which gives the same
+    outputs (recorded in ``st.channel_reductions``). A position that is not zero when its
+    group is zeroed would change the statistics: its group is refused.
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    t = st.track(x)
+    xs = st.shape(x)
+    if t is None or xs is None:
+        return
+    axis = normalize_axis(int(attr(node, "axis", -1)), len(xs))
+    normed = tuple(range(axis, len(xs)))
+    if not any(a in normed for a in t.axes):
+        st.set(y, Track(t.axes, t.ids, t.zero.copy()))  # per-position statistics: exact
+        return
+    if len(normed) != 1 or t.axes != normed:
+        barrier(st, node, f"RMSNormalization '{node.name}' over several axes, or with channels on other axes too")
+        return
+    bad = ~t.zero
+    if np.any(bad):
+        st.poison(t.ids[bad], f"channel is not zero when its group is zeroed and feeds the statistics of "
+                              f"RMSNormalization '{node.name}'")
+    p = node.inputs[1] if len(node.inputs) > 1 else None
+    zero = t.zero.copy()
+    if p is not None and p.is_initializer() and st.shape(p) == (xs[axis],):
+        st.add_param(p.name, 0, t.ids, node, "scale")
+        zero[...] = True  # a zeroed scale zeroes the output
+    elif p is not None and (st.shape(p) or (1,))[-1] != 1:
+        st.poison(t.ids, f"RMSNormalization '{node.name}' scale is computed or broadcast")
+    st.channel_reductions[node] = (t.ids.ravel().copy(), "rms-norm")
+    st.set(y, Track(t.axes, t.ids, zero))
 
 
 def layer_norm(st: ChannelState, node: ir.Node) -> None:
@@ -37,7 +74,8 @@ def layer_norm(st: ChannelState, node: ir.Node) -> None:
             barrier(st, node, f"LayerNormalization '{node.name}' over several axes with channels")
             return
         st.inexact.append((t.ids, f"LayerNormalization '{node.name}' normalises over the pruned axis "
-                                  "(mean/variance change): not exactly zero-invariant"))
+                                  "(mean/variance change): not exactly zero-invariant; layernorm-invariance makes a "
+                                  "pre-LN model exact, prune-channels{allow-inexact=true} removes such groups anyway"))
         ids, _ = only_axis(t, normed[0])
         for i, role in ((1, "scale"), (2, "bias")):
             p = node.inputs[i] if len(node.inputs) > i else None

@@ -4,7 +4,8 @@ Channels survive a reduction over other axes. Variants: default (ONNX Reduce*: a
 ``axes`` attribute or input 1, ``keepdims``, ``noop_with_empty_axes``), ``axis`` (one axis
 named by the rule's ``axis_attribute``; Softmax, ArgMax; ``keepdims`` when present) and
 ``axis-input`` (one axis given by input 1; CumSum). Zero maps to zero where the rule says
-``maps_zero``.
+``maps_zero``. A reduction over the channel axis itself is followed where the rule's
+``channel_reduction`` allows it (:func:`reduce_channels`: RMSNorm's ``ReduceMean(x²)``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,22 @@ from otoir.infra.diagnostics import op_label
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["reduce_axes", "reduce_axis", "reduce_axis_input"]
+__all__ = ["reduce_axes", "reduce_axis", "reduce_axis_input", "reduce_channels"]
+
+
+def reduce_channels(st: ChannelState, node: ir.Node, t: Track, kind: str) -> None:
+    """A reduction over the (only) channel axis of its input: its output carries no channels.
+
+    Removing positions that are exactly zero leaves a sum unchanged and scales a mean by
+    n/(n-k) (``kind`` ``"mean"``; construction compensates). A position that is not zero when
+    its group is zeroed would change the result: its group is refused, as for a contraction.
+    The atoms are recorded in ``st.channel_reductions`` for construction.
+    """
+    bad = ~t.zero
+    if np.any(bad):
+        st.poison(t.ids[bad], f"channel is not zero when its group is zeroed and feeds the reduction of "
+                              f"{node.op_type} '{node.name}' over the channel axis")
+    st.channel_reductions[node] = (t.ids.ravel().copy(), kind)
 
 
 def _shapes(st: ChannelState, node: ir.Node) -> tuple[Track, int] | None:
@@ -96,11 +112,14 @@ def reduce_axes(st: ChannelState, node: ir.Node) -> None:
             st.set(y, t)
             return
         axes_v = list(range(r))
-    if any(a in t.axes for a in axes_v):
-        barrier(st, node, f"{op} '{node.name}' reduces over a channel axis")
-        return
     keepdims = attr(node, "keepdims", 1)
     rule = st.vc.info[node].rule
+    if any(a in t.axes for a in axes_v):
+        if not rule.channel_reduction or len(t.axes) != 1:
+            barrier(st, node, f"{op} '{node.name}' reduces over a channel axis")
+            return
+        reduce_channels(st, node, t, rule.channel_reduction)
+        return
     zero = t.zero if (rule is not None and rule.maps_zero) else np.zeros(t.ids.shape, bool)
     if keepdims:
         st.set(y, Track(t.axes, t.ids, zero))

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from otoir.ops.rules import OpRule
 
-__all__ = ["conv", "gemm", "gather"]
+__all__ = ["conv", "gemm", "gather", "constant_lookup"]
 
 
 def _weight_specs(node: ir.Node, rule: OpRule) -> tuple[ParamSpec | None, ParamSpec | None]:
@@ -170,3 +170,23 @@ def gather(st: ChannelState, node: ir.Node) -> None:
     axes = tuple(a if a < axis else a - 1 + ir_ for a in t.axes)
     st.set(y, Track(axes, t.ids, t.zero))
 
+
+
+def constant_lookup(st: ChannelState, node: ir.Node) -> bool:
+    """A Gather of a trainable 2-D table (axis 0) by indices computed from shapes or constants.
+
+    T5's relative position bias: ``table[bucket(i - j)]`` is a constant of the graph (no data
+    input) whose last axis (the table's columns: attention heads) meets the attention scores.
+    Its columns are fresh atoms with the table's columns attached, like an embedding lookup,
+    so the heads that use them can take them along. Returns False when ``node`` is not one.
+    """
+    table, idx = node.inputs[0], node.inputs[1]
+    ts, ys = st.shape(table), st.shape(node.outputs[0])
+    if table is None or not table.is_initializer() or table.name not in st.trainable or ts is None \
+            or len(ts) != 2 or ys is None or normalize_axis(int(attr(node, "axis", 0)), 2) != 0 \
+            or idx is None or st.is_data(idx) or st.track(idx) is not None:
+        return False
+    ids = st.fresh((ts[1],), node)
+    st.add_param(table.name, 1, ids, node, "embedding-columns")
+    st.set(node.outputs[0], Track((len(ys) - 1,), ids, np.ones(ts[1], bool)))
+    return True
