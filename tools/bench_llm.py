@@ -99,13 +99,9 @@ def _chosen_groups(model) -> tuple[list, int, int]:
     for g in heads:
         layer = next(s.tensor for s in g.slices if s.tensor.endswith("q_proj.weight"))
         by_layer.setdefault(layer, []).append(g)
-    q_heads = {}
-    for layer, gs in by_layer.items():
-        q = model.graph.initializers[layer]
-        q_heads[layer] = q.shape[1]
     chosen_heads = []
     for layer, gs in by_layer.items():
-        want = q_heads[layer] // 4  # a quarter of the query-head columns
+        want = model.graph.initializers[layer].shape[1] // 4  # a quarter of the query-head columns
         got = 0
         for g in gs:
             width = len(next(s.indices for s in g.slices if s.tensor == layer))

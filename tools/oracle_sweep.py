@@ -85,6 +85,8 @@ class CaseResult:
         inexact: Of the channel groups, those flagged not exactly zero-invariant (prune mode).
         params: Parameters of the full model.
         diff: Max relative output difference (NaN unless the sub-network ran).
+        scale: ``max|y|`` of the zeroed full model's outputs (NaN unless it ran); with ``diff``
+            it gives the difference relative to the actual output size, ``diff * max(1, scale) / scale``.
     """
 
     seed: int
@@ -99,6 +101,7 @@ class CaseResult:
     inexact: int = 0
     params: int = 0
     diff: float = float("nan")
+    scale: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -175,7 +178,7 @@ def run_case(seed: int, mode: str, *, fraction: float | None = None, max_blocks:
 
 
 def run_model_case(model: ir.Model, mode: str, *, fraction: float, seed: int = 0,
-                   features: frozenset[str] = frozenset()) -> CaseResult:
+                   features: frozenset[str] = frozenset(), feeds: dict[str, np.ndarray] | None = None) -> CaseResult:
     """Runs the oracle on ``model`` (changed in place) in ``mode``: zero, construct, compare.
 
     The same steps as :func:`run_case` for any model (e.g. the transformer set of
@@ -189,6 +192,7 @@ def run_model_case(model: ir.Model, mode: str, *, fraction: float, seed: int = 0
         fraction: Fraction of the prunable groups zeroed.
         seed: Seed of the choice of groups and of the inputs.
         features: Tags copied into the result.
+        feeds: The inputs (default: :func:`otoir.runtime.random_feeds` of the model, ``seed``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
@@ -218,7 +222,8 @@ def run_model_case(model: ir.Model, mode: str, *, fraction: float, seed: int = 0
     except Exception as exc:  # noqa: BLE001
         return result(seed, mode, "crash", f"{type(exc).__name__}: {exc}", zeroed, features=feats, rejected=rejected)
     removed = before - _nparams(model)
-    feeds = random_feeds(reference, seed)
+    if feeds is None:
+        feeds = random_feeds(reference, seed)
     try:
         expected = _run(reference, feeds)
     except Exception as exc:  # noqa: BLE001 - the generator's own network must run
@@ -233,10 +238,11 @@ def run_model_case(model: ir.Model, mode: str, *, fraction: float, seed: int = 0
         return result(seed, mode, "mismatch", f"{len(got)} outputs instead of {len(expected)}", zeroed, removed,
                       feats, rejected)
     diff = max_rel_diff(expected, got)
+    scale = max((float(np.max(np.abs(e))) for e in expected if e.size), default=0.0)
     if not diff <= TOLERANCE:
         return result(seed, mode, "mismatch", f"max relative difference {diff:.3g}", zeroed, removed, feats, rejected,
-                      diff=diff)
-    return result(seed, mode, "exact", "", zeroed, removed, feats, rejected, diff=diff)
+                      diff=diff, scale=scale)
+    return result(seed, mode, "exact", "", zeroed, removed, feats, rejected, diff=diff, scale=scale)
 
 
 def sweep(seeds: Sequence[int], modes: Sequence[str] = MODES, *, max_blocks: int = 5) -> list[CaseResult]:

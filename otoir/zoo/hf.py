@@ -20,11 +20,13 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_ir as ir
     import torch
 
-__all__ = ["HF_MODELS", "HFEntry", "build", "export", "names"]
+__all__ = ["HF_MODELS", "HFEntry", "build", "export", "export_case", "names"]
 
 _VOCAB = 96
 _SEQ = 8
@@ -188,8 +190,8 @@ HF_MODELS: dict[str, HFEntry] = {
         hidden_sizes=[8, 16], depths=[1, 1], num_encoder_blocks=2, patch_sizes=[7, 3], strides=[4, 2],
         padding=[2, 1], num_labels=5)), "vision, MetaFormer (pooling mixer, GroupNorm(1)), MLP-Mixer-like", "conv"),
     "mobilenet_v2": HFEntry(_image("MobileNetV2ForImageClassification", lambda t: t.MobileNetV2Config(
-        image_size=32, depth_multiplier=0.25, num_labels=5, tf_padding=True)), "vision, TF 'same' padding (Pad)",
-        "none"),
+        image_size=32, depth_multiplier=0.25, num_labels=5, tf_padding=True, initializer_range=0.3)),
+        "vision, TF 'same' padding (Pad)", "none"),
     "whisper_encoder": HFEntry(_whisper, "audio encoder, pre-LN, conv stem", "pre"),
     "wav2vec2": HFEntry(_wav2vec2, "audio, conv feature extractor, stable-LN encoder", "pre"),
 }
@@ -223,10 +225,33 @@ def export(name: str, seed: int = 0) -> ir.Model:
     Graph inputs are named after the forward's arguments (``input_ids``, ``attention_mask``,
     ``pixel_values``, …); the output is ``output``.
     """
+    return export_case(name, seed)[0]
+
+
+def export_case(name: str, seed: int = 0) -> tuple[ir.Model, dict[str, np.ndarray]]:
+    """:func:`export` and realistic inputs for it (another draw than the traced example).
+
+    Token ids are drawn from the vocabulary (not the small integers of
+    :func:`otoir.runtime.random_feeds`), attention masks are ones with the last position of
+    the second sequence padded, images and audio are standard normal.
+    """
     from otoir.frontends.torch_export import export_torch
     from otoir.infra.pass_manager import PassManager
 
     module, inputs = build(name, seed)
-    model = export_torch(module, inputs, training=False, input_names=list(module.input_names), output_names=["output"])
+    names_ = list(module.input_names)
+    model = export_torch(module, inputs, training=False, input_names=names_, output_names=["output"])
     PassManager.from_text("to-inference").run(model)
-    return model
+    rng = np.random.default_rng(seed + 1)
+    feeds = {}
+    for n, x in zip(names_, inputs):
+        shape = tuple(x.shape)
+        if n == "attention_mask":
+            m = np.ones(shape, np.int64)
+            m[-1, -1] = 0
+            feeds[n] = m
+        elif n.endswith("input_ids"):
+            feeds[n] = rng.integers(3, _VOCAB, shape).astype(np.int64)
+        else:
+            feeds[n] = rng.standard_normal(shape).astype(np.float32)
+    return model, feeds
