@@ -126,15 +126,20 @@ def _prepare_prune(path: str) -> dict:
         info = {e.key: e.value for e in t.external_data}
         if info:
             where[t.name] = (os.path.join(os.path.dirname(path), info["location"]), int(info["offset"]), tuple(t.dims))
+    per_tensor: dict[tuple[str, int], set[int]] = {}
     for g in chosen:
         for s in (*g.slices, *g.dependent):
-            file, off, dims = where[s.tensor]
-            mm = np.memmap(file, dtype=np.float32, mode="r+", offset=off, shape=dims)
-            idx = [slice(None)] * len(dims)
-            idx[s.axis] = list(s.indices)
-            mm[tuple(idx)] = 0
-            mm.flush()
-            del mm
+            per_tensor.setdefault((s.tensor, s.axis), set()).update(s.indices)
+    for (name, axis), idx in per_tensor.items():  # one pass over each tensor
+        file, off, dims = where[name]
+        mm = np.memmap(file, dtype=np.float32, mode="r+", offset=off, shape=dims)
+        arr = np.array(mm)
+        sel = [slice(None)] * len(dims)
+        sel[axis] = sorted(idx)
+        arr[tuple(sel)] = 0
+        mm[...] = arr
+        mm.flush()
+        del mm, arr
     return {"ffn_groups": n_ffn, "head_groups": n_heads}
 
 
