@@ -4,7 +4,7 @@ The models are LLaMA-architecture ONNX graphs with external data written by
 :func:`otoir.zoo.llama_onnx.build_llama` into a temporary directory: the analysis models have
 *sparse* weight files (holes made by ``truncate``: 4.4 GB and 27 GB of fp32 zeros that take
 no disk and no time), so any weight value otoir reads shows up as resident memory. Each
-measurement runs in its own subprocess (clean peak RSS: ``ru_maxrss`` of that process):
+measurement runs in its own subprocess (clean peak RSS: that process's ``VmHWM``):
 
 * ``analyse``: ``otoir.load`` + ``classify-vertices`` + ``partition-zig`` +
   ``grow-segments,partition-gezig`` — time of each step, groups found, peak RSS;
@@ -43,7 +43,14 @@ _GB = 1024**3
 
 
 def _rss_gb() -> float:
-    """Peak RSS of this process in GiB (``ru_maxrss`` is KiB on Linux)."""
+    """Peak RSS of this process in GiB: ``VmHWM`` (``ru_maxrss`` keeps the parent's peak across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / _GB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GB
 
 
