@@ -13,6 +13,7 @@ oracle's ``max(1, max|y|)`` for the small logits of random models); then the med
 Usage::
 
     HF_HUB_OFFLINE=1 python -m otoir.tools.transformer_table [--models bert,llama] [--fraction 0.5] [--seed 0]
+        [--prepare PIPELINE] [--plain]
 
 Exits 1 when a case is not exact (the failing cases are listed).
 """
@@ -46,11 +47,16 @@ class Row:
         return c.removed / c.params if c.params else 0.0
 
 
-def measure(names: Sequence[str], *, fraction: float = 0.5, seed: int = 0) -> list[Row]:
-    """Exports each model once and runs the oracle in both modes on copies of the export."""
+def measure(names: Sequence[str], *, fraction: float = 0.5, seed: int = 0, prepare: str = "") -> list[Row]:
+    """Exports each model once and runs the oracle in both modes on copies of the export.
+
+    ``prepare``: a pipeline run on each export first (e.g. a transform that makes hidden-size
+    groups exact); the oracle's reference is the prepared model.
+    """
     import onnx
     import onnx_ir as ir
 
+    from otoir.infra.pass_manager import PassManager
     from otoir.tools.oracle_sweep import run_model_case
     from otoir.zoo.hf import HF_MODELS, export_case
 
@@ -58,6 +64,8 @@ def measure(names: Sequence[str], *, fraction: float = 0.5, seed: int = 0) -> li
     for name in names:
         t0 = time.perf_counter()
         model, feeds = export_case(name, seed)
+        if prepare:
+            PassManager.from_text(prepare).run(model)
         data = ir.to_proto(model).SerializeToString()
         cases = {mode: run_model_case(ir.from_proto(onnx.load_from_string(data)), mode, fraction=fraction, seed=seed,
                                       feeds=feeds)
@@ -115,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fraction", type=float, default=0.5, help="fraction of the groups zeroed (default 0.5)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights, the groups and the inputs")
     ap.add_argument("--plain", action="store_true", help="aligned text instead of Markdown")
+    ap.add_argument("--prepare", default="", help="pipeline run on each export before the oracle (e.g. layernorm-invariance)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     chosen = [m for m in args.models.split(",") if m] or all_names()
@@ -124,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    rows = measure(chosen, fraction=args.fraction, seed=args.seed)
+    rows = measure(chosen, fraction=args.fraction, seed=args.seed, prepare=args.prepare)
     print(format_table(rows, markdown=not args.plain))
     print(f"({time.perf_counter() - t0:.0f} s for {len(rows)} models, both modes, export included)")
     bad = [(r.name, m, c.outcome, c.detail) for r in rows for m, c in r.cases.items()
