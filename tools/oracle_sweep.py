@@ -47,7 +47,7 @@ from otoir.infra.pass_manager import PassManager
 from otoir.runtime import max_rel_diff, random_feeds, run_model
 from otoir.zoo.netgen import generate
 
-__all__ = ["OUTCOMES", "MODES", "CaseResult", "run_case", "sweep", "main"]
+__all__ = ["OUTCOMES", "MODES", "CaseResult", "run_case", "run_model_case", "sweep", "main"]
 
 OUTCOMES = ("exact", "refused", "mismatch", "unloadable", "crash")
 MODES = ("erase", "prune")
@@ -81,6 +81,12 @@ class CaseResult:
         rejected: Why segments (erase) or channel groups (prune) were not made removable, one
             entry per segment/group; names and numbers are masked so that equal reasons compare
             equal. These refusals are part of an ``exact`` case.
+        groups: Removable groups found (GeZIGs, or prunable channel groups), 0 if a pass refused.
+        inexact: Of the channel groups, those flagged not exactly zero-invariant (prune mode).
+        params: Parameters of the full model.
+        diff: Max relative output difference (NaN unless the sub-network ran).
+        scale: ``max|y|`` of the zeroed full model's outputs (NaN unless it ran); with ``diff``
+            it gives the difference relative to the actual output size, ``diff * max(1, scale) / scale``.
     """
 
     seed: int
@@ -91,6 +97,11 @@ class CaseResult:
     removed: int = 0
     features: frozenset[str] = frozenset()
     rejected: tuple[str, ...] = ()
+    groups: int = 0
+    inexact: int = 0
+    params: int = 0
+    diff: float = float("nan")
+    scale: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -130,6 +141,21 @@ def _rejected(mode: str, res) -> tuple[str, ...]:
     return tuple(_mask(g.reason) for g in am.get(ChannelGroups).groups if not g.prunable)
 
 
+def _count_groups(mode: str, res) -> tuple[int, int]:
+    """(removable groups, of them flagged inexact) found by the analysis ``res`` ran."""
+    am = res.analyses
+    if am is None:
+        return 0, 0
+    if mode == "erase":
+        from otoir.analyses.gezig import GeZIGPartition
+
+        return len(am.get(GeZIGPartition).groups), 0
+    from otoir.analyses.zig import ChannelGroups
+
+    prunable = [g for g in am.get(ChannelGroups).groups if g.prunable]
+    return len(prunable), sum(1 for g in prunable if not g.meta.get("exact", True))
+
+
 def fraction_of(seed: int) -> float:
     """The fraction of groups zeroed for a seed (varied so that all sizes of sets occur)."""
     return (0.3, 0.6, 1.0)[seed % 3]
@@ -147,9 +173,31 @@ def run_case(seed: int, mode: str, *, fraction: float | None = None, max_blocks:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
     net = generate(seed, max_blocks=max_blocks)
-    feats = net.features
     f = fraction_of(seed) if fraction is None else fraction
-    model = net.model()
+    return run_model_case(net.model(), mode, fraction=f, seed=seed, features=net.features)
+
+
+def run_model_case(model: ir.Model, mode: str, *, fraction: float, seed: int = 0,
+                   features: frozenset[str] = frozenset(), feeds: dict[str, np.ndarray] | None = None) -> CaseResult:
+    """Runs the oracle on ``model`` (changed in place) in ``mode``: zero, construct, compare.
+
+    The same steps as :func:`run_case` for any model (e.g. the transformer set of
+    :mod:`otoir.zoo.hf`): ``fraction`` of the prunable groups are zeroed (seeded by ``seed``,
+    which also seeds the inputs), the sub-network is constructed, and its outputs are compared
+    with the zeroed full model's in ONNX Runtime.
+
+    Args:
+        model: The full model; it becomes the constructed sub-network.
+        mode: ``erase`` or ``prune``.
+        fraction: Fraction of the prunable groups zeroed.
+        seed: Seed of the choice of groups and of the inputs.
+        features: Tags copied into the result.
+        feeds: The inputs (default: :func:`otoir.runtime.random_feeds` of the model, ``seed``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+    feats = features
+    f = fraction
     try:
         res = PassManager.from_text(_ZERO[mode].format(f=f, s=seed)).run(model)
     except PassFailure as exc:
@@ -161,32 +209,40 @@ def run_case(seed: int, mode: str, *, fraction: float | None = None, max_blocks:
     rejected = _rejected(mode, res)
     reference = ir.serde.deserialize_model(ir.to_proto(model))
     before = _nparams(model)
+    n_groups, n_inexact = _count_groups(mode, res)
+
+    def result(*args, **kwargs) -> CaseResult:  # the counts ride on every outcome from here on
+        return CaseResult(*args, **kwargs, groups=n_groups, inexact=n_inexact, params=before)
+
     try:
         PassManager.from_text(_BUILD[mode]).run(model)
     except PassFailure as exc:
         outcome, detail = _failure(exc)
-        return CaseResult(seed, mode, outcome, detail, zeroed, features=feats, rejected=rejected)
+        return result(seed, mode, outcome, detail, zeroed, features=feats, rejected=rejected)
     except Exception as exc:  # noqa: BLE001
-        return CaseResult(seed, mode, "crash", f"{type(exc).__name__}: {exc}", zeroed, features=feats, rejected=rejected)
+        return result(seed, mode, "crash", f"{type(exc).__name__}: {exc}", zeroed, features=feats, rejected=rejected)
     removed = before - _nparams(model)
-    feeds = random_feeds(reference, seed)
+    if feeds is None:
+        feeds = random_feeds(reference, seed)
     try:
         expected = _run(reference, feeds)
     except Exception as exc:  # noqa: BLE001 - the generator's own network must run
-        return CaseResult(seed, mode, "crash", f"zeroed full network does not run: {exc}", zeroed, removed, feats, rejected)
+        return result(seed, mode, "crash", f"zeroed full network does not run: {exc}", zeroed, removed, feats, rejected)
     try:
         onnx.checker.check_model(ir.to_proto(model), full_check=True)
         got = _run(model, feeds)
     except Exception as exc:  # noqa: BLE001
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return CaseResult(seed, mode, "unloadable", msg[:300], zeroed, removed, feats, rejected)
+        return result(seed, mode, "unloadable", msg[:300], zeroed, removed, feats, rejected)
     if len(got) != len(expected):
-        return CaseResult(seed, mode, "mismatch", f"{len(got)} outputs instead of {len(expected)}", zeroed, removed,
-                          feats, rejected)
+        return result(seed, mode, "mismatch", f"{len(got)} outputs instead of {len(expected)}", zeroed, removed,
+                      feats, rejected)
     diff = max_rel_diff(expected, got)
+    scale = max((float(np.max(np.abs(e))) for e in expected if e.size), default=0.0)
     if not diff <= TOLERANCE:
-        return CaseResult(seed, mode, "mismatch", f"max relative difference {diff:.3g}", zeroed, removed, feats, rejected)
-    return CaseResult(seed, mode, "exact", "", zeroed, removed, feats, rejected)
+        return result(seed, mode, "mismatch", f"max relative difference {diff:.3g}", zeroed, removed, feats, rejected,
+                      diff=diff, scale=scale)
+    return result(seed, mode, "exact", "", zeroed, removed, feats, rejected, diff=diff, scale=scale)
 
 
 def sweep(seeds: Sequence[int], modes: Sequence[str] = MODES, *, max_blocks: int = 5) -> list[CaseResult]:

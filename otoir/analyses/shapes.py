@@ -321,6 +321,9 @@ def _eval(node: ir.Node, args: list[np.ndarray | None], shapes: dict[str, tuple[
         return [x.reshape(tgt)]
     if op == "ReduceProd":
         return [np.prod(x, keepdims=bool(_attr(node, "keepdims", 1)))]
+    if op == "Transpose":  # torch's F.pad exports its pads list through Reshape/Slice/Transpose (TF "same" padding)
+        perm = _attr(node, "perm", None)
+        return [np.transpose(x, None if perm is None else [int(p) for p in perm])]
     return None
 
 

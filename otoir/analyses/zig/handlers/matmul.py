@@ -14,7 +14,8 @@ import numpy as np
 
 from otoir.analyses.zig.handlers.common import barrier, consume
 from otoir.analyses.zig.reshape import squeeze_static
-from otoir.analyses.zig.state import ChannelState, Track
+from otoir.analyses.zig.state import ChannelState, Track, attr
+from otoir.ops.rules import normalize_axis
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -27,6 +28,16 @@ def matmul(st: ChannelState, node: ir.Node) -> None:
     a, b = node.inputs[0], node.inputs[1]
     y = node.outputs[0]
     as_, bs, ys = st.shape(a), st.shape(b), st.shape(y)
+    # Mixture-of-experts weights picked per token (Gather of a stacked (E, out, in) parameter by
+    # the router's expert ids): a batched linear layer whose rows are the experts' units. Only
+    # the output's and the parameter's shapes are needed (the token operand is often computed
+    # by Tile/Flatten of unknown static shape).
+    if ys is not None and len(ys) == 3:
+        for left, w, x in ((True, a, b), (False, b, a)):
+            g = _routed_gather(st, w)
+            if g is not None and st.track(w) is None:
+                _routed_linear(st, node, g, data=x, left=left)
+                return
     if as_ is None or bs is None or ys is None or len(as_) < 2 or len(bs) < 2:
         barrier(st, node, f"MatMul '{node.name}' with unknown or 1-D shapes")
         return
@@ -218,3 +229,55 @@ def _linear(st: ChannelState, node: ir.Node, *, data: ir.Value, weight: ir.Value
         consume(st, node, t, rx + data_axis, None)
         st.add_param(src_in[0], src_in[1], t.ids, node, "weight-columns", trainable=False, via=src_in[2])
     st.set(node.outputs[0], Track((r + y_axis,), ids, np.ones(n, dtype=bool)))
+
+
+def _routed_gather(st: ChannelState, v: ir.Value) -> ir.Node | None:
+    """The ``Gather`` node when ``v = Gather(W, ids, axis=0)`` with 1-D data ``ids`` and a parameter ``W``.
+
+    This is how a mixture-of-experts layer exported in batched form (``transformers``'
+    ``batched_mm`` experts: ``gate_up_proj[expert_ids]``) picks each token's expert weights:
+    axis 0 of the result is the token(-expert pair), the other axes are the parameter's.
+    """
+    n = v.producer()
+    if n is None or n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or len(n.inputs) < 2:
+        return None
+    w, ids = n.inputs[0], n.inputs[1]
+    ws, is_ = st.shape(w), st.shape(ids)
+    if ws is None or is_ is None or len(is_) != 1 or len(ws) != 3:
+        return None
+    if normalize_axis(int(attr(n, "axis", 0)), len(ws)) != 0 or st.shapes.const(ids) is not None:
+        return None
+    return n
+
+
+def _routed_linear(st: ChannelState, node: ir.Node, gather: ir.Node, *, data: ir.Value, left: bool) -> None:
+    """``W[ids] @ X`` (``left``: W (E, out, in), X (S, in, 1)) or ``X @ W[ids]`` (W (E, in, out), X (S, 1, in)).
+
+    Unit ``j`` of the output is row ``j`` of *every* expert (the stacked parameter keeps one
+    width for all experts), so a group is "unit j of all experts": zeroing it zeroes output
+    ``j`` for every token whatever the routing, and slicing axis ``out`` of the stacked
+    parameter removes it. The router (Softmax over experts, TopK, the gathers of token ids)
+    only selects which expert's rows a token sees and scales the result per token: it never
+    touches the unit axis. A tracked data axis is contracted with axis ``in``.
+    """
+    w = gather.inputs[0]
+    out_axis, in_axis = (1, 2) if left else (2, 1)
+    src_out, src_in = st.param_source(w, out_axis), st.param_source(w, in_axis)
+    if src_out is None or src_in is None:
+        barrier(st, node, f"MatMul '{node.name}' with experts' weights gathered from a computed tensor")
+        return
+    ys = st.shape(node.outputs[0])
+    data_axis, y_axis = (1, 1) if left else (2, 2)
+    t = st.track(data)
+    if t is not None and t.axes != (data_axis,):
+        st.poison(t.ids, f"MatMul '{node.name}' (experts' weights) data carries channels on an axis other than "
+                         f"the contracted one")
+        t = None
+    n = ys[y_axis]
+    ids = st.fresh((n,), node)
+    st.add_param(src_out[0], src_out[1], ids, node, "expert-weight-rows", via=(*src_out[2], gather))
+    if t is not None:
+        consume(st, node, t, data_axis, None)
+        st.add_param(src_in[0], src_in[1], t.ids, node, "expert-weight-columns", trainable=False,
+                     via=(*src_in[2], gather))
+    st.set(node.outputs[0], Track((y_axis,), ids, np.ones(n, dtype=bool)))

@@ -143,6 +143,16 @@ def per_channel(st: ChannelState, node: ir.Node) -> None:
     rule = st.vc.info[node].rule
     if t is None or xs is None:
         return
+    if op == "InstanceNormalization" and len(xs) == 3 and t.axes == (2,):
+        # torch's GroupNorm export: Reshape (N, C, ...) -> (N, G, C/G*...), InstanceNormalization,
+        # Reshape back, affine Mul/Add. Channels merged into axis 2 are normalised together (G = 1:
+        # PoolFormer). Zero channels still count in the mean and variance, and removing k of n
+        # shifts the mean by a data-dependent amount (unlike RMSNorm, no gain/eps folding makes
+        # it exact): flagged inexact like LayerNormalization over the pruned axis.
+        st.inexact.append((t.ids, f"InstanceNormalization '{node.name}' (GroupNorm as torch exports it) normalises "
+                                  "over the pruned channels (mean/variance change): not exactly zero-invariant"))
+        st.set(y, Track(t.axes, t.ids, np.zeros(t.ids.shape, bool)))
+        return
     ids = _channel_ids(st, node, t)
     if ids is None:
         return
