@@ -195,7 +195,7 @@ else:
 
 def test_wheel_build_ships_the_kernel_library(tmp_path):
     """setup.py's build_py step (run when nvcc exists or OTOIR_BUILD_CUDA=1) builds the library in
-    the build command's temporary folder and copies it into the wheel. A stand-in ``cmake`` writes
+    the build command's temporary folder and copies it into the built package (what a wheel ships). A stand-in ``cmake`` writes
     an empty library, so this runs without nvcc (the real build is checked on a GPU machine)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -205,12 +205,10 @@ def test_wheel_build_ships_the_kernel_library(tmp_path):
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", ".devwheels", "tests", "out"))
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OTOIR_BUILD_CUDA="1")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp_path / "wheel"), str(src)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    # ``setup.py build`` runs the same build_py step as a wheel build, without needing the
+    # ``wheel`` package (a fresh venv's setuptools may lack bdist_wheel)
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build", "--build-base", str(tmp_path / "b")],
+                          cwd=src, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    import zipfile
-
-    (wheel,) = (tmp_path / "wheel").glob("otoir-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "otoir/kernels/libotoir_kernels.so" in names, names
+    libs = list((tmp_path / "b").glob("lib*/otoir/kernels/libotoir_kernels.so"))
+    assert libs, sorted(str(p) for p in (tmp_path / "b").rglob("*.so"))
