@@ -83,11 +83,12 @@ def _example_from(ds: Any, module: Any) -> Any:
             finally:
                 module.train(was_training)
     except Exception as exc:  # the module's own error: shapes, channels, dtypes
-        shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in
-                           (example.items() if isinstance(example, dict) else enumerate(example)))
+        items = example.items() if isinstance(example, dict) else enumerate(example)
+        shapes = ", ".join(f"{'' if isinstance(k, int) else k + ' '}{tuple(v.shape[1:])} {str(v.dtype)[6:]}"
+                           for k, v in items)
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise OtoirError(f"compress: data '{ds.name}' does not fit {type(module).__name__} (samples {shapes}): "
-                         f"{first}") from None
+        raise OtoirError(f"compress: data '{ds.name}' (samples of shape {shapes}) does not fit "
+                         f"{type(module).__name__}: {first}") from None
     return example[0] if isinstance(example, tuple) and len(example) == 1 else example
 
 

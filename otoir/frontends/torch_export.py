@@ -31,7 +31,7 @@ The dynamo exporter (``torch.onnx.export(..., dynamo=True)``, needs ``onnxscript
 asked (``exporter="dynamo"``) or when the TorchScript exporter is absent (``exporter="auto"``,
 the default, on a torch without ``torch.onnx._internal.torchscript_exporter``). It is run without
 its graph optimizer (which folds BatchNorm into the convolution's weights, so that no initializer
-would hold the module's values) and always traces the eval form: ``BatchNormalization`` comes
+would hold the module's values), then its constant folding alone, and always traces the eval form: ``BatchNormalization`` comes
 out with one output and ``Dropout`` is gone. The ``normalize-export`` pass then restores
 BatchNorm's training form (``training_mode=1``, three outputs). Initializer names that are not
 ``state_dict`` keys (``p_conv1_weight``-style names of some torch versions) are mapped back to
@@ -312,6 +312,13 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: i
         except Exception as exc:  # torch.export raises many types
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
             raise ExportError(f"the dynamo exporter failed on {type(module).__name__}: {first.strip()}") from None
+    import onnxscript.optimizer
+
+    # Constant folding only (not the exporter's optimizer, which fuses BatchNorm into the weights):
+    # a bias-free Conv gets its zero bias from an Expand(CastLike(0), Shape(weight)) chain, which
+    # would make every convolution a barrier; folded, it is a zero initializer.
+    onnxscript.optimizer.fold_constants(program.model)
+    onnxscript.optimizer.remove_unused_nodes(program.model)
     model = ir.from_proto(ir.to_proto(program.model))  # a plain copy, detached from the exporter's objects
     model.ir_version = _IR_VERSION
     _map_names_back(module, model)

@@ -116,7 +116,8 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
         loader: Iterable of ``(inputs, targets)`` batches (a ``DataLoader``); ``inputs`` is a
             tensor, a tuple of tensors (the forward's positional arguments) or a dict (keyword
             arguments).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (``outputs``: the module's
+            output, or its first element / ``logits`` when it returns a tuple / dict).
         groups: Groups from the analysis (tensor names = parameter names).
         optimizer: ``"dhspg"`` or ``"h2spg"``.
         epochs: Passes over ``loader``.
@@ -142,7 +143,7 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
         for x, y in bar:
             x, y = _to_device(x, device), _to_device(y, device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(_forward(module, x), y)
+            loss = loss_fn(_first_output(_forward(module, x)), y)
             loss.backward()
             opt.step()
             result.steps += 1
@@ -203,6 +204,17 @@ def _forward(module: torch.nn.Module, x: Any) -> Any:
     if isinstance(x, (tuple, list)):
         return module(*x)
     return module(x)
+
+
+def _first_output(out: Any) -> Any:
+    """The output the loss is computed from: the first of a tuple, ``logits`` of a dict-like output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        return out["logits"] if "logits" in out.keys() else next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
 
 
 def _rows(x: Any) -> int:

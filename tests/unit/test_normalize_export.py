@@ -18,7 +18,7 @@ from otoir.zoo import build  # noqa: E402
 BATCH = 2
 #: A dynamic batch dimension (a fixed one is a separate matter: training and --verify run other batch sizes).
 DYN = {"input_names": ["x"], "dynamic_axes": {"x": {0: "N"}}}
-FORMS = ["eval-folded", "train-legacy", "otoir-load", "dynamo"]
+FORMS = ["eval-folded", "train-legacy", "otoir-load", "dynamo", "otoir-load-dynamo"]
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
@@ -44,6 +44,8 @@ def exports(tmp_path_factory):
         paths["train-legacy"] = d / "train.onnx"
         otoir.save(otoir.load(module, x), d / "otoir.onnx")
         paths["otoir-load"] = d / "otoir.onnx"
+        otoir.save(otoir.load(module, x, exporter="dynamo"), d / "otoir-dynamo.onnx")
+        paths["otoir-load-dynamo"] = d / "otoir-dynamo.onnx"
         module.eval()  # onnxscript is a dependency of the torch extra: the dynamo form is never skipped
         torch.onnx.export(module, (x,), d / "dynamo.onnx", dynamo=True, dynamic_shapes=({0: torch.export.Dim("N")},))
         paths["dynamo"] = d / "dynamo.onnx"
