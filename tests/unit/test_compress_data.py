@@ -302,3 +302,24 @@ def test_cli_error_is_one_line(fixed_batch_model, tmp_path):
     assert code != 0
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     assert len(lines) == 1 and "data 'mnist'" in lines[0] and "model input 'x'" in lines[0]
+
+
+def test_static_batch_two_input_token_model_cli_report(bert, tmp_path):
+    """A static-batch-4 two-input integer model, named-input .npz: train, prune, --report and --verify."""
+    from otoir.frontends.torch_export import export_torch
+
+    module, ids, mask, labels = bert
+    otoir.save(export_torch(module, {"input_ids": ids[:4], "attention_mask": mask[:4]}, dynamic_batch=False),
+               tmp_path / "b4.onnx")
+    arrays = {"inputs.input_ids": ids[:48].numpy(), "inputs.attention_mask": mask[:48].numpy(),
+              "labels": labels[:48].numpy(), "val_inputs.input_ids": ids[48:].numpy(),
+              "val_inputs.attention_mask": mask[48:].numpy(), "val_labels": labels[48:].numpy()}
+    np.savez(tmp_path / "tok.npz", **arrays)
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(tmp_path / "b4.onnx"), "-p",
+                 f"otoir-prune{{data={tmp_path / 'tok.npz'} epochs=2 batch=8 target-sparsity=0.3 lr=0.01 quiet=true}}",
+                 "--report", "--verify", "-o", str(tmp_path / "o.onnx")], stdout=out, stderr=err)
+    text = err.getvalue()
+    assert code == 0, text
+    assert "ORT CPU latency, batch 4" in text and "(tolerance 0.0001): OK" in text and "accuracy (held-out)" in text
+    assert otoir.load(tmp_path / "o.onnx").graph.inputs[0].shape.dims[0] == 4
