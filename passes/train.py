@@ -54,7 +54,12 @@ class Train(TrainConfig, Pass):
 
     Only initializer values change (parameters and BatchNorm running statistics): the nodes,
     initializer names, shapes and dtypes stay as they are. The data is a built-in dataset name
-    (``mnist``) or an ``.npz`` file (see :mod:`otoir.data`). The batch order comes from a
+    (``mnist``) or an ``.npz`` file (see :mod:`otoir.data`), or any data source a caller lends
+    (arrays, a ``DataLoader``, an iterable of batches: :mod:`otoir.data.sources`); it is fitted to
+    the model's inputs first (:func:`otoir.data.bind`: count, names, shapes, integer inputs kept
+    integer), and data that do not fit are a one-line error. A model whose batch dimension is
+    fixed trains in batches of that size (a warning says so when ``batch`` differs): its graph
+    may hold shape constants computed for it, so the dimension is never re-declared symbolic. The batch order comes from a
     ``numpy.random.default_rng(seed)`` permutation per epoch on ONNX Runtime (a seeded torch
     generator on torch), so a run is deterministic.
 

@@ -347,9 +347,10 @@ def as_data(data: Any, *, name: str | None = None) -> DataSource:
 
     Args:
         data: A built-in dataset name or ``.npz`` path (:func:`otoir.data.load_dataset`), a
-            :class:`DataSource`, a numpy array (inputs only), a tuple ``(inputs, labels)`` of
-            arrays (inputs: an array, a tuple or a dict of arrays), a dict of arrays (labels under
-            ``labels``), or a torch ``DataLoader`` / any iterable of batches (streamed).
+            :class:`DataSource`, an array (inputs only), a tuple ``(inputs, labels)`` of arrays
+            (inputs: an array, a tuple or a dict of arrays), a dict of arrays (labels under
+            ``labels``), or a torch ``DataLoader`` / any iterable of batches (streamed). Arrays
+            are numpy arrays or torch tensors (held in memory as numpy).
         name: Name in messages (default: a description of ``data``).
 
     Raises:
@@ -363,22 +364,33 @@ def as_data(data: Any, *, name: str | None = None) -> DataSource:
         return data
     if isinstance(data, (str, os.PathLike)):
         return load_dataset(os.fspath(data))
-    if isinstance(data, np.ndarray):
-        return _arrays(data, None, name or "<array>")
-    if isinstance(data, Mapping) and all(isinstance(v, np.ndarray) for v in data.values()):
-        x, y = _split(data)
+    if _is_array(data):
+        return _arrays(to_numpy(data), None, name or "<array>")
+    if isinstance(data, Mapping) and data and all(_is_array(v) for v in data.values()):
+        x, y = _split({k: to_numpy(v) for k, v in data.items()})
         return _arrays(dict(x), y, name or "<arrays>")
-    if (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], np.ndarray)
-            and (isinstance(data[0], np.ndarray) or (isinstance(data[0], (tuple, Mapping))
-                                                      and all(isinstance(v, np.ndarray) for v in
-                                                              (data[0].values() if isinstance(data[0], Mapping)
-                                                               else data[0]))))):
+    if isinstance(data, tuple) and len(data) == 2 and _is_array(data[1]) and _all_arrays(data[0]):
         x = data[0]
-        return _arrays(dict(x) if isinstance(x, Mapping) else x, data[1], name or "<arrays>")
+        x = ({k: to_numpy(v) for k, v in x.items()} if isinstance(x, Mapping)
+             else tuple(to_numpy(v) for v in x) if isinstance(x, tuple) else to_numpy(x))
+        return _arrays(x, to_numpy(data[1]), name or "<arrays>")
     if isinstance(data, Iterable):
         return StreamData(data, name=name)
     raise DatasetError(f"data of type {type(data).__name__} is not supported (give a dataset name, an .npz path, "
                        "numpy arrays, a DataLoader or an iterable of batches)")
+
+
+def _is_array(v: Any) -> bool:
+    """A numpy array or a torch tensor (not imported: anything with ``detach`` and ``shape``)."""
+    return isinstance(v, np.ndarray) or (hasattr(v, "detach") and hasattr(v, "shape"))
+
+
+def _all_arrays(x: Any) -> bool:
+    if isinstance(x, Mapping):
+        return bool(x) and all(_is_array(v) for v in x.values())
+    if isinstance(x, tuple):
+        return bool(x) and all(_is_array(v) for v in x)
+    return _is_array(x)
 
 
 def _arrays(x: Any, y: np.ndarray | None, name: str) -> Dataset:

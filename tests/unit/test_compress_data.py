@@ -323,3 +323,18 @@ def test_static_batch_two_input_token_model_cli_report(bert, tmp_path):
     assert code == 0, text
     assert "ORT CPU latency, batch 4" in text and "(tolerance 0.0001): OK" in text and "accuracy (held-out)" in text
     assert otoir.load(tmp_path / "o.onnx").graph.inputs[0].shape.dims[0] == 4
+
+
+def test_as_data_forms():
+    x, y = image_data(n=10)
+    ds = as_data((x, y))  # torch tensors are arrays too
+    assert type(ds).__name__ == "Dataset" and ds.num_classes == int(y.max()) + 1 and len(ds) == 10
+    ds = as_data({"input": x.numpy(), "labels": y.numpy()})
+    assert set(ds.train_x) == {"input"} and np.array_equal(ds.train_y, y.numpy())
+    listed = as_data([(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])])
+    assert isinstance(listed, StreamData) and listed.reiterable
+    assert listed.steps_per_epoch(None) == 3 and listed.steps_per_epoch(4) == 2  # 10 rows in batches of 4
+    loader = image_loader(batch=16)
+    assert as_data(loader).steps_per_epoch(None) == 4 and as_data(loader).steps_per_epoch(5) == 64 // 5
+    with pytest.raises(Exception, match="not supported"):
+        as_data(3.5)
