@@ -254,16 +254,23 @@ class StreamData(DataSource):
         self._started = True
         return itertools.chain(self._head, self.iterable)
 
-    def _peek(self, k: int) -> list[Any]:
+    def _lookahead(self) -> Iterator[Any]:
+        """The first batches without using them up (a one-shot iterator's are kept for training)."""
         if not self._one_shot:
-            return list(itertools.islice(iter(self.iterable), k))
-        it = iter(self.iterable)
-        while len(self._head) < k:
+            yield from iter(self.iterable)
+            return
+        i = 0
+        while True:
+            if i < len(self._head):
+                yield self._head[i]
+                i += 1
+                continue
+            if self._started:
+                return
             try:
-                self._head.append(next(it))
+                self._head.append(next(self.iterable))
             except StopIteration:
-                break
-        return self._head[:k]
+                return
 
     def batches(self, batch: int | None, *,
                 rng: np.random.Generator | None = None) -> Iterator[tuple[Any, np.ndarray | None]]:
@@ -273,15 +280,12 @@ class StreamData(DataSource):
 
     def samples(self, n: int) -> tuple[Any, np.ndarray | None]:
         parts, got = [], 0
-        k = 1
-        while got < n:
-            head = self._peek(k)
-            if len(head) < k:
-                break
-            x, y = _split(head[-1])
+        for raw in self._lookahead():
+            x, y = _split(raw)
             parts.append((_inputs_numpy(x), None if y is None else to_numpy(y)))
             got += _rows(parts[-1][0])
-            k += 1
+            if got >= n:
+                break
         if not parts:
             raise DataFitError(f"data '{self.name}' yields no batch")
         return _concat(parts, n)
@@ -304,8 +308,8 @@ class StreamData(DataSource):
         size = getattr(self.iterable, "batch_size", None)
         if isinstance(size, int) and size > 0:
             return size
-        head = self._peek(1)
-        return _rows(_inputs_numpy(_split(head[0])[0])) if head else None
+        head = next(self._lookahead(), None)
+        return _rows(_inputs_numpy(_split(head)[0])) if head is not None else None
 
     def steps_per_epoch(self, batch: int | None) -> int | None:
         """Batches per epoch; with ``batch`` (re-batched to that size) the full batches of it.
