@@ -179,11 +179,13 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if torch_module:
         import torch
 
-        from otoir.frontends.torch_export import export_torch
+        from otoir.frontends.torch_export import export_torch, positional_inputs
 
         torch.manual_seed(seed)
         example = example_inputs if example_inputs is not None else _example_from(ds, model)
         onnx_model = export_torch(model, example)
+        if isinstance(example, dict):  # from here on positional, in forward's order (as exported)
+            example = positional_inputs(model, example)[0]
     else:
         import otoir
 

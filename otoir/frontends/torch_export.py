@@ -62,6 +62,7 @@ __all__ = [
     "ExportError",
     "export_torch",
     "parameter_map",
+    "positional_inputs",
     "torchscript_available",
 ]
 
@@ -103,7 +104,7 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
                     f"got {type(example_inputs).__name__}")
 
 
-def _positional(module: torch.nn.Module, example_inputs: Mapping[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
+def positional_inputs(module: torch.nn.Module, example_inputs: Mapping[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
     """A dict of forward arguments as positional arguments (forward's order) and their names.
 
     Raises:
@@ -226,7 +227,7 @@ def export_torch(
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if isinstance(example_inputs, Mapping):
-        inputs, keys = _positional(module, example_inputs)
+        inputs, keys = positional_inputs(module, example_inputs)
         if input_names is None:
             input_names = keys
     else:
