@@ -77,6 +77,8 @@ ALIASES_KEY = "otoir.parameter_aliases"
 EXPORTER_KEY = "otoir.exporter"
 
 _IR_VERSION = 10
+#: Inputs (by position) that these ops read only the shape or element type of.
+_READS_SHAPE_OR_TYPE = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 
 
 class ExportError(ValueError):
@@ -318,7 +320,18 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: i
     # Constant folding only (not the exporter's optimizer, which fuses BatchNorm into the weights):
     # a bias-free Conv gets its zero bias from an Expand(CastLike(0), Shape(weight)) chain, which
     # would make every convolution a barrier; folded, it is a zero initializer.
-    onnxscript.optimizer.fold_constants(program.model)
+    params = set(module.state_dict(keep_vars=True))
+
+    def should_fold(node: ir.Node) -> bool | None:
+        """Never fold a node that reads a parameter's values (``Transpose(weight)`` of a Linear
+        must stay: folded, the parameter's values would move into a new constant)."""
+        reads_type_only = _READS_SHAPE_OR_TYPE.get(node.op_type, ())
+        for i, v in enumerate(node.inputs):
+            if v is not None and v.name in params and i not in reads_type_only:
+                return False
+        return None
+
+    onnxscript.optimizer.fold_constants(program.model, should_fold=should_fold)
     onnxscript.optimizer.remove_unused_nodes(program.model)
     model = ir.from_proto(ir.to_proto(program.model))  # a plain copy, detached from the exporter's objects
     model.ir_version = _IR_VERSION

@@ -84,3 +84,16 @@ def test_dict_inputs_must_not_skip_forward_arguments():
         export_torch(Two(), {"b": torch.ones(2, 3)})
     model = export_torch(Two(), {"b": torch.ones(2, 3), "a": torch.ones(2, 3)})
     assert [v.name for v in model.graph.inputs] == ["a", "b"]  # forward's order, its names
+
+
+def test_dynamo_keeps_parameters_read_through_transpose():
+    """A Linear on 3-D input is Transpose(weight) + MatMul: folding constants must not fold the weight away."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x = torch.randn(2, 5, 4)
+    model = export_torch(module, x, exporter="dynamo")
+    assert {"0.weight", "0.bias", "2.weight", "2.bias"} <= set(model.graph.initializers)
+    with torch.no_grad():
+        want = module(x).numpy()
+    got = run_model(to_inference(model), {"input": x.numpy()})[0]
+    assert np.max(np.abs(got - want)) <= 1e-5
