@@ -18,7 +18,7 @@ trained model with :func:`evaluate`, which runs its inference form
 (:func:`otoir.train.inference.to_inference`) in an ``InferenceSession``.
 
 Known traps handled here (see ``research/environment-notes.md`` §3): LayerNormalization
-nodes get their Mean / InvStdDev outputs (fix A); no eval or optimizer model is loaded (fixes
+nodes get their Mean / InvStdDev outputs (fix A), Dropout nodes their mask output; no eval or optimizer model is loaded (fixes
 B and C are not needed); gradients accumulate, so ``lazy_reset_grad`` runs before every step.
 """
 
@@ -211,6 +211,9 @@ class OrtTrainer:
         for i, n in enumerate(g.node):  # fix A: LayerNorm gradients need Mean / InvStdDev outputs
             if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
                 n.output.extend([f"{n.name or 'ln'}_{i}_otoir_mean", f"{n.name or 'ln'}_{i}_otoir_invstd"])
+            # the Dropout gradient needs its mask output (torch's attention dropout exports without it)
+            if n.op_type == "Dropout" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
+                n.output.append(f"{n.name or 'dropout'}_{i}_otoir_mask")
         return proto
 
     def _fix_batch_dim(self, g: onnx.GraphProto) -> None:

@@ -338,3 +338,18 @@ def test_as_data_forms():
     assert as_data(loader).steps_per_epoch(None) == 4 and as_data(loader).steps_per_epoch(5) == 64 // 5
     with pytest.raises(Exception, match="not supported"):
         as_data(3.5)
+
+
+def test_token_model_with_dropout_ort_backend(bert):
+    """Hugging Face's default dropout exports attention Dropout without its mask output; ORT training needs it."""
+    transformers = pytest.importorskip("transformers")
+    _, ids, mask, _ = bert
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16, num_labels=3)  # dropout 0.1
+    module = transformers.BertForSequenceClassification(cfg)
+    model = otoir.load(module, {"input_ids": ids[:2], "attention_mask": mask[:2]})
+    assert any(n.op_type == "Dropout" and len(n.outputs) == 1 for n in model.graph)
+    res = otoir.compress(model, token_loader(bert), mode="prune", target_sparsity=0.3, epochs=2, lr=0.01,
+                         backend="ort", **QUIET)
+    check_compressed(res)
