@@ -78,7 +78,8 @@ setup(
         # directory): plain inference, or the training build that also provides inference.
         "ort": ["onnxruntime>=1.17"],
         "train": ["onnxruntime-training-cpu==1.19.2"],
-        "torch": ["torch>=2.1"],
+        # onnxscript: torch.onnx.export(dynamo=True) and otoir.load(module, exporter="dynamo").
+        "torch": ["torch>=2.1", "onnxscript>=0.5"],
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
         # Third-party architectures for the tests (built from configs, random init, no downloads).
         "models": ["transformers>=4.45"],

@@ -76,6 +76,42 @@ def _is_torch_module(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
+def _example_from(ds: Any, module: Any) -> Any:
+    """Example inputs for exporting ``module``: the data's first two rows as torch tensors.
+
+    Raises:
+        OtoirError: The module does not run on them (one line naming the data and the reason).
+    """
+    import torch
+
+    from otoir.data import DataFitError
+
+    try:
+        xs, _ = ds.samples(2)
+    except DataFitError as exc:
+        raise OtoirError(f"compress: {exc}") from None
+    if isinstance(xs, dict):
+        example: Any = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in xs.items()}
+    else:
+        example = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in xs)
+    try:
+        was_training = module.training
+        with torch.no_grad():
+            module.eval()  # no running-statistics update
+            try:
+                module(**example) if isinstance(example, dict) else module(*example)
+            finally:
+                module.train(was_training)
+    except Exception as exc:  # the module's own error: shapes, channels, dtypes
+        items = example.items() if isinstance(example, dict) else enumerate(example)
+        shapes = ", ".join(f"{'' if isinstance(k, int) else k + ' '}{tuple(v.shape[1:])} {str(v.dtype)[6:]}"
+                           for k, v in items)
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise OtoirError(f"compress: data '{ds.name}' (samples of shape {shapes}) does not fit "
+                         f"{type(module).__name__}: {first}") from None
+    return example[0] if isinstance(example, tuple) and len(example) == 1 else example
+
+
 def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_sparsity: float = 0.5,
              epochs: int = 1, batch: int = 64, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0,
              variant: str = "sgd",
@@ -96,8 +132,11 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     Args:
         model: A ``torch.nn.Module`` (torch backend; needs ``example_inputs``, or a dataset
             sample is used), or anything :func:`otoir.load` reads (ONNX Runtime backend).
-        data: A built-in dataset name (``mnist``), an ``.npz`` path, or an
-            :class:`otoir.data.Dataset`.
+        data: A built-in dataset name (``mnist``), an ``.npz`` path, numpy arrays (``x`` or
+            ``(x, y)``; ``x`` a tuple or dict for several inputs), an :class:`otoir.data.Dataset`,
+            or a torch ``DataLoader`` / any iterable of batches (streamed, never collected; see
+            :mod:`otoir.data.sources` for the batch forms). Integer inputs (token ids, masks) stay
+            integer. Data that do not fit the model raise an :class:`OtoirError` naming both.
         mode: ``erase`` (remove whole segments: GeZIGs, H2SPG) or ``prune`` (remove channels:
             ZIGs, DHSPG).
         target_sparsity: Fraction of the groups to remove; exactly ``⌊target·#groups⌋`` are.
@@ -109,7 +148,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         variant: Base update: ``sgd``, ``adam`` or ``adamw`` (OTO's suggested lr for Adam: 1e-3).
         optimizer: ``h2spg`` or ``dhspg`` (default: by mode, H2SPG for erase, DHSPG for prune).
         backend: ``torch``, ``ort`` or ``auto`` (torch for a module, ONNX Runtime otherwise).
-        example_inputs: Example inputs for exporting a torch module.
+        example_inputs: Example inputs for exporting a torch module (default: the data's first
+            two rows; a dict batch exports with its keys as input names).
         warmup: Fraction of the steps trained before the redundant groups are chosen (a step
             count if >= 1).
         projection: Fraction of the steps over which they are driven to zero (a count if >= 1).
@@ -136,14 +176,17 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
     """
-    from otoir.data import Dataset, load_dataset
+    from otoir.data import DataFitError, DatasetError, as_data, bind
     from otoir.infra import PassManager
     from otoir.infra.registry import get_pass
     from otoir.train.config import TrainInputs
 
     if mode not in ("erase", "prune"):
         raise OtoirError(f"mode must be 'erase' or 'prune', not '{mode}'")
-    ds = data if isinstance(data, Dataset) else load_dataset(data)
+    try:
+        ds = as_data(data)
+    except DatasetError as exc:
+        raise OtoirError(f"compress: {exc}") from None
     torch_module = _is_torch_module(model)
     if backend == "torch" and not torch_module:
         raise OtoirError("the torch backend needs a torch.nn.Module")
@@ -161,15 +204,21 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if torch_module:
         import torch
 
-        from otoir.frontends.torch_export import export_torch
+        from otoir.frontends.torch_export import export_torch, positional_inputs
 
         torch.manual_seed(seed)
-        example = example_inputs if example_inputs is not None else torch.from_numpy(ds.train_x[:2])
+        example = example_inputs if example_inputs is not None else _example_from(ds, model)
         onnx_model = export_torch(model, example)
+        if isinstance(example, dict):  # from here on positional, in forward's order (as exported)
+            example = positional_inputs(model, example)[0]
     else:
         import otoir
 
         onnx_model = otoir.load(model)
+    try:
+        binding = bind(ds, onnx_model)  # the data fit the model: checked once, before training
+    except DataFitError as exc:
+        raise OtoirError(f"compress: {exc}") from None
     lent = TrainInputs(module=model if torch_module else None, loss_fn=loss_fn, datasets=(ds,))
     run = PassManager([p]).run(onnx_model, resources={TrainInputs.KEY: lent})  # PassFailure is an OtoirError
     out = run.results[p.name]
@@ -194,7 +243,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if mode == "erase":
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)
-    report = build_report(full, sub, val=(ds.val_x, ds.val_y) if ds.val_x is not None else None,
+    held_out = ds.validation()
+    val = None if held_out is None or held_out[1] is None else (binding.feeds(held_out[0]), held_out[1])
+    report = build_report(full, sub, val=val, verify_inputs=binding.check_inputs(10**9 if val else 512),
                           tolerance=tolerance, latency_runs=latency_runs, details=details)
     if report.verified is False:  # the pass checked 512 held-out inputs; the report checks them all
         raise OtoirError(f"the compressed model's outputs differ from the trained model's: max relative difference "

@@ -28,6 +28,12 @@ lose groups or make a compressed model disagree with the trained one. The pass f
    ``model.train()`` or use ``otoir.load(module)``). With ``bn-training=false`` the graph is
    left as is and the same warning is given.
 
+4. **Initializers listed as graph inputs** (``keep_initializers_as_inputs=True``, the form of
+   older exporters and of other frameworks' converters). ONNX lets a caller override such an
+   input, so its value is not a constant: shape constants (``Reshape`` targets) are unknown
+   and ONNX Runtime training refuses the model ("Duplicate definition-site"). Nobody feeds a
+   model its weights: the pass removes them from the graph inputs (they stay initializers).
+
 ``otoir-erase`` and ``otoir-prune`` run this pass first. It changes no value a node computes
 (copies hold the same numbers), except that restored BatchNorms normalise with batch statistics
 when run in training form, which is what the original module did in training.
@@ -88,6 +94,7 @@ class NormalizeExport(Pass):
         "identities-removed": "Identity nodes feeding initializers removed",
         "initializers-unshared": "copies made of shared parameter initializers",
         "batchnorms-restored": "eval-form BatchNormalization restored to training form",
+        "initializer-inputs-removed": "initializers removed from the graph inputs",
     }
 
     bn_training: bool = option(True, "restore eval-form BatchNormalization to training form "
@@ -95,6 +102,13 @@ class NormalizeExport(Pass):
 
     def run(self, model, ctx) -> bool:
         graph = model.graph
+        as_inputs = [v for v in graph.inputs if v.name in graph.initializers]
+        for v in as_inputs:
+            graph.inputs.remove(v)
+        ctx.stat("initializer-inputs-removed", len(as_inputs))
+        if as_inputs:
+            ctx.remark(f"{len(as_inputs)} initializer(s) listed as graph inputs are constants now (e.g. "
+                       f"'{as_inputs[0].name}')")
         taken = {v.name for v in graph.initializers.values()} | {v.name for v in graph.inputs}
         taken |= {o.name for n in graph for o in n.outputs if o.name}
         via_identity = self._see_through_identity(graph, ctx)
@@ -103,7 +117,7 @@ class NormalizeExport(Pass):
         ctx.stat("initializers-unshared", copies)
         restored = self._batchnorm(model, ctx, taken)
         ctx.stat("batchnorms-restored", restored)
-        return bool(via_identity or copies or restored)
+        return bool(via_identity or copies or restored or as_inputs)
 
     @staticmethod
     def _see_through_identity(graph: ir.Graph, ctx) -> set[str]:

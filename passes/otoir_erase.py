@@ -80,11 +80,11 @@ class _Compress(TrainConfig, Pass):
         out = {"full": full, "train": train, "max-rel-diff": None, **self._removed(ctx, train)}
         ctx.results[self.name] = out
         if full is not None:
+            from otoir.data import bind
             from otoir.report import output_agreement
 
-            ds = resolve_dataset(self.data, ctx.resources)
-            xs = ds.val_x if ds.val_x is not None else ds.train_x
-            diff = output_agreement(full, model, xs[:512])
+            xs = bind(resolve_dataset(self.data, ctx.resources), full).check_inputs(512)
+            diff = output_agreement(full, model, xs)
             out["max-rel-diff"] = diff
             ctx.stat("max-rel-diff", float(f"{diff:.3g}"))
             if diff > self.tolerance:

@@ -92,7 +92,12 @@ class Train(TrainConfig, Pass):
 
     Only initializer values change (parameters and BatchNorm running statistics): the nodes,
     initializer names, shapes and dtypes stay as they are. The data is a built-in dataset name
-    (``mnist``) or an ``.npz`` file (see :mod:`otoir.data`). The batch order comes from a
+    (``mnist``) or an ``.npz`` file (see :mod:`otoir.data`), or any data source a caller lends
+    (arrays, a ``DataLoader``, an iterable of batches: :mod:`otoir.data.sources`); it is fitted to
+    the model's inputs first (:func:`otoir.data.bind`: count, names, shapes, integer inputs kept
+    integer), and data that do not fit are a one-line error. A model whose batch dimension is
+    fixed trains in batches of that size (a warning says so when ``batch`` differs): its graph
+    may hold shape constants computed for it, so the dimension is never re-declared symbolic. The batch order comes from a
     ``numpy.random.default_rng(seed)`` permutation per epoch on ONNX Runtime (a seeded torch
     generator on torch), so a run is deterministic.
 
@@ -143,22 +148,15 @@ class Train(TrainConfig, Pass):
             kind = "gezig" if opt == "h2spg" else "zig"
         return opt, kind
 
-    def _check_data(self, model, ds, ctx) -> bool:
-        inits = model.graph.initializers
-        inputs = [v for v in model.graph.inputs if v.name not in inits]
-        if len(inputs) != 1:
-            ctx.error(f"train: the model has {len(inputs)} data inputs; datasets feed exactly one")
-            return False
-        dims = _static_dims(inputs[0])
-        sample = ds.input_shape
-        if dims is not None and (
-            len(dims) != len(sample) + 1 or any(d is not None and d != s for d, s in zip(dims[1:], sample, strict=False))
-        ):
-            ctx.error(
-                f"train: dataset '{ds.name}' samples have shape {sample}, but model input "
-                f"'{inputs[0].name}' has shape {dims}"
-            )
-            return False
+    def _bind(self, model, ds, ctx):
+        """The data fitted to the model's inputs (:func:`otoir.data.bind`), or None after an error."""
+        from otoir.data import DataFitError, bind
+
+        try:
+            binding = bind(ds, model)
+        except DataFitError as exc:
+            ctx.error(f"train: {exc}")
+            return None
         if self.loss == "cross-entropy" and ds.num_classes:
             out = model.graph.outputs[0]
             od = _static_dims(out)
@@ -166,8 +164,34 @@ class Train(TrainConfig, Pass):
                 ctx.error(
                     f"train: dataset '{ds.name}' has {ds.num_classes} classes but output '{out.name}' has {od[1]}"
                 )
-                return False
-        return True
+                return None
+        return binding
+
+    def _plan(self, binding, backend: str, ctx) -> tuple[int | None, int] | None:
+        """(rows per training batch or None for a stream's own, total steps), or None after an error."""
+        from otoir.data import Dataset
+
+        size = binding.batch_size(self.batch, exact=backend == "ort")
+        src = binding.source
+        if binding.fixed_batch and binding.fixed_batch != self.batch and isinstance(src, Dataset):
+            ctx.warning(f"train: model input '{binding.names[0]}' has a fixed batch of {binding.fixed_batch}: "
+                        f"training uses batches of {binding.fixed_batch}, not batch={self.batch}")
+        if not src.reiterable and self.epochs > 1:
+            ctx.error(f"train: data '{src.name}' is a one-shot iterator: it serves one epoch, not epochs={self.epochs} "
+                      "(give a DataLoader or a list of batches)")
+            return None
+        per_epoch = binding.steps_per_epoch(size)
+        if per_epoch is None:
+            ctx.error(f"train: data '{src.name}' has no len(): the number of steps, which sets the optimizer's "
+                      "schedule, is unknown (give a DataLoader or another iterable with len())")
+            return None
+        if per_epoch < 1:
+            ctx.error(f"train: data '{src.name}' has fewer samples than one batch of {size}")
+            return None
+        total = self.epochs * per_epoch
+        if self.max_steps:
+            total = min(total, self.max_steps)
+        return size, total
 
     def run(self, model, ctx) -> bool:
         from otoir.data import DatasetError
@@ -184,7 +208,8 @@ class Train(TrainConfig, Pass):
         except DatasetError as exc:
             ctx.error(f"train: {exc}")
             return False
-        if not self._check_data(model, ds, ctx):
+        binding = self._bind(model, ds, ctx)
+        if binding is None:
             return False
         opt_name, kind = self.resolved()
         groups = None
@@ -204,10 +229,11 @@ class Train(TrainConfig, Pass):
                 return False
             if not _report_round_to(ctx, groups, self.target_sparsity):
                 return False
-        n = int(np.shape(ds.train_x)[0])
-        total = self.epochs * max(n // min(self.batch, n), 1)
-        if self.max_steps:
-            total = min(total, self.max_steps)
+        plan = self._plan(binding, backend, ctx)
+        if plan is None:
+            return False
+        size, total = plan
+        n = len(ds) if hasattr(ds, "__len__") else None
         kwargs: dict[str, Any] = {}
         if groups is not None:
             try:
@@ -217,18 +243,20 @@ class Train(TrainConfig, Pass):
                 return False
         t0 = time.perf_counter()
         if backend == "torch":
-            out = self._train_torch(model, ds, module, getattr(lent, "loss_fn", None), opt_name, groups, kwargs, ctx)
+            out = self._train_torch(model, binding, size, total, module, getattr(lent, "loss_fn", None), opt_name,
+                                    groups, kwargs, ctx)
         else:
-            out = self._train_ort(model, ds, opt_name, groups, kwargs, ctx)
+            out = self._train_ort(model, binding, opt_name, groups, kwargs, ctx)
         if out is None:
             return False
         out["seconds"] = time.perf_counter() - t0
         val = None
-        if ds.val_x is not None and self.loss != "output":
+        held_out = ds.validation()
+        if held_out is not None and held_out[1] is not None and self.loss != "output":
             from otoir.train.ort_backend import evaluate
 
-            val = evaluate(model, ds.val_x, ds.val_y, batch=max(self.batch, 256), loss=self.loss,
-                           threads=self.threads or None)
+            val = evaluate(model, binding.feeds(held_out[0]), held_out[1], batch=max(self.batch, 256),
+                           loss=self.loss, threads=self.threads or None)
             ctx.stat("val-loss", round(val.loss, 6))
             if val.accuracy is not None:
                 ctx.stat("val-accuracy", round(val.accuracy, 6))
@@ -243,7 +271,7 @@ class Train(TrainConfig, Pass):
         }
         return out["steps"] > 0
 
-    def _train_ort(self, model, ds, opt_name, groups, kwargs, ctx) -> dict | None:
+    def _train_ort(self, model, binding, opt_name, groups, kwargs, ctx) -> dict | None:
         from otoir.train.optimizers import OptimizerUnavailable, make_optimizer
         from otoir.train.ort_backend import BackendUnavailable, TrainingError, recalibrate_bn, train_ort
 
@@ -257,13 +285,12 @@ class Train(TrainConfig, Pass):
         except (OptimizerUnavailable, ValueError) as exc:
             ctx.error(f"train: {exc}")
             return None
-        labels = None if self.loss == "output" else ds.train_y
         try:
-            hist = train_ort(model, ds.train_x, labels, opt, epochs=self.epochs, batch=self.batch, seed=self.seed,
+            hist = train_ort(model, binding, None, opt, epochs=self.epochs, batch=self.batch, seed=self.seed,
                              loss=self.loss, max_steps=self.max_steps or None, threads=self.threads or None,
                              progress=not self.quiet)
             if self.recalibrate_bn:
-                ctx.stat("bn-recalibrated", recalibrate_bn(model, ds.train_x, threads=self.threads or None))
+                ctx.stat("bn-recalibrated", recalibrate_bn(model, binding, threads=self.threads or None))
         except (BackendUnavailable, TrainingError) as exc:
             ctx.error(f"train: {exc}")
             return None
@@ -273,10 +300,11 @@ class Train(TrainConfig, Pass):
         mask = getattr(opt, "zero_groups", None) if groups is not None else None
         return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
 
-    def _train_torch(self, model, ds, module, loss_fn, opt_name, groups, kwargs, ctx) -> dict | None:
+    def _train_torch(self, model, binding, size, total, module, loss_fn, opt_name, groups, kwargs,
+                     ctx) -> dict | None:
         import torch
 
-        from otoir.train.torch_backend import copy_state_to_model, recalibrate_bn, train_torch
+        from otoir.train.torch_backend import copy_state_to_model, recalibrate_bn, torch_batches, train_torch
 
         if groups is None:
             ctx.error("train: the torch backend trains with h2spg or dhspg (plain sgd: backend=ort)")
@@ -297,9 +325,7 @@ class Train(TrainConfig, Pass):
             glist = groups  # a GroupSet (groups_for): its checker judges validity
             selector = lambda s, k: select_redundant(glist, s, k)  # noqa: E731
         torch.manual_seed(self.seed)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(torch.from_numpy(ds.train_x), torch.from_numpy(ds.train_y)),
-            batch_size=self.batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(self.seed))
+        loader = torch_batches(binding, size, steps=total // self.epochs, seed=self.seed)
         try:
             tr = train_torch(module, loader, loss_fn, groups, optimizer=opt_name, epochs=self.epochs,
                              selector=selector, progress=not self.quiet, **kwargs)
@@ -307,7 +333,8 @@ class Train(TrainConfig, Pass):
             ctx.error(f"train: {exc}")
             return None
         if self.recalibrate_bn:
-            ctx.stat("bn-recalibrated", recalibrate_bn(module, torch.from_numpy(ds.train_x)))
+            ctx.stat("bn-recalibrated", recalibrate_bn(module, ([torch.from_numpy(x) for x in xb]
+                                                               for xb in binding.input_batches())))
         copy_state_to_model(module, model)
         if tr.losses:
             ctx.stat("final-loss", round(tr.losses[-1], 6))

@@ -392,12 +392,14 @@ def _report_and_verify(args, reference, model, result, stderr, baseline=None):
     val = inputs = None
     train = result.results.get("train")
     if train:
-        from otoir.data import load_dataset
+        from otoir.data import bind, load_dataset
 
         ds = load_dataset(train["dataset"])
-        if ds.val_x is not None:
-            val = (ds.val_x, ds.val_y)
-        inputs = (ds.val_x if ds.val_x is not None else ds.train_x)[:512]
+        fitted = bind(ds, full)  # the train pass fitted the same data already
+        held_out = ds.validation()
+        if held_out is not None and held_out[1] is not None:
+            val = (fitted.feeds(held_out[0]), held_out[1])
+        inputs = fitted.check_inputs(512)
     if inputs is None:  # random inputs of the declared shapes and types, every data input
         inputs = random_inputs(full)
     if isinstance(inputs, dict) and not inputs:

@@ -12,12 +12,16 @@ key                content
                    a float array of shape ``(N, ...)`` is kept as float32 regression targets
 ``val_inputs``     optional validation inputs, same trailing shape as ``inputs``
 ``val_labels``     optional validation labels (required if ``val_inputs`` is given)
+``inputs.NAME``    instead of ``inputs``, for a model with several inputs: one array per
+                   model input name (``inputs.input_ids``, ``inputs.attention_mask``);
+                   ``val_inputs.NAME`` likewise
 =================  ==================================================================
 
 Normalisation (deterministic, no randomness anywhere in loading):
 
 * ``uint8`` inputs are scaled to ``[0, 1]`` (``x / 255``) as float32; float inputs are cast
-  to float32 unchanged.
+  to float32 unchanged; other integer (and bool) inputs stay as they are: token ids and masks
+  (:func:`otoir.data.bind` casts them to the model input's integer type).
 * Built-in image datasets are then standardised with their published channel statistics
   (MNIST: ``(x - 0.1307) / 0.3081``).
 * Integer labels become int64; ``num_classes`` is ``max(label) + 1`` over train and val.
@@ -32,11 +36,24 @@ Built-in datasets (shipped inside the package, no network):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Dataset", "DatasetError", "BUILTIN_DATASETS", "load_dataset", "load_npz"]
+from otoir.data.sources import (
+    Binding,
+    DataFitError,
+    Dataset,
+    DatasetError,
+    DataSource,
+    StreamData,
+    as_data,
+    bind,
+    rebatch,
+)
+
+__all__ = ["BUILTIN_DATASETS", "Binding", "DataFitError", "DataSource", "Dataset", "DatasetError", "StreamData",
+           "as_data", "bind", "load_dataset", "load_npz", "rebatch"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,44 +64,14 @@ BUILTIN_DATASETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = 
 }
 
 
-class DatasetError(ValueError):
-    """A dataset file is missing, unreadable or does not follow the documented format."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A loaded dataset (arrays are read-only views are not guaranteed; do not modify them).
-
-    Attributes:
-        train_x: Training inputs, float32, ``(N, *input_shape)``.
-        train_y: Training labels, int64 ``(N,)`` (or float32 regression targets).
-        val_x: Validation inputs or ``None``.
-        val_y: Validation labels or ``None``.
-        num_classes: Number of classes (0 for regression targets).
-        name: The built-in name or the file path.
-    """
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    val_x: np.ndarray | None
-    val_y: np.ndarray | None
-    num_classes: int
-    name: str
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample (without the batch dimension)."""
-        return tuple(self.train_x.shape[1:])
-
-
 def _inputs(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / np.float32(255.0)
     if np.issubdtype(arr.dtype, np.floating):
         return arr.astype(np.float32, copy=False)
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32)
-    raise DatasetError(f"inputs of dtype {arr.dtype} are not supported (use uint8 or float)")
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        return arr  # token ids, masks: stay integer (bind casts them to the model input's integer type)
+    raise DatasetError(f"inputs of dtype {arr.dtype} are not supported (use uint8, another integer type or float)")
 
 
 def _labels(arr: np.ndarray) -> np.ndarray:
@@ -123,6 +110,12 @@ def load_npz(path: str, *, name: str | None = None,
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError ...
         raise DatasetError(f"dataset file '{path}' is not a readable .npz archive: {exc}") from None
+    for prefix in ("inputs", "val_inputs"):  # several named inputs: inputs.NAME
+        named = {k[len(prefix) + 1:]: arrays.pop(k) for k in list(arrays) if k.startswith(prefix + ".")}
+        if named and prefix in arrays:
+            raise DatasetError(f"dataset file '{path}' has both '{prefix}' and '{prefix}.NAME' arrays: give one form")
+        if named:
+            arrays[prefix] = named  # type: ignore[assignment]
     for key in ("inputs", "labels"):
         if key not in arrays:
             raise DatasetError(
@@ -131,7 +124,15 @@ def load_npz(path: str, *, name: str | None = None,
     if ("val_inputs" in arrays) != ("val_labels" in arrays):
         raise DatasetError(f"dataset file '{path}': 'val_inputs' and 'val_labels' must be given together")
 
-    def prep(xk: str, yk: str) -> tuple[np.ndarray, np.ndarray]:
+    def prep(xk: str, yk: str) -> tuple[Any, np.ndarray]:
+        if isinstance(arrays[xk], dict):
+            y = _labels(arrays[yk])
+            xs = {k: np.ascontiguousarray(_inputs(v)) for k, v in arrays[xk].items()}
+            bad = [k for k, v in xs.items() if v.ndim < 1 or v.shape[0] != y.shape[0]]
+            if bad:
+                raise DatasetError(f"dataset file '{path}': '{xk}.{bad[0]}' has {xs[bad[0]].shape[:1]} samples "
+                                   f"but '{yk}' has {y.shape[:1]}")
+            return xs, np.ascontiguousarray(y)
         x, y = _inputs(arrays[xk]), _labels(arrays[yk])
         if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
             raise DatasetError(
@@ -151,7 +152,9 @@ def load_npz(path: str, *, name: str | None = None,
     vx = vy = None
     if "val_inputs" in arrays:
         vx, vy = prep("val_inputs", "val_labels")
-        if vx.shape[1:] != tx.shape[1:]:
+        if isinstance(vx, dict) != isinstance(tx, dict) or (isinstance(vx, dict) and set(vx) != set(tx)):
+            raise DatasetError(f"dataset file '{path}': 'val_inputs' and 'inputs' name different inputs")
+        if not isinstance(vx, dict) and vx.shape[1:] != tx.shape[1:]:
             raise DatasetError(
                 f"dataset file '{path}': 'val_inputs' samples have shape {vx.shape[1:]}, 'inputs' {tx.shape[1:]}"
             )

@@ -26,14 +26,25 @@ Facts about the legacy exporter that callers can rely on (checked with torch 2.1
   ``BatchNormalization`` has one output and ``Dropout`` becomes ``Identity``.
 * Non-parameter constants become ``Constant`` nodes; shapes computed from the input (``x.view(B,
   -1)``) become ``Shape``/``Gather``/``Unsqueeze``/``Concat`` chains.
+
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``, needs ``onnxscript``) is used when
+asked (``exporter="dynamo"``) or when the TorchScript exporter is absent (``exporter="auto"``,
+the default, on a torch without ``torch.onnx._internal.torchscript_exporter``). It is run without
+its graph optimizer (which folds BatchNorm into the convolution's weights, so that no initializer
+would hold the module's values), then its constant folding alone, and always traces the eval form: ``BatchNormalization`` comes
+out with one output and ``Dropout`` is gone. The ``normalize-export`` pass then restores
+BatchNorm's training form (``training_mode=1``, three outputs). Initializer names that are not
+``state_dict`` keys (``p_conv1_weight``-style names of some torch versions) are mapped back to
+their key; the same name contract as the legacy path is then checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,22 +56,43 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ALIASES_KEY",
+    "EXPORTER_KEY",
     "UNUSED_PARAMETERS_KEY",
+    "EXPORTERS",
     "ExportError",
     "export_torch",
     "parameter_map",
+    "positional_inputs",
+    "torchscript_available",
 ]
+
+#: Values of ``export_torch(exporter=...)``.
+EXPORTERS = ("auto", "torchscript", "dynamo")
 
 #: ``model.meta`` key: state_dict names of parameters/buffers that got no initializer (unused by forward).
 UNUSED_PARAMETERS_KEY = "otoir.unused_parameters"
 #: ``model.meta`` key: ``{alias name: initializer name}`` for tied parameters.
 ALIASES_KEY = "otoir.parameter_aliases"
+#: ``model.meta`` key: the exporter that made the model (``torchscript`` or ``dynamo``).
+EXPORTER_KEY = "otoir.exporter"
 
 _IR_VERSION = 10
+#: Inputs (by position) that these ops read only the shape or element type of.
+_READS_SHAPE_OR_TYPE = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 
 
 class ExportError(ValueError):
     """The torch export did not produce the model otoir needs (e.g. a parameter was renamed)."""
+
+
+def torchscript_available() -> bool:
+    """Whether this torch still has the legacy TorchScript ONNX exporter (``dynamo=False``)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch.onnx._internal.torchscript_exporter") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -70,7 +102,32 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
         return (example_inputs,)
     if isinstance(example_inputs, (list, tuple)):
         return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+    raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or a dict of forward arguments, "
+                    f"got {type(example_inputs).__name__}")
+
+
+def positional_inputs(module: torch.nn.Module, example_inputs: Mapping[str, Any]) -> tuple[tuple[Any, ...], list[str]]:
+    """A dict of forward arguments as positional arguments (forward's order) and their names.
+
+    Raises:
+        ExportError: A key is not a forward argument, or the keys skip an argument without a
+            default (positional export cannot leave a gap).
+    """
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters.values())
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = [k for k in example_inputs if k not in names]
+    if unknown:
+        raise ExportError(f"example input {unknown[0]!r} is not a positional argument of "
+                          f"{type(module).__name__}.forward ({', '.join(names)})")
+    last = max(names.index(k) for k in example_inputs)
+    gap = [n for n in names[: last + 1] if n not in example_inputs]
+    if gap:
+        raise ExportError(f"example inputs skip {type(module).__name__}.forward argument {gap[0]!r}: give it too "
+                          "(or a tuple of positional inputs)")
+    keys = names[: last + 1]
+    return tuple(example_inputs[k] for k in keys), keys
 
 
 def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any, bool]]:
@@ -129,6 +186,7 @@ def export_torch(
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = True,
     training: bool = True,
+    exporter: str = "auto",
 ) -> ir.Model:
     """Exports ``module`` to an onnx-ir model with state_dict-named initializers.
 
@@ -139,12 +197,20 @@ def export_torch(
 
     Args:
         module: The torch module.
-        example_inputs: A tensor or a tuple of tensors, the forward's positional arguments.
-        opset: ONNX opset of the default domain (≤ 21 for onnxruntime-training 1.19).
-        input_names: Graph input names; default ``input`` (one input) or ``input_0``, ``input_1``…
+        example_inputs: A tensor or a tuple of tensors, the forward's positional arguments, or a
+            dict ``{forward argument: tensor}`` (its keys become the graph input names; e.g.
+            ``{"input_ids": ids, "attention_mask": mask}`` for a Hugging Face model).
+        opset: ONNX opset of the default domain (≤ 21 for onnxruntime-training 1.19; the
+            dynamo exporter needs ≥ 18 and uses ``max(opset, 18)``).
+        input_names: Graph input names; default: the dict's keys, ``input`` (one input) or
+            ``input_0``, ``input_1``…
         output_names: Graph output names; default ``output`` or ``output_0``, ``output_1``…
         dynamic_batch: Make dimension 0 of every input and output the symbolic dim ``batch``.
-        training: Export in training mode (default) or eval mode.
+        training: Export in training mode (default) or eval mode (the dynamo exporter always
+            traces the eval form; ``training=True`` then restores BatchNorm's training form with
+            the ``normalize-export`` pass).
+        exporter: ``torchscript`` (the legacy exporter), ``dynamo`` (``torch.export``-based,
+            needs ``onnxscript``) or ``auto``: torchscript while torch still has it, else dynamo.
 
     Returns:
         The model, ``ir_version`` 10. ``model.meta[UNUSED_PARAMETERS_KEY]`` lists the state_dict
@@ -156,20 +222,24 @@ def export_torch(
         ExportError: A parameter that the forward pass uses has no initializer of its own name
             (renamed or folded), or its values were duplicated into another initializer.
         TypeError: ``example_inputs`` is neither a tensor nor a sequence of tensors.
+        ValueError: Unknown ``exporter``.
     """
     import torch
 
-    inputs = _as_tuple(example_inputs)
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if isinstance(example_inputs, Mapping):
+        inputs, keys = positional_inputs(module, example_inputs)
+        if input_names is None:
+            input_names = keys
+    else:
+        inputs = _as_tuple(example_inputs)
+    if exporter == "dynamo" or (exporter == "auto" and not torchscript_available()):
+        return _export_dynamo(module, inputs, opset=opset, input_names=input_names, output_names=output_names,
+                              dynamic_batch=dynamic_batch, training=training)
     work = copy.deepcopy(module)
     work.train(training)
-
-    if input_names is None:
-        input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
-    if output_names is None:
-        n_out = _count_outputs(module, inputs, training)
-        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    input_names = list(input_names)
-    output_names = list(output_names)
+    input_names, output_names = _default_names(module, inputs, training, input_names, output_names)
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
@@ -202,7 +272,106 @@ def export_torch(
     unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, training))
     model.meta[UNUSED_PARAMETERS_KEY] = unused
     model.meta[ALIASES_KEY] = aliases
+    model.meta[EXPORTER_KEY] = "torchscript"
     return model
+
+
+def _default_names(module: torch.nn.Module, inputs: tuple[Any, ...], training: bool,
+                   input_names: Sequence[str] | None, output_names: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    if input_names is None:
+        input_names = ["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
+    if output_names is None:
+        n_out = _count_outputs(module, inputs, training)
+        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    return list(input_names), list(output_names)
+
+
+def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: int,
+                   input_names: Sequence[str] | None, output_names: Sequence[str] | None,
+                   dynamic_batch: bool, training: bool) -> ir.Model:
+    """The dynamo path of :func:`export_torch` (see the module docstring)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("the dynamo exporter needs onnxscript (pip install 'otoir[torch]')"
+                          + ("" if torchscript_available() else "; this torch has no TorchScript exporter"))
+    input_names, output_names = _default_names(module, inputs, False, input_names, output_names)
+    work = copy.deepcopy(module).eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        # torch.export specialises a dimension of size 1: trace at batch 2 (rows repeated)
+        inputs = tuple(torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == 1 else t
+                       for t in inputs)
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} if isinstance(t, torch.Tensor) and t.ndim else None for t in inputs)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(work, inputs, dynamo=True, optimize=False, opset_version=max(opset, 18),
+                                        input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+        except Exception as exc:  # torch.export raises many types
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise ExportError(f"the dynamo exporter failed on {type(module).__name__}: {first.strip()}") from None
+    import onnxscript.optimizer
+
+    # Constant folding only (not the exporter's optimizer, which fuses BatchNorm into the weights):
+    # a bias-free Conv gets its zero bias from an Expand(CastLike(0), Shape(weight)) chain, which
+    # would make every convolution a barrier; folded, it is a zero initializer.
+    params = set(module.state_dict(keep_vars=True))
+
+    def should_fold(node: ir.Node) -> bool | None:
+        """Never fold a node that reads a parameter's values (``Transpose(weight)`` of a Linear
+        must stay: folded, the parameter's values would move into a new constant)."""
+        reads_type_only = _READS_SHAPE_OR_TYPE.get(node.op_type, ())
+        for i, v in enumerate(node.inputs):
+            if v is not None and v.name in params and i not in reads_type_only:
+                return False
+        return None
+
+    onnxscript.optimizer.fold_constants(program.model, should_fold=should_fold)
+    onnxscript.optimizer.remove_unused_nodes(program.model)
+    model = ir.from_proto(ir.to_proto(program.model))  # a plain copy, detached from the exporter's objects
+    model.ir_version = _IR_VERSION
+    _map_names_back(module, model)
+    _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
+    _restore_state_values(module, model)
+    unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, False))
+    model.meta[UNUSED_PARAMETERS_KEY] = unused
+    model.meta[ALIASES_KEY] = aliases
+    model.meta[EXPORTER_KEY] = "dynamo"
+    if training:
+        from otoir.infra import PassManager
+        from otoir.infra.registry import get_pass
+
+        PassManager([get_pass("normalize-export")()]).run(model)
+    return model
+
+
+def _map_names_back(module: torch.nn.Module, model: ir.Model) -> None:
+    """Renames initializers the dynamo exporter named after the FX graph back to state_dict keys.
+
+    ``p_layer1_0_conv1_weight`` / ``b_bn1_running_mean`` (parameter / buffer placeholders of
+    ``torch.export``) and ``layer1_0_conv1_weight`` map to ``layer1.0.conv1.weight`` when exactly
+    one state_dict key has that spelling.
+    """
+    keys = list(module.state_dict(keep_vars=True))
+    taken = set(model.graph.initializers)
+    spelled: dict[str, list[str]] = {}
+    for k in keys:
+        spelled.setdefault(k.replace(".", "_"), []).append(k)
+    for name, value in list(model.graph.initializers.items()):
+        if name in keys:
+            continue
+        bare = name[2:] if name[:2] in ("p_", "b_") else name
+        cands = spelled.get(bare) or spelled.get(name) or []
+        if len(cands) == 1 and cands[0] not in taken:
+            model.graph.initializers.pop(name)
+            value.name = cands[0]
+            model.graph.register_initializer(value)
+            taken.add(cands[0])
 
 
 def _restore_state_values(module: torch.nn.Module, model: ir.Model) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from otoir.infra.passes import option
 
 if TYPE_CHECKING:
-    from otoir.data import Dataset
+    from otoir.data import DataSource
 
 __all__ = ["TrainConfig", "TrainInputs", "OPTIMIZER_CHOICES", "BACKENDS", "resolve_dataset"]
 
@@ -39,7 +39,8 @@ class TrainConfig:
 
     Attributes:
         data: Built-in dataset name (``mnist``) or ``.npz`` file (a :class:`TrainInputs`
-            may lend a :class:`~otoir.data.Dataset` object of that name instead).
+            may lend any :class:`~otoir.data.DataSource` of that name instead: arrays, a
+            ``DataLoader`` or an iterable of batches, see :mod:`otoir.data.sources`).
         optimizer: ``h2spg``, ``dhspg``, ``sgd`` (plain training) or ``auto``: the structured
             optimizer of the groups being sparsified (H2SPG for GeZIGs, DHSPG for ZIGs), plain
             SGD when none are.
@@ -72,7 +73,8 @@ class TrainConfig:
             (with a warning). 1: no rounding.
     """
 
-    data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
+    data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs (or inputs.NAME per model "
+                                "input) and labels")
     optimizer: str = option("auto", "auto | sgd | h2spg | dhspg (auto: h2spg for gezig groups, dhspg for zig, else sgd)")
     variant: str = option("sgd", "base update of h2spg/dhspg: sgd | adam | adamw (OTO's lr for adam: 1e-3)")
     epochs: int = option(1, "passes over the training data")
@@ -180,7 +182,8 @@ class TrainInputs:
         module: The ``torch.nn.Module`` the model was exported from (the torch backend trains
             it in place and copies its values into the model).
         loss_fn: Torch loss ``loss_fn(outputs, labels)`` (default: cross-entropy).
-        datasets: Loaded datasets; the ``train`` pass uses the one whose ``name`` equals its
+        datasets: Data sources (:class:`~otoir.data.DataSource`: arrays, a ``DataLoader``, an
+            iterable of batches); the ``train`` pass uses the one whose ``name`` equals its
             ``data`` option instead of loading that name.
     """
 
@@ -188,11 +191,11 @@ class TrainInputs:
 
     module: Any = None
     loss_fn: Callable | None = None
-    datasets: Sequence[Dataset] = field(default_factory=tuple)
+    datasets: Sequence[DataSource] = field(default_factory=tuple)
 
 
-def resolve_dataset(name: str, resources: Mapping[str, Any]) -> Dataset:
-    """The dataset ``name``: one lent in ``resources`` (:class:`TrainInputs`), or loaded.
+def resolve_dataset(name: str, resources: Mapping[str, Any]) -> DataSource:
+    """The data ``name``: a source lent in ``resources`` (:class:`TrainInputs`), or loaded.
 
     Raises:
         DatasetError: Not lent, and not a built-in name or a readable ``.npz`` file.

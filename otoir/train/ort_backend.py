@@ -18,7 +18,7 @@ trained model with :func:`evaluate`, which runs its inference form
 (:func:`otoir.train.inference.to_inference`) in an ``InferenceSession``.
 
 Known traps handled here (see ``research/environment-notes.md`` §3): LayerNormalization
-nodes get their Mean / InvStdDev outputs (fix A); no eval or optimizer model is loaded (fixes
+nodes get their Mean / InvStdDev outputs (fix A), Dropout nodes their mask output; no eval or optimizer model is loaded (fixes
 B and C are not needed); gradients accumulate, so ``lazy_reset_grad`` runs before every step.
 """
 
@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -51,6 +52,9 @@ from otoir.train.ort_common import (
     trainable_names,
 )
 from otoir.train.ort_eval import evaluate, recalibrate_bn
+
+if TYPE_CHECKING:
+    from otoir.data import Binding
 
 __all__ = [
     "BackendUnavailable",
@@ -207,6 +211,9 @@ class OrtTrainer:
         for i, n in enumerate(g.node):  # fix A: LayerNorm gradients need Mean / InvStdDev outputs
             if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
                 n.output.extend([f"{n.name or 'ln'}_{i}_otoir_mean", f"{n.name or 'ln'}_{i}_otoir_invstd"])
+            # the Dropout gradient needs its mask output (torch's attention dropout exports without it)
+            if n.op_type == "Dropout" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
+                n.output.append(f"{n.name or 'dropout'}_{i}_otoir_mask")
         return proto
 
     def _fix_batch_dim(self, g: onnx.GraphProto) -> None:
@@ -396,7 +403,7 @@ class TrainHistory:
 
 def train_ort(
     model: ir.Model,
-    train_x: np.ndarray,
+    train_x: np.ndarray | Sequence[np.ndarray] | Binding,
     train_y: np.ndarray | None,
     optimizer: Optimizer,
     *,
@@ -420,12 +427,15 @@ def train_ort(
 
     Args:
         model: The training-mode model; its initializers receive the trained values.
-        train_x: Training inputs, batch first.
+        train_x: Training inputs, batch first (an array, or one array per data input), or a
+            :class:`otoir.data.Binding` of any data source to ``model`` (then ``train_y`` is
+            ignored: the labels come with the batches; a stream is re-batched to its own batch
+            size, all data to the model's batch size when it is fixed).
         train_y: Labels (None for ``loss='output'``).
         optimizer: Any object following :class:`~otoir.train.optimizers.Optimizer`.
         epochs: Passes over the data.
-        batch: Batch size.
-        seed: Seed of the batch order.
+        batch: Batch size of array data (a model with a fixed batch dimension trains at that size).
+        seed: Seed of the batch order (array data).
         loss: See :class:`OrtTrainer`.
         val_x: Optional validation inputs (evaluated after every epoch).
         val_y: Validation labels.
@@ -440,11 +450,29 @@ def train_ort(
     Returns:
         The history.
     """
-    n = int(train_x.shape[0])
-    if n == 0:
-        raise TrainingError("no training samples")
-    batch = max(1, min(int(batch), n))
-    per_epoch = n // batch if drop_last else -(-n // batch)
+    from otoir.data import Binding, DataFitError, Dataset, bind
+
+    if isinstance(train_x, Binding):
+        binding = train_x
+    else:
+        xs = tuple(train_x) if isinstance(train_x, (list, tuple)) else train_x
+        if (xs[0] if isinstance(xs, tuple) else xs).shape[0] == 0:
+            raise TrainingError("no training samples")
+        try:
+            binding = bind(Dataset(xs, train_y, name="<arrays>"), model)
+        except DataFitError as exc:
+            raise TrainingError(str(exc)) from None
+    if not drop_last and (isinstance(train_x, Binding) or binding.fixed_batch):
+        raise TrainingError("drop_last=False needs arrays and a model without a fixed batch dimension")
+    size = binding.batch_size(batch, exact=True)
+    per_epoch = binding.steps_per_epoch(size) if size else None
+    if per_epoch is None:
+        raise TrainingError(f"data '{binding.source.name}': the number of batches per epoch is unknown "
+                            "(give a DataLoader or another iterable with len())")
+    if not drop_last:
+        per_epoch = -(-len(binding.source) // size)
+    if per_epoch < 1:
+        raise TrainingError(f"data '{binding.source.name}' has fewer samples than one batch of {size}")
     total = per_epoch * int(epochs)
     if max_steps is not None:
         total = min(total, int(max_steps))
@@ -459,22 +487,21 @@ def train_ort(
         bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True, desc="train")
     t0 = time.perf_counter()
     samples = 0
-    with OrtTrainer(model, loss=loss, threads=threads, batch_size=batch if drop_last else None) as tr:
+    with OrtTrainer(model, loss=loss, threads=threads, batch_size=size if drop_last else None) as tr:
         step = 0
         for _epoch in range(int(epochs)):
             if step >= total:
                 break
-            order = rng.permutation(n)
             ep_losses = []
-            for b in range(per_epoch):
+            for xb, yb in binding.batches(size, rng=rng, keep_last=not drop_last):
                 if step >= total:
                     break
-                idx = order[b * batch : (b + 1) * batch]
-                yb = None if train_y is None else train_y[idx]
-                value = tr.step(train_x[idx], yb, optimizer)
+                if loss == "output":
+                    yb = None
+                value = tr.step(xb, yb, optimizer)
                 hist.losses.append(value)
                 ep_losses.append(value)
-                samples += len(idx)
+                samples += len(xb[0]) if np.ndim(xb[0]) else 1
                 step += 1
                 if on_step is not None:
                     on_step(step, value)
@@ -490,7 +517,7 @@ def train_ort(
                 hist.epoch_losses.append(float(np.mean(ep_losses)))
             if val_x is not None and val_y is not None:
                 tr.write_back()
-                hist.val.append(evaluate(model, val_x, val_y, batch=max(batch, 256), loss=loss, threads=threads))
+                hist.val.append(evaluate(model, val_x, val_y, batch=max(size, 256), loss=loss, threads=threads))
         tr.write_back()
         hist.steps = step
     if bar is not None:

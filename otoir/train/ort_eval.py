@@ -5,7 +5,8 @@ Both run the model in an ONNX Runtime ``InferenceSession`` through :mod:`otoir.r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -15,7 +16,37 @@ from otoir.runtime import EvalResult
 from otoir.train.inference import to_inference
 from otoir.train.ort_common import _as_list, _prep, _require_ort, batchnorm_stats
 
+if TYPE_CHECKING:
+    from otoir.data import Binding
+
 __all__ = ["evaluate", "recalibrate_bn"]
+
+
+def _fit_rows(xs: list[np.ndarray], y: np.ndarray | None, fixed: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Inputs (and labels) cut to whole batches of a fixed batch size; fewer rows are cycled to one."""
+    n = xs[0].shape[0]
+    keep = (n // fixed) * fixed if n >= fixed else fixed
+    idx = np.arange(keep) % n
+    return [x[idx] for x in xs], None if y is None else np.asarray(y)[idx]
+
+
+def _input_batches(model: ir.Model, inputs: np.ndarray | Sequence[np.ndarray] | Binding,
+                   batch: int) -> Iterator[list[np.ndarray]]:
+    """Batches of the model's data inputs: from arrays (whole batches of a fixed batch size) or a binding."""
+    from otoir.data import Binding
+    from otoir.report import fixed_batch
+
+    if isinstance(inputs, Binding):
+        yield from inputs.input_batches(batch)
+        return
+    xs = [_prep(x) for x in _as_list(inputs)]
+    fixed = fixed_batch(model)
+    if fixed:
+        xs, _ = _fit_rows(xs, None, fixed)
+        batch = fixed
+    n = xs[0].shape[0]
+    for s in range(0, n, max(1, int(batch))):
+        yield [x[s : s + batch] for x in xs]
 
 
 
@@ -42,15 +73,23 @@ def evaluate(
         threads: Intra-op threads.
 
     Returns:
-        Mean loss, accuracy (class labels only) and sample count.
+        Mean loss, accuracy (class labels only) and sample count. A model whose batch dimension
+        is fixed runs in batches of that size over the whole batches of the data (fewer rows
+        than one batch are cycled to fill it).
     """
+    from otoir.report import fixed_batch
+
     _require_ort()
+    fixed = fixed_batch(model)
+    if fixed:
+        xs, labels = _fit_rows([_prep(x) for x in _as_list(inputs)], labels, fixed)
+        inputs, batch = xs, fixed
     return runtime.evaluate(to_inference(model), inputs, labels, batch, loss=loss, output=output, threads=threads)
 
 
 def recalibrate_bn(
     model: ir.Model,
-    inputs: np.ndarray | Sequence[np.ndarray],
+    inputs: np.ndarray | Sequence[np.ndarray] | Binding,
     batch: int = 256,
     *,
     threads: int | None = None,
@@ -64,7 +103,9 @@ def recalibrate_bn(
 
     Args:
         model: Training-mode model; its running-statistics initializers are overwritten.
-        inputs: Input array (or one array per graph input), batch first.
+        inputs: Input array (or one array per graph input), batch first, or a
+            :class:`otoir.data.Binding` (one pass over its data, streamed; a stream keeps its
+            own batches). A fixed batch dimension is run in whole batches of its size.
         batch: Batch size.
         threads: Intra-op threads.
 
@@ -89,12 +130,10 @@ def recalibrate_bn(
     # running statistics: keep the graph as it is.
     sess = runtime.session(m, threads=threads, optimization="disable")
     in_names = [i.name for i in sess.get_inputs()]
-    xs = [_prep(x) for x in _as_list(inputs)]
-    n = xs[0].shape[0]
     sums: dict[str, list[np.ndarray]] = {k: [np.zeros(0), np.zeros(0)] for k in extra}
     count = 0
-    for s in range(0, n, max(1, int(batch))):
-        res = runtime.run(sess, {k: x[s : s + batch] for k, x in zip(in_names, xs, strict=False)}, extra)
+    for xb in _input_batches(model, inputs, batch):
+        res = runtime.run(sess, dict(zip(in_names, xb, strict=False)), extra)
         for name, h in zip(extra, res, strict=False):
             h64 = h.astype(np.float64)
             axes = (0, *range(2, h.ndim))
@@ -105,6 +144,8 @@ def recalibrate_bn(
             acc[0] = mean if acc[0].size == 0 else acc[0] + mean
             acc[1] = var if acc[1].size == 0 else acc[1] + var
         count += 1
+    if count == 0:
+        return 0
     inits = model.graph.initializers
     for (_node, mean_name, var_name), x_name in zip(bns, wanted, strict=False):
         mean, var = sums[x_name]

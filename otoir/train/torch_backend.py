@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from otoir.analyses.groups import Group
 
-__all__ = ["TorchTrainResult", "make_torch_optimizer", "train_torch", "copy_state_to_model", "unwrap", "recalibrate_bn"]
+__all__ = ["TorchTrainResult", "make_torch_optimizer", "train_torch", "copy_state_to_model", "unwrap", "recalibrate_bn",
+           "torch_batches"]
 
 
 @dataclass
@@ -101,8 +102,11 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
 
     Args:
         module: The module (may be DDP-wrapped); trained in place.
-        loader: Iterable of ``(inputs, targets)`` batches (a ``DataLoader``).
-        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+        loader: Iterable of ``(inputs, targets)`` batches (a ``DataLoader``); ``inputs`` is a
+            tensor, a tuple of tensors (the forward's positional arguments) or a dict (keyword
+            arguments).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (``outputs``: the module's
+            output, or its first element / ``logits`` when it returns a tuple / dict).
         groups: Groups from the analysis (tensor names = parameter names).
         optimizer: ``"dhspg"`` or ``"h2spg"``.
         epochs: Passes over ``loader``.
@@ -126,19 +130,85 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and rank0), leave=False)
         for x, y in bar:
-            x, y = x.to(device), y.to(device)
+            x, y = _to_device(x, device), _to_device(y, device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(module(x), y)
+            loss = loss_fn(_first_output(_forward(module, x)), y)
             loss.backward()
             opt.step()
             result.steps += 1
-            total += float(loss.detach()) * len(x)
-            count += len(x)
+            rows = _rows(x)
+            total += float(loss.detach()) * rows
+            count += rows
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}", zero=f"{opt.num_zero_groups}/{n_groups}")
         result.losses.append(total / max(count, 1))
     result.zero_groups = opt.zero_groups
     result.seconds = time.perf_counter() - t0
     return result
+
+
+class _TorchBatches:
+    """Epochs of torch batches from an :class:`otoir.data.Binding` (see :func:`torch_batches`)."""
+
+    def __init__(self, binding: Any, size: int | None, steps: int, seed: int) -> None:
+        self.binding, self.size, self.steps = binding, size, int(steps)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for i, (xs, y) in enumerate(self.binding.batches(self.size, rng=self.rng)):
+            if i >= self.steps:
+                break
+            yield tuple(torch.from_numpy(x) for x in xs), None if y is None else torch.from_numpy(np.asarray(y))
+
+
+def torch_batches(binding: Any, size: int | None, *, steps: int, seed: int = 0) -> Iterable:
+    """A re-iterable of ``(inputs tuple, labels)`` torch batches for :func:`train_torch`.
+
+    Args:
+        binding: Data fitted to the model (:func:`otoir.data.bind`); inputs come in the model's
+            input order, which is the module's positional argument order.
+        size: Rows per batch (None: a stream's own batches).
+        steps: Batches per epoch (``len()``; an epoch stops there).
+        seed: Seed of the batch order of array data (one generator for all epochs).
+    """
+    return _TorchBatches(binding, size, steps, seed)
+
+
+def _to_device(x: Any, device: str | torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _forward(module: torch.nn.Module, x: Any) -> Any:
+    """``module`` on one batch's inputs: a tensor, positional tuple or keyword dict."""
+    if isinstance(x, dict):
+        return module(**x)
+    if isinstance(x, (tuple, list)):
+        return module(*x)
+    return module(x)
+
+
+def _first_output(out: Any) -> Any:
+    """The output the loss is computed from: the first of a tuple, ``logits`` of a dict-like output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        return out["logits"] if "logits" in out.keys() else next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def _rows(x: Any) -> int:
+    first = next(iter(x.values())) if isinstance(x, dict) else (x[0] if isinstance(x, (tuple, list)) else x)
+    return len(first) if getattr(first, "ndim", 0) else 1
 
 
 def copy_state_to_model(module: torch.nn.Module, model: ir.Model, aliases: dict[str, str] | None = None) -> int:
@@ -164,12 +234,14 @@ def copy_state_to_model(module: torch.nn.Module, model: ir.Model, aliases: dict[
 
 
 @torch.no_grad()
-def recalibrate_bn(module: torch.nn.Module, inputs: torch.Tensor, batch: int = 256) -> int:
+def recalibrate_bn(module: torch.nn.Module, inputs: torch.Tensor | Iterable, batch: int = 256) -> int:
     """Re-estimates every BatchNorm's running statistics from ``inputs`` (no parameter changes).
 
     Running averages taken while the weights move lag behind the final weights; this replaces
     them by the plain average over batches of the batch statistics (``momentum=None``), as in
-    ``torch.optim.swa_utils.update_bn``. Returns the number of BatchNorm modules recalibrated.
+    ``torch.optim.swa_utils.update_bn``. ``inputs`` is one tensor (cut into batches of
+    ``batch``) or an iterable of batches' inputs (tensors, positional tuples or keyword dicts;
+    streamed). Returns the number of BatchNorm modules recalibrated.
     """
     bns = [m for m in unwrap(module).modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -181,8 +253,10 @@ def recalibrate_bn(module: torch.nn.Module, inputs: torch.Tensor, batch: int = 2
         m.momentum = None
     module.train()
     device = next(unwrap(module).parameters()).device
-    for i in range(0, len(inputs), batch):
-        module(inputs[i : i + batch].to(device))
+    batches = ((inputs[i : i + batch] for i in range(0, len(inputs), batch)) if isinstance(inputs, torch.Tensor)
+               else inputs)
+    for xb in batches:
+        _forward(module, _to_device(xb, device))
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     module.train(was_training)
