@@ -75,6 +75,7 @@ class Train(TrainConfig, Pass):
         "val-accuracy": "validation top-1 accuracy after training",
         "group-sparsity": "fraction of zero groups at the end (structured optimizers)",
         "bn-recalibrated": "BatchNormalization nodes whose running statistics were re-estimated",
+        "predicted-latency": "predicted latency of the selection / the full model's (target-latency)",
     }
 
     groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg, none for sgd) | gezig | zig")
@@ -175,11 +176,18 @@ class Train(TrainConfig, Pass):
             except ValueError as exc:
                 ctx.error(f"train: {exc}")
                 return False
+        selector = None
+        if groups is not None and self.target_latency:
+            selector = self._latency_selector(model, groups, ctx)
+            if selector is None:
+                return False
+            kwargs["target"] = 0.0  # the count comes from the latency target
         t0 = time.perf_counter()
         if backend == "torch":
-            out = self._train_torch(model, ds, module, getattr(lent, "loss_fn", None), opt_name, groups, kwargs, ctx)
+            out = self._train_torch(model, ds, module, getattr(lent, "loss_fn", None), opt_name, groups, kwargs, ctx,
+                                    selector)
         else:
-            out = self._train_ort(model, ds, opt_name, groups, kwargs, ctx)
+            out = self._train_ort(model, ds, opt_name, groups, kwargs, ctx, selector)
         if out is None:
             return False
         out["seconds"] = time.perf_counter() - t0
@@ -196,20 +204,39 @@ class Train(TrainConfig, Pass):
         mask = out.get("zero-mask")
         if mask is not None:
             ctx.stat("group-sparsity", round(float(np.mean(mask)), 6))
+        if selector is not None and selector.predicted is not None:
+            ctx.stat("predicted-latency", round(selector.predicted, 4))
         ctx.results[self.name] = {
             **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
             "optimizer": opt_name, "groups": groups,
-            "target-count": self.target_count(len(groups)) if groups else None,
+            "target-count": (None if not groups else int(np.sum(mask)) if selector is not None and mask is not None
+                             else self.target_count(len(groups))),
         }
         return out["steps"] > 0
 
-    def _train_ort(self, model, ds, opt_name, groups, kwargs, ctx) -> dict | None:
+    def _latency_selector(self, model, groups, ctx):
+        """The latency-aware selector of ``target-latency`` (None after an error)."""
+        from otoir.analyses.latency import latency_selector
+        from otoir.errors import OtoirError
+
+        try:
+            sel = latency_selector(model, groups, self.target_latency, analyses=ctx.analyses)
+        except (OtoirError, ValueError) as exc:
+            ctx.error(f"train: target-latency: {exc}")
+            return None
+        if sel.costs.remark:
+            ctx.remark(f"train: target-latency: {sel.costs.remark}")
+        return sel
+
+    def _train_ort(self, model, ds, opt_name, groups, kwargs, ctx, selector=None) -> dict | None:
         from otoir.train.optimizers import OptimizerUnavailable, make_optimizer
         from otoir.train.ort_backend import BackendUnavailable, TrainingError, recalibrate_bn, train_ort
 
         if groups is not None:
             kwargs = dict(kwargs)
             kwargs["target_sparsity"] = kwargs.pop("target")
+            if selector is not None:
+                kwargs["selector"] = selector
         else:
             kwargs = dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         try:
@@ -233,7 +260,7 @@ class Train(TrainConfig, Pass):
         mask = getattr(opt, "zero_groups", None) if groups is not None else None
         return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
 
-    def _train_torch(self, model, ds, module, loss_fn, opt_name, groups, kwargs, ctx) -> dict | None:
+    def _train_torch(self, model, ds, module, loss_fn, opt_name, groups, kwargs, ctx, latency=None) -> dict | None:
         import torch
 
         from otoir.train.torch_backend import copy_state_to_model, recalibrate_bn, train_torch
@@ -256,6 +283,8 @@ class Train(TrainConfig, Pass):
 
             glist = groups  # a GroupSet (groups_for): its checker judges validity
             selector = lambda s, k: select_redundant(glist, s, k)  # noqa: E731
+        if latency is not None:
+            selector = latency
         torch.manual_seed(self.seed)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(torch.from_numpy(ds.train_x), torch.from_numpy(ds.train_y)),

@@ -66,6 +66,11 @@ class TrainConfig:
             (never selected), with the reason ``ignored by ignore=PATTERN``.
         max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
             zeroed (1.0: no cap); the global target is still met exactly, or refused up front.
+        target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
+            groups are ranked by importance per unit of measured ONNX Runtime latency saved
+            and chosen until the predicted latency is this fraction of the full model's
+            (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
+            Runtime is not available. 0 (the default): off.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
@@ -86,6 +91,9 @@ class TrainConfig:
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
+    target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
+                                        "latency is this fraction of the full model's, in (0, 1); 0: off "
+                                        "(target-sparsity counts groups)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -102,6 +110,8 @@ class TrainConfig:
             raise ValueError("warmup and projection must be >= 0")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
+        if not (0.0 <= self.target_latency < 1.0):
+            raise ValueError(f"target-latency must be in (0, 1) (0: off), got {self.target_latency}")
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:
