@@ -66,6 +66,10 @@ class TrainConfig:
             (never selected), with the reason ``ignored by ignore=PATTERN``.
         max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
             zeroed (1.0: no cap); the global target is still met exactly, or refused up front.
+        round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
+            count (whole groups: attention heads stay whole). Acts in the selection; K is still
+            ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
+            (with a warning). 1: no rounding.
         target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
             groups are ranked by importance per unit of measured ONNX Runtime latency saved
             and chosen until the predicted latency is this fraction of the full model's
@@ -91,6 +95,7 @@ class TrainConfig:
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
+    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
     target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
                                         "latency is this fraction of the full model's, in (0, 1); 0: off "
                                         "(target-sparsity counts groups)")
@@ -110,6 +115,9 @@ class TrainConfig:
             raise ValueError("warmup and projection must be >= 0")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
+        from otoir.analyses.validity import check_round_to
+
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
         if not (0.0 <= self.target_latency < 1.0):
             raise ValueError(f"target-latency must be in (0, 1) (0: off), got {self.target_latency}")
         if isinstance(self.ignore, str):
