@@ -25,8 +25,8 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
 * :func:`latency_select` is the latency-aware selection: groups are ranked by importance per
   unit of (smoothly estimated) latency saved, and the walk is the validity-checked
   :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
-  validity). With ``target_latency=F`` it takes the shortest prefix of that walk whose
-  predicted latency is at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
+  predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
 
 Every ONNX Runtime session comes from :func:`otoir.runtime.session`.
 """
@@ -781,8 +781,9 @@ def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         scores: Redundancy scores (larger = more redundant).
         costs: The cost model of these groups.
         k: Take exactly this many (when reachable).
-        target_latency: Take the shortest prefix of the walk whose predicted cost is at most
-            this fraction of the full model's (all accepted groups when none is).
+        target_latency: Take the smallest count whose selection is predicted to cost at most
+            this fraction of the full model's (found by bisection; the most that can be chosen
+            when no count reaches it).
         checker: Validity checker (default: the groups').
 
     Returns:
@@ -805,14 +806,30 @@ def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         return select_redundant(groups, prio.tolist(), k, checker)
     if not 0.0 < target_latency < 1.0:
         raise ValueError(f"target-latency must be in (0, 1), got {target_latency}")
-    walk = select_redundant(groups, prio.tolist(), len(groups), checker)
-    walk = [i for i in walk if np.isfinite(prio[i])]
+    pr = prio.tolist()
+    n_ok = int(np.isfinite(prio).sum())
     goal = target_latency * costs.full
-    tr = costs.tracker()
-    for n, i in enumerate(walk):
-        if tr.remove(i) <= goal:
-            return walk[: n + 1]
-    return walk
+    cache: dict[int, tuple[list[int], float]] = {}
+
+    def at(k: int) -> tuple[list[int], float]:
+        if k not in cache:
+            chosen = select_redundant(groups, pr, k, checker)
+            cache[k] = (chosen, costs.predict(chosen))
+        return cache[k]
+
+    # the smallest K whose selection is predicted to meet the goal (bisection: the prediction
+    # falls with K up to alignment noise); select_redundant applies every control (round-to too)
+    hi = len(at(n_ok)[0])
+    if at(hi)[1] > goal:
+        return at(hi)[0]
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid)[1] <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return at(hi)[0]
 
 
 class LatencySelector:
