@@ -260,8 +260,8 @@ class Train(TrainConfig, Pass):
         except (OtoirError, ValueError) as exc:
             ctx.error(f"train: target-latency: {exc}")
             return None
-        if sel.costs.remark:
-            ctx.remark(f"train: target-latency: {sel.costs.remark}")
+        if sel.remark:
+            ctx.remark(f"train: target-latency: {sel.remark}")
         return sel
 
     def _train_ort(self, model, ds, opt_name, groups, kwargs, ctx, selector=None) -> dict | None:

@@ -146,7 +146,7 @@ class ZeroGroups(Pass):
 
     def _latency_chosen(self, model, groups, ctx):
         """Groups chosen by :func:`~otoir.analyses.latency.latency_select` with random scores."""
-        from otoir.analyses.latency import cost_model, latency_select
+        from otoir.analyses.latency import cost_model, latency_select, runtime_aligned
         from otoir.errors import OtoirError
 
         try:
@@ -156,6 +156,9 @@ class ZeroGroups(Pass):
             return None
         if costs.remark:
             ctx.remark(f"target-latency: {costs.remark}")
+        groups, note = runtime_aligned(model, groups, costs)
+        if note:
+            ctx.remark(f"target-latency: {note}")
         scores = np.random.default_rng(self.seed).random(len(groups))
         scores[[not g.prunable for g in groups]] = -np.inf
         picked = latency_select(groups, scores, costs, target_latency=self.target_latency)

@@ -63,6 +63,7 @@ __all__ = [
     "latency_select",
     "latency_selector",
     "LatencySelector",
+    "runtime_aligned",
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
@@ -850,6 +851,7 @@ class LatencySelector:
         self.target_latency = target_latency
         self.variable_count = target_latency is not None
         self.predicted: float | None = None
+        self.remark = costs.remark
 
     def __call__(self, scores: Sequence[float], k: int) -> list[int]:
         if self.target_latency is not None:
@@ -860,12 +862,47 @@ class LatencySelector:
         return out
 
 
+def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) -> tuple[Sequence[Group], str]:
+    """``groups`` with round-to set to the runtime's channel multiple, when that applies.
+
+    The table measures each layer alone, so it sees the cost of a misaligned count in that
+    layer but not the layout changes (NCHWc reorders) it forces on its neighbours; a
+    latency-aware selection therefore keeps counts aligned: channel groups
+    (:class:`~otoir.analyses.validity.GroupSet` without a validity checker) whose ``round_to``
+    is 1 get the table's ``align``. An explicit ``round-to`` is kept.
+
+    Returns:
+        ``(groups, remark)``; the remark is empty when nothing changed.
+    """
+    from otoir.analyses.validity import GroupSet
+
+    if costs.table is None or getattr(groups, "checker", None) is not None or getattr(groups, "round_to", 1) > 1:
+        return groups, ""
+    n = costs.table.align
+    if n <= 1 or any("segment" in g.meta for g in groups):
+        return groups, ""
+    channels: dict[str, int] = {}
+    inits = model.graph.initializers
+    for g in groups:
+        if g.slices and g.slices[0].axis is not None and g.slices[0].tensor not in channels:
+            v = inits.get(g.slices[0].tensor)
+            if v is not None and v.const_value is not None:
+                channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
+    out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels)
+    return out, (f"kept channel counts are multiples of {n} (the channel multiple ONNX Runtime's blocked "
+                 f"convolutions need here; round-to= overrides)")
+
+
 def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: float, *,
                      analyses: AnalysisManager | None = None, threads: int = 1, batch: int = 1,
                      cache: bool | str | os.PathLike = True) -> LatencySelector:
     """The optimizers' latency-aware selector for ``groups`` of ``model`` (see :func:`cost_model`).
 
-    Its ``costs.remark`` says when FLOPs stand in for the runtime.
+    Channel counts are kept aligned to the runtime (:func:`runtime_aligned`). Its ``remark``
+    says so, and when FLOPs stand in for the runtime.
     """
-    return LatencySelector(groups, cost_model(model, groups, analyses=analyses, threads=threads, batch=batch,
-                                              cache=cache), target_latency)
+    costs = cost_model(model, groups, analyses=analyses, threads=threads, batch=batch, cache=cache)
+    sel_groups, note = runtime_aligned(model, groups, costs)
+    sel = LatencySelector(sel_groups, costs, target_latency)
+    sel.remark = "; ".join(x for x in (costs.remark, note) if x)
+    return sel
