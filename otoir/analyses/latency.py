@@ -302,11 +302,18 @@ def structure_hash(model: ir.Model, *extra: Any) -> str:
 
 
 def _measure(sess: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
-    """Mean ms of ``runs`` consecutive runs of ``sess`` (the one timer: tests count its calls)."""
-    t0 = time.perf_counter()
-    for _ in range(runs):
+    """Median ms of ``runs`` consecutive runs of ``sess`` (the one timer: tests count its calls).
+
+    Each run is timed on its own, so a time slice lost to another process spoils one run, not
+    the figure.
+    """
+    out = np.empty(max(runs, 1))
+    clock = time.perf_counter
+    for i in range(out.size):
+        t0 = clock()
         sess.run(None, feeds)
-    return (time.perf_counter() - t0) * 1e3 / max(runs, 1)
+        out[i] = clock() - t0
+    return float(np.median(out)) * 1e3
 
 
 def time_sessions(items: Sequence[tuple[Any, Mapping[str, np.ndarray]]], *, rounds: int = 7,
@@ -314,13 +321,14 @@ def time_sessions(items: Sequence[tuple[Any, Mapping[str, np.ndarray]]], *, roun
     """Median ms per run of each session, timed in interleaved rounds.
 
     Each session runs enough times per round to last about ``min_ms`` (found from a warm-up
-    run), and the rounds visit the sessions in turn, so load changes hit them alike.
+    run; the round's figure is the median of those runs), and the rounds visit the sessions in
+    turn, so load changes hit them alike; the median over the rounds is kept.
     """
     runs = []
     for sess, feeds in items:
         _measure(sess, feeds, 1)  # warm-up (allocations, first-run costs)
         first = _measure(sess, feeds, 1)
-        runs.append(max(1, min(200, int(min_ms / max(first, 1e-3)))))
+        runs.append(max(3, min(200, int(min_ms / max(first, 1e-3)))))
     times: list[list[float]] = [[] for _ in items]
     for _ in range(max(1, rounds)):
         for i, (sess, feeds) in enumerate(items):
