@@ -9,8 +9,7 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
   ``Gemm`` and ``MatMul`` with a constant weight, as a one-node sub-model of the model's own
   shapes (batch and spatial size) with ONNX Runtime on this machine — at a few kept
   output-channel and input-channel counts: multiples of :func:`channel_multiple` (the runtime's
-  NCHWc block, probed) and, beside each, one count that is not a multiple (the misaligned
-  cost). Layers with the same signature are timed once; sessions are timed in interleaved
+  NCHWc block, probed) and, beside each, one count half a block off (the misaligned cost). Layers with the same signature are timed once; sessions are timed in interleaved
   rounds and the median kept. The whole model is timed once too: what the layers do not
   explain (element-wise ops, pooling, layout reorders) is a residual that shrinks with the kept
   activations. The table is cached on disk per model structure (shapes and attributes, not
@@ -67,7 +66,7 @@ __all__ = [
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 #: Op types timed as layers (when their weight is a constant initializer).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Kept fractions sampled per axis (the full count is always sampled).
@@ -399,11 +398,15 @@ _ALIGN_CACHE: dict[tuple[str | None, int], int] = {}
 
 
 def channel_multiple(threads: int = 1) -> int:
-    """The channel multiple ONNX Runtime's CPU convolutions want here (its NCHWc block size).
+    """The channel multiple ONNX Runtime's CPU convolutions want here: its NCHWc block size.
 
-    Probed, not assumed: the smallest of 4, 8, 16 for which a depthwise convolution with that
-    many channels runs in the blocked layout (ORT rewrites it into ``com.microsoft.nchwc``
-    nodes); 8 when the probe cannot tell (no blocked layout on this CPU, or no ONNX Runtime).
+    Probed, not assumed: ORT runs a convolution in the blocked layout (``com.microsoft.nchwc``
+    nodes) with its input reordered into blocks only when the input has at least one block of
+    channels, so the block is the smallest of 4, 8, 16, 32 input channels for which ORT inserts
+    a ``ReorderInput`` (16 with AVX-512, 8 with AVX2). Channel counts between multiples of the
+    block are padded up to the next one, and counts that are not even multiples of 4 leave the
+    blocked layout altogether (measured on ORT 1.19). 8 when the probe cannot tell (no blocked
+    layout on this CPU, or no ONNX Runtime).
     """
     from otoir import runtime
 
@@ -418,9 +421,9 @@ def channel_multiple(threads: int = 1) -> int:
         from onnx import TensorProto, helper
 
         ort = runtime.onnxruntime()
-        for c in (4, 8, 16):
-            w = helper.make_tensor("w", TensorProto.FLOAT, [c, 1, 3, 3], [0.0] * (9 * c))
-            n = helper.make_node("Conv", ["x", "w"], ["y"], group=c, pads=[1, 1, 1, 1])
+        for c in (4, 8, 16, 32):
+            w = helper.make_tensor("w", TensorProto.FLOAT, [32, c, 3, 3], [0.0] * (288 * c))
+            n = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
             g = helper.make_graph([n], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
             m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -429,8 +432,8 @@ def channel_multiple(threads: int = 1) -> int:
                 opts.log_severity_level = 4
                 opts.optimized_model_filepath = os.path.join(d, "o.onnx")
                 ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                ops = {n.domain for n in onnx.load(opts.optimized_model_filepath).graph.node}
-            if any("nchwc" in dom for dom in ops):
+                ops = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+            if "ReorderInput" in ops:
                 found = c
                 break
     except Exception:  # noqa: BLE001 - the probe is advisory: keep the default
@@ -897,8 +900,8 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
             if v is not None and v.const_value is not None:
                 channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
     out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels)
-    return out, (f"kept channel counts are multiples of {n} (the channel multiple ONNX Runtime's blocked "
-                 f"convolutions need here; round-to= overrides)")
+    return out, (f"kept channel counts are multiples of {n} (the channel block of ONNX Runtime's blocked "
+                 f"convolutions here; round-to= overrides)")
 
 
 def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: float, *,
