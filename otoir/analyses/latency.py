@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 #: Op types timed as layers (when their weight is a constant initializer).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Kept fractions sampled per axis (the full count is always sampled).
@@ -265,18 +265,28 @@ def _layer_axes(node: ir.Node, wshape: tuple[int, ...]) -> tuple[int | None, int
 
 
 def model_layers(model: ir.Model) -> list[tuple[ir.Node, ir.Value, tuple[int | None, int]]]:
-    """The layers timed by the table: ``(node, weight initializer, (in axis, out axis))``."""
+    """The layers timed by the table: ``(node, weight initializer, (in axis, out axis))``.
+
+    A ``MatMul`` whose weight is a ``Transpose`` of a 2-D initializer (torch's ``Linear`` in a
+    training export) counts with the initializer itself and its axes swapped.
+    """
     out = []
     inits = model.graph.initializers
     for node in model.graph:
         if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             continue
         w = node.inputs[1]
+        swap = False
+        if node.op_type == "MatMul" and w is not None and w.name not in inits:
+            p = w.producer()
+            if (p is not None and p.op_type == "Transpose" and p.inputs and p.inputs[0] is not None
+                    and p.inputs[0].name in inits and list(_attr(p, "perm", [1, 0])) == [1, 0]):
+                w, swap = p.inputs[0], True
         if w is None or w.name not in inits or inits[w.name].const_value is None:
             continue
         axes = _layer_axes(node, tuple(inits[w.name].const_value.shape))
         if axes is not None:
-            out.append((node, w, axes))
+            out.append((node, w, (axes[1], axes[0]) if swap else axes))
     return out
 
 
@@ -361,6 +371,8 @@ def _one_layer_proto(node: ir.Node, x_shape: tuple[int, ...], wshape: tuple[int,
             xs[1] = kin
         else:  # Gemm (transA=0) / MatMul: the last axis of x is the contraction
             xs[-1] = kin
+            if op == "MatMul":
+                ws = [kin, kout]  # the weight as MatMul reads it (a transposed initializer included)
     inits = [numpy_helper.from_array(rng.standard_normal(ws).astype(np.float32) * 0.01, "w")]
     inputs = ["x", "w"]
     nb = {"Conv": ws[0], "ConvTranspose": ws[1] * int(attrs.get("group", 1)),
@@ -693,6 +705,9 @@ def _effects(groups: Sequence[Group], layers: list[LayerCost]) -> list[list[tupl
     out = []
     for g in groups:
         eff: dict[int, list[int]] = {}
+        if not g.meta.get("exact", True):  # zeroed but kept by the construction: saves nothing
+            out.append([])
+            continue
         for s in (*g.slices, *g.dependent):
             for li in by_weight.get(s.tensor, ()):
                 lc = layers[li]
