@@ -62,15 +62,22 @@ def _resnet50(quick: bool):
 _MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
+def _image(side: int):
+    import torch
+
+    return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
 def _mobilenetv2(quick: bool):
-    return _zoo("mobilenetv2", width=0.5 if quick else 1.0, settings=_MBV2)
+    m, _ = _zoo("mobilenetv2", width=0.5 if quick else 1.0, settings=_MBV2)
+    return m, _image(32 if quick else 64)
 
 
 def _efficientnet(quick: bool):
     import torch
 
     torch.manual_seed(0)
-    return EfficientNetLike(width=0.5 if quick else 1.0), torch.randn(2, 3, 32, 32)
+    return EfficientNetLike(width=0.5 if quick else 1.0), _image(32 if quick else 64)
 
 
 def _vit(quick: bool):
@@ -91,8 +98,10 @@ def _bert(quick: bool):
 MODELS: dict[str, Net] = {
     "resnet18": Net(_resnet18, "ResNet-18 (CIFAR stem, 32x32), full width 64 (quick: 32)"),
     "resnet50": Net(_resnet50, "ResNet-50 bottlenecks 3-4-6-3 (CIFAR stem, 32x32), narrow: width 32 (quick: 16)"),
-    "mobilenetv2": Net(_mobilenetv2, "MobileNetV2, the 7 ImageNet stages (CIFAR stem, 32x32), width 1.0 (quick 0.5)"),
-    "efficientnet": Net(_efficientnet, "EfficientNet-B0-like: MBConv + SE + SiLU, B0 stages (32x32), width 1.0"),
+    "mobilenetv2": Net(_mobilenetv2, "MobileNetV2, the 7 ImageNet stages (stride-1 stem, 64x64), width 1.0 "
+                                     "(quick: 0.5, 32x32)"),
+    "efficientnet": Net(_efficientnet, "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages (stride-1 stem, "
+                                       "64x64), width 1.0 (quick: 0.5, 32x32)"),
     "vit": Net(_vit, "ViT: 32x32, patch 4 (65 tokens), width 192, 3 heads, 4 layers (quick: 96, 2 layers)"),
     "bert": Net(_bert, "BERT-like: 64 tokens, width 256, 4 heads, FFN 1024, 4 layers (quick: 128/512/2)"),
 }

@@ -241,3 +241,13 @@ def test_compress_with_target_latency_trains_to_the_latency_target(tmp_path, mon
     assert res.report.verified is not False  # the oracle held on the held-out inputs
     assert res.report.compressed.flops < res.report.full.flops
     assert list(tmp_path.glob("latency/*.json"))  # the table was cached
+
+
+def test_bench_latency_lists_its_networks_and_refuses_unknown_ones(capsys):
+    from otoir.tools import bench_latency
+
+    assert bench_latency.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("resnet18", "resnet50", "mobilenetv2", "efficientnet", "vit", "bert"))
+    assert bench_latency.main(["--models", "alexnet"]) == 2
+    assert "unknown model" in capsys.readouterr().err
