@@ -82,8 +82,11 @@ class ZeroGroups(Pass):
                                    round_to=self.round_to)
         rounding = f"round-to={self.round_to}" if self.round_to > 1 and self.kind == "zig" else ""
         by_id = {g.id: i for i, g in enumerate(groups)}
-        if sum(map(bool, (self.ids, self.random, self.target_latency))) > 1:
-            ctx.error("give one of ids=, random= and target-latency=")
+        if self.ids and self.random:
+            ctx.error("give either ids= or random=, not both")
+            return False
+        if self.target_latency and (self.ids or self.random):
+            ctx.error("target-latency= chooses the groups itself: give neither ids= nor random= with it")
             return False
         if self.target_latency:
             chosen = self._latency_chosen(model, groups, ctx)
