@@ -75,6 +75,8 @@ setup(
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
         # Third-party architectures for the tests (built from configs, random init, no downloads).
         "models": ["transformers>=4.45"],
+        # tools/bench_prune.py times the public OTO library beside otoir (graphviz/pydot: its imports).
+        "benchmark": ["only_train_once==3.0.1", "graphviz", "pydot"],
     },
     entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main",
                                       "otoir-demo=otoir.tools.demo:console_main"]},

@@ -66,6 +66,10 @@ def _report_round_to(ctx, groups, target: float) -> bool:
 
     if getattr(groups, "round_to", 1) <= 1:
         return True
+    if getattr(groups, "checker", None) is not None:
+        ctx.warning(f"train: round-to={groups.round_to} applies to channel groups (pruning); erasing removes whole "
+                    "segments, so it has no effect here")
+        return True
     kept = round_to_kept(groups)
     if kept:
         reasons = list(kept.values())

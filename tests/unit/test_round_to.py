@@ -320,9 +320,39 @@ def test_compress_round_to_end_to_end():
                          backend="ort", progress=False, latency_runs=0, round_to=8)
     assert "round-to=8" in res.pipeline
     k = check_valid_target(controlled_groups(res.groups, round_to=8), 0.5)
-    assert len(res.zero_group_ids) == k
+    assert len(res.zero_group_ids) == k != math.floor(0.5 * len(res.groups))  # 12-channel tensors: the nearest count
+    assert f"-> {k} with round-to=8" in res.report.details["groups"]
     assert "with round-to=8" in res.report.details["groups"]
     kept = res.report.details["kept channels"]
     counts = [int(part.rsplit("->", 1)[1]) for part in kept.split("; ")]
     assert counts and all(c % 8 == 0 for c in counts)
     assert res.report.verified
+
+
+def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
+    from otoir.passes.train import _report_round_to
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.messages: list[tuple[str, str]] = []
+
+        def warning(self, m: str) -> None:
+            self.messages.append(("warning", m))
+
+        def remark(self, m: str) -> None:
+            self.messages.append(("remark", m))
+
+        def error(self, m: str) -> None:
+            self.messages.append(("error", m))
+
+    channels = {"a": 8, "b": 16, "c": 16}
+    groups = GroupSet(_synthetic(channels), round_to=8, channels=channels)
+    ctx = Ctx()
+    assert _report_round_to(ctx, groups, 0.3)
+    kinds = dict(ctx.messages)
+    assert "'a' keeps all 8 channels" in kinds["remark"]
+    assert "8 of 40 groups are zeroed instead of the 12 asked" in kinds["warning"]
+    ctx = Ctx()
+    assert not _report_round_to(ctx, groups, 0.5)  # 20 > 16: an error, not a silent cut
+    errors = [m for kind, m in ctx.messages if kind == "error"]
+    assert len(errors) == 1 and "round-to=8" in errors[0]
