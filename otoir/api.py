@@ -119,7 +119,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
-             max_layer_ratio: float = 1.0, round_to: int = 1) -> CompressResult:
+             max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
 
     This is the ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline (see
@@ -172,6 +172,10 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             full count (whole groups: attention heads stay whole); chosen in the selection, with
             exactly ``⌊target·#groups⌋`` groups when such a set exists, else the nearest count that
             does (``report.details["groups"]`` says so). 1: no rounding.
+        target_latency: Latency-aware selection: groups are ranked by importance per unit of
+            ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`)
+            and chosen until the predicted latency is this fraction of the full model's;
+            ``target_sparsity`` is then not used. 0: off.
 
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
@@ -197,7 +201,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
-            round_to=round_to)
+            round_to=round_to, target_latency=target_latency)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 
@@ -231,7 +235,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         "mode": mode, "optimizer": f"{train['optimizer']} ({variant}, lr {lr:g})", "backend": train["backend"],
         "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
-                  f"(target {target_sparsity:g} -> {train['target-count']}"
+                  + (f"(target-latency {target_latency:g} -> {train['target-count']}" if target_latency else
+                     f"(target {target_sparsity:g} -> {train['target-count']}")
                   + (f" with round-to={p.round_to}" if p.round_to > 1 else "") + ")",
         "training time": f"{train['seconds']:.1f} s",
     }

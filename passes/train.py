@@ -118,6 +118,7 @@ class Train(TrainConfig, Pass):
         "val-accuracy": "validation top-1 accuracy after training",
         "group-sparsity": "fraction of zero groups at the end (structured optimizers)",
         "bn-recalibrated": "BatchNormalization nodes whose running statistics were re-estimated",
+        "predicted-latency": "predicted latency of the selection / the full model's (target-latency)",
     }
 
     groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg, none for sgd) | gezig | zig")
@@ -227,7 +228,7 @@ class Train(TrainConfig, Pass):
             if not groups:
                 ctx.error(f"train: the model has no prunable {kind} groups: nothing to sparsify")
                 return False
-            if not _report_round_to(ctx, groups, self.target_sparsity):
+            if not _report_round_to(ctx, groups, 0.0 if self.target_latency else self.target_sparsity):
                 return False
         plan = self._plan(binding, backend, ctx)
         if plan is None:
@@ -241,12 +242,18 @@ class Train(TrainConfig, Pass):
             except ValueError as exc:
                 ctx.error(f"train: {exc}")
                 return False
+        selector = None
+        if groups is not None and self.target_latency:
+            selector = self._latency_selector(model, groups, ctx)
+            if selector is None:
+                return False
+            kwargs["target"] = 0.0  # the count comes from the latency target
         t0 = time.perf_counter()
         if backend == "torch":
             out = self._train_torch(model, binding, size, total, module, getattr(lent, "loss_fn", None), opt_name,
-                                    groups, kwargs, ctx)
+                                    groups, kwargs, ctx, selector)
         else:
-            out = self._train_ort(model, binding, opt_name, groups, kwargs, ctx)
+            out = self._train_ort(model, binding, opt_name, groups, kwargs, ctx, selector)
         if out is None:
             return False
         out["seconds"] = time.perf_counter() - t0
@@ -264,20 +271,39 @@ class Train(TrainConfig, Pass):
         mask = out.get("zero-mask")
         if mask is not None:
             ctx.stat("group-sparsity", round(float(np.mean(mask)), 6))
+        if selector is not None and selector.predicted is not None:
+            ctx.stat("predicted-latency", round(selector.predicted, 4))
         ctx.results[self.name] = {
             **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
             "optimizer": opt_name, "groups": groups,
-            "target-count": _zeroed_count(groups, self.target_sparsity) if groups else None,
+            "target-count": (None if not groups else int(np.sum(mask)) if selector is not None and mask is not None
+                             else _zeroed_count(groups, self.target_sparsity)),
         }
         return out["steps"] > 0
 
-    def _train_ort(self, model, binding, opt_name, groups, kwargs, ctx) -> dict | None:
+    def _latency_selector(self, model, groups, ctx):
+        """The latency-aware selector of ``target-latency`` (None after an error)."""
+        from otoir.analyses.latency import latency_selector
+        from otoir.errors import OtoirError
+
+        try:
+            sel = latency_selector(model, groups, self.target_latency, analyses=ctx.analyses)
+        except (OtoirError, ValueError) as exc:
+            ctx.error(f"train: target-latency: {exc}")
+            return None
+        if sel.remark:
+            ctx.remark(f"train: target-latency: {sel.remark}")
+        return sel
+
+    def _train_ort(self, model, binding, opt_name, groups, kwargs, ctx, selector=None) -> dict | None:
         from otoir.train.optimizers import OptimizerUnavailable, make_optimizer
         from otoir.train.ort_backend import BackendUnavailable, TrainingError, recalibrate_bn, train_ort
 
         if groups is not None:
             kwargs = dict(kwargs)
             kwargs["target_sparsity"] = kwargs.pop("target")
+            if selector is not None:
+                kwargs["selector"] = selector
         else:
             kwargs = dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         try:
@@ -300,8 +326,8 @@ class Train(TrainConfig, Pass):
         mask = getattr(opt, "zero_groups", None) if groups is not None else None
         return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
 
-    def _train_torch(self, model, binding, size, total, module, loss_fn, opt_name, groups, kwargs,
-                     ctx) -> dict | None:
+    def _train_torch(self, model, binding, size, total, module, loss_fn, opt_name, groups, kwargs, ctx,
+                     latency=None) -> dict | None:
         import torch
 
         from otoir.train.torch_backend import copy_state_to_model, recalibrate_bn, torch_batches, train_torch
@@ -324,6 +350,8 @@ class Train(TrainConfig, Pass):
 
             glist = groups  # a GroupSet (groups_for): its checker judges validity
             selector = lambda s, k: select_redundant(glist, s, k)  # noqa: E731
+        if latency is not None:
+            selector = latency
         torch.manual_seed(self.seed)
         loader = torch_batches(binding, size, steps=total // self.epochs, seed=self.seed)
         try:

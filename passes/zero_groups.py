@@ -37,7 +37,10 @@ class ZeroGroups(Pass):
     must be a number in [0, 1] and ``seed`` non-negative. With ``round-to=N`` (channel groups)
     the kept channel count of every tensor that loses channels is a multiple of N: ``random=F``
     then zeroes the nearest count that allows (a warning says so when it differs), and ``ids``
-    that break it are refused. The pass reports a change only when
+    that break it are refused. ``target-latency=F`` zeroes groups ranked by importance (random
+    scores, ``seed``) per unit of measured ONNX Runtime latency saved until the predicted latency
+    is ``F`` of the full model's (:mod:`otoir.analyses.latency`; FLOPs without ONNX Runtime,
+    with a remark). The pass reports a change only when
     some entry was non-zero before (zeroing zeros again changes nothing, so ``repeat`` ends).
     """
 
@@ -57,6 +60,8 @@ class ZeroGroups(Pass):
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
     round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig)")
+    target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
+                                        "the predicted ONNX Runtime latency is this fraction of the full model's")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
@@ -66,6 +71,8 @@ class ZeroGroups(Pass):
         if not (math.isfinite(self.max_layer_ratio) and 0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
         check_round_to(self.round_to, "option 'round-to'")
+        if not (math.isfinite(self.target_latency) and 0.0 <= self.target_latency < 1.0):
+            raise ValueError(f"option 'target-latency' must be in (0, 1) (0: off), got {self.target_latency!r}")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
@@ -78,7 +85,14 @@ class ZeroGroups(Pass):
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
             return False
-        if self.ids:
+        if self.target_latency and (self.ids or self.random):
+            ctx.error("target-latency= chooses the groups itself: give neither ids= nor random= with it")
+            return False
+        if self.target_latency:
+            chosen = self._latency_chosen(model, groups, ctx)
+            if chosen is None:
+                return False
+        elif self.ids:
             unknown = [i for i in self.ids if i not in by_id]
             if unknown:
                 ctx.error(f"unknown {self.kind} group ids: {', '.join(unknown)}")
@@ -132,6 +146,31 @@ class ZeroGroups(Pass):
         ctx.stat("params-zeroed", entries)  # entries set to zero (slices, and dependent ones when asked)
         ctx.results["zeroed"] = [g.id for g in chosen]
         return changed
+
+    def _latency_chosen(self, model, groups, ctx):
+        """Groups chosen by :func:`~otoir.analyses.latency.latency_select` with random scores."""
+        from otoir.analyses.latency import cost_model, latency_select, runtime_aligned
+        from otoir.errors import OtoirError
+
+        try:
+            costs = cost_model(model, groups, analyses=ctx.analyses)
+        except OtoirError as exc:
+            ctx.error(f"target-latency: {exc}")
+            return None
+        if costs.remark:
+            ctx.remark(f"target-latency: {costs.remark}")
+        groups, note = runtime_aligned(model, groups, costs)
+        if note:
+            ctx.remark(f"target-latency: {note}")
+        scores = np.random.default_rng(self.seed).random(len(groups))
+        scores[[not g.prunable for g in groups]] = -np.inf
+        picked = latency_select(groups, scores, costs, target_latency=self.target_latency)
+        predicted = costs.predict(picked) / max(costs.full, 1e-12)
+        ctx.results["predicted-latency"] = predicted
+        if predicted > self.target_latency:
+            ctx.warning(f"target-latency={self.target_latency:g}: the {len(picked)} groups that can be zero together "
+                        f"are predicted to leave {predicted:.3f} of the full model's {costs.source} cost")
+        return [groups[i] for i in picked]
 
     def _groups(self, ctx):
         if self.kind == "gezig":

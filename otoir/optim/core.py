@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 #: ``selector(scores, k) -> group indices`` (in the order accepted). Scores: larger = more redundant.
+#: A selector with a true ``variable_count`` attribute chooses the count itself (``k`` is a hint).
 Selector = Callable[[np.ndarray, int], Sequence[int]]
 
 
@@ -239,6 +240,10 @@ class HybridCore:
         chosen = [int(i) for i in self.selector(np.asarray(scores).copy(), K)]
         if len(set(chosen)) != len(chosen) or any(not 0 <= i < G for i in chosen):
             raise ValueError("selector returned repeated or out-of-range group indices")
+        if getattr(self.selector, "variable_count", False):
+            # the selector's own target decides the count (latency-aware selection with a
+            # target latency, :class:`otoir.analyses.latency.LatencySelector`)
+            self.target_count = K = len(chosen)
         if len(chosen) != K:
             raise ValueError(
                 f"selector returned {len(chosen)} groups, the target is {K}: no valid "

@@ -71,6 +71,11 @@ class TrainConfig:
             count (whole groups: attention heads stay whole). Acts in the selection; K is still
             ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
             (with a warning). 1: no rounding.
+        target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
+            groups are ranked by importance per unit of measured ONNX Runtime latency saved
+            and chosen until the predicted latency is this fraction of the full model's
+            (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
+            Runtime is not available. 0 (the default): off.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs (or inputs.NAME per model "
@@ -93,6 +98,9 @@ class TrainConfig:
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
     round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
+    target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
+                                        "latency is this fraction of the full model's, in (0, 1); 0: off "
+                                        "(target-sparsity counts groups)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -112,6 +120,8 @@ class TrainConfig:
         from otoir.analyses.validity import check_round_to
 
         object.__setattr__(self, "round_to", check_round_to(self.round_to))
+        if not (0.0 <= self.target_latency < 1.0):
+            raise ValueError(f"target-latency must be in (0, 1) (0: off), got {self.target_latency}")
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:

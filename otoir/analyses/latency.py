@@ -1,0 +1,934 @@
+"""A measured latency model of the target runtime, and latency-aware selection of redundant groups.
+
+FLOPs say little about time on a real runtime: ONNX Runtime's CPU convolutions run in a blocked
+``NCHWc`` layout only when channel counts are multiples of its block size (depthwise kernels
+fall back to a slow path otherwise), small layers are dominated by fixed costs, and GEMM
+packing rounds sizes up. So the cost of a kept channel count is *measured*:
+
+* :func:`build_latency_table` times every layer of the model — each ``Conv``, ``ConvTranspose``,
+  ``Gemm`` and ``MatMul`` with a constant weight, as a one-node sub-model of the model's own
+  shapes (batch and spatial size) with ONNX Runtime on this machine — at a few kept
+  output-channel and input-channel counts: multiples of :func:`channel_multiple` (the runtime's
+  NCHWc block, probed) and, beside each, one count half a block off (the misaligned cost). Layers with the same signature are timed once; sessions are timed in interleaved
+  rounds and the median kept. The whole model is timed once too: what the layers do not
+  explain (element-wise ops, pooling, layout reorders) is a residual that shrinks with the kept
+  activations. The table is cached on disk per model structure (shapes and attributes, not
+  values), ONNX Runtime version, thread count and batch (:func:`cache_dir`).
+* :class:`LayerCost` predicts a layer's time at any ``(kept inputs, kept outputs)`` by
+  interpolating the measured points (separable in the two counts; each series made
+  non-decreasing), choosing the aligned or the misaligned series by the counts.
+* :class:`CostModel` maps channel groups (and GeZIGs: whole tensors) to the layers whose
+  counts they reduce and predicts the latency of the model with any set of groups removed,
+  incrementally (:class:`CostTracker`). Without ONNX Runtime the same model runs on FLOPs
+  (:func:`flops_cost_model`; ``CostModel.source == "flops"``), with a remark saying so.
+* :func:`latency_select` is the latency-aware selection: groups are ranked by importance per
+  unit of (smoothly estimated) latency saved, and the walk is the validity-checked
+  :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
+  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
+  predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+
+Every ONNX Runtime session comes from :func:`otoir.runtime.session`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+    from otoir.analyses.groups import Group
+    from otoir.infra.analysis import AnalysisManager
+
+__all__ = [
+    "CostModel",
+    "CostTracker",
+    "LatencyTable",
+    "LayerCost",
+    "build_latency_table",
+    "cache_dir",
+    "channel_multiple",
+    "cost_model",
+    "flops_cost_model",
+    "latency_select",
+    "latency_selector",
+    "LatencySelector",
+    "runtime_aligned",
+]
+
+#: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
+TABLE_VERSION = 3
+#: Op types timed as layers (when their weight is a constant initializer).
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Kept fractions sampled per axis (the full count is always sampled).
+SAMPLE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def cache_dir() -> Path:
+    """Where latency tables are cached: ``$OTOIR_CACHE_DIR/latency``, else ``~/.cache/otoir/latency``."""
+    base = os.environ.get("OTOIR_CACHE_DIR")
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "otoir"
+    return root / "latency"
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer cost
+
+
+def _isotonic(ys: Sequence[float]) -> list[float]:
+    """The non-decreasing sequence closest to ``ys`` in least squares (pool adjacent violators).
+
+    A timing outlier is averaged with its neighbours instead of lifting every later point.
+    """
+    blocks: list[list[float]] = []  # [sum, count]
+    for y in ys:
+        blocks.append([float(y), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, n = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += n
+    out: list[float] = []
+    for s, n in blocks:
+        out += [s / n] * int(n)
+    return out
+
+
+def _series_value(points: Sequence[tuple[int, float]], c: float) -> float:
+    """Piecewise-linear interpolation through ``(0, 0)`` and ``points`` made non-decreasing, clamped."""
+    if not points:
+        return 0.0
+    xs = np.array([0.0] + [float(p[0]) for p in points])
+    ys = np.array([0.0] + _isotonic([p[1] for p in points]))
+    return float(np.interp(c, xs, ys))
+
+
+@dataclass
+class LayerCost:
+    """Measured time (ms) of one layer as a function of its kept input and output channels.
+
+    Attributes:
+        name: Node name.
+        op_type: Node op type.
+        weight: The weight initializer's name.
+        cin: Full input-channel count (the weight axis that follows the input channels).
+        cout: Full output-channel count.
+        in_axis: Weight axis of the input channels (None: tied to the outputs, depthwise).
+        out_axis: Weight axis of the output channels.
+        align: Channel multiple of the aligned series.
+        full_ms: Time at full counts.
+        out_aligned: ``[(kept outputs, ms)]`` at full inputs, aligned counts (sorted).
+        out_misaligned: The same at counts that are not multiples of ``align``.
+        in_aligned: ``[(kept inputs, ms)]`` at full outputs.
+        in_misaligned: The same, misaligned.
+        activation: Output elements per sample at full counts (weights the residual).
+        kind: ``"onnxruntime"`` (measured) or ``"flops"`` (proportional to FLOPs).
+    """
+
+    name: str
+    op_type: str
+    weight: str
+    cin: int
+    cout: int
+    in_axis: int | None
+    out_axis: int
+    align: int = 8
+    full_ms: float = 0.0
+    out_aligned: list[tuple[int, float]] = field(default_factory=list)
+    out_misaligned: list[tuple[int, float]] = field(default_factory=list)
+    in_aligned: list[tuple[int, float]] = field(default_factory=list)
+    in_misaligned: list[tuple[int, float]] = field(default_factory=list)
+    activation: int = 0
+    kind: str = "onnxruntime"
+
+    def _aligned(self, c: int, full: int) -> bool:
+        return c == full or c % max(self.align, 1) == 0
+
+    def _axis(self, c: int, full: int, aligned: list, misaligned: list, smooth: bool) -> float:
+        if c >= full:
+            return self.full_ms
+        if c <= 0:
+            return 0.0
+        if self.kind == "flops":
+            return self.full_ms * c / full
+        series = aligned if smooth or self._aligned(c, full) or not misaligned else misaligned
+        pts = sorted(series + ([(full, self.full_ms)] if series is aligned else []))
+        if series is misaligned:  # beyond the last misaligned sample: scale the aligned value
+            last = pts[-1]
+            if c > last[0]:
+                base = _series_value(sorted(aligned + [(full, self.full_ms)]), c)
+                ref = _series_value(sorted(aligned + [(full, self.full_ms)]), last[0])
+                return base * (last[1] / ref if ref > 0 else 1.0)
+        return _series_value(pts, c)
+
+    def predict(self, kept_in: int, kept_out: int, *, smooth: bool = False) -> float:
+        """Predicted ms at ``kept_in`` input and ``kept_out`` output channels.
+
+        Args:
+            kept_in: Kept input channels (ignored for depthwise layers).
+            kept_out: Kept output channels.
+            smooth: Use the aligned series only (a smooth trend, for ranking).
+        """
+        if kept_out <= 0 or (self.in_axis is not None and kept_in <= 0):
+            return 0.0
+        if self.full_ms <= 0:
+            return 0.0
+        t_out = self._axis(kept_out, self.cout, self.out_aligned, self.out_misaligned, smooth)
+        if self.in_axis is None:
+            return t_out
+        t_in = self._axis(kept_in, self.cin, self.in_aligned, self.in_misaligned, smooth)
+        return t_out * t_in / self.full_ms
+
+
+@dataclass
+class LatencyTable:
+    """The measured layers of one model on one runtime configuration.
+
+    Attributes:
+        key: Cache key (model structure, runtime version, threads, batch, format).
+        runtime: ``onnxruntime X.Y.Z`` (or ``flops``).
+        threads: Intra-op threads the times were measured with.
+        batch: Batch size of the sub-models (the model's own when its batch is fixed).
+        align: The channel multiple of the aligned samples (:func:`channel_multiple`).
+        full_ms: The whole model's time (0 when not measured).
+        layers: Node name -> :class:`LayerCost`.
+        timings: Sessions timed to build the table (0 when it came from the cache).
+    """
+
+    key: str
+    runtime: str
+    threads: int
+    batch: int
+    align: int
+    full_ms: float
+    layers: dict[str, LayerCost]
+    timings: int = 0
+
+    def to_json(self) -> str:
+        """The table as JSON (the cache file's content)."""
+        d = asdict(self)
+        d["timings"] = 0
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyTable:
+        """Reads :meth:`to_json` output."""
+        d = json.loads(text)
+        layers = {}
+        for k, v in d["layers"].items():
+            for s in ("out_aligned", "out_misaligned", "in_aligned", "in_misaligned"):
+                v[s] = [(int(a), float(b)) for a, b in v[s]]
+            layers[k] = LayerCost(**v)
+        d["layers"] = layers
+        return cls(**d)
+
+    @property
+    def layer_ms(self) -> float:
+        """Sum of the layers' full times."""
+        return sum(lc.full_ms for lc in self.layers.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers of a model
+
+
+def _attr(node: ir.Node, name: str, default: Any) -> Any:
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _layer_axes(node: ir.Node, wshape: tuple[int, ...]) -> tuple[int | None, int] | None:
+    """(input-channel axis or None when tied to the outputs, output-channel axis) of the weight."""
+    op = node.op_type
+    if op == "Conv" and len(wshape) >= 3:
+        group = int(_attr(node, "group", 1))
+        if group > 1 and wshape[1] == 1 and group == wshape[0]:
+            return None, 0  # depthwise: inputs follow outputs
+        if group > 1:
+            return None, 0  # grouped: removing channels shrinks both sides alike
+        return 1, 0
+    if op == "ConvTranspose" and len(wshape) >= 3 and int(_attr(node, "group", 1)) == 1:
+        return 0, 1
+    if op == "Gemm" and len(wshape) == 2 and not int(_attr(node, "transA", 0)):
+        return (1, 0) if int(_attr(node, "transB", 0)) else (0, 1)
+    if op == "MatMul" and len(wshape) == 2:
+        return 0, 1
+    return None
+
+
+def model_layers(model: ir.Model) -> list[tuple[ir.Node, ir.Value, tuple[int | None, int]]]:
+    """The layers timed by the table: ``(node, weight initializer, (in axis, out axis))``.
+
+    A ``MatMul`` whose weight is a ``Transpose`` of a 2-D initializer (torch's ``Linear`` in a
+    training export) counts with the initializer itself and its axes swapped.
+    """
+    out = []
+    inits = model.graph.initializers
+    for node in model.graph:
+        if node.op_type not in LAYER_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        swap = False
+        if node.op_type == "MatMul" and w is not None and w.name not in inits:
+            p = w.producer()
+            if (p is not None and p.op_type == "Transpose" and p.inputs and p.inputs[0] is not None
+                    and p.inputs[0].name in inits and list(_attr(p, "perm", [1, 0])) == [1, 0]):
+                w, swap = p.inputs[0], True
+        if w is None or w.name not in inits or inits[w.name].const_value is None:
+            continue
+        axes = _layer_axes(node, tuple(inits[w.name].const_value.shape))
+        if axes is not None:
+            out.append((node, w, (axes[1], axes[0]) if swap else axes))
+    return out
+
+
+def structure_hash(model: ir.Model, *extra: Any) -> str:
+    """A hash of the model's structure: ops, attributes, value shapes; weight values excluded."""
+    h = hashlib.sha256()
+    for v in model.graph.inputs:
+        h.update(f"in {v.name} {v.dtype} {v.shape}\n".encode())
+    for name, v in sorted(model.graph.initializers.items()):
+        shape = tuple(v.const_value.shape) if v.const_value is not None else v.shape
+        h.update(f"init {name} {v.dtype} {shape}\n".encode())
+    for node in model.graph:
+        attrs = sorted((k, repr(a.value)) for k, a in node.attributes.items())
+        h.update(f"{node.domain}::{node.op_type} {[i.name if i else '' for i in node.inputs]} "
+                 f"{[o.name for o in node.outputs]} {attrs}\n".encode())
+    h.update(repr(extra).encode())
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _measure(sess: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
+    """Median ms of ``runs`` consecutive runs of ``sess`` (the one timer: tests count its calls).
+
+    Each run is timed on its own, so a time slice lost to another process spoils one run, not
+    the figure.
+    """
+    out = np.empty(max(runs, 1))
+    clock = time.perf_counter
+    for i in range(out.size):
+        t0 = clock()
+        sess.run(None, feeds)
+        out[i] = clock() - t0
+    return float(np.median(out)) * 1e3
+
+
+def time_sessions(items: Sequence[tuple[Any, Mapping[str, np.ndarray]]], *, rounds: int = 7,
+                  min_ms: float = 1.0) -> list[float]:
+    """Median ms per run of each session, timed in interleaved rounds.
+
+    Each session runs enough times per round to last about ``min_ms`` (found from a warm-up
+    run; the round's figure is the median of those runs), and the rounds visit the sessions in
+    turn, so load changes hit them alike; the median over the rounds is kept.
+    """
+    runs = []
+    for sess, feeds in items:
+        _measure(sess, feeds, 1)  # warm-up (allocations, first-run costs)
+        first = _measure(sess, feeds, 1)
+        runs.append(max(3, min(200, int(min_ms / max(first, 1e-3)))))
+    times: list[list[float]] = [[] for _ in items]
+    for _ in range(max(1, rounds)):
+        for i, (sess, feeds) in enumerate(items):
+            if runs[i] < 4:  # a long run: warm its weights into the caches the others used
+                sess.run(None, feeds)
+            times[i].append(_measure(sess, feeds, runs[i]))
+    return [float(np.median(t)) for t in times]
+
+
+def _one_layer_proto(node: ir.Node, x_shape: tuple[int, ...], wshape: tuple[int, ...], in_axis: int | None,
+                     out_axis: int, kin: int, kout: int, opset: int) -> Any:
+    """A one-node model: ``node`` with ``kin`` input and ``kout`` output channels (random weights)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    op = node.op_type
+    ws = list(wshape)
+    xs = list(x_shape)
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    if in_axis is None:  # depthwise / grouped: both sides shrink
+        group = int(attrs.get("group", 1))
+        per = ws[0] // max(group, 1)
+        ngroups = max(1, kout // max(per, 1))
+        ws[0] = ngroups * per
+        xs[1] = ngroups * (x_shape[1] // max(group, 1))
+        attrs["group"] = ngroups
+    else:
+        ws[out_axis] = kout
+        ws[in_axis] = kin
+        if op in ("Conv", "ConvTranspose"):
+            xs[1] = kin
+        else:  # Gemm (transA=0) / MatMul: the last axis of x is the contraction
+            xs[-1] = kin
+            if op == "MatMul":
+                ws = [kin, kout]  # the weight as MatMul reads it (a transposed initializer included)
+    inits = [numpy_helper.from_array(rng.standard_normal(ws).astype(np.float32) * 0.01, "w")]
+    inputs = ["x", "w"]
+    nb = {"Conv": ws[0], "ConvTranspose": ws[1] * int(attrs.get("group", 1)),
+          "Gemm": ws[0] if attrs.get("transB", 0) else ws[1]}.get(op)
+    if nb is not None:  # deployed layers carry the folded BatchNorm as a bias
+        inits.append(numpy_helper.from_array(np.zeros(nb, np.float32), "b"))
+        inputs.append("b")
+    n = helper.make_node(op, inputs, ["y"], **attrs)
+    g = helper.make_graph([n], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xs)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return m, np.asarray(rng.standard_normal(xs), dtype=np.float32)
+
+
+def _identity_proto() -> Any:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _sample_counts(full: int, align: int) -> tuple[list[int], list[int]]:
+    """(aligned counts, misaligned counts) to time for an axis of ``full`` channels (full excluded)."""
+    aligned = sorted({max(align, int(f * full) // align * align) for f in SAMPLE_FRACTIONS} - {full})
+    aligned = [c for c in aligned if 0 < c < full]
+    if full <= 2 * align:  # small axes: just halve
+        aligned = sorted({max(1, full // 2)} - {full})
+    mis = sorted({c + align // 2 for c in aligned if c + align // 2 < full and (c + align // 2) % align})
+    return aligned, mis
+
+
+_ALIGN_CACHE: dict[tuple[str | None, int], int] = {}
+
+
+def channel_multiple(threads: int = 1) -> int:
+    """The channel multiple ONNX Runtime's CPU convolutions want here: its NCHWc block size.
+
+    Probed, not assumed: ORT runs a convolution in the blocked layout (``com.microsoft.nchwc``
+    nodes) with its input reordered into blocks only when the input has at least one block of
+    channels, so the block is the smallest of 4, 8, 16, 32 input channels for which ORT inserts
+    a ``ReorderInput`` (16 with AVX-512, 8 with AVX2). Channel counts between multiples of the
+    block are padded up to the next one, and counts that are not even multiples of 4 leave the
+    blocked layout altogether (measured on ORT 1.19). 8 when the probe cannot tell (no blocked
+    layout on this CPU, or no ONNX Runtime).
+    """
+    from otoir import runtime
+
+    key = (runtime.version(), threads)
+    if key in _ALIGN_CACHE:
+        return _ALIGN_CACHE[key]
+    found = 8
+    try:
+        import tempfile
+
+        import onnx
+        from onnx import TensorProto, helper
+
+        ort = runtime.onnxruntime()
+        for c in (4, 8, 16, 32):
+            w = helper.make_tensor("w", TensorProto.FLOAT, [32, c, 3, 3], [0.0] * (288 * c))
+            n = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+            g = helper.make_graph([n], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+            with tempfile.TemporaryDirectory() as d:
+                opts = ort.SessionOptions()
+                opts.log_severity_level = 4
+                opts.optimized_model_filepath = os.path.join(d, "o.onnx")
+                ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+                ops = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+            if "ReorderInput" in ops:
+                found = c
+                break
+    except Exception:  # noqa: BLE001 - the probe is advisory: keep the default
+        pass
+    _ALIGN_CACHE[key] = found
+    return found
+
+
+def _input_shape(node: ir.Node, shapes: Any, batch: int) -> tuple[int, ...] | None:
+    from otoir.analyses.shapes import SENTINEL
+
+    s = shapes.shape(node.inputs[0])
+    if s is None:
+        return None
+    return tuple(batch if d % SENTINEL == 0 and d else int(d) for d in s)
+
+
+def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = None, threads: int = 1,
+                        batch: int = 1, cache: bool | str | os.PathLike = True, rounds: int = 7,
+                        full_model: bool = True) -> LatencyTable:
+    """Times the model's layers with ONNX Runtime (or reads the cached table).
+
+    Args:
+        model: The model (training or inference form; only its structure matters).
+        analyses: An analysis manager of ``model`` (for static shapes).
+        threads: Intra-op threads to time with (part of the cache key).
+        batch: Batch size of symbolic batch dimensions (a fixed batch is kept).
+        cache: True: :func:`cache_dir`; a path: that directory; False: no cache.
+        rounds: Interleaved timing rounds (medians are kept).
+        full_model: Also time the whole model (deployment form) for the residual.
+
+    Raises:
+        RuntimeUnavailableError: ONNX Runtime is not installed.
+    """
+    from otoir import runtime
+    from otoir.analyses.shapes import StaticShapes
+    from otoir.infra.analysis import AnalysisManager
+
+    ort_version = runtime.version()
+    if ort_version is None:
+        runtime.onnxruntime()  # raises RuntimeUnavailableError with the install hint
+    align = channel_multiple(threads)
+    key = structure_hash(model, ort_version, threads, batch, align, TABLE_VERSION)
+    path = None
+    if cache:
+        path = (cache_dir() if cache is True else Path(cache)) / f"{key}.json"
+        if path.is_file():
+            try:
+                return LatencyTable.from_json(path.read_text())
+            except (ValueError, KeyError, TypeError):
+                pass  # a corrupt or old file: rebuild it
+    am = analyses or AnalysisManager(model)
+    shapes = am.get(StaticShapes)
+    opset = max(17, int(model.opset_imports.get("", 17)))
+    layers: dict[str, LayerCost] = {}
+    # signature -> (layer name, [(kind, count)]); equal signatures are timed once
+    plans: dict[tuple, list[str]] = {}
+    specs: dict[tuple, tuple] = {}
+    for node, w, (in_axis, out_axis) in model_layers(model):
+        ws = tuple(int(d) for d in w.const_value.shape)
+        xs = _input_shape(node, shapes, batch)
+        if xs is None or len(xs) < 2:
+            continue
+        cout = ws[out_axis]
+        cin = ws[in_axis] if in_axis is not None else cout
+        ys = shapes.sample_shape(node.outputs[0]) or ()
+        act = int(np.prod(ys)) if ys else cout
+        name = node.name or f"{node.op_type}:{w.name}"
+        layers[name] = LayerCost(name, node.op_type, w.name, cin, cout, in_axis, out_axis, align, activation=act)
+        sig = (node.op_type, tuple(sorted((k, repr(a.value)) for k, a in node.attributes.items())), xs, ws,
+               in_axis, out_axis)
+        plans.setdefault(sig, []).append(name)
+        specs[sig] = (node, xs, ws, in_axis, out_axis, cin, cout)
+    # every sample of every signature is timed in the same interleaved rounds, so a burst of
+    # load from another process lands on one round of many sessions, not on one layer
+    jobs: list[tuple[tuple, list[tuple[str, int, int]]]] = []
+    items = []
+    for sig in plans:
+        node, xs, ws, in_axis, out_axis, cin, cout = specs[sig]
+        points: list[tuple[str, int, int]] = [("full", cin, cout)]
+        oa, om = _sample_counts(cout, align)
+        points += [("oa", cin, c) for c in oa] + [("om", cin, c) for c in om]
+        if in_axis is not None:
+            ia, im = _sample_counts(cin, align)
+            points += [("ia", c, cout) for c in ia] + [("im", c, cout) for c in im]
+        for _, kin, kout in points:
+            proto, x = _one_layer_proto(node, xs, ws, in_axis, out_axis, kin, kout, opset)
+            items.append((runtime.session(proto, threads=threads), {"x": x}))
+        jobs.append((sig, points))
+    whole = _whole_session(model, threads, batch) if full_model and items else None
+    if whole is not None:
+        items.append(whole)
+    if items:  # the fixed cost of one run (binding, dispatch), subtracted from every sample
+        items.append((runtime.session(_identity_proto(), threads=threads), {"x": np.zeros((1, 1), np.float32)}))
+    ms_all = time_sessions(items, rounds=rounds) if items else []
+    timings = len(items)
+    overhead = ms_all.pop() if ms_all else 0.0
+    ms_all = [max(t - overhead, 0.01 * t) for t in ms_all]
+    full_ms = ms_all.pop() if whole is not None else 0.0
+    pos = 0
+    for sig, points in jobs:
+        ms = ms_all[pos:pos + len(points)]
+        pos += len(points)
+        for name in plans[sig]:
+            lc = layers[name]
+            for (kind, kin, kout), t in zip(points, ms, strict=True):
+                if kind == "full":
+                    lc.full_ms = t
+                elif kind == "oa":
+                    lc.out_aligned.append((kout, t))
+                elif kind == "om":
+                    lc.out_misaligned.append((kout, t))
+                elif kind == "ia":
+                    lc.in_aligned.append((kin, t))
+                else:
+                    lc.in_misaligned.append((kin, t))
+    table = LatencyTable(key, f"onnxruntime {ort_version}", threads, batch, align, full_ms, layers, timings)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(table.to_json())
+            os.replace(tmp, path)
+        except OSError:
+            pass  # an unwritable cache only costs a rebuild next time
+    return table
+
+
+def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict] | None:
+    """(session, feeds) of the whole model in deployment form (a clone), or None when it cannot run."""
+    from otoir import runtime
+    from otoir.api import clone_model
+    from otoir.infra import PassManager
+    from otoir.infra.registry import get_pass
+
+    try:
+        m = clone_model(model)
+        PassManager([get_pass("to-deployment")(check=False)], verify_each=False).run(m)
+        feeds = runtime.random_feeds(m, batch=batch)
+        sess = runtime.session(m, threads=threads)
+        runtime.run(sess, feeds)
+        return sess, feeds
+    except Exception:  # noqa: BLE001 - the residual is optional: the layers alone still rank groups
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups -> layers, and predictions
+
+
+@dataclass
+class CostModel:
+    """Predicted latency of a model with groups removed.
+
+    Attributes:
+        source: ``"onnxruntime"`` (a measured :class:`LatencyTable`) or ``"flops"``.
+        layers: The layers (:class:`LayerCost`), in a fixed order.
+        residual: Cost not explained by the layers at full counts (shrinks with the kept
+            output activations of the layers).
+        effects: Per group (same order as the groups given): ``[(layer index, removed inputs,
+            removed outputs)]``.
+        table: The measured table (None for FLOPs).
+        remark: A note for the user (e.g. why FLOPs are used).
+    """
+
+    source: str
+    layers: list[LayerCost]
+    residual: float
+    effects: list[list[tuple[int, int, int]]]
+    table: LatencyTable | None = None
+    remark: str = ""
+
+    @property
+    def full(self) -> float:
+        """Predicted cost of the full model."""
+        return sum(lc.full_ms for lc in self.layers) + self.residual
+
+    def tracker(self) -> CostTracker:
+        """An incremental predictor starting from the full model."""
+        return CostTracker(self)
+
+    def predict(self, removed: Iterable[int]) -> float:
+        """Predicted cost with the groups at these indices removed."""
+        t = self.tracker()
+        for i in removed:
+            t.remove(i)
+        return t.total
+
+    def savings(self) -> np.ndarray:
+        """Per group: smooth estimate of the cost saved by removing it (>= 0; for ranking).
+
+        The layers' aligned trend is used (the average slope from the smallest sampled count to
+        the full one), so one misaligned channel does not make a group look costly to remove.
+        """
+        slope_in, slope_out = [], []
+        for lc in self.layers:
+            lo = max(1, lc.cout // 4)
+            a = lc.predict(lc.cin, lo, smooth=True)
+            slope_out.append(max(0.0, (lc.full_ms - a) / max(lc.cout - lo, 1)))
+            if lc.in_axis is None:
+                slope_in.append(0.0)
+                continue
+            lo = max(1, lc.cin // 4)
+            a = lc.predict(lo, lc.cout, smooth=True)
+            slope_in.append(max(0.0, (lc.full_ms - a) / max(lc.cin - lo, 1)))
+        act_total = sum(lc.activation for lc in self.layers) or 1
+        out = np.zeros(len(self.effects))
+        for g, eff in enumerate(self.effects):
+            s = 0.0
+            for li, din, dout in eff:
+                lc = self.layers[li]
+                if dout >= lc.cout or (lc.in_axis is not None and din >= lc.cin):
+                    s += lc.full_ms
+                    continue
+                s += slope_out[li] * dout + slope_in[li] * din
+                s += self.residual * lc.activation * dout / max(lc.cout, 1) / act_total
+            out[g] = s
+        return out
+
+
+class CostTracker:
+    """Incremental prediction: remove groups one at a time, read :attr:`total`."""
+
+    def __init__(self, model: CostModel) -> None:
+        self.model = model
+        self.kin = [lc.cin for lc in model.layers]
+        self.kout = [lc.cout for lc in model.layers]
+        self.times = [lc.full_ms for lc in model.layers]
+        self.act_total = sum(lc.activation for lc in model.layers) or 1
+        self.act = float(self.act_total)
+        self.total = model.full
+
+    def remove(self, g: int) -> float:
+        """Removes group ``g``; returns the new total."""
+        m = self.model
+        for li, din, dout in m.effects[g]:
+            lc = m.layers[li]
+            old_out = self.kout[li]
+            self.kin[li] = max(0, self.kin[li] - din)
+            self.kout[li] = max(0, self.kout[li] - dout)
+            if lc.in_axis is None:
+                self.kin[li] = self.kout[li]
+            new = lc.predict(self.kin[li], self.kout[li])
+            self.total += new - self.times[li]
+            self.times[li] = new
+            if lc.cout:
+                da = lc.activation * (old_out - self.kout[li]) / lc.cout
+                self.total -= m.residual * da / self.act_total
+                self.act -= da
+        return self.total
+
+
+def _effects(groups: Sequence[Group], layers: list[LayerCost]) -> list[list[tuple[int, int, int]]]:
+    by_weight: dict[str, list[int]] = {}
+    for i, lc in enumerate(layers):
+        by_weight.setdefault(lc.weight, []).append(i)
+    out = []
+    for g in groups:
+        eff: dict[int, list[int]] = {}
+        if not g.meta.get("exact", True):  # zeroed but kept by the construction: saves nothing
+            out.append([])
+            continue
+        for s in (*g.slices, *g.dependent):
+            for li in by_weight.get(s.tensor, ()):
+                lc = layers[li]
+                d = eff.setdefault(li, [0, 0])
+                if s.axis is None:  # the whole tensor: the layer goes
+                    d[0], d[1] = lc.cin, lc.cout
+                elif s.axis == lc.out_axis:
+                    d[1] = max(d[1], len(s.indices or ()))
+                elif lc.in_axis is not None and s.axis == lc.in_axis:
+                    d[0] = max(d[0], len(s.indices or ()))
+        out.append([(li, d[0], d[1]) for li, d in eff.items() if d[0] or d[1]])
+    return out
+
+
+def cost_model(model: ir.Model, groups: Sequence[Group], *, analyses: AnalysisManager | None = None,
+               threads: int = 1, batch: int = 1, cache: bool | str | os.PathLike = True,
+               table: LatencyTable | None = None) -> CostModel:
+    """The latency model of ``model`` for ``groups``: measured with ONNX Runtime, else FLOPs.
+
+    Args:
+        model: The model.
+        groups: The candidate groups (effects are listed in this order).
+        analyses: Analysis manager of ``model``.
+        threads: Intra-op threads of the target runtime.
+        batch: Batch size to time at.
+        cache: See :func:`build_latency_table`.
+        table: A table already built (skips the timing).
+
+    Returns:
+        A :class:`CostModel`; ``source == "flops"`` with a ``remark`` when ONNX Runtime is not
+        available.
+    """
+    from otoir import runtime
+
+    if table is None:
+        if not runtime.available():
+            cm = flops_cost_model(model, groups, analyses=analyses)
+            cm.remark = "no ONNX Runtime: latency is predicted from FLOPs"
+            return cm
+        table = build_latency_table(model, analyses=analyses, threads=threads, batch=batch, cache=cache)
+    layers = list(table.layers.values())
+    residual = max(0.0, table.full_ms - table.layer_ms) if table.full_ms else 0.0
+    return CostModel("onnxruntime", layers, residual, _effects(groups, layers), table)
+
+
+def flops_cost_model(model: ir.Model, groups: Sequence[Group], *, analyses: AnalysisManager | None = None) -> CostModel:
+    """The FLOPs stand-in of :func:`cost_model` (layers' FLOPs, bilinear in the kept counts)."""
+    from otoir.analyses.shapes import StaticShapes
+    from otoir.infra.analysis import AnalysisManager
+    from otoir.ops.rules import node_flops
+    from otoir.stats import stats
+
+    am = analyses or AnalysisManager(model)
+    shp = am.get(StaticShapes)
+    layers = []
+    for node, w, (in_axis, out_axis) in model_layers(model):
+        ws = tuple(int(d) for d in w.const_value.shape)
+        cout = ws[out_axis]
+        cin = ws[in_axis] if in_axis is not None else cout
+        ys = shp.sample_shape(node.outputs[0]) or ()
+        layers.append(LayerCost(node.name or f"{node.op_type}:{w.name}", node.op_type, w.name, cin, cout, in_axis,
+                                out_axis, 1, float(node_flops(node, shp.sample_shape)),
+                                activation=int(np.prod(ys)) if ys else cout, kind="flops"))
+    total = float(stats(model, am).flops)
+    residual = max(0.0, total - sum(lc.full_ms for lc in layers))
+    return CostModel("flops", layers, residual, _effects(groups, layers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+def _importance(scores: Sequence[float]) -> np.ndarray:
+    """Importance in (0, 1] from redundancy scores (larger score = more redundant = less important).
+
+    By rank, so the scale of the scores does not matter: the most redundant group gets
+    ``1/G``, the least ``1``.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isfinite(s), s, -np.inf)
+    order = np.lexsort((np.arange(s.size), -s))
+    imp = np.empty(s.size)
+    imp[order] = (np.arange(s.size) + 1) / max(s.size, 1)
+    return imp
+
+
+def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,
+                   target_latency: float | None = None, checker: Any = None) -> list[int]:
+    """Latency-aware selection: importance per unit of latency saved, validity-checked.
+
+    Groups are ranked by ``saving / importance`` (:meth:`CostModel.savings`, importance by rank
+    of the redundancy ``scores``) and walked by
+    :func:`~otoir.analyses.validity.select_redundant` (so ``layer_caps``, the never-a-whole-
+    tensor rule and GeZIG validity hold). Groups with ``-inf`` score are never chosen.
+
+    Args:
+        groups: Candidate groups (a :class:`~otoir.analyses.validity.GroupSet` keeps its checker).
+        scores: Redundancy scores (larger = more redundant).
+        costs: The cost model of these groups.
+        k: Take exactly this many (when reachable).
+        target_latency: Take the smallest count whose selection is predicted to cost at most
+            this fraction of the full model's (found by bisection; the most that can be chosen
+            when no count reaches it).
+        checker: Validity checker (default: the groups').
+
+    Returns:
+        Indices into ``groups``, in acceptance order.
+
+    Raises:
+        ValueError: Neither or both of ``k`` and ``target_latency``, or a fraction outside (0, 1).
+    """
+    from otoir.analyses.validity import select_redundant
+
+    if (k is None) == (target_latency is None):
+        raise ValueError("latency_select: give exactly one of k= and target_latency=")
+    sc = np.asarray(scores, dtype=np.float64)
+    if len(sc) != len(groups):
+        raise ValueError(f"{len(sc)} scores for {len(groups)} groups")
+    save = costs.savings()
+    imp = _importance(sc)
+    prio = np.where(np.isfinite(sc), save / imp, -np.inf)
+    if k is not None:
+        return select_redundant(groups, prio.tolist(), k, checker)
+    if not 0.0 < target_latency < 1.0:
+        raise ValueError(f"target-latency must be in (0, 1), got {target_latency}")
+    pr = prio.tolist()
+    n_ok = int(np.isfinite(prio).sum())
+    goal = target_latency * costs.full
+    cache: dict[int, tuple[list[int], float]] = {}
+
+    def at(k: int) -> tuple[list[int], float]:
+        if k not in cache:
+            chosen = select_redundant(groups, pr, k, checker)
+            cache[k] = (chosen, costs.predict(chosen))
+        return cache[k]
+
+    # the smallest K whose selection is predicted to meet the goal (bisection: the prediction
+    # falls with K up to alignment noise); select_redundant applies every control (round-to too)
+    hi = len(at(n_ok)[0])
+    if at(hi)[1] > goal:
+        return at(hi)[0]
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid)[1] <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return at(hi)[0]
+
+
+class LatencySelector:
+    """A selector for the optimizers (``selector(scores, k) -> indices``) that ranks by latency.
+
+    With ``target_latency`` the count comes from the latency target, not ``k``:
+    :attr:`variable_count` tells :class:`~otoir.optim.core.HybridCore` to accept it.
+
+    Args:
+        groups: The layout's groups (in layout order).
+        costs: Their :class:`CostModel`.
+        target_latency: Fraction of the full model's predicted latency to reach (None: ``k``).
+    """
+
+    def __init__(self, groups: Sequence[Group], costs: CostModel, target_latency: float | None = None) -> None:
+        self.groups = groups
+        self.costs = costs
+        self.target_latency = target_latency
+        self.variable_count = target_latency is not None
+        self.predicted: float | None = None
+        self.remark = costs.remark
+
+    def __call__(self, scores: Sequence[float], k: int) -> list[int]:
+        if self.target_latency is not None:
+            out = latency_select(self.groups, scores, self.costs, target_latency=self.target_latency)
+        else:
+            out = latency_select(self.groups, scores, self.costs, k=k)
+        self.predicted = self.costs.predict(out) / max(self.costs.full, 1e-12)
+        return out
+
+
+def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) -> tuple[Sequence[Group], str]:
+    """``groups`` with round-to set to the runtime's channel multiple, when that applies.
+
+    The table measures each layer alone, so it sees the cost of a misaligned count in that
+    layer but not the layout changes (NCHWc reorders) it forces on its neighbours; a
+    latency-aware selection therefore keeps counts aligned: channel groups
+    (:class:`~otoir.analyses.validity.GroupSet` without a validity checker) whose ``round_to``
+    is 1 get the table's ``align``. An explicit ``round-to`` is kept.
+
+    Returns:
+        ``(groups, remark)``; the remark is empty when nothing changed.
+    """
+    from otoir.analyses.validity import GroupSet
+
+    if costs.table is None or getattr(groups, "checker", None) is not None or getattr(groups, "round_to", 1) > 1:
+        return groups, ""
+    n = costs.table.align
+    if n <= 1 or any("segment" in g.meta for g in groups):
+        return groups, ""
+    channels: dict[str, int] = {}
+    inits = model.graph.initializers
+    for g in groups:
+        if g.slices and g.slices[0].axis is not None and g.slices[0].tensor not in channels:
+            v = inits.get(g.slices[0].tensor)
+            if v is not None and v.const_value is not None:
+                channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
+    out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels)
+    return out, (f"kept channel counts are multiples of {n} (the channel block of ONNX Runtime's blocked "
+                 f"convolutions here; round-to= overrides)")
+
+
+def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: float, *,
+                     analyses: AnalysisManager | None = None, threads: int = 1, batch: int = 1,
+                     cache: bool | str | os.PathLike = True) -> LatencySelector:
+    """The optimizers' latency-aware selector for ``groups`` of ``model`` (see :func:`cost_model`).
+
+    Channel counts are kept aligned to the runtime (:func:`runtime_aligned`). Its ``remark``
+    says so, and when FLOPs stand in for the runtime.
+    """
+    costs = cost_model(model, groups, analyses=analyses, threads=threads, batch=batch, cache=cache)
+    sel_groups, note = runtime_aligned(model, groups, costs)
+    sel = LatencySelector(sel_groups, costs, target_latency)
+    sel.remark = "; ".join(x for x in (costs.remark, note) if x)
+    return sel

@@ -1,0 +1,253 @@
+"""The measured latency model (otoir.analyses.latency) and latency-aware selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from otoir.analyses import latency as L
+from otoir.analyses.validity import GroupSet
+from otoir.infra import PassManager
+from otoir.infra.diagnostics import Severity
+
+
+def _chain() -> ir.Model:
+    """x(1x16x8x8) -> Conv 16->16 -> Relu -> Conv 16->24 -> Relu -> GAP -> Flatten -> Gemm 24->10."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"),
+    ]
+    inits = [init("w1", 16, 16, 3, 3), init("b1", 16), init("w2", 24, 16, 3, 3), init("b2", 24),
+             init("wf", 10, 24), init("bf", 10)]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    return ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts calls of the one timer (the real one still runs)."""
+    calls = {"n": 0}
+    real = L._measure
+
+    def measure(sess, feeds, runs):
+        calls["n"] += 1
+        return real(sess, feeds, runs)
+
+    monkeypatch.setattr(L, "_measure", measure)
+    return calls
+
+
+def test_table_is_built_then_read_from_the_cache(tmp_path, counted):
+    model = _chain()
+    t1 = L.build_latency_table(model, cache=tmp_path, rounds=2)
+    assert set(t1.layers) == {"conv1", "conv2", "fc"}
+    assert counted["n"] > 0 and t1.timings > 0
+    lc = t1.layers["conv2"]
+    assert (lc.cin, lc.cout, lc.in_axis, lc.out_axis) == (16, 24, 1, 0)
+    assert lc.out_aligned and lc.in_aligned and lc.full_ms > 0
+    assert t1.full_ms > 0  # the whole model was timed too
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    n = counted["n"]
+    t2 = L.build_latency_table(model, cache=tmp_path, rounds=2)
+    assert counted["n"] == n, "the second build must not time anything"
+    assert t2.timings == 0 and t2.key == t1.key
+    assert t2.layers["conv2"].out_aligned == t1.layers["conv2"].out_aligned
+    # another thread count is another table
+    L.build_latency_table(model, cache=tmp_path, rounds=1, threads=2)
+    assert counted["n"] > n and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_weight_values_do_not_change_the_cache_key():
+    a, b = _chain(), _chain()
+    w = b.graph.initializers["w1"]
+    w.const_value = ir.tensor(np.zeros((16, 16, 3, 3), np.float32), name="w1")
+    assert L.structure_hash(a) == L.structure_hash(b)
+    c = _chain()
+    c.graph.node(0).attributes["pads"] = ir.AttrInt64s("pads", [0, 0, 0, 0])
+    assert L.structure_hash(a) != L.structure_hash(c)
+
+
+def test_interpolation_is_monotone_and_uses_the_misaligned_series():
+    lc = L.LayerCost("c", "Conv", "w", cin=64, cout=64, in_axis=1, out_axis=0, align=8, full_ms=1.0,
+                     out_aligned=[(16, 0.3), (32, 0.9), (48, 0.7)],  # an outlier at 32
+                     out_misaligned=[(20, 0.8), (36, 1.1)],
+                     in_aligned=[(16, 0.25), (32, 0.5), (48, 0.75)])
+    aligned = [lc.predict(64, c) for c in range(8, 65, 8)]
+    assert all(b >= a - 1e-12 for a, b in zip(aligned, aligned[1:], strict=False))
+    assert lc.predict(64, 64) == pytest.approx(1.0)
+    assert lc.predict(64, 0) == 0.0 and lc.predict(0, 64) == 0.0
+    # a misaligned count is predicted from the misaligned samples (slower than its neighbours)
+    assert lc.predict(64, 20) > lc.predict(64, 24)
+    assert lc.predict(64, 20, smooth=True) <= lc.predict(64, 24, smooth=True)
+    # separable in the two counts
+    assert lc.predict(32, 64) == pytest.approx(0.5)
+    assert lc.predict(32, 16) == pytest.approx(lc.predict(64, 16) * 0.5)
+
+
+def test_isotonic_averages_an_outlier_instead_of_lifting_everything():
+    assert L._isotonic([1.0, 5.0, 2.0, 3.0, 6.0]) == pytest.approx([1.0, 10 / 3, 10 / 3, 10 / 3, 6.0])
+
+
+def test_sample_counts_are_aligned_and_misaligned():
+    aligned, mis = L._sample_counts(96, 8)
+    assert aligned == [24, 48, 72] and all(c % 8 == 0 for c in aligned)
+    assert mis and all(c % 8 for c in mis)
+
+
+def _zoo_resnet():
+    pytest.importorskip("torch")
+    import torch
+
+    from otoir.frontends import export_torch
+    from otoir.zoo import build
+
+    module, _ = build("resnet_basic", width=32, layers=(1, 1, 1, 1))
+    return export_torch(module, torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.fixture(scope="module")
+def resnet_table(tmp_path_factory):
+    model = _zoo_resnet()
+    return model, L.build_latency_table(model, cache=tmp_path_factory.mktemp("lat"), rounds=3)
+
+
+def test_target_latency_selection_meets_the_predicted_fraction_and_the_oracle(resnet_table, tmp_path, monkeypatch):
+    from otoir.analyses.zig import ChannelGroups
+    from otoir.api import clone_model
+    from otoir.report import random_inputs
+    from otoir.runtime import output_agreement
+
+    model, table = resnet_table
+    monkeypatch.setenv("OTOIR_CACHE_DIR", str(tmp_path))
+    (tmp_path / "latency").mkdir()
+    (tmp_path / "latency" / f"{table.key}.json").write_text(table.to_json())  # no re-timing here
+    res = PassManager.from_text("zero-groups{kind=zig target-latency=0.6 seed=3}").run(model)
+    predicted = res.results["predicted-latency"]
+    assert 0.0 < predicted <= 0.6
+    zeroed = res.results["zeroed"]
+    groups = GroupSet(g for g in res.analyses.get(ChannelGroups).groups if g.prunable)
+    costs = L.cost_model(model, groups, table=table)
+    idx = {g.id: i for i, g in enumerate(groups)}
+    assert costs.predict([idx[z] for z in zeroed]) / costs.full == pytest.approx(predicted)
+    # fewer groups would not have met the target: the count is the latency's, not a fraction's
+    assert 0 < len(zeroed) < len(groups)
+    notes = [d.message for d in res.diagnostics if d.severity == Severity.REMARK]
+    assert any("multiples of" in m for m in notes)  # aligned to the runtime's channel multiple
+    # oracle: the zeroed full model and the constructed sub-network agree
+    full = clone_model(model)
+    PassManager.from_text("to-inference").run(full)
+    PassManager.from_text("to-inference,prune-channels,cleanup").run(model)
+    assert len(model.graph.initializers["fc.weight"].const_value.shape) == 2
+    xs = random_inputs(full, rows=4)
+    assert output_agreement(full, model, xs) < 1e-4
+
+
+def test_latency_selector_with_a_count_and_validity(resnet_table):
+    from otoir.optim.from_groups import groups_for
+
+    model, table = resnet_table
+    groups = groups_for(model, "zig")
+    costs = L.cost_model(model, groups, table=table)
+    assert costs.source == "onnxruntime" and costs.full > 0
+    scores = np.random.default_rng(0).random(len(groups))
+    picked = L.latency_select(groups, scores, costs, k=10)
+    assert len(picked) == 10 and len(set(picked)) == 10
+    # groups that save more per unit of importance come first: the top pick saves at least the median
+    save = costs.savings()
+    assert save[picked[0]] / L._importance(scores)[picked[0]] >= np.median(save / L._importance(scores))
+    with pytest.raises(ValueError, match="exactly one"):
+        L.latency_select(groups, scores, costs)
+
+
+def test_no_runtime_falls_back_to_flops_with_a_remark(monkeypatch):
+    from otoir import runtime
+
+    model = _chain()
+    monkeypatch.setattr(runtime, "available", lambda: False)
+    res = PassManager.from_text("zero-groups{kind=zig target-latency=0.6}").run(model)
+    notes = [d.message for d in res.diagnostics if d.severity == Severity.REMARK]
+    assert any("predicted from FLOPs" in m for m in notes)
+    assert 0.0 < res.results["predicted-latency"] <= 0.6
+    from otoir.optim.from_groups import groups_for
+
+    groups = groups_for(model, "zig")
+    costs = L.cost_model(model, groups)
+    assert costs.source == "flops" and costs.table is None and "FLOPs" in costs.remark
+    import otoir
+
+    assert costs.full == pytest.approx(otoir.stats(model).flops)
+
+
+def test_hybrid_core_takes_the_count_of_a_variable_count_selector():
+    from otoir.optim.core import HybridCore, SparsitySchedule
+    from otoir.optim.layout import GroupLayout
+
+    layout = GroupLayout.from_slices([[("w", 0, (i,))] for i in range(6)], {"w": (6, 3)})
+
+    class Pick3:
+        variable_count = True
+
+        def __call__(self, scores, k):
+            return [0, 2, 4]
+
+    core = HybridCore(layout, SparsitySchedule(target=0.0), Pick3())
+    core.partition()
+    assert core.target_count == 3 and core.redundant.tolist() == [True, False, True, False, True, False]
+
+
+def test_target_latency_option_is_validated_and_round_trips():
+    from otoir.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="target-latency"):
+        TrainConfig(target_latency=1.5)
+    pm = PassManager.from_text("otoir-prune{target-latency=0.4}")
+    assert "target-latency=0.4" in pm.to_text()
+    with pytest.raises(Exception, match="target-latency"):
+        PassManager.from_text("zero-groups{kind=zig target-latency=2}")
+
+
+def test_compress_with_target_latency_trains_to_the_latency_target(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import otoir
+    from otoir.data import Dataset, load_dataset
+    from otoir.zoo import build
+
+    monkeypatch.setenv("OTOIR_CACHE_DIR", str(tmp_path))
+    ds = load_dataset("mnist")
+    rng = np.random.default_rng(0)
+    tr, va = rng.choice(len(ds.train_x), 128, replace=False), rng.choice(len(ds.val_x), 32, replace=False)
+    small = Dataset(ds.train_x[tr], ds.train_y[tr], ds.val_x[va], ds.val_y[va], ds.num_classes, "mnist-128")
+    torch.manual_seed(0)
+    module, _ = build("resnet_basic", in_channels=1, width=16, layers=(1, 1, 1, 1))
+    example = torch.from_numpy(small.train_x[:2])
+    res = otoir.compress(otoir.load(module, example), small, mode="prune", target_latency=0.6, epochs=1, batch=32,
+                         backend="ort", example_inputs=example, progress=False, latency_runs=0)
+    assert "target-latency=0.6" in res.pipeline
+    assert res.report.details["groups"].endswith(f"(target-latency 0.6 -> {len(res.zero_group_ids)})")
+    assert 0 < len(res.zero_group_ids) < len(res.groups)
+    assert res.report.verified is not False  # the oracle held on the held-out inputs
+    assert res.report.compressed.flops < res.report.full.flops
+    assert list(tmp_path.glob("latency/*.json"))  # the table was cached
+
+
+def test_bench_latency_lists_its_networks_and_refuses_unknown_ones(capsys):
+    from otoir.tools import bench_latency
+
+    assert bench_latency.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("resnet18", "resnet50", "mobilenetv2", "efficientnet", "vit", "bert"))
+    assert bench_latency.main(["--models", "alexnet"]) == 2
+    assert "unknown model" in capsys.readouterr().err

@@ -1,0 +1,382 @@
+"""Benchmark: do fewer FLOPs give less time? FLOPs, parameters and ONNX Runtime latency ratios.
+
+For each network (ResNet-18, ResNet-50, MobileNetV2, an EfficientNet-B0-like net, a ViT and a
+BERT-like encoder; CIFAR-sized inputs, reduced widths where this 2-core machine needs them:
+``--list`` says which) the channel groups (``partition-zig``) are chosen, with the same random
+redundancy scores for every column, by
+
+* ``flops``: the current selection (:func:`~otoir.analyses.validity.select_redundant`), as many
+  groups as bring the predicted FLOPs to ``--flops`` (0.5) of the full model's;
+* ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
+* ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
+  importance per unit of measured ONNX Runtime latency saved
+  (:mod:`otoir.analyses.latency`; channel counts at the runtime's measured multiple);
+* ``lat+rt8``: latency-aware with ``round-to=8``.
+
+Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
+the oracle checks the sub-network against the zeroed full model), and every model of a network
+is timed in the same interleaved rounds (medians; ONNX Runtime CPU, 1 and 2 intra-op threads,
+batch 1 and 16). No training is needed: latency does not depend on the values.
+
+Usage: ``python tools/bench_latency.py [--quick] [--models resnet18,mobilenetv2] [--runs N]``.
+Other processes on the machine slow every model of a round alike, but not exactly: say what the
+load was when quoting the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MODELS", "main"]
+
+
+@dataclass(frozen=True)
+class Net:
+    """A benchmark network: a factory of ``(module, example input)`` and what it is."""
+
+    build: Callable[[bool], tuple]
+    description: str
+
+
+def _zoo(name: str, **kw):
+    from otoir.zoo import build
+
+    return build(name, **kw)
+
+
+def _resnet18(quick: bool):
+    return _zoo("resnet_basic", width=32 if quick else 64, layers=(2, 2, 2, 2))
+
+
+def _resnet50(quick: bool):
+    return _zoo("resnet_bottleneck", width=16 if quick else 32, layers=(3, 4, 6, 3))
+
+
+_MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _image(side: int):
+    import torch
+
+    return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+
+
+def _mobilenetv2(quick: bool):
+    m, _ = _zoo("mobilenetv2", width=0.5 if quick else 1.0, settings=_MBV2)
+    return m, _image(32 if quick else 64)
+
+
+def _efficientnet(quick: bool):
+    import torch
+
+    torch.manual_seed(0)
+    return EfficientNetLike(width=0.5 if quick else 1.0), _image(32 if quick else 64)
+
+
+def _vit(quick: bool):
+    return _zoo("vit_like", image=32, patch=4, hidden=96 if quick else 192, heads=3, ffn=384 if quick else 768,
+                layers=2 if quick else 4)
+
+
+def _bert(quick: bool):
+    import torch
+
+    from otoir.zoo import build
+
+    m, _ = build("bert_like", vocab=1000, hidden=128 if quick else 256, heads=4, ffn=512 if quick else 1024,
+                 layers=2 if quick else 4, max_len=64, dropout=0.0)
+    return m, torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+
+
+MODELS: dict[str, Net] = {
+    "resnet18": Net(_resnet18, "ResNet-18 (CIFAR stem, 32x32), full width 64 (quick: 32)"),
+    "resnet50": Net(_resnet50, "ResNet-50 bottlenecks 3-4-6-3 (CIFAR stem, 32x32), narrow: width 32 (quick: 16)"),
+    "mobilenetv2": Net(_mobilenetv2, "MobileNetV2, the 7 ImageNet stages (stride-1 stem, 64x64), width 1.0 "
+                                     "(quick: 0.5, 32x32)"),
+    "efficientnet": Net(_efficientnet, "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages (stride-1 stem, "
+                                       "64x64), width 1.0 (quick: 0.5, 32x32)"),
+    "vit": Net(_vit, "ViT: 32x32, patch 4 (65 tokens), width 192, 3 heads, 4 layers (quick: 96, 2 layers)"),
+    "bert": Net(_bert, "BERT-like: 64 tokens, width 256, 4 heads, FFN 1024, 4 layers (quick: 128/512/2)"),
+}
+CONV_NETS = ("resnet18", "resnet50", "mobilenetv2", "efficientnet")
+
+
+def _efficientnet_class():
+    import torch
+    from torch import nn
+
+    class MBConv(nn.Module):
+        def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
+            super().__init__()
+            hid = cin * expand
+            layers: list[nn.Module] = []
+            if expand != 1:
+                layers += [nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.SiLU()]
+            layers += [nn.Conv2d(hid, hid, k, stride, k // 2, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.SiLU()]
+            self.pre = nn.Sequential(*layers)
+            sq = max(1, cin // 4)
+            self.se1 = nn.Conv2d(hid, sq, 1)
+            self.se2 = nn.Conv2d(sq, hid, 1)
+            self.post = nn.Sequential(nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.res = stride == 1 and cin == cout
+
+        def forward(self, x):
+            h = self.pre(x)
+            s = torch.sigmoid(self.se2(nn.functional.silu(self.se1(nn.functional.adaptive_avg_pool2d(h, 1)))))
+            h = self.post(h * s)
+            return x + h if self.res else h
+
+    class Net(nn.Module):
+        """EfficientNet-B0's stages (expand, channels, repeats, stride, kernel) on a CIFAR stem."""
+
+        stages = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+                  (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))
+
+        def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
+            super().__init__()
+
+            def w(c: int) -> int:
+                return max(8, int(c * width + 4) // 8 * 8)
+
+            c = w(32)
+            blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.SiLU())]
+            for e, ch, n, s, k in self.stages:
+                for i in range(n):
+                    blocks.append(MBConv(c, w(ch), e, k, s if i == 0 else 1))
+                    c = w(ch)
+            head = w(1280)
+            blocks.append(nn.Sequential(nn.Conv2d(c, head, 1, bias=False), nn.BatchNorm2d(head), nn.SiLU()))
+            self.features = nn.Sequential(*blocks)
+            self.fc = nn.Linear(head, num_classes)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    return Net
+
+
+def EfficientNetLike(width: float = 1.0):  # noqa: N802 - a class factory (torch is imported lazily)
+    """An EfficientNet-B0-like network (MBConv blocks with squeeze-and-excitation and SiLU)."""
+    return _efficientnet_class()(width)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _flops_count(groups, scores, target: float, costs) -> list[int]:
+    """The selection (select_redundant over ``groups``) of the fewest groups reaching ``target`` FLOPs."""
+    from otoir.analyses.validity import select_redundant
+
+    full = costs.full
+    cache: dict[int, tuple[list[int], float]] = {}
+
+    def at(k: int):
+        if k not in cache:
+            sel = select_redundant(groups, scores, k)
+            cache[k] = (sel, costs.predict(sel) / full)
+        return cache[k]
+
+    hi = len(at(len(groups))[0])
+    lo = 0
+    if at(hi)[1] > target:
+        return at(hi)[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid)[1] <= target:
+            hi = mid
+        else:
+            lo = mid
+    return at(hi)[0]
+
+
+def _construct(model, groups, chosen):
+    """The zeroed full model (inference form) and the constructed deployment-form sub-network."""
+    from otoir.analyses.groups import zero_group
+    from otoir.api import clone_model
+    from otoir.infra import PassManager
+
+    zeroed = clone_model(model)
+    for i in chosen:
+        zero_group(zeroed, groups[i])
+    PassManager.from_text("to-inference").run(zeroed)
+    sub = clone_model(zeroed)
+    PassManager.from_text("prune-channels,cleanup,to-deployment").run(sub)
+    return zeroed, sub
+
+
+def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: int = 3):
+    """(median ms, minimum ms) of each model: runs interleaved, one run of each model in turn.
+
+    The median is the figure; the minimum (the least disturbed run) shows what load from
+    other processes did to it.
+    """
+    from otoir.report import batch_feeds
+    from otoir.runtime import session
+
+    sessions = [(session(m, threads=threads), batch_feeds(m, sample, batch)) for m in models]
+    for s, feeds in sessions:
+        for _ in range(warmup):
+            s.run(None, feeds)
+    times = np.empty((len(models), runs))
+    clock = time.perf_counter
+    for r in range(runs):
+        for i, (s, feeds) in enumerate(sessions):
+            t0 = clock()
+            s.run(None, feeds)
+            times[i, r] = (clock() - t0) * 1e3
+    return np.median(times, axis=1).tolist(), times.min(axis=1).tolist()
+
+
+def bench(name: str, args) -> list[dict]:
+    """Runs one network; returns one row per model (full first)."""
+    import otoir
+    from otoir.analyses.latency import cost_model, flops_cost_model, latency_select, runtime_aligned
+    from otoir.analyses.validity import controlled_groups
+    from otoir.api import clone_model
+    from otoir.frontends import export_torch
+    from otoir.infra import PassManager
+    from otoir.optim.from_groups import groups_for
+    from otoir.report import random_inputs
+    from otoir.runtime import output_agreement
+
+    t0 = time.perf_counter()
+    module, x = MODELS[name].build(args.quick)
+    model = export_torch(module, x)
+    full = clone_model(model)
+    PassManager.from_text("to-deployment").run(full)
+    groups = groups_for(model, "zig")
+    rng = np.random.default_rng(args.seed)
+    scores = rng.random(len(groups)).tolist()
+    variants: dict[str, list[int]] = {"flops": _flops_count(groups, scores, args.flops,
+                                                            flops_cost_model(model, groups))}
+    rt = None
+    try:
+        rt = controlled_groups(groups, model, round_to=8)
+        rt = rt.subset(g for g in rt if g.prunable)
+        variants["rt8"] = _flops_count(rt, scores, args.flops, flops_cost_model(model, rt))
+    except TypeError:  # no round-to in this otoir
+        rt = None
+    t1 = time.perf_counter()
+    costs = cost_model(model, groups, threads=1, batch=1)
+    t_table = time.perf_counter() - t1
+    aligned, _ = runtime_aligned(model, groups, costs)
+    variants["lat"] = latency_select(aligned, scores, costs, target_latency=args.latency)
+    predicted = {"lat": costs.predict(variants["lat"]) / costs.full}
+    if rt is not None:
+        rt_costs = cost_model(model, rt, table=costs.table)
+        variants["lat+rt8"] = latency_select(rt, scores, rt_costs, target_latency=args.latency)
+        predicted["lat+rt8"] = rt_costs.predict(variants["lat+rt8"]) / rt_costs.full
+    models = {"full": full}
+    worst = 0.0
+    for v, chosen in variants.items():
+        zeroed, sub = _construct(model, groups if v in ("flops", "lat") else rt, chosen)
+        worst = max(worst, output_agreement(zeroed, sub, random_inputs(zeroed, rows=4)))
+        models[v] = sub
+    sample = random_inputs(full, rows=16, seed=1)
+    if not isinstance(x, np.ndarray) and str(getattr(x, "dtype", "")) == "torch.int64":
+        sample = {k: np.minimum(v, 999) for k, v in sample.items()}
+    lat: dict[tuple[int, int], list[float]] = {}
+    best: dict[tuple[int, int], list[float]] = {}
+    for threads in args.threads:
+        for batch in args.batches:
+            lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=args.runs,
+                                                                        threads=threads, batch=batch)
+    st = {k: otoir.stats(m) for k, m in models.items()}
+    rows = []
+    for i, k in enumerate(models):
+        rows.append({
+            "model": name, "variant": k, "groups": len(variants.get(k, ())), "of": len(groups),
+            "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
+            "predicted": predicted.get(k),
+            "lat": {tb: ms[i] / ms[0] for tb, ms in lat.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
+            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()},
+        })
+    rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
+                       f"timings, channel multiple {costs.table.align if costs.table else '-'}), oracle max diff "
+                       f"{worst:.1e}, {time.perf_counter() - t0:.0f} s")
+    return rows
+
+
+def _print(rows: list[dict], args) -> None:
+    keys = [(t, b) for t in args.threads for b in args.batches]
+    head = f"{'model':<13}{'variant':<9}{'groups':>11}{'FLOPs':>7}{'params':>7}{'pred':>6}"
+    head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + "  ok"
+    print(head)
+    for r in rows:
+        if r["variant"] == "full":
+            ms = "".join(f"{r['ms'][k]:>7.2f}ms" for k in keys)
+            print(f"{r['model']:<13}{'full':<9}{'':>11}{1:>7.2f}{1:>7.2f}{'':>6}{ms}  ({r['note']})")
+            continue
+        worst = max(r["lat"].values())
+        ok = "yes" if worst <= 1.1 * r["flops"] and worst < 1.0 else ("<1" if worst < 1.0 else "SLOWER")
+        pred = f"{r['predicted']:>6.2f}" if r["predicted"] is not None else f"{'':>6}"
+        lat = "".join(f"{r['lat'][k]:>9.2f}" for k in keys)
+        print(f"{'':<13}{r['variant']:<9}{r['groups']:>5}/{r['of']:<5}{r['flops']:>7.2f}{r['params']:>7.2f}{pred}{lat}"
+              f"  {ok}", flush=True)
+        if args.show_min:
+            low = "".join(f"{'(' + format(r['best'][k], '.2f') + ')':>9}" for k in keys)
+            print(f"{'':<13}{'  min':<9}{'':>11}{'':>7}{'':>7}{'':>6}{low}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    ap.add_argument("--quick", action="store_true", help="smaller widths, batch 1 and 4, 1 thread, 10 runs")
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per model and setting (default 20; quick 10)")
+    ap.add_argument("--threads", default=None, help="intra-op thread counts (default 1,2; quick 1)")
+    ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
+    ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops/rt8 columns")
+    ap.add_argument("--latency", type=float, default=0.5, help="target-latency of the lat columns")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random redundancy scores")
+    ap.add_argument("--list", action="store_true", help="list the networks and exit")
+    ap.add_argument("--show-min", action="store_true", help="also print the ratios of the fastest runs")
+    args = ap.parse_args(argv)
+    if args.list:
+        for k, n in MODELS.items():
+            print(f"{k:<13}{n.description}")
+        return 0
+    args.runs = args.runs or (10 if args.quick else 20)
+    args.threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
+    args.batches = [int(b) for b in (args.batches or ("1,4" if args.quick else "1,16")).split(",")]
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        print(f"bench_latency: unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print(f"# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = predicted latency "
+          f"fraction; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+          f"1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    rows: list[dict] = []
+    for n in names:
+        r = bench(n, args)
+        if rows:
+            _print_rows(r, args)
+        else:
+            _print(r, args)
+        rows += r
+    print(f"# load average at end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def _print_rows(rows: list[dict], args) -> None:
+    """Rows without the header (the header was printed with the first network)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        _print(rows, args)
+    print("\n".join(buf.getvalue().splitlines()[1:]), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
