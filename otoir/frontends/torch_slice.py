@@ -8,7 +8,9 @@ still works:
 
 * ``Conv1d/2d/3d`` (``groups=1``, or depthwise with one filter per channel),
   ``ConvTranspose1d/2d/3d`` (``groups=1``), ``Linear``, ``BatchNorm*``, ``LayerNorm``
-  (one normalised axis), ``GroupNorm`` (whole groups), ``Embedding`` (the embedding axis);
+  (one normalised axis), ``GroupNorm`` (whole groups), ``Embedding`` (the embedding axis),
+  RMSNorm (``torch.nn.RMSNorm`` and Hugging Face ``*RMSNorm``: removed zero channels folded into
+  epsilon and the gain);
 * attention modules of Hugging Face ``transformers`` (and alike) that keep their head size in
   ``attention_head_size``/``head_dim``/``head_size`` next to ``query/key/value`` or
   ``q_proj/k_proj/v_proj`` children: ``num_attention_heads``/``num_heads`` (and
@@ -80,7 +82,42 @@ def _dims(mod: torch.nn.Module) -> dict[str, tuple[str, ...]] | None:
         return {"weight": ("c",), "bias": ("c",)}
     if isinstance(mod, nn.Embedding):
         return {"weight": ("num", "dim")}
+    if _rms_eps_attr(mod) is not None:
+        return {"weight": ("c",)}
     return None
+
+
+def _rms_eps_attr(mod: Any) -> str | None:
+    """The epsilon attribute of an RMSNorm layer computing ``x / sqrt(mean(x²) + eps) * weight``
+    (``torch.nn.RMSNorm`` and the Hugging Face ``*RMSNorm`` classes of that form), else ``None``.
+    Layers of another form (a ``(1 + weight)`` gain) are refused by the check against ONNX."""
+    import torch.nn as nn
+
+    if isinstance(mod, getattr(nn, "RMSNorm", ())):
+        return "eps"
+    if type(mod).__name__.endswith("RMSNorm") and isinstance(getattr(mod, "weight", None), nn.Parameter) \
+            and mod.weight.dim() == 1:
+        for attr in ("variance_epsilon", "eps", "epsilon"):
+            if isinstance(getattr(mod, attr, None), float):
+                return attr
+    return None
+
+
+def _fold_rms(mod: Any, n: int, m: int) -> dict[str, Any]:
+    """RMSNorm over n channels of which n - m zero ones were removed: the mean of squares grows by
+    n/m, so epsilon is scaled by n/m and the gain by sqrt(n/m) (as ONNX construction folds it)."""
+    import torch
+
+    attr = _rms_eps_attr(mod)
+    eps = getattr(mod, attr)
+    if eps is None:  # torch.nn.RMSNorm's default: the dtype's machine epsilon
+        eps = float(torch.finfo(mod.weight.dtype).eps)
+    setattr(mod, attr, float(eps) * n / m)
+    with torch.no_grad():
+        mod.weight.mul_(float(np.sqrt(n / m)))
+    if hasattr(mod, "normalized_shape"):
+        mod.normalized_shape = (m,)
+    return {attr: getattr(mod, attr)}
 
 
 def _own_tensors(mod: torch.nn.Module) -> dict[str, Any]:
@@ -150,7 +187,7 @@ def slice_module(module: torch.nn.Module, groups: Iterable[Group]) -> dict[str, 
         if dims is None:
             first = next(a for a, t in own.items() if keys.get(id(t)) in plan)
             raise _fail(name, mod, f"'{first}' loses entries and otoir slices only Conv, ConvTranspose, Linear, "
-                                   "BatchNorm, LayerNorm, GroupNorm and Embedding layers")
+                                   "BatchNorm, LayerNorm, GroupNorm, RMSNorm and Embedding layers")
         removed = _removed_per_dim(name, mod, dims, plan, keys)
         sizes = {d: _size_of(mod, own, dims, d) for d in removed}
         keep = {d: np.array(sorted(set(range(sizes[d])) - removed[d]), dtype=np.int64) for d in removed}
@@ -172,6 +209,8 @@ def slice_module(module: torch.nn.Module, groups: Iterable[Group]) -> dict[str, 
                 t, torch.nn.Parameter) else value.clone()
             setattr(mod, attr, new_t)
             replaced[id(t)] = new_t
+        if "c" in keep and _rms_eps_attr(mod) is not None and len(keep["c"]) < sizes["c"]:
+            new.update(_fold_rms(mod, sizes["c"], len(keep["c"])))
         changes[name] = new
     _fix_attention(module, changes)
     return changes

@@ -195,3 +195,43 @@ def test_llama_grouped_query_attention_heads_and_mlp():
     assert attn.q_proj.out_features < 32 and attn.o_proj.in_features == attn.q_proj.out_features
     assert attn.num_key_value_groups == attn.q_proj.out_features // attn.k_proj.out_features
     assert out.module.m.model.layers[0].mlp.gate_proj.out_features < 48
+
+
+class TinyRMSNorm(nn.Module):
+    """The Hugging Face form (LlamaRMSNorm); torch.nn.RMSNorm does not export at opset 17."""
+
+    def __init__(self, n: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) * self.weight
+
+
+class RMSNet(nn.Module):
+    """A residual stream under RMSNorm: its hidden channels are exact groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.norm = TinyRMSNorm(16, eps=1e-5)
+        self.mlp = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = h + self.mlp(F.relu(self.norm(h)))
+        return self.out(self.norm(h))
+
+
+def test_rmsnorm_hidden_channels_fold_into_epsilon_and_gain():
+    torch.manual_seed(0)
+    m = RMSNet()
+    with torch.no_grad():
+        m.norm.weight.uniform_(0.5, 1.5)
+    out = _check(m, torch.randn(4, 6))
+    sl = out.module
+    n, kept = 16, sl.norm.weight.shape[0]
+    assert kept < n
+    assert sl.norm.variance_epsilon == pytest.approx(1e-5 * n / kept)
