@@ -33,14 +33,15 @@ import numpy as np
 import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array
-from otoir.analyses.shapes import StaticShapes
+from otoir.analyses.shapes import SENTINEL, StaticShapes
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
 from otoir.surgery.common import new_initializer
 
 __all__ = ["LayernormInvariance", "StreamRefused"]
 
-_TRANSPARENT = ("Reshape", "Cast", "Identity")
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+_TRANSPARENT = ("Reshape", "Cast", "Identity", "Gather", "Slice")
 
 
 class StreamRefused(Exception):
@@ -98,10 +99,13 @@ class LayernormInvariance(Pass):
         "layernorms-replaced": "LayerNormalization nodes replaced by their RMSNorm form",
         "writers-centred": "residual-stream writers whose output features were centred",
         "readers-absorbed": "LayerNorms whose scale and bias were folded into their linear readers",
+        "centrings-inserted": "centring MatMuls (I - 11ᵀ/n) inserted after writers that are not linear",
         "tied-heads-corrected": "output heads tied to a centred embedding table (logit correction added)",
         "streams-refused": "residual streams left unchanged (a writer or reader that is not linear / LayerNorm)",
     }
     absorb: bool = option(True, "fold each LayerNorm's scale and bias into its readers when all are linear layers")
+    centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) by a "
+                                          "MatMul with I - 11ᵀ/n (n² parameters) instead of refusing its stream")
 
     def run(self, model, ctx) -> bool:
         shapes = ctx.analyses.get(StaticShapes)
@@ -121,7 +125,14 @@ class LayernormInvariance(Pass):
                 continue
             seen.update(stream.readers)
             try:
-                plan = [self._writer(v, stream, shapes) for v in stream.writers]
+                plan, centring = [], []
+                for v in stream.writers:
+                    try:
+                        plan.append(self._writer(v, stream, shapes))
+                    except StreamRefused as exc:
+                        if not self.centre_nonlinear or _hidden_size(v, shapes) is None:
+                            raise
+                        centring.append((v, exc))
                 tied = self._tied_heads(plan, stream)
             except StreamRefused as exc:
                 ctx.stat("streams-refused", 1, add=True)
@@ -131,6 +142,10 @@ class LayernormInvariance(Pass):
                 for w in weights:
                     _centre(model, w)
             ctx.stat("writers-centred", len(plan), add=True)
+            for v, why in centring:
+                _insert_centring(graph, v, _hidden_size(v, shapes), _stream_dtype(v, stream))
+                ctx.remark(f"centring MatMul inserted after '{v.name}' ({why})", v.producer())
+            ctx.stat("centrings-inserted", len(centring), add=True)
             for head, means in tied:
                 _correct_tied_head(graph, head, means)
             ctx.stat("tied-heads-corrected", len(tied), add=True)
@@ -159,7 +174,7 @@ class LayernormInvariance(Pass):
             p = v.producer()
             if p is not None and p.op_type == "Add" and not any(_is_param(x) for x in p.inputs):
                 stack.extend(p.inputs)
-            elif p is not None and p.op_type in _TRANSPARENT and _keeps_last(p, shapes):
+            elif p is not None and p.op_type in _TRANSPARENT and not _is_param(p.inputs[0]) and _keeps_last(p, shapes):
                 stack.append(p.inputs[0])
             else:
                 st.writers.append(v)
@@ -173,7 +188,7 @@ class LayernormInvariance(Pass):
                         st.readers.append(user)
                 elif user.op_type == "Add" and not any(_is_param(x) for x in user.inputs):
                     stack.append(user.outputs[0])
-                elif user.op_type in _TRANSPARENT and _keeps_last(user, shapes):
+                elif user.op_type in _TRANSPARENT and i == 0 and _keeps_last(user, shapes):
                     stack.append(user.outputs[0])
                 elif user.op_type in ("Shape", "Size"):
                     continue  # metadata only: centring does not change it
@@ -236,6 +251,9 @@ class LayernormInvariance(Pass):
         if op == "Concat" and all(x is not None and _used_once(x) for x in p.inputs):
             if p.attributes.get_int("axis", 0) % len(vs) != axis:
                 return [w for x in p.inputs for w in rec(x, st, shapes, axis)]
+        if op in ("Gather", "Slice") and last and _init(p.inputs[0]) is not None and _used_once(p.inputs[0]) \
+                and _keeps_last(p, shapes):
+            return [_Weight(p.inputs[0], len(p.inputs[0].shape) - 1)]  # e.g. position embeddings [:seq]
         if op == "Expand" and _init(p.inputs[0]) is not None and _used_once(p.inputs[0]):
             c = p.inputs[0]
             ca = axis - (len(vs) - len(c.shape))
@@ -280,12 +298,26 @@ class LayernormInvariance(Pass):
 
 
 def _keeps_last(node: ir.Node, shapes: StaticShapes) -> bool:
-    """A re-layout or conversion that keeps the last axis (the hidden features) as it is."""
+    """A re-layout, conversion or selection that keeps the last axis (the hidden features) as it is.
+
+    ``Gather`` and ``Slice`` qualify when they select along other axes only (a class token, a
+    range of positions): every selected vector is a whole vector of the stream.
+    """
     if node.op_type == "Cast":
         dt = node.attributes.get_int("to", 0)
-        return dt in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+        return dt in _FLOATS
     xs, ys = shapes.shape(node.inputs[0]), shapes.shape(node.outputs[0])
-    return bool(xs) and bool(ys) and xs[-1] == ys[-1]
+    if not (xs and ys and xs[-1] == ys[-1]):
+        return False
+    if node.op_type == "Gather":
+        return node.attributes.get_int("axis", 0) % len(xs) != len(xs) - 1
+    if node.op_type == "Slice":
+        starts = shapes.const(node.inputs[1]) if len(node.inputs) > 1 else None
+        axes_v = node.inputs[3] if len(node.inputs) > 3 else None
+        axes = shapes.const(axes_v) if axes_v is not None else (
+            None if starts is None else np.arange(np.asarray(starts).size))
+        return axes is not None and all(int(a) % len(xs) != len(xs) - 1 for a in np.asarray(axes).reshape(-1))
+    return True
 
 
 def _is_last_axis_ln(node: ir.Node, shapes: StaticShapes) -> bool:
@@ -326,6 +358,43 @@ def _tied_head(use: ir.Node) -> ir.Node | None:
         return None
     head, i = users[0]
     return head if head.op_type == "MatMul" and i == 1 else None
+
+
+def _hidden_size(v: ir.Value, shapes: StaticShapes) -> int | None:
+    """The static size of ``v``'s last axis when ``v`` is a floating-point tensor (None otherwise)."""
+    vs = shapes.shape(v)
+    if not vs or v.dtype not in (None, *_FLOATS):
+        return None
+    n = int(vs[-1])
+    return n if 1 < n < SENTINEL and v.producer() is not None else None
+
+
+def _stream_dtype(v: ir.Value, st: _Stream) -> np.dtype:
+    """``v``'s element type, else that of a reader's scale (exported values may be untyped), else float32."""
+    if v.dtype is not None:
+        return v.dtype.numpy()
+    for r in st.readers:
+        g = r.inputs[1] if len(r.inputs) > 1 else None
+        if g is not None and g.dtype is not None:
+            return g.dtype.numpy()
+    return np.dtype(np.float32)
+
+
+def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype) -> None:
+    """``v @ (I - 11ᵀ/n)`` in place of ``v`` for all its uses: ``v`` minus its mean over the last axis.
+
+    A linear layer with its own weight: its input rows join the channel groups of ``v``'s
+    producer and its output columns those of the stream, so both stay exactly prunable (a
+    centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean``).
+    """
+    c = np.eye(n) - np.full((n, n), 1.0 / n)
+    w = new_initializer(graph, f"{v.name}__centring", c.astype(dtype))
+    mm = ir.node("MatMul", inputs=[v, w], name=f"{v.name}__centre")
+    graph.insert_after(v.producer(), mm)
+    new = mm.outputs[0]
+    new.name = f"{v.name}__centred"
+    new.type, new.shape = v.type, v.shape
+    _move_uses(graph, v, new, skip=mm)
 
 
 def _centre(model: ir.Model, w: _Weight) -> None:
