@@ -110,7 +110,9 @@ class LayernormInvariance(Pass):
     def run(self, model, ctx) -> bool:
         shapes = ctx.analyses.get(StaticShapes)
         graph = model.graph
-        lns = [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]
+        # last first: a LayerNorm whose output writes a later stream (CLIP's pre_layrnorm) then sees
+        # that stream's centring MatMul as its reader and folds its scale and bias into it
+        lns = [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")][::-1]
         seen: set = set()
         changed = False
         for ln in lns:
