@@ -16,13 +16,25 @@ output projections of the attention and MLP sub-layers) and read only by LayerNo
   with its own weight (``W <- diag(γ) W``, ``b <- b + β W``); otherwise they stay as ``Mul``
   and ``Add`` after the normalisation.
 
+A writer that is not linear (Whisper's ``GELU(conv)`` stem, CLIP's ``pre_layrnorm`` whose
+``γ⊙n + β`` is not mean-zero) cannot be centred by editing weights; with ``centre-nonlinear``
+(default) its output ``v`` is replaced by ``v @ (I - 11ᵀ/n)``, a linear layer with its own
+``n × n`` weight: exact, and both sides stay exactly prunable (its rows join the channel groups
+of ``v``'s producer, its columns those of the stream). Spelling it ``v - ReduceMean(v)`` instead
+would leave a removed channel at ``-mean(v)``, not zero. A LayerNorm writer then has the MatMul
+as its only reader, so its own scale and bias fold into it (LayerNorms are visited last first).
+Selections along other axes (``Gather``/``Slice`` of a class token or of positions) are part of
+the stream; a ``Gather``/``Slice`` of a position table is a writer (the table is centred).
+
 An embedding table that is also the output head (GPT-2's ``lm_head = wte``) stays tied: the
 head's logits ``y·Eᵀ`` change by ``-(Σ_j y_j)·m`` when the rows of ``E`` lose their means
 ``m``, so a correction ``ReduceSum(y)·m`` (V extra entries) is added to the logits.
 
-Outputs are unchanged up to float rounding. A stream with any other writer or reader (a
-post-LN model, where LayerNorm outputs are themselves the stream) is left as it is, with a
-remark naming the op; its hidden-size groups stay flagged inexact.
+Outputs are unchanged up to float rounding. A stream with any other reader (a post-LN model,
+where LayerNorm outputs are themselves the stream and feed attention directly; a classifier on
+mean-pooled stream vectors), or that is itself a graph output (``CLIPVisionModel``'s
+``last_hidden_state``: centring would change it), is left as it is, with a remark naming the op
+or value; its hidden-size groups stay flagged inexact.
 """
 
 from __future__ import annotations
