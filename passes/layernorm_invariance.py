@@ -18,11 +18,10 @@ output projections of the attention and MLP sub-layers) and read only by LayerNo
 
 A writer that is not linear (Whisper's ``GELU(conv)`` stem, CLIP's ``pre_layrnorm`` whose
 ``γ⊙n + β`` is not mean-zero) cannot be centred by editing weights; with ``centre-nonlinear``
-(default) its output ``v`` is replaced by ``v @ (I - 11ᵀ/n)``, a linear layer with its own
-``n × n`` weight: exact, and both sides stay exactly prunable (its rows join the channel groups
-of ``v``'s producer, its columns those of the stream). Spelling it ``v - ReduceMean(v)`` instead
-would leave a removed channel at ``-mean(v)``, not zero. A LayerNorm writer then has the MatMul
-as its only reader, so its own scale and bias fold into it (LayerNorms are visited last first).
+(default) its output ``v`` is replaced by ``v - (v @ u) @ w`` with ``u = 1/n`` (``[n, 1]``) and
+``w = 1`` (``[1, n]``): two linear layers of their own weights (2n parameters), exact, and the
+hidden channels stay exactly prunable (``u``'s rows and ``w``'s columns are sliced with them).
+Spelling it ``v - ReduceMean(v)`` instead would leave a removed channel at ``-mean(v)``, not zero.
 Selections along other axes (``Gather``/``Slice`` of a class token or of positions) are part of
 the stream; a ``Gather``/``Slice`` of a position table is a writer (the table is centred).
 
@@ -111,19 +110,19 @@ class LayernormInvariance(Pass):
         "layernorms-replaced": "LayerNormalization nodes replaced by their RMSNorm form",
         "writers-centred": "residual-stream writers whose output features were centred",
         "readers-absorbed": "LayerNorms whose scale and bias were folded into their linear readers",
-        "centrings-inserted": "centring MatMuls (I - 11ᵀ/n) inserted after writers that are not linear",
+        "centrings-inserted": "centrings v - (v @ 1/n) @ 1 inserted after writers that are not linear",
         "tied-heads-corrected": "output heads tied to a centred embedding table (logit correction added)",
         "streams-refused": "residual streams left unchanged (a writer or reader that is not linear / LayerNorm)",
     }
     absorb: bool = option(True, "fold each LayerNorm's scale and bias into its readers when all are linear layers")
     centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) by a "
-                                          "MatMul with I - 11ᵀ/n (n² parameters) instead of refusing its stream")
+                                          "v - (v @ 1/n) @ 1 (2n parameters) instead of refusing its stream")
 
     def run(self, model, ctx) -> bool:
         shapes = ctx.analyses.get(StaticShapes)
         graph = model.graph
-        # last first: a LayerNorm whose output writes a later stream (CLIP's pre_layrnorm) then sees
-        # that stream's centring MatMul as its reader and folds its scale and bias into it
+        # last first: a LayerNorm whose output writes a later stream (CLIP's pre_layrnorm) is then
+        # named as that stream's writer (and afterwards replaced in its own stream)
         lns = [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")][::-1]
         seen: set = set()
         changed = False
@@ -158,7 +157,7 @@ class LayernormInvariance(Pass):
             ctx.stat("writers-centred", len(plan), add=True)
             for v, why in centring:
                 _insert_centring(graph, v, _hidden_size(v, shapes), _stream_dtype(v, stream))
-                ctx.remark(f"centring MatMul inserted after '{v.name}' ({why})", v.producer())
+                ctx.remark(f"centring inserted after '{v.name}' ({why})", v.producer())
             ctx.stat("centrings-inserted", len(centring), add=True)
             for head, means in tied:
                 _correct_tied_head(graph, head, means)
@@ -395,20 +394,28 @@ def _stream_dtype(v: ir.Value, st: _Stream) -> np.dtype:
 
 
 def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype) -> None:
-    """``v @ (I - 11ᵀ/n)`` in place of ``v`` for all its uses: ``v`` minus its mean over the last axis.
+    """``v - (v @ u) @ w`` in place of ``v`` for all its uses (``u = 1/n``, ``w = 1``): ``v`` minus its mean.
 
-    A linear layer with its own weight: its input rows join the channel groups of ``v``'s
-    producer and its output columns those of the stream, so both stay exactly prunable (a
-    centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean``).
+    Two linear layers of their own weights (``[n, 1]`` and ``[1, n]``: 2n parameters): ``u``'s
+    rows and ``w``'s columns join the channel groups of ``v``, so a removed channel ``j`` stays
+    zero (``v_j - m·w_j = 0``) and the mean over the kept channels is the same sum over n. The
+    one-wide mean is a group of its own; removing it removes the centring with it, exactly.
+    A centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean(v)``.
     """
-    c = np.eye(n) - np.full((n, n), 1.0 / n)
-    w = new_initializer(graph, f"{v.name}__centring", c.astype(dtype))
-    mm = ir.node("MatMul", inputs=[v, w], name=f"{v.name}__centre")
-    graph.insert_after(v.producer(), mm)
-    new = mm.outputs[0]
+    u = new_initializer(graph, f"{v.name}__centring_u", np.full((n, 1), 1.0 / n, dtype=dtype))
+    w = new_initializer(graph, f"{v.name}__centring_w", np.ones((1, n), dtype=dtype))
+    base = f"{v.name}__centring"
+    mean = ir.node("MatMul", inputs=[v, u], name=f"{base}_mean")
+    spread = ir.node("MatMul", inputs=[mean.outputs[0], w], name=f"{base}_spread")
+    sub = ir.node("Sub", inputs=[v, spread.outputs[0]], name=f"{base}_sub")
+    mean.outputs[0].name, spread.outputs[0].name = f"{base}_mean", f"{base}_spread"
+    graph.insert_after(v.producer(), [mean, spread, sub])
+    new = sub.outputs[0]
     new.name = f"{v.name}__centred"
     new.type, new.shape = v.type, v.shape
-    _move_uses(graph, v, new, skip=mm)
+    for user, k in list(v.uses()):
+        if user is not sub and user is not mean:
+            user.replace_input_with(k, new)  # (a stream value is never a graph output)
 
 
 def _centre(model: ir.Model, w: _Weight) -> None:

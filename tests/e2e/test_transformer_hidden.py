@@ -407,35 +407,37 @@ class _Head(torch.nn.Module):
 
 
 def _centring_case(module: torch.nn.Module, x: torch.Tensor, writer_op: str, stem: str):
-    """layernorm-invariance on a stream with a non-linear writer: exact, a centring MatMul, exact groups."""
+    """layernorm-invariance on a stream with a non-linear writer: exact, a centring, exact groups."""
     model = otoir.load(module.eval(), (x,), training=False)
     PassManager.from_text("to-inference").run(model)
     feeds = random_feeds(model, 0)
     ref = run_ort(model, feeds)
+    n_before = _nparams(model)
     res = PassManager.from_text("layernorm-invariance").run(model)
     stats = dict(res.statistics)["layernorm-invariance"]
     assert stats["centrings-inserted"] == 1 and "streams-refused" not in stats
-    assert stats["readers-absorbed"] == stats["layernorms-replaced"]
-    assert any("centring MatMul inserted" in d.message and writer_op in d.message for d in res.diagnostics)
+    assert any("centring inserted" in d.message and writer_op in d.message for d in res.diagnostics)
     assert not any(n.op_type == "LayerNormalization" for n in model.graph)
     assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL  # outputs unchanged by the transform
-    (c,) = [k for k in model.graph.initializers if k.endswith("__centring")]
+    (u,) = [k for k in model.graph.initializers if k.endswith("__centring_u")]
+    (w,) = [k for k in model.graph.initializers if k.endswith("__centring_w")]
+    assert _nparams(model) <= n_before + 64  # 2n for the centring, less each absorbed scale and bias
     groups = _groups(model)
     assert all(g.meta["exact"] for g in groups)
-    # the centring's rows go with the non-linear writer's channels, its columns with the stream
-    rows = [g for g in groups if any(s.tensor == c and s.axis == 0 for s in (*g.slices, *g.dependent))]
-    cols = [g for g in groups if any(s.tensor == c and s.axis == 1 for s in g.slices)]
-    assert len(rows) == len(cols) == 32 and all(g.prunable for g in rows + cols)
-    assert all(any(s.tensor.endswith(stem) for s in g.slices) for g in rows)
+    # the centring's rows (u) and columns (w) go with the writer's channels, which are the stream's
+    hidden = [g for g in groups if any(s.tensor == w and s.axis == 1 for s in g.slices)]
+    assert len(hidden) == 32 and all(g.prunable for g in hidden)
+    assert all(any(s.tensor == u and s.axis == 0 for s in g.dependent) for g in hidden)
+    assert all(any(s.tensor.endswith(stem) for s in g.slices) for g in hidden)
     diff, before, after, pruned = _oracle(model, seed=7)
     assert diff <= TOL and after < before
-    assert pruned.graph.initializers[c].const_value.numpy().shape[1] < 32  # stream channels removed
+    assert pruned.graph.initializers[w].const_value.numpy().shape[1] < 32  # hidden channels removed
     return stats
 
 
-def test_whisper_conv_stem_centred_by_matmul():
+def test_whisper_conv_stem_centred():
     """Whisper's stream is written by GELU(conv) (not linear) and position embeddings: the GELU
-    output gets ``@ (I - 11ᵀ/n)``; then every LayerNorm is an RMSNorm and the hidden size is exact."""
+    output gets ``v - (v @ 1/n) @ 1``; then every LayerNorm is an RMSNorm and the hidden size is exact."""
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=2,
                                      encoder_attention_heads=4, encoder_ffn_dim=48, decoder_layers=1,
@@ -444,12 +446,12 @@ def test_whisper_conv_stem_centred_by_matmul():
                                      decoder_start_token_id=1, num_labels=3)
     module = _Head(transformers.WhisperForAudioClassification(cfg), "input_features", 0)
     stats = _centring_case(module, torch.randn(1, 8, 32), "Mul", "encoder.conv2.weight")
-    assert stats["layernorms-replaced"] == 5  # two per layer and the final one
+    assert stats["layernorms-replaced"] == stats["readers-absorbed"] == 5  # two per layer and the final one
 
 
-def test_clip_pre_layernorm_writer_centred_by_matmul():
+def test_clip_pre_layernorm_writer_centred():
     """CLIP's stream is written by ``pre_layrnorm`` (a LayerNorm: γ⊙n+β is not mean-zero): its output
-    gets the centring MatMul, into which its own scale and bias are then folded; the pooled class token
+    gets the centring (its own scale and bias stay as Mul and Add); the pooled class token
     reaches ``post_layernorm`` through a Gather along the sequence axis."""
     torch.manual_seed(0)
     cfg = transformers.CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
@@ -458,6 +460,7 @@ def test_clip_pre_layernorm_writer_centred_by_matmul():
     stats = _centring_case(module, torch.randn(1, 3, 16, 16), "LayerNormalization",
                            "embeddings.patch_embedding.weight")
     assert stats["layernorms-replaced"] == 6
+    assert stats["readers-absorbed"] == 5  # pre_layrnorm's readers are the centring's MatMul and Sub
 
 
 def test_stream_as_graph_output_is_refused_with_reason():
