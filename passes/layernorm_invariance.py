@@ -399,7 +399,7 @@ def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype) -> N
     Two linear layers of their own weights (``[n, 1]`` and ``[1, n]``: 2n parameters): ``u``'s
     rows and ``w``'s columns join the channel groups of ``v``, so a removed channel ``j`` stays
     zero (``v_j - m·w_j = 0``) and the mean over the kept channels is the same sum over n. The
-    one-wide mean is a group of its own; removing it removes the centring with it, exactly.
+    one-wide mean is a group of its own (zeroing it turns the centring off; still exact).
     A centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean(v)``.
     """
     u = new_initializer(graph, f"{v.name}__centring_u", np.full((n, 1), 1.0 / n, dtype=dtype))
