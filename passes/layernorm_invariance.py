@@ -17,7 +17,8 @@ output projections of the attention and MLP sub-layers) and read only by LayerNo
   and ``Add`` after the normalisation.
 
 A writer that is not linear (Whisper's ``GELU(conv)`` stem, CLIP's ``pre_layrnorm`` whose
-``γ⊙n + β`` is not mean-zero) cannot be centred by editing weights; with ``centre-nonlinear``
+``γ⊙n + β`` is not mean-zero), or whose weight is used elsewhere too (BART's embedding table
+shared by the encoder and the decoder), cannot be centred by editing weights; with ``centre-nonlinear``
 (default) its output ``v`` is replaced by ``v - (v @ u) @ w`` with ``u = 1/n`` (``[n, 1]``) and
 ``w = 1`` (``[1, n]``): two linear layers of their own weights (2n parameters), exact, and the
 hidden channels stay exactly prunable (``u``'s rows and ``w``'s columns are sliced with them).
@@ -89,6 +90,7 @@ class _Weight:
 
     tensor: ir.Value
     axis: int
+    lookup: ir.Node | None = None  # the writer's Gather of an embedding table
 
 
 @dataclass
@@ -138,15 +140,18 @@ class LayernormInvariance(Pass):
                 continue
             seen.update(stream.readers)
             try:
-                plan, centring = [], []
+                plan, centring, tied = [], [], []
                 for v in stream.writers:
                     try:
-                        plan.append(self._writer(v, stream, shapes))
-                    except StreamRefused as exc:
+                        weights = self._writer(v, stream, shapes)
+                        tied_v = self._tied_heads([weights], stream)
+                    except StreamRefused as exc:  # not linear, or its weight is used elsewhere too
                         if not self.centre_nonlinear or _hidden_size(v, shapes) is None:
                             raise
                         centring.append((v, exc))
-                tied = self._tied_heads(plan, stream)
+                        continue
+                    plan.append(weights)
+                    tied.extend(t for t in tied_v if all(t[0] is not h for h, _ in tied))  # a table looked up twice
             except StreamRefused as exc:
                 ctx.stat("streams-refused", 1, add=True)
                 ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {exc}", ln)
@@ -203,7 +208,7 @@ class LayernormInvariance(Pass):
                     stack.append(user.outputs[0])
                 elif user.op_type in _TRANSPARENT and i == 0 and _keeps_last(user, shapes):
                     stack.append(user.outputs[0])
-                elif user.op_type in ("Shape", "Size"):
+                elif user.op_type in ("Shape", "Size") or _shape_only(user):
                     continue  # metadata only: centring does not change it
                 else:
                     raise StreamRefused(f"{_label(user)} reads the residual stream (only LayerNorms and residual "
@@ -217,7 +222,8 @@ class LayernormInvariance(Pass):
         Writers: an embedding lookup (Gather of a 2-D table), a linear layer (MatMul with a
         constant right operand, Gemm) or a convolution (ViT's patch embedding, channels on axis
         1, ``group=1``), each with its own initializers; through an Add of a constant (a bias,
-        learned position embeddings), Concat along another axis (ViT's class token), Expand of
+        learned position embeddings), a Mul or Div by a constant that does not vary along the
+        hidden axis (an embedding scale), Concat along another axis (ViT's class token), Expand of
         a constant, Transpose and Reshape that keep the hidden axis whole. Raises
         :class:`StreamRefused` otherwise.
         """
@@ -231,7 +237,7 @@ class LayernormInvariance(Pass):
         rec = LayernormInvariance._writer
         if op == "Gather" and last and p.attributes.get_int("axis", 0) == 0 and _init(p.inputs[0]) is not None \
                 and len(p.inputs[0].shape or ()) == 2:
-            return [_Weight(p.inputs[0], 1)]
+            return [_Weight(p.inputs[0], 1, p)]
         if op == "Add":
             const = [x for x in p.inputs if _is_param(x)]
             data = [x for x in p.inputs if not _is_param(x)]
@@ -241,6 +247,12 @@ class LayernormInvariance(Pass):
                 ca = axis - (len(vs) - len(c.shape))
                 if ca >= 0:
                     return [_Weight(c, ca), *rec(data[0], st, shapes, axis)]
+        if op in ("Mul", "Div") and len(p.inputs) == 2 and _is_param(p.inputs[1]) and not _is_param(p.inputs[0]) \
+                and _used_once(p.inputs[0]):
+            k = shapes.const(p.inputs[1])
+            ka = axis - (len(vs) - np.ndim(k)) if k is not None else -1
+            if k is not None and (ka < 0 or np.shape(k)[ka] == 1):  # the same factor for every hidden feature
+                return rec(p.inputs[0], st, shapes, axis)  # (an embedding scale: linear)
         if op == "Gemm" and last and not p.attributes.get_int("transA", 0):
             b = _init(p.inputs[1])
             if b is not None and _used_once(b):
@@ -297,7 +309,7 @@ class LayernormInvariance(Pass):
                 uses = [u for u, _ in w.tensor.uses()]
                 if len(uses) == 1:
                     continue  # its writer alone (checked by _writer)
-                writer_uses = [u for u in uses if u.op_type == "Gather" and u.outputs[0] in st.values]
+                writer_uses = [u for u in uses if u.op_type == "Gather" and (u.outputs[0] in st.values or u is w.lookup)]
                 others = [u for u in uses if u not in writer_uses]
                 if w.tensor.is_graph_output():
                     raise StreamRefused(f"writer weight '{w.tensor.name}' is a graph output")
@@ -308,6 +320,12 @@ class LayernormInvariance(Pass):
                     arr = np.asarray(w.tensor.const_value.numpy(), dtype=np.float64)
                     tied.append((head, arr.mean(axis=w.axis)))
         return tied
+
+
+def _shape_only(node: ir.Node) -> bool:
+    """Whether only the shapes of ``node``'s outputs are used (BART's ``x[..., -1]`` fed to Shape)."""
+    return all(not o.is_graph_output() and o.uses() and all(u.op_type in ("Shape", "Size") for u, _ in o.uses())
+               for o in node.outputs)
 
 
 def _keeps_last(node: ir.Node, shapes: StaticShapes) -> bool:
