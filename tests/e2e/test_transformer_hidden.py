@@ -479,3 +479,25 @@ def test_stream_as_graph_output_is_refused_with_reason():
     assert stats["streams-refused"] == 2 and stats["layernorms-replaced"] == 1  # pre_layrnorm's own stream
     assert any("is a graph input or output" in d.message for d in res.diagnostics)
     assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+
+
+def test_bart_shared_embedding_and_scale():
+    """BART: ``embed_tokens(ids) * embed_scale`` (a scalar Mul: linear) from one table shared by the
+    encoder and the decoder streams. Centring the table for one stream would change the other, so
+    each stream's lookup gets the centring instead; the blocks are post-LN (refused, with reasons)."""
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                                  decoder_ffn_dim=48, max_position_embeddings=32, scale_embedding=True)
+    model = _load(_export(transformers.BartModel(cfg)))
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance").run(model)
+    stats = dict(res.statistics)["layernorm-invariance"]
+    assert stats["centrings-inserted"] == 2 and stats["layernorms-replaced"] == 2  # the two layernorm_embedding
+    shared = [d.message for d in res.diagnostics if "centring inserted" in d.message]
+    assert len(shared) == 2 and all("writer weight 'model.shared.weight' is also used by Gather" in m for m in shared)
+    assert any("reads the residual stream" in d.message for d in res.diagnostics)  # post-LN blocks
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    diff, before, after, _ = _oracle(model, seed=8)
+    assert diff <= TOL and after < before
