@@ -26,6 +26,12 @@ Spelling it ``v - ReduceMean(v)`` instead would leave a removed channel at ``-me
 Selections along other axes (``Gather``/``Slice`` of a class token or of positions) are part of
 the stream; a ``Gather``/``Slice`` of a position table is a writer (the table is centred).
 
+With ``post-ln``, a LayerNorm whose stream is refused (BERT-style post-LN blocks, where the
+stream feeds attention directly) gets that centring on its own input instead and becomes an
+RMSNorm: the model computes the same, and a removed hidden channel is zero in the centred value,
+so it drops out of the mean and the variance alike; the kept channels' statistics are then
+exactly what pruning compensates (eps and gain folding), so the hidden-size groups are exact.
+
 An embedding table that is also the output head (GPT-2's ``lm_head = wte``) stays tied: the
 head's logits ``y·Eᵀ`` change by ``-(Σ_j y_j)·m`` when the rows of ``E`` lose their means
 ``m``, so a correction ``ReduceSum(y)·m`` (V extra entries) is added to the logits.
@@ -114,9 +120,12 @@ class LayernormInvariance(Pass):
         "readers-absorbed": "LayerNorms whose scale and bias were folded into their linear readers",
         "centrings-inserted": "centrings v - (v @ 1/n) @ 1 inserted after writers that are not linear",
         "tied-heads-corrected": "output heads tied to a centred embedding table (logit correction added)",
+        "layernorms-centred-locally": "LayerNorms of refused streams given their own centring (post-ln)",
         "streams-refused": "residual streams left unchanged (a writer or reader that is not linear / LayerNorm)",
     }
     absorb: bool = option(True, "fold each LayerNorm's scale and bias into its readers when all are linear layers")
+    post_ln: bool = option(False, "a LayerNorm whose stream is refused (post-LN blocks) gets its own centring "
+                                  "v - (v @ 1/n) @ 1 and becomes an RMSNorm: exact, and its hidden-size groups exact")
     centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) by a "
                                           "v - (v @ 1/n) @ 1 (2n parameters) instead of refusing its stream")
 
@@ -136,7 +145,7 @@ class LayernormInvariance(Pass):
             except StreamRefused as exc:
                 seen.add(ln)
                 ctx.stat("streams-refused", 1, add=True)
-                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {exc}", ln)
+                changed |= self._refused(model, [ln], exc, shapes, ctx)
                 continue
             seen.update(stream.readers)
             try:
@@ -154,7 +163,7 @@ class LayernormInvariance(Pass):
                     tied.extend(t for t in tied_v if all(t[0] is not h for h, _ in tied))  # a table looked up twice
             except StreamRefused as exc:
                 ctx.stat("streams-refused", 1, add=True)
-                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {exc}", ln)
+                changed |= self._refused(model, stream.readers, exc, shapes, ctx)
                 continue
             for weights in plan:
                 for w in weights:
@@ -172,6 +181,26 @@ class LayernormInvariance(Pass):
                 _replace_layernorm(graph, r, keep_affine=not absorbed)
                 ctx.stat("readers-absorbed", int(absorbed), add=True)
             ctx.stat("layernorms-replaced", len(stream.readers), add=True)
+            changed = True
+        return changed
+
+    def _refused(self, model: ir.Model, lns: list[ir.Node], why: StreamRefused, shapes: StaticShapes, ctx) -> bool:
+        """A refused stream's LayerNorms: left as they are, or (``post-ln``) each centred on its own."""
+        changed = False
+        for ln in lns:
+            n = _hidden_size(ln.inputs[0], shapes) if _is_last_axis_ln(ln, shapes) else None
+            exposed = any(o.uses() or o.is_graph_output() for o in ln.outputs[1:])
+            if not self.post_ln or n is None or exposed:
+                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {why}", ln)
+                continue
+            g = ln.inputs[1] if len(ln.inputs) > 1 else None
+            dtype = g.dtype.numpy() if g is not None and g.dtype is not None else np.dtype(np.float32)
+            _insert_centring(model.graph, ln.inputs[0], n, dtype, only=ln)
+            absorbed = self.absorb and _absorb_affine(model, ln, shapes)
+            _replace_layernorm(model.graph, ln, keep_affine=not absorbed)
+            ctx.stat("layernorms-centred-locally", 1, add=True)
+            ctx.stat("readers-absorbed", int(absorbed), add=True)
+            ctx.remark(f"{_label(ln)} centred on its own (post-ln; its stream: {why})", ln)
             changed = True
         return changed
 
@@ -411,8 +440,8 @@ def _stream_dtype(v: ir.Value, st: _Stream) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype) -> None:
-    """``v - (v @ u) @ w`` in place of ``v`` for all its uses (``u = 1/n``, ``w = 1``): ``v`` minus its mean.
+def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype, *, only: ir.Node | None = None) -> None:
+    """``v - (v @ u) @ w`` in place of ``v`` for all its uses, or for ``only`` (``u = 1/n``, ``w = 1``).
 
     Two linear layers of their own weights (``[n, 1]`` and ``[1, n]``: 2n parameters): ``u``'s
     rows and ``w``'s columns join the channel groups of ``v``, so a removed channel ``j`` stays
@@ -420,19 +449,22 @@ def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype) -> N
     one-wide mean is a group of its own (zeroing it turns the centring off; still exact).
     A centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean(v)``.
     """
-    u = new_initializer(graph, f"{v.name}__centring_u", np.full((n, 1), 1.0 / n, dtype=dtype))
-    w = new_initializer(graph, f"{v.name}__centring_w", np.ones((1, n), dtype=dtype))
-    base = f"{v.name}__centring"
+    base = f"{v.name if only is None else only.outputs[0].name}__centring"
+    u = new_initializer(graph, f"{base}_u", np.full((n, 1), 1.0 / n, dtype=dtype))
+    w = new_initializer(graph, f"{base}_w", np.ones((1, n), dtype=dtype))
     mean = ir.node("MatMul", inputs=[v, u], name=f"{base}_mean")
     spread = ir.node("MatMul", inputs=[mean.outputs[0], w], name=f"{base}_spread")
     sub = ir.node("Sub", inputs=[v, spread.outputs[0]], name=f"{base}_sub")
     mean.outputs[0].name, spread.outputs[0].name = f"{base}_mean", f"{base}_spread"
-    graph.insert_after(v.producer(), [mean, spread, sub])
+    if only is None:
+        graph.insert_after(v.producer(), [mean, spread, sub])
+    else:
+        graph.insert_before(only, [mean, spread, sub])
     new = sub.outputs[0]
-    new.name = f"{v.name}__centred"
+    new.name = f"{base}_out" if only is not None else f"{v.name}__centred"
     new.type, new.shape = v.type, v.shape
     for user, k in list(v.uses()):
-        if user is not sub and user is not mean:
+        if user is not sub and user is not mean and (only is None or user is only):
             user.replace_input_with(k, new)  # (a stream value is never a graph output)
 
 

@@ -501,3 +501,25 @@ def test_bart_shared_embedding_and_scale():
     assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
     diff, before, after, _ = _oracle(model, seed=8)
     assert diff <= TOL and after < before
+
+
+def test_bert_post_ln_centred_locally_is_exact(bert):
+    """``post-ln=true``: each post-LN LayerNorm gets its own centring ``v - (v @ 1/n) @ 1`` (a removed
+    channel stays zero and leaves the variance) and becomes an RMSNorm: outputs unchanged, every
+    hidden-size group exact and prunable, prune oracle exact."""
+    model = _load(bert)
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance{post-ln=true}").run(model)
+    stats = next(v for k, v in dict(res.statistics).items() if k.startswith("layernorm-invariance"))
+    assert stats["streams-refused"] == 4 and stats["layernorms-centred-locally"] == 4
+    assert stats["layernorms-replaced"] == 1  # the embeddings' own stream, as without the option
+    assert not any(n.op_type == "LayerNormalization" for n in model.graph)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    hidden = _hidden_groups(model, "model.bert.embeddings.word_embeddings.weight")
+    assert len(hidden) == 32 and all(g.prunable and g.meta["exact"] for g in hidden)
+    assert all(g.meta["exact"] for g in _groups(model))
+    diff, before, after, pruned = _oracle(model, seed=9)
+    assert diff <= TOL and after < before
+    emb = pruned.graph.initializers["model.bert.embeddings.word_embeddings.weight"].const_value.numpy()
+    assert emb.shape[1] < 32  # hidden channels removed
