@@ -40,7 +40,7 @@ Outputs are unchanged up to float rounding. A stream with any other reader (a po
 where LayerNorm outputs are themselves the stream and feed attention directly; a classifier on
 mean-pooled stream vectors), or that is itself a graph output (``CLIPVisionModel``'s
 ``last_hidden_state``: centring would change it), is left as it is, with a remark naming the op
-or value; its hidden-size groups stay flagged inexact.
+or value; its hidden-size groups stay flagged inexact (unless ``post-ln`` centres its LayerNorms).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class LayernormInvariance(Pass):
     absorb: bool = option(True, "fold each LayerNorm's scale and bias into its readers when all are linear layers")
     post_ln: bool = option(False, "a LayerNorm whose stream is refused (post-LN blocks) gets its own centring "
                                   "v - (v @ 1/n) @ 1 and becomes an RMSNorm: exact, and its hidden-size groups exact")
-    centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) by a "
+    centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) as "
                                           "v - (v @ 1/n) @ 1 (2n parameters) instead of refusing its stream")
 
     def run(self, model, ctx) -> bool:
