@@ -16,13 +16,31 @@ output projections of the attention and MLP sub-layers) and read only by LayerNo
   with its own weight (``W <- diag(γ) W``, ``b <- b + β W``); otherwise they stay as ``Mul``
   and ``Add`` after the normalisation.
 
+A writer that is not linear (Whisper's ``GELU(conv)`` stem, CLIP's ``pre_layrnorm`` whose
+``γ⊙n + β`` is not mean-zero), or whose weight is used elsewhere too (BART's embedding table
+shared by the encoder and the decoder), cannot be centred by editing weights; with ``centre-nonlinear``
+(default) its output ``v`` is replaced by ``v - (v @ u) @ w`` with ``u = 1/n`` (``[n, 1]``) and
+``w = 1`` (``[1, n]``): two linear layers of their own weights (2n parameters), exact, and the
+hidden channels stay exactly prunable (``u``'s rows and ``w``'s columns are sliced with them).
+Spelling it ``v - ReduceMean(v)`` instead would leave a removed channel at ``-mean(v)``, not zero.
+Selections along other axes (``Gather``/``Slice`` of a class token or of positions) are part of
+the stream; a ``Gather``/``Slice`` of a position table is a writer (the table is centred).
+
+With ``post-ln``, a LayerNorm whose stream is refused (BERT-style post-LN blocks, where the
+stream feeds attention directly) gets that centring on its own input instead and becomes an
+RMSNorm: the model computes the same, and a removed hidden channel is zero in the centred value,
+so it drops out of the mean and the variance alike; the kept channels' statistics are then
+exactly what pruning compensates (eps and gain folding), so the hidden-size groups are exact.
+
 An embedding table that is also the output head (GPT-2's ``lm_head = wte``) stays tied: the
 head's logits ``y·Eᵀ`` change by ``-(Σ_j y_j)·m`` when the rows of ``E`` lose their means
 ``m``, so a correction ``ReduceSum(y)·m`` (V extra entries) is added to the logits.
 
-Outputs are unchanged up to float rounding. A stream with any other writer or reader (a
-post-LN model, where LayerNorm outputs are themselves the stream) is left as it is, with a
-remark naming the op; its hidden-size groups stay flagged inexact.
+Outputs are unchanged up to float rounding. A stream with any other reader (a post-LN model,
+where LayerNorm outputs are themselves the stream and feed attention directly; a classifier on
+mean-pooled stream vectors), or that is itself a graph output (``CLIPVisionModel``'s
+``last_hidden_state``: centring would change it), is left as it is, with a remark naming the op
+or value; its hidden-size groups stay flagged inexact (unless ``post-ln`` centres its LayerNorms).
 """
 
 from __future__ import annotations
@@ -33,14 +51,15 @@ import numpy as np
 import onnx_ir as ir
 
 from otoir.analyses.groups import set_tensor_array
-from otoir.analyses.shapes import StaticShapes
+from otoir.analyses.shapes import SENTINEL, StaticShapes
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
 from otoir.surgery.common import new_initializer
 
 __all__ = ["LayernormInvariance", "StreamRefused"]
 
-_TRANSPARENT = ("Reshape", "Cast", "Identity")
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+_TRANSPARENT = ("Reshape", "Cast", "Identity", "Gather", "Slice")
 
 
 class StreamRefused(Exception):
@@ -77,6 +96,7 @@ class _Weight:
 
     tensor: ir.Value
     axis: int
+    lookup: ir.Node | None = None  # the writer's Gather of an embedding table
 
 
 @dataclass
@@ -98,15 +118,23 @@ class LayernormInvariance(Pass):
         "layernorms-replaced": "LayerNormalization nodes replaced by their RMSNorm form",
         "writers-centred": "residual-stream writers whose output features were centred",
         "readers-absorbed": "LayerNorms whose scale and bias were folded into their linear readers",
+        "centrings-inserted": "centrings v - (v @ 1/n) @ 1 inserted after writers that are not linear",
         "tied-heads-corrected": "output heads tied to a centred embedding table (logit correction added)",
+        "layernorms-centred-locally": "LayerNorms of refused streams given their own centring (post-ln)",
         "streams-refused": "residual streams left unchanged (a writer or reader that is not linear / LayerNorm)",
     }
     absorb: bool = option(True, "fold each LayerNorm's scale and bias into its readers when all are linear layers")
+    post_ln: bool = option(False, "a LayerNorm whose stream is refused (post-LN blocks) gets its own centring "
+                                  "v - (v @ 1/n) @ 1 and becomes an RMSNorm: exact, and its hidden-size groups exact")
+    centre_nonlinear: bool = option(True, "centre a writer that is not linear (a GELU conv stem, a LayerNorm) as "
+                                          "v - (v @ 1/n) @ 1 (2n parameters) instead of refusing its stream")
 
     def run(self, model, ctx) -> bool:
         shapes = ctx.analyses.get(StaticShapes)
         graph = model.graph
-        lns = [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]
+        # last first: a LayerNorm whose output writes a later stream (CLIP's pre_layrnorm) is then
+        # named as that stream's writer (and afterwards replaced in its own stream)
+        lns = [n for n in graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")][::-1]
         seen: set = set()
         changed = False
         for ln in lns:
@@ -117,20 +145,34 @@ class LayernormInvariance(Pass):
             except StreamRefused as exc:
                 seen.add(ln)
                 ctx.stat("streams-refused", 1, add=True)
-                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {exc}", ln)
+                changed |= self._refused(model, [ln], exc, shapes, ctx)
                 continue
             seen.update(stream.readers)
             try:
-                plan = [self._writer(v, stream, shapes) for v in stream.writers]
-                tied = self._tied_heads(plan, stream)
+                plan, centring, tied = [], [], []
+                for v in stream.writers:
+                    try:
+                        weights = self._writer(v, stream, shapes)
+                        tied_v = self._tied_heads([weights], stream)
+                    except StreamRefused as exc:  # not linear, or its weight is used elsewhere too
+                        if not self.centre_nonlinear or _hidden_size(v, shapes) is None:
+                            raise
+                        centring.append((v, exc))
+                        continue
+                    plan.append(weights)
+                    tied.extend(t for t in tied_v if all(t[0] is not h for h, _ in tied))  # a table looked up twice
             except StreamRefused as exc:
                 ctx.stat("streams-refused", 1, add=True)
-                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {exc}", ln)
+                changed |= self._refused(model, stream.readers, exc, shapes, ctx)
                 continue
             for weights in plan:
                 for w in weights:
                     _centre(model, w)
             ctx.stat("writers-centred", len(plan), add=True)
+            for v, why in centring:
+                _insert_centring(graph, v, _hidden_size(v, shapes), _stream_dtype(v, stream))
+                ctx.remark(f"centring inserted after '{v.name}' ({why})", v.producer())
+            ctx.stat("centrings-inserted", len(centring), add=True)
             for head, means in tied:
                 _correct_tied_head(graph, head, means)
             ctx.stat("tied-heads-corrected", len(tied), add=True)
@@ -139,6 +181,26 @@ class LayernormInvariance(Pass):
                 _replace_layernorm(graph, r, keep_affine=not absorbed)
                 ctx.stat("readers-absorbed", int(absorbed), add=True)
             ctx.stat("layernorms-replaced", len(stream.readers), add=True)
+            changed = True
+        return changed
+
+    def _refused(self, model: ir.Model, lns: list[ir.Node], why: StreamRefused, shapes: StaticShapes, ctx) -> bool:
+        """A refused stream's LayerNorms: left as they are, or (``post-ln``) each centred on its own."""
+        changed = False
+        for ln in lns:
+            n = _hidden_size(ln.inputs[0], shapes) if _is_last_axis_ln(ln, shapes) else None
+            exposed = any(o.uses() or o.is_graph_output() for o in ln.outputs[1:])
+            if not self.post_ln or n is None or exposed:
+                ctx.remark(f"residual stream read by {_label(ln)} left unchanged: {why}", ln)
+                continue
+            g = ln.inputs[1] if len(ln.inputs) > 1 else None
+            dtype = g.dtype.numpy() if g is not None and g.dtype is not None else np.dtype(np.float32)
+            _insert_centring(model.graph, ln.inputs[0], n, dtype, only=ln)
+            absorbed = self.absorb and _absorb_affine(model, ln, shapes)
+            _replace_layernorm(model.graph, ln, keep_affine=not absorbed)
+            ctx.stat("layernorms-centred-locally", 1, add=True)
+            ctx.stat("readers-absorbed", int(absorbed), add=True)
+            ctx.remark(f"{_label(ln)} centred on its own (post-ln; its stream: {why})", ln)
             changed = True
         return changed
 
@@ -159,7 +221,7 @@ class LayernormInvariance(Pass):
             p = v.producer()
             if p is not None and p.op_type == "Add" and not any(_is_param(x) for x in p.inputs):
                 stack.extend(p.inputs)
-            elif p is not None and p.op_type in _TRANSPARENT and _keeps_last(p, shapes):
+            elif p is not None and p.op_type in _TRANSPARENT and not _is_param(p.inputs[0]) and _keeps_last(p, shapes):
                 stack.append(p.inputs[0])
             else:
                 st.writers.append(v)
@@ -173,9 +235,9 @@ class LayernormInvariance(Pass):
                         st.readers.append(user)
                 elif user.op_type == "Add" and not any(_is_param(x) for x in user.inputs):
                     stack.append(user.outputs[0])
-                elif user.op_type in _TRANSPARENT and _keeps_last(user, shapes):
+                elif user.op_type in _TRANSPARENT and i == 0 and _keeps_last(user, shapes):
                     stack.append(user.outputs[0])
-                elif user.op_type in ("Shape", "Size"):
+                elif user.op_type in ("Shape", "Size") or _shape_only(user):
                     continue  # metadata only: centring does not change it
                 else:
                     raise StreamRefused(f"{_label(user)} reads the residual stream (only LayerNorms and residual "
@@ -189,7 +251,8 @@ class LayernormInvariance(Pass):
         Writers: an embedding lookup (Gather of a 2-D table), a linear layer (MatMul with a
         constant right operand, Gemm) or a convolution (ViT's patch embedding, channels on axis
         1, ``group=1``), each with its own initializers; through an Add of a constant (a bias,
-        learned position embeddings), Concat along another axis (ViT's class token), Expand of
+        learned position embeddings), a Mul or Div by a constant that does not vary along the
+        hidden axis (an embedding scale), Concat along another axis (ViT's class token), Expand of
         a constant, Transpose and Reshape that keep the hidden axis whole. Raises
         :class:`StreamRefused` otherwise.
         """
@@ -203,7 +266,7 @@ class LayernormInvariance(Pass):
         rec = LayernormInvariance._writer
         if op == "Gather" and last and p.attributes.get_int("axis", 0) == 0 and _init(p.inputs[0]) is not None \
                 and len(p.inputs[0].shape or ()) == 2:
-            return [_Weight(p.inputs[0], 1)]
+            return [_Weight(p.inputs[0], 1, p)]
         if op == "Add":
             const = [x for x in p.inputs if _is_param(x)]
             data = [x for x in p.inputs if not _is_param(x)]
@@ -213,6 +276,12 @@ class LayernormInvariance(Pass):
                 ca = axis - (len(vs) - len(c.shape))
                 if ca >= 0:
                     return [_Weight(c, ca), *rec(data[0], st, shapes, axis)]
+        if op in ("Mul", "Div") and len(p.inputs) == 2 and _is_param(p.inputs[1]) and not _is_param(p.inputs[0]) \
+                and _used_once(p.inputs[0]):
+            k = shapes.const(p.inputs[1])
+            ka = axis - (len(vs) - np.ndim(k)) if k is not None else -1
+            if k is not None and (ka < 0 or np.shape(k)[ka] == 1):  # the same factor for every hidden feature
+                return rec(p.inputs[0], st, shapes, axis)  # (an embedding scale: linear)
         if op == "Gemm" and last and not p.attributes.get_int("transA", 0):
             b = _init(p.inputs[1])
             if b is not None and _used_once(b):
@@ -236,6 +305,9 @@ class LayernormInvariance(Pass):
         if op == "Concat" and all(x is not None and _used_once(x) for x in p.inputs):
             if p.attributes.get_int("axis", 0) % len(vs) != axis:
                 return [w for x in p.inputs for w in rec(x, st, shapes, axis)]
+        if op in ("Gather", "Slice") and last and _init(p.inputs[0]) is not None and _used_once(p.inputs[0]) \
+                and _keeps_last(p, shapes):
+            return [_Weight(p.inputs[0], len(p.inputs[0].shape) - 1)]  # e.g. position embeddings [:seq]
         if op == "Expand" and _init(p.inputs[0]) is not None and _used_once(p.inputs[0]):
             c = p.inputs[0]
             ca = axis - (len(vs) - len(c.shape))
@@ -266,7 +338,7 @@ class LayernormInvariance(Pass):
                 uses = [u for u, _ in w.tensor.uses()]
                 if len(uses) == 1:
                     continue  # its writer alone (checked by _writer)
-                writer_uses = [u for u in uses if u.op_type == "Gather" and u.outputs[0] in st.values]
+                writer_uses = [u for u in uses if u.op_type == "Gather" and (u.outputs[0] in st.values or u is w.lookup)]
                 others = [u for u in uses if u not in writer_uses]
                 if w.tensor.is_graph_output():
                     raise StreamRefused(f"writer weight '{w.tensor.name}' is a graph output")
@@ -279,13 +351,33 @@ class LayernormInvariance(Pass):
         return tied
 
 
+def _shape_only(node: ir.Node) -> bool:
+    """Whether only the shapes of ``node``'s outputs are used (BART's ``x[..., -1]`` fed to Shape)."""
+    return all(not o.is_graph_output() and o.uses() and all(u.op_type in ("Shape", "Size") for u, _ in o.uses())
+               for o in node.outputs)
+
+
 def _keeps_last(node: ir.Node, shapes: StaticShapes) -> bool:
-    """A re-layout or conversion that keeps the last axis (the hidden features) as it is."""
+    """A re-layout, conversion or selection that keeps the last axis (the hidden features) as it is.
+
+    ``Gather`` and ``Slice`` qualify when they select along other axes only (a class token, a
+    range of positions): every selected vector is a whole vector of the stream.
+    """
     if node.op_type == "Cast":
         dt = node.attributes.get_int("to", 0)
-        return dt in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+        return dt in _FLOATS
     xs, ys = shapes.shape(node.inputs[0]), shapes.shape(node.outputs[0])
-    return bool(xs) and bool(ys) and xs[-1] == ys[-1]
+    if not (xs and ys and xs[-1] == ys[-1]):
+        return False
+    if node.op_type == "Gather":
+        return node.attributes.get_int("axis", 0) % len(xs) != len(xs) - 1
+    if node.op_type == "Slice":
+        starts = shapes.const(node.inputs[1]) if len(node.inputs) > 1 else None
+        axes_v = node.inputs[3] if len(node.inputs) > 3 else None
+        axes = shapes.const(axes_v) if axes_v is not None else (
+            None if starts is None else np.arange(np.asarray(starts).size))
+        return axes is not None and all(int(a) % len(xs) != len(xs) - 1 for a in np.asarray(axes).reshape(-1))
+    return True
 
 
 def _is_last_axis_ln(node: ir.Node, shapes: StaticShapes) -> bool:
@@ -326,6 +418,54 @@ def _tied_head(use: ir.Node) -> ir.Node | None:
         return None
     head, i = users[0]
     return head if head.op_type == "MatMul" and i == 1 else None
+
+
+def _hidden_size(v: ir.Value, shapes: StaticShapes) -> int | None:
+    """The static size of ``v``'s last axis when ``v`` is a floating-point tensor (None otherwise)."""
+    vs = shapes.shape(v)
+    if not vs or v.dtype not in (None, *_FLOATS):
+        return None
+    n = int(vs[-1])
+    return n if 1 < n < SENTINEL and v.producer() is not None else None
+
+
+def _stream_dtype(v: ir.Value, st: _Stream) -> np.dtype:
+    """``v``'s element type, else that of a reader's scale (exported values may be untyped), else float32."""
+    if v.dtype is not None:
+        return v.dtype.numpy()
+    for r in st.readers:
+        g = r.inputs[1] if len(r.inputs) > 1 else None
+        if g is not None and g.dtype is not None:
+            return g.dtype.numpy()
+    return np.dtype(np.float32)
+
+
+def _insert_centring(graph: ir.Graph, v: ir.Value, n: int, dtype: np.dtype, *, only: ir.Node | None = None) -> None:
+    """``v - (v @ u) @ w`` in place of ``v`` for all its uses, or for ``only`` (``u = 1/n``, ``w = 1``).
+
+    Two linear layers of their own weights (``[n, 1]`` and ``[1, n]``: 2n parameters): ``u``'s
+    rows and ``w``'s columns join the channel groups of ``v``, so a removed channel ``j`` stays
+    zero (``v_j - m·w_j = 0``) and the mean over the kept channels is the same sum over n. The
+    one-wide mean is a group of its own (zeroing it turns the centring off; still exact).
+    A centring spelled ``v - ReduceMean(v)`` would leave a removed channel at ``-mean(v)``.
+    """
+    base = f"{v.name if only is None else only.outputs[0].name}__centring"
+    u = new_initializer(graph, f"{base}_u", np.full((n, 1), 1.0 / n, dtype=dtype))
+    w = new_initializer(graph, f"{base}_w", np.ones((1, n), dtype=dtype))
+    mean = ir.node("MatMul", inputs=[v, u], name=f"{base}_mean")
+    spread = ir.node("MatMul", inputs=[mean.outputs[0], w], name=f"{base}_spread")
+    sub = ir.node("Sub", inputs=[v, spread.outputs[0]], name=f"{base}_sub")
+    mean.outputs[0].name, spread.outputs[0].name = f"{base}_mean", f"{base}_spread"
+    if only is None:
+        graph.insert_after(v.producer(), [mean, spread, sub])
+    else:
+        graph.insert_before(only, [mean, spread, sub])
+    new = sub.outputs[0]
+    new.name = f"{base}_out" if only is not None else f"{v.name}__centred"
+    new.type, new.shape = v.type, v.shape
+    for user, k in list(v.uses()):
+        if user is not sub and user is not mean and (only is None or user is only):
+            user.replace_input_with(k, new)  # (a stream value is never a graph output)
 
 
 def _centre(model: ir.Model, w: _Weight) -> None:

@@ -391,3 +391,135 @@ def test_vit_layernorm_invariance_patch_conv_and_class_token():
                <= {s.tensor for s in g.slices} for g in hidden)
     diff, before, after, _ = _oracle(model, seed=6)
     assert diff <= TOL and after < before
+
+
+class _Head(torch.nn.Module):
+    """``head(model(**{key: x})[index])`` (no head when ``classes`` is 0)."""
+
+    def __init__(self, m: torch.nn.Module, key: str, index: int, classes: int = 0) -> None:
+        super().__init__()
+        self.m, self.key, self.index = m, key, index
+        self.head = torch.nn.Linear(32, classes) if classes else None
+
+    def forward(self, x):
+        y = self.m(**{self.key: x}, return_dict=False)[self.index]
+        return self.head(y) if self.head is not None else y
+
+
+def _centring_case(module: torch.nn.Module, x: torch.Tensor, writer_op: str, stem: str):
+    """layernorm-invariance on a stream with a non-linear writer: exact, a centring, exact groups."""
+    model = otoir.load(module.eval(), (x,), training=False)
+    PassManager.from_text("to-inference").run(model)
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    n_before = _nparams(model)
+    res = PassManager.from_text("layernorm-invariance").run(model)
+    stats = dict(res.statistics)["layernorm-invariance"]
+    assert stats["centrings-inserted"] == 1 and "streams-refused" not in stats
+    assert any("centring inserted" in d.message and writer_op in d.message for d in res.diagnostics)
+    assert not any(n.op_type == "LayerNormalization" for n in model.graph)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL  # outputs unchanged by the transform
+    (u,) = [k for k in model.graph.initializers if k.endswith("__centring_u")]
+    (w,) = [k for k in model.graph.initializers if k.endswith("__centring_w")]
+    assert _nparams(model) <= n_before + 64  # 2n for the centring, less each absorbed scale and bias
+    groups = _groups(model)
+    assert all(g.meta["exact"] for g in groups)
+    # the centring's rows (u) and columns (w) go with the writer's channels, which are the stream's
+    hidden = [g for g in groups if any(s.tensor == w and s.axis == 1 for s in g.slices)]
+    assert len(hidden) == 32 and all(g.prunable for g in hidden)
+    assert all(any(s.tensor == u and s.axis == 0 for s in g.dependent) for g in hidden)
+    assert all(any(s.tensor.endswith(stem) for s in g.slices) for g in hidden)
+    diff, before, after, pruned = _oracle(model, seed=7)
+    assert diff <= TOL and after < before
+    assert pruned.graph.initializers[w].const_value.numpy().shape[1] < 32  # hidden channels removed
+    return stats
+
+
+def test_whisper_conv_stem_centred():
+    """Whisper's stream is written by GELU(conv) (not linear) and position embeddings: the GELU
+    output gets ``v - (v @ 1/n) @ 1``; then every LayerNorm is an RMSNorm and the hidden size is exact."""
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=2,
+                                     encoder_attention_heads=4, encoder_ffn_dim=48, decoder_layers=1,
+                                     decoder_attention_heads=4, decoder_ffn_dim=48, max_source_positions=16,
+                                     max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     decoder_start_token_id=1, num_labels=3)
+    module = _Head(transformers.WhisperForAudioClassification(cfg), "input_features", 0)
+    stats = _centring_case(module, torch.randn(1, 8, 32), "Mul", "encoder.conv2.weight")
+    assert stats["layernorms-replaced"] == stats["readers-absorbed"] == 5  # two per layer and the final one
+
+
+def test_clip_pre_layernorm_writer_centred():
+    """CLIP's stream is written by ``pre_layrnorm`` (a LayerNorm: γ⊙n+β is not mean-zero): its output
+    gets the centring (its own scale and bias stay as Mul and Add); the pooled class token
+    reaches ``post_layernorm`` through a Gather along the sequence axis."""
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=48)
+    module = _Head(transformers.CLIPVisionModel(cfg), "pixel_values", 1, classes=5)
+    stats = _centring_case(module, torch.randn(1, 3, 16, 16), "LayerNormalization",
+                           "embeddings.patch_embedding.weight")
+    assert stats["layernorms-replaced"] == 6
+    assert stats["readers-absorbed"] == 5  # pre_layrnorm's readers are the centring's MatMul and Sub
+
+
+def test_stream_as_graph_output_is_refused_with_reason():
+    """CLIPVisionModel's ``last_hidden_state`` is the residual stream itself: centring it would change
+    the output, so those LayerNorms stay (a remark names the value); outputs unchanged."""
+    torch.manual_seed(0)
+    cfg = transformers.CLIPVisionConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=4, intermediate_size=48)
+    model = otoir.load(_Head(transformers.CLIPVisionModel(cfg), "pixel_values", 0).eval(),
+                       (torch.randn(1, 3, 16, 16),), training=False)
+    PassManager.from_text("to-inference").run(model)
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance").run(model)
+    stats = dict(res.statistics)["layernorm-invariance"]
+    assert stats["streams-refused"] == 2 and stats["layernorms-replaced"] == 1  # pre_layrnorm's own stream
+    assert any("is a graph input or output" in d.message for d in res.diagnostics)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+
+
+def test_bart_shared_embedding_and_scale():
+    """BART: ``embed_tokens(ids) * embed_scale`` (a scalar Mul: linear) from one table shared by the
+    encoder and the decoder streams. Centring the table for one stream would change the other, so
+    each stream's lookup gets the centring instead; the blocks are post-LN (refused, with reasons)."""
+    torch.manual_seed(0)
+    cfg = transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1,
+                                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                                  decoder_ffn_dim=48, max_position_embeddings=32, scale_embedding=True)
+    model = _load(_export(transformers.BartModel(cfg)))
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance").run(model)
+    stats = dict(res.statistics)["layernorm-invariance"]
+    assert stats["centrings-inserted"] == 2 and stats["layernorms-replaced"] == 2  # the two layernorm_embedding
+    shared = [d.message for d in res.diagnostics if "centring inserted" in d.message]
+    assert len(shared) == 2 and all("writer weight 'model.shared.weight' is also used by Gather" in m for m in shared)
+    assert any("reads the residual stream" in d.message for d in res.diagnostics)  # post-LN blocks
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    diff, before, after, _ = _oracle(model, seed=8)
+    assert diff <= TOL and after < before
+
+
+def test_bert_post_ln_centred_locally_is_exact(bert):
+    """``post-ln=true``: each post-LN LayerNorm gets its own centring ``v - (v @ 1/n) @ 1`` (a removed
+    channel stays zero and leaves the variance) and becomes an RMSNorm: outputs unchanged, every
+    hidden-size group exact and prunable, prune oracle exact."""
+    model = _load(bert)
+    feeds = random_feeds(model, 0)
+    ref = run_ort(model, feeds)
+    res = PassManager.from_text("layernorm-invariance{post-ln=true}").run(model)
+    stats = next(v for k, v in dict(res.statistics).items() if k.startswith("layernorm-invariance"))
+    assert stats["streams-refused"] == 4 and stats["layernorms-centred-locally"] == 4
+    assert stats["layernorms-replaced"] == 1  # the embeddings' own stream, as without the option
+    assert not any(n.op_type == "LayerNormalization" for n in model.graph)
+    assert max_rel_diff(ref, run_ort(model, feeds)) <= TOL
+    hidden = _hidden_groups(model, "model.bert.embeddings.word_embeddings.weight")
+    assert len(hidden) == 32 and all(g.prunable and g.meta["exact"] for g in hidden)
+    assert all(g.meta["exact"] for g in _groups(model))
+    diff, before, after, pruned = _oracle(model, seed=9)
+    assert diff <= TOL and after < before
+    emb = pruned.graph.initializers["model.bert.embeddings.word_embeddings.weight"].const_value.numpy()
+    assert emb.shape[1] < 32  # hidden channels removed

@@ -81,7 +81,7 @@ class ChannelState:
         vc: Vertex classification.
         tracks: Value -> track (untracked values are absent).
         n: Number of atoms allocated.
-        edges: Pairs of equal-shape id arrays whose atoms are equivalent.
+        edges: Pairs of equal-shape id arrays whose atoms are equivalent (int32 while ids fit).
         poison_ids: Reason -> its poison atom; a group containing it is not prunable.
         params: Parameter entries attached to atoms.
         constraints: Multi-axis id arrays (reshape factorisations) whose kept set must stay a
@@ -125,13 +125,21 @@ class ChannelState:
         a = a.ravel()
         b = b.ravel()
         if a.size:
-            self.edges.append((a.copy(), b.copy()))
+            self.edges.append((self._edge(a), self._edge(b)))
+
+    def _edge_dtype(self) -> type:
+        """int32 while every atom id fits (half the memory of the edge list), else int64."""
+        return np.int32 if self.n <= np.iinfo(np.int32).max else np.int64
+
+    def _edge(self, ids: np.ndarray) -> np.ndarray:
+        """A private copy of ``ids`` (all ``< self.n``) in the edge dtype."""
+        return ids.astype(self._edge_dtype())  # astype copies
 
     def merge(self, ids: np.ndarray) -> None:
         """Makes all atoms of ``ids`` equivalent."""
         flat = ids.ravel()
         if flat.size > 1:
-            self.edges.append((flat[:-1].copy(), flat[1:].copy()))
+            self.edges.append((self._edge(flat[:-1]), self._edge(flat[1:])))
 
     def poison(self, ids: np.ndarray | None, reason: str) -> None:
         """Marks atoms as not prunable because of ``reason``."""
@@ -142,7 +150,7 @@ class ChannelState:
             pid = self.poison_ids[reason] = self.n
             self.n += 1
         flat = ids.ravel()
-        self.edges.append((flat.copy(), np.full(flat.size, pid, dtype=np.int64)))
+        self.edges.append((self._edge(flat), np.full(flat.size, pid, dtype=self._edge_dtype())))
 
     def is_pure_source(self, via: tuple) -> bool:
         """Whether a parameter seen through ``via`` nodes keeps its values (zero stays zero).
