@@ -22,6 +22,8 @@ from otoir.train.config import TrainConfig, TrainInputs, resolve_dataset
 __all__ = ["Train"]
 
 GROUP_KINDS = ("auto", "none", "gezig", "zig")
+#: Training inputs the per-epoch history re-estimates BatchNorm statistics on (``history=true``).
+HISTORY_RECAL_SAMPLES = 2048
 
 
 def _static_dims(value: Any) -> tuple[int | None, ...] | None:
@@ -221,7 +223,7 @@ class Train(TrainConfig, Pass):
         try:
             hist = train_ort(model, ds.train_x, labels, opt, epochs=self.epochs, batch=self.batch, seed=self.seed,
                              loss=self.loss, max_steps=self.max_steps or None, threads=self.threads or None,
-                             progress=not self.quiet)
+                             progress=not self.quiet, lr_at=self.lr_at, on_epoch=self._ort_epoch_eval(ds))
             if self.recalibrate_bn:
                 ctx.stat("bn-recalibrated", recalibrate_bn(model, ds.train_x, threads=self.threads or None))
         except (BackendUnavailable, TrainingError) as exc:
@@ -231,7 +233,8 @@ class Train(TrainConfig, Pass):
         if hist.epoch_losses:
             ctx.stat("final-loss", round(hist.epoch_losses[-1], 6))
         mask = getattr(opt, "zero_groups", None) if groups is not None else None
-        return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
+        return {"history": hist, "epochs": hist.epochs, "steps": hist.steps,
+                "zero-mask": None if mask is None else np.asarray(mask)}
 
     def _train_torch(self, model, ds, module, loss_fn, opt_name, groups, kwargs, ctx) -> dict | None:
         import torch
@@ -262,7 +265,8 @@ class Train(TrainConfig, Pass):
             batch_size=self.batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(self.seed))
         try:
             tr = train_torch(module, loader, loss_fn, groups, optimizer=opt_name, epochs=self.epochs,
-                             selector=selector, progress=not self.quiet, **kwargs)
+                             selector=selector, progress=not self.quiet, lr_at=self.lr_at,
+                             on_epoch=self._torch_epoch_eval(ds), **kwargs)
         except ValueError as exc:
             ctx.error(f"train: {exc}")
             return None
@@ -271,4 +275,52 @@ class Train(TrainConfig, Pass):
         copy_state_to_model(module, model)
         if tr.losses:
             ctx.stat("final-loss", round(tr.losses[-1], 6))
-        return {"history": None, "steps": tr.steps, "zero-mask": np.asarray(tr.zero_groups), "module": module}
+        return {"history": None, "epochs": tr.history, "steps": tr.steps, "zero-mask": np.asarray(tr.zero_groups),
+                "module": module}
+
+    # -- per-epoch held-out accuracy (history=true) ---------------------------------------------
+    def _history_inputs(self, ds):
+        """(recalibration inputs, val inputs, val labels) for the per-epoch history, or None."""
+        if not self.history or ds.val_x is None or self.loss != "cross-entropy":
+            return None
+        return ds.train_x[:HISTORY_RECAL_SAMPLES], ds.val_x, ds.val_y
+
+    def _ort_epoch_eval(self, ds):
+        got = self._history_inputs(ds)
+        if got is None:
+            return None
+        from otoir.train.ort_backend import evaluate, recalibrate_bn
+
+        recal_x, vx, vy = got
+
+        def on_epoch(model) -> float | None:
+            if self.recalibrate_bn:  # the next write-back restores the training run's statistics
+                recalibrate_bn(model, recal_x, threads=self.threads or None)
+            return evaluate(model, vx, vy, batch=max(self.batch, 256), threads=self.threads or None).accuracy
+
+        return on_epoch
+
+    def _torch_epoch_eval(self, ds):
+        got = self._history_inputs(ds)
+        if got is None:
+            return None
+        import copy
+
+        import torch
+
+        from otoir.train.torch_backend import recalibrate_bn, unwrap
+
+        recal_x, vx, vy = (torch.from_numpy(a) for a in got)
+
+        @torch.no_grad()
+        def on_epoch(module) -> float | None:
+            m = copy.deepcopy(unwrap(module))
+            if self.recalibrate_bn:
+                recalibrate_bn(m, recal_x)
+            m.eval()
+            device = next(m.parameters()).device
+            right = sum(int((m(vx[i:i + 256].to(device)).argmax(1).cpu() == vy[i:i + 256]).sum())
+                        for i in range(0, len(vx), 256))
+            return right / max(len(vx), 1)
+
+        return on_epoch
