@@ -75,6 +75,8 @@ setup(
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
         # Third-party architectures for the tests (built from configs, random init, no downloads).
         "models": ["transformers>=4.45"],
+        # otoir-demo's training plot (imported lazily; without it the demo skips the plot).
+        "demo": ["torch>=2.1", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main",
                                       "otoir-demo=otoir.tools.demo:console_main"]},

@@ -61,8 +61,12 @@ class Train(TrainConfig, Pass):
     generator on torch), so a run is deterministic.
 
     ``ctx.results["train"]`` holds: ``dataset`` (name), ``backend``, ``optimizer``, ``steps``,
-    ``seconds``, ``history`` (ONNX Runtime), ``validation``, ``groups`` (the sparsified groups,
-    or None), ``zero-mask`` (which of them are zero) and ``target-count`` (K).
+    ``seconds``, ``history`` (ONNX Runtime), ``epochs`` (one entry per epoch: ``epoch``,
+    ``loss``, ``lr``, ``group_sparsity`` and, with ``history=true``, held-out ``accuracy`` after
+    re-estimating BatchNorm statistics on the first :data:`HISTORY_RECAL_SAMPLES` training
+    inputs), ``validation``, ``groups`` (the sparsified groups, or None), ``zero-mask`` (which of
+    them are zero) and ``target-count`` (K). The learning rate follows
+    :meth:`~otoir.train.config.TrainConfig.lr_at` (``lr-schedule``, ``lr-warmup``) on both backends.
     """
 
     name = "train"
