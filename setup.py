@@ -77,6 +77,8 @@ setup(
         "models": ["transformers>=4.45"],
         # otoir-demo's training plot (imported lazily; without it the demo skips the plot).
         "demo": ["torch>=2.1", "matplotlib>=3.5"],
+        # tools/bench_prune.py times the public OTO library beside otoir (graphviz/pydot: its imports).
+        "benchmark": ["only_train_once==3.0.1", "graphviz", "pydot"],
     },
     entry_points={"console_scripts": ["otoir-opt=otoir.tools.otoir_opt:console_main",
                                       "otoir-demo=otoir.tools.demo:console_main"]},

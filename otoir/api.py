@@ -70,8 +70,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
-             max_layer_ratio: float = 1.0, lr_schedule: str = "constant", lr_warmup: float = 0.0,
-             history: bool = False, dense_baseline: bool = False) -> CompressResult:
+             max_layer_ratio: float = 1.0, round_to: int = 1, lr_schedule: str = "constant",
+             lr_warmup: float = 0.0, history: bool = False, dense_baseline: bool = False) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
 
     This is the ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline (see
@@ -125,6 +125,10 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             lr schedule, epochs, seed and batch order, initial values and BatchNorm
             recalibration, and no group zeroed) — and report it as the first column, with the
             full and compressed models' deltas against it. Doubles the training time.
+        round_to: The kept channel count of every pruned tensor is a multiple of this, or the
+            full count (whole groups: attention heads stay whole); chosen in the selection, with
+            exactly ``⌊target·#groups⌋`` groups when such a set exists, else the nearest count that
+            does (``report.details["groups"]`` says so). 1: no rounding.
 
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
@@ -147,7 +151,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
-            lr_schedule=lr_schedule, lr_warmup=lr_warmup, history=history)
+            round_to=round_to, lr_schedule=lr_schedule, lr_warmup=lr_warmup, history=history)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 
@@ -195,11 +199,15 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
                                    + (f", lr warm-up {lr_warmup:g}" if lr_warmup else "") + ")", "backend": train["backend"],
         "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
-                  f"(target {target_sparsity:g} -> {train['target-count']})",
+                  f"(target {target_sparsity:g} -> {train['target-count']}"
+                  + (f" with round-to={p.round_to}" if p.round_to > 1 else "") + ")",
         "training time": f"{train['seconds']:.1f} s",
     }
     if kept:
         details["kept"] = "; ".join(f"{gid}: {why}" for gid, why in sorted(kept.items()))
+    if out.get("channels"):  # kept counts of the sliced tensors (round-to multiples show here)
+        details["kept channels"] = "; ".join(f"{t}[{a}] {b}->{c}" for t, lost in sorted(out["channels"].items())
+                                             for a, b, c in lost)
     if mode == "erase":
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)

@@ -18,7 +18,8 @@ full model on the dataset's held-out inputs, and the pass fails if outputs diffe
 :func:`otoir.compress` runs exactly this pass, and reads ``ctx.results[name]``: ``full`` (the
 trained full model, inference form; with ``verify``), ``train`` (the ``train`` pass's results),
 ``removed`` (ids of the groups the construction actually removed), ``kept`` (id -> reason for
-zero groups it kept) and ``max-rel-diff``.
+zero groups it kept), ``channels`` (prune: ``{tensor: [(axis, before, after)]}`` of the sliced
+initializers) and ``max-rel-diff``.
 """
 
 from __future__ import annotations
@@ -95,17 +96,17 @@ class _Compress(TrainConfig, Pass):
     def _removed(self, ctx, train) -> dict:
         """``removed`` / ``kept`` group ids: what the construction cut out, not what was zeroed."""
         if not train or train.get("groups") is None or train.get("zero-mask") is None:
-            return {"removed": [], "kept": {}}
+            return {"removed": [], "kept": {}, "channels": {}}
         zero = [g.id for g, z in zip(train["groups"], train["zero-mask"], strict=True) if z]
         if self.mode == "erase":
-            return {"removed": zero, "kept": {}}
+            return {"removed": zero, "kept": {}, "channels": {}}
         ids = (ctx.earlier_results("prune-channels-ids") or [{"removed": [], "kept": {}}])[-1]
         kept = dict(ids["kept"])
         removed = set(ids["removed"])
         for gid in zero:  # zero groups prune-channels did not remove (e.g. not exactly zero-invariant)
             if gid not in removed and gid not in kept:
                 kept[gid] = "not removed by prune-channels (not exactly zero-invariant)"
-        return {"removed": [g for g in zero if g in removed], "kept": kept}
+        return {"removed": [g for g in zero if g in removed], "kept": kept, "channels": ids.get("channels", {})}
 
 
 @register_pass

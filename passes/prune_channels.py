@@ -25,7 +25,8 @@ class PruneChannels(Pass):
     one group of such a tensor is kept, with a warning naming it (``num-last-kept``).
     ``ctx.results["prune-channels"]`` is the :class:`~otoir.surgery.channels.PruneResult`;
     ``ctx.results["prune-channels-ids"]`` names the groups: ``removed`` (ids) and ``kept``
-    (id -> reason).
+    (id -> reason), and gives ``channels``: ``{tensor: [(axis, before, after), ...]}`` for every
+    initializer axis that lost entries (the kept counts, e.g. to check round-to multiples).
     """
 
     name = "prune-channels"
@@ -68,6 +69,7 @@ class PruneChannels(Pass):
             ctx.remark(f"kept {kept_inexact} zero group(s) that are not exactly zero-invariant (allow-inexact=true removes them)")
         if not chosen:
             return False
+        before = {n: tuple(v.shape.dims) for n, v in model.graph.initializers.items() if v.shape is not None}
         try:
             res = prune_channel_groups(model, cg, [g.meta["label"] for g in chosen])
         except PruneError as e:
@@ -87,6 +89,14 @@ class PruneChannels(Pass):
         ctx.stat("num-tensors-sliced", res.tensors_sliced)
         ctx.stat("num-nodes-rewritten", res.nodes_rewritten)
         ctx.results[self.name] = res
+        channels = {}
+        for n, v in model.graph.initializers.items():
+            old = before.get(n)
+            if v.shape is not None and old is not None and len(old) == len(v.shape.dims):
+                lost = [(a, int(b), int(c)) for a, (b, c) in enumerate(zip(old, v.shape.dims, strict=True)) if b != c]
+                if lost:
+                    channels[n] = lost
         ctx.results["prune-channels-ids"] = {
-            "removed": [by_label[lab].id for lab in res.removed if lab in by_label], "kept": kept}
+            "removed": [by_label[lab].id for lab in res.removed if lab in by_label], "kept": kept,
+            "channels": channels}
         return True

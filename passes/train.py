@@ -49,6 +49,44 @@ def _remark_ignored(ctx, model, kind: str, analyses, ignore) -> None:
         ctx.remark(f"train: ignore={','.join(ignore)} matches no prunable {kind} group")
 
 
+def _zeroed_count(groups, target: float) -> int:
+    """K the optimizers zero: ⌊target·G⌋, or under round-to the nearest reachable count."""
+    from otoir.optim.from_groups import check_valid_target
+
+    try:
+        return check_valid_target(groups, target)
+    except ValueError:
+        from otoir.optim.core import target_count
+
+        return target_count(target, len(groups))
+
+
+def _report_round_to(ctx, groups, target: float) -> bool:
+    """Warns when round-to changes K; remarks the tensors it keeps whole. False on an error."""
+    from otoir.analyses.validity import round_to_kept
+    from otoir.optim.from_groups import target_note
+
+    if getattr(groups, "round_to", 1) <= 1:
+        return True
+    if getattr(groups, "checker", None) is not None:
+        ctx.warning(f"train: round-to={groups.round_to} applies to channel groups (pruning); erasing removes whole "
+                    "segments, so it has no effect here")
+        return True
+    kept = round_to_kept(groups)
+    if kept:
+        reasons = list(kept.values())
+        more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+        ctx.remark(f"train: kept the groups of {len(kept)} tensor(s): " + "; ".join(reasons[:5]) + more)
+    try:
+        note = target_note(groups, target)
+    except ValueError as exc:
+        ctx.error(f"train: {exc}")
+        return False
+    if note:
+        ctx.warning(f"train: {note}")
+    return True
+
+
 @register_pass
 @dataclass(frozen=True)
 class Train(TrainConfig, Pass):
@@ -161,7 +199,7 @@ class Train(TrainConfig, Pass):
 
             try:
                 groups = groups_for(model, kind, ctx.analyses, ignore=self.ignore,
-                                    max_layer_ratio=self.max_layer_ratio)
+                                    max_layer_ratio=self.max_layer_ratio, round_to=self.round_to)
             except (ImportError, ValueError) as exc:
                 ctx.error(f"train: cannot get the {kind} groups: {exc}")
                 return False
@@ -169,6 +207,8 @@ class Train(TrainConfig, Pass):
                 _remark_ignored(ctx, model, kind, ctx.analyses, self.ignore)
             if not groups:
                 ctx.error(f"train: the model has no prunable {kind} groups: nothing to sparsify")
+                return False
+            if not _report_round_to(ctx, groups, self.target_sparsity):
                 return False
         n = int(np.shape(ds.train_x)[0])
         total = self.epochs * max(n // min(self.batch, n), 1)
@@ -205,7 +245,7 @@ class Train(TrainConfig, Pass):
         ctx.results[self.name] = {
             **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
             "optimizer": opt_name, "groups": groups,
-            "target-count": self.target_count(len(groups)) if groups else None,
+            "target-count": _zeroed_count(groups, self.target_sparsity) if groups else None,
         }
         return out["steps"] > 0
 

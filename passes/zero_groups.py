@@ -11,7 +11,14 @@ import numpy as np
 from otoir.analyses.gezig import GeZIGPartition
 from otoir.analyses.groups import tensor_array, zero_group
 from otoir.analyses.segments import SegmentGraph
-from otoir.analyses.validity import controlled_groups, select_redundant
+from otoir.analyses.validity import (
+    check_round_to,
+    controlled_groups,
+    reachable_count,
+    reachable_counts,
+    round_to_kept,
+    select_redundant,
+)
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -27,7 +34,10 @@ class ZeroGroups(Pass):
     ``ids`` lists groups to zero: every one must be accepted by ``select_redundant`` (an error
     names the refused ones). ``random=F`` zeroes ``round(F * #prunable groups)`` groups chosen by
     ``select_redundant`` with random scores (``seed``), so the set is always valid. ``random``
-    must be a number in [0, 1] and ``seed`` non-negative. The pass reports a change only when
+    must be a number in [0, 1] and ``seed`` non-negative. With ``round-to=N`` (channel groups)
+    the kept channel count of every tensor that loses channels is a multiple of N: ``random=F``
+    then zeroes the nearest count that allows (a warning says so when it differs), and ``ids``
+    that break it are refused. The pass reports a change only when
     some entry was non-zero before (zeroing zeros again changes nothing, so ``repeat`` ends).
     """
 
@@ -46,6 +56,7 @@ class ZeroGroups(Pass):
     dependent: bool = option(False, "also zero the groups' dependent entries")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
+    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig)")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
@@ -54,12 +65,15 @@ class ZeroGroups(Pass):
             raise ValueError(f"option 'seed' must not be negative, got {self.seed}")
         if not (math.isfinite(self.max_layer_ratio) and 0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
+        check_round_to(self.round_to, "option 'round-to'")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
         if groups is None:
             return False
-        groups = controlled_groups(groups, model, ignore=self.ignore, max_layer_ratio=self.max_layer_ratio)
+        groups = controlled_groups(groups, model, ignore=self.ignore, max_layer_ratio=self.max_layer_ratio,
+                                   round_to=self.round_to)
+        rounding = f"round-to={self.round_to}" if self.round_to > 1 and self.kind == "zig" else ""
         by_id = {g.id: i for i, g in enumerate(groups)}
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
@@ -82,17 +96,27 @@ class ZeroGroups(Pass):
                 ctx.error(f"kept: {', '.join(ignored)}")
                 return False
             if refused:
-                ctx.error(f"refused by the validity check: {', '.join(refused)}")
+                ctx.error(f"refused by the validity check{' or ' + rounding if rounding else ''}: {', '.join(refused)}")
                 return False
         else:
             prunable = [g for g in groups if g.prunable]
             k = int(round(self.random * len(prunable)))
             rng = np.random.default_rng(self.seed)
             scores = rng.random(len(groups))
+            if rounding:
+                reach = reachable_counts(groups)
+                if k < reach.size and not reach[k] and k <= int(reach.nonzero()[0].max()):
+                    near = reachable_count(groups, k)
+                    ctx.warning(f"zeroed {near} of the {k} groups asked: no valid set of exactly {k} keeps every "
+                                f"pruned tensor's channel count a multiple of {self.round_to} ({rounding})")
+                    k = near
+                for t, why in round_to_kept(groups).items():
+                    ctx.remark(f"kept every group of '{t}': {why}")
             chosen = [groups[i] for i in select_redundant(groups, scores, k)]
             if len(chosen) < k:
                 ctx.warning(f"zeroed {len(chosen)} of the {k} groups asked: no more can be zero together validly"
-                            + (" within max-layer-ratio" if groups.layer_caps else ""))
+                            + (" within max-layer-ratio" if groups.layer_caps else "")
+                            + (f" with {rounding}" if rounding else ""))
         kept = [g for g in groups if g.reason.startswith("ignored by ignore=")]
         if kept:
             ctx.remark(f"kept {len(kept)} group(s) ignored by ignore={','.join(self.ignore)}")

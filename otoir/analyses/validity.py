@@ -16,6 +16,13 @@ The checker travels explicitly with the groups: a :class:`GroupSet` is a tuple o
 ``checker`` attribute (the GeZIG partition's ``groups``; :func:`otoir.optim.groups_for`), and
 :func:`select_redundant` / :func:`is_valid` take it from there or from their ``checker``
 argument. GeZIGs without a checker are refused (ValueError) rather than judged without one.
+
+The user's controls travel the same way (:func:`controlled_groups`): ``layer_caps``
+(``max-layer-ratio``) and ``round_to`` (``round-to=N``: the kept channel count of every pruned
+tensor is a multiple of N, or the full count). Round-to acts in the selection itself: the
+per-tensor zero counts it allows are not intervals, so :func:`select_redundant` then chooses the
+counts by an exact dynamic programme (:func:`reachable_counts`, :func:`reachable_count`) instead of
+the greedy walk, and still returns exactly K groups whenever K is reachable.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from otoir.analyses.groups import Group
 from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "controlled_groups", "is_valid", "select_redundant"]
+__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
+           "reachable_count", "reachable_counts", "round_to_kept", "select_redundant"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -186,35 +196,59 @@ class GroupSet(tuple):
     """A tuple of groups that carries the validity checker they are selected with.
 
     Behaves as a tuple (``list(gs)``, slicing and filtering give plain sequences without a
-    checker); :meth:`subset` keeps the checker.
+    checker); :meth:`subset` keeps the checker and the controls.
 
     Attributes:
         checker: The :class:`ValidityChecker` of the groups' partition (GeZIGs), or None for
             groups judged on their own (channel ZIGs).
+        layer_caps: Most channel groups that may be chosen per tensor (``max-layer-ratio``).
+        round_to: ``round-to=N``: the kept channel count of every pruned tensor is a multiple of
+            N (or the full count); 1: no rounding. Channel groups only.
+        channels: Channels of each tensor along its groups' axis (the first slice's tensor), for
+            ``round_to``; counted from the groups when absent.
     """
 
     checker: ValidityChecker | None
     layer_caps: dict[str, int] | None
+    round_to: int
+    channels: dict[str, int] | None
 
     def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None,
-                layer_caps: Mapping[str, int] | None = None) -> GroupSet:
+                layer_caps: Mapping[str, int] | None = None, *, round_to: int = 1,
+                channels: Mapping[str, int] | None = None) -> GroupSet:
         self = super().__new__(cls, groups)
         self.checker = checker
         self.layer_caps = dict(layer_caps) if layer_caps else None
+        self.round_to = check_round_to(round_to)
+        self.channels = dict(channels) if channels else None
         return self
 
     def subset(self, groups: Iterable[Group]) -> GroupSet:
-        """Other groups (e.g. the prunable ones) with the same checker and per-tensor caps."""
-        return GroupSet(groups, self.checker, self.layer_caps)
+        """Other groups (e.g. the prunable ones) with the same checker and controls."""
+        return GroupSet(groups, self.checker, self.layer_caps, round_to=self.round_to, channels=self.channels)
 
     def selector(self):
         """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
-        groups, checker, caps = tuple(self), self.checker, self.layer_caps
+        groups = self
 
         def select(scores, k: int) -> list[int]:
-            return select_redundant(groups, scores, k, checker, layer_caps=caps)
+            return select_redundant(groups, scores, k)
 
         return select
+
+
+def check_round_to(value, option: str = "round-to") -> int:
+    """``value`` as a round-to count: a positive integer (1 means no rounding).
+
+    Raises:
+        ValueError: Not an integer (booleans and fractional numbers included), or below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{option} must be a positive integer (1: no rounding), got {int(value)}")
+    return int(value)
 
 
 def _checker_of(groups: Iterable[Group], checker: ValidityChecker | None) -> ValidityChecker | None:
@@ -248,7 +282,7 @@ def is_valid(zero_groups: Iterable[Group | str], checker: ValidityChecker | None
 
 def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[str, float], K: int,
                      checker: ValidityChecker | None = None, *,
-                     layer_caps: Mapping[str, int] | None = None) -> list[int]:
+                     layer_caps: Mapping[str, int] | None = None, round_to: int | None = None) -> list[int]:
     """H2SPG's hierarchical selection: the K most redundant groups that keep the network valid.
 
     Groups are visited by decreasing score (ties: list order); a group is accepted only if the
@@ -258,6 +292,13 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
     refused when they would zero every channel group of one tensor (counted incrementally), or
     more of one tensor's channel groups than its cap in ``layer_caps`` (``max-layer-ratio``).
 
+    With ``round_to`` N > 1 (channel groups; no checker), a tensor's zero count must leave a
+    kept channel count that is a multiple of N (or zero nothing). The greedy walk cannot meet
+    such counts exactly, so the counts per tensor are chosen by an exact dynamic programme that
+    maximises the total score of the chosen groups (each tensor gives its highest-scored groups)
+    under ``sum = K``; when no valid set has exactly K groups, the largest reachable count below K
+    is returned (:func:`reachable_count` gives the nearest one, which the optimizers ask for).
+
     Args:
         groups: Candidate groups.
         scores: Redundancy score per group (same order), or a mapping id -> score.
@@ -265,9 +306,12 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         checker: Validity checker (default: ``groups.checker`` of a :class:`GroupSet`).
         layer_caps: Most channel groups that may be chosen per tensor (first slice's tensor);
             default: ``groups.layer_caps`` of a :class:`GroupSet` (see :func:`controlled_groups`).
+        round_to: Kept channels per tensor a multiple of this (or all); default:
+            ``groups.round_to`` of a :class:`GroupSet`, else 1.
 
     Returns:
-        Indices into ``groups`` of the accepted groups, in acceptance order (at most K).
+        Indices into ``groups`` of the accepted groups, in acceptance order (at most K; with
+        round-to, by decreasing score).
 
     Raises:
         ValueError: GeZIGs without a checker, or a score list of the wrong length.
@@ -278,11 +322,15 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         sc = [float(x) for x in scores]
         if len(sc) != len(groups):
             raise ValueError(f"{len(sc)} scores for {len(groups)} groups")
-    order = sorted(range(len(groups)), key=lambda i: (-sc[i], i))
     c = _checker_of(groups, checker)
-    accepted: list[int] = []
+    caps = layer_caps if layer_caps is not None else (getattr(groups, "layer_caps", None) or {})
+    n_round = check_round_to(round_to if round_to is not None else getattr(groups, "round_to", 1))
     if K <= 0:
-        return accepted
+        return []
+    if n_round > 1 and c is None:
+        return _select_rounded(groups, sc, K, caps, n_round, getattr(groups, "channels", None))
+    order = sorted(range(len(groups)), key=lambda i: (-sc[i], i))
+    accepted: list[int] = []
     live: dict[int, int] = {}
     if c is not None:
         for s in c.segments.segments:
@@ -292,7 +340,6 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
     # tensor may not lose all of them. Counted once, updated per acceptance: O(|groups|).
     zig_total = _groups_per_tensor(groups)
     zig_used: dict[str, int] = {}
-    caps = layer_caps if layer_caps is not None else (getattr(groups, "layer_caps", None) or {})
     for i in order:
         if len(accepted) >= K:
             break
@@ -328,6 +375,154 @@ def _groups_per_tensor(groups: Iterable[Group]) -> dict[str, int]:
     return total
 
 
+# -- round-to: per-tensor zero counts chosen exactly ------------------------------------------------
+@dataclass
+class _Quota:
+    """The candidates of one tensor (or the free groups) and the zero counts allowed for it."""
+
+    members: list[int]          # indices into the groups, best first
+    allowed: np.ndarray         # sorted allowed zero counts, starting with 0
+
+
+def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
+                channels: Mapping[str, int] | None, sc: Sequence[float] | None = None
+                ) -> tuple[list[_Quota], dict[str, str]]:
+    """The quotas of the prunable groups under round-to, and ``{tensor: why all its groups are kept}``.
+
+    A tensor with ``C`` channels whose groups are ``c`` channels wide may zero ``z`` of its
+    prunable groups when ``C - z*c`` is a positive multiple of ``n_round`` (or ``z = 0``), ``z`` at
+    most its cap and fewer than all of its groups. Groups without slices are free (any count).
+    """
+    total = _groups_per_tensor(groups)
+    by_t: dict[str, list[int]] = {}
+    free: list[int] = []
+    for i, g in enumerate(groups):
+        if not g.prunable:
+            continue
+        if g.slices:
+            by_t.setdefault(g.slices[0].tensor, []).append(i)
+        else:
+            free.append(i)
+    key = (lambda i: (-sc[i], i)) if sc is not None else (lambda i: i)
+    quotas: list[_Quota] = []
+    kept: dict[str, str] = {}
+    for t, members in by_t.items():
+        widths = {len(groups[i].slices[0].indices or ()) for i in members}
+        if groups[members[0]].slices[0].axis is None or len(widths) != 1:
+            kept[t] = f"round-to={n_round}: the groups of '{t}' are not of one width"
+            continue
+        c = widths.pop()
+        C = (channels or {}).get(t)
+        if C is None:
+            C = sum(len(g.slices[0].indices or ()) for g in groups if g.slices and g.slices[0].tensor == t)
+        zmax = min(len(members), caps.get(t, 1 << 60), total[t] - 1)
+        z = np.arange(1, max(zmax, 0) + 1, dtype=np.int64)
+        keep = C - z * c
+        z = z[(keep > 0) & (keep % n_round == 0)]
+        if z.size == 0:
+            kept[t] = (f"round-to={n_round}: '{t}' keeps all {C} channels (no smaller multiple of {n_round} "
+                       f"is reachable in groups of {c})")
+            continue
+        quotas.append(_Quota(sorted(members, key=key), np.r_[0, z]))
+    if free:
+        quotas.append(_Quota(sorted(free, key=key), np.arange(len(free) + 1, dtype=np.int64)))
+    return quotas, kept
+
+
+def _count_programme(quotas: list[_Quota], sc: np.ndarray | None, K: int, keep_choices: bool):
+    """Best total score for every total count 0..K (-inf: unreachable) and the choices per quota."""
+    best = np.full(K + 1, -np.inf)
+    best[0] = 0.0
+    choices: list[np.ndarray] = []
+    for q in quotas:
+        vals = np.r_[0.0, np.cumsum(sc[q.members])] if sc is not None else None
+        new = best.copy()
+        arg = np.zeros(K + 1, dtype=np.int16 if q.allowed.size < 32767 else np.int32) if keep_choices else None
+        for j in range(1, q.allowed.size):
+            z = int(q.allowed[j])
+            if z > K:
+                break
+            cand = best[:K + 1 - z] + (vals[z] if vals is not None else 0.0)
+            tail = new[z:]
+            better = cand > tail
+            tail[better] = cand[better]
+            if arg is not None:
+                arg[z:][better] = j
+        best = new
+        if arg is not None:
+            choices.append(arg)
+    return best, choices
+
+
+def _finite_scores(sc: Sequence[float]) -> np.ndarray:
+    """Scores with ±inf / nan replaced by values beyond every finite sum (same count sets compare right)."""
+    a = np.asarray(sc, dtype=np.float64)
+    ok = np.isfinite(a)
+    lo, hi = (float(a[ok].min()), float(a[ok].max())) if ok.any() else (0.0, 0.0)
+    span = (hi - lo + 1.0) * (a.size + 1)
+    return np.where(ok, a, np.where(a == np.inf, hi + span, lo - span))
+
+
+def _select_rounded(groups: Sequence[Group], sc: Sequence[float], K: int, caps: Mapping[str, int],
+                    n_round: int, channels: Mapping[str, int] | None) -> list[int]:
+    fs = _finite_scores(sc)
+    quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist())
+    K = min(K, sum(int(q.allowed[-1]) for q in quotas))
+    best, choices = _count_programme(quotas, fs, K, keep_choices=True)
+    k = int(np.flatnonzero(best > -np.inf).max())
+    chosen: list[int] = []
+    for q, arg in zip(reversed(quotas), reversed(choices), strict=True):
+        z = int(q.allowed[arg[k]])
+        chosen += q.members[:z]
+        k -= z
+    return sorted(chosen, key=lambda i: (-fs[i], i))
+
+
+def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = None) -> np.ndarray:
+    """``r[k]``: whether a valid set of exactly ``k`` of ``groups`` exists (``k = 0..len(groups)``).
+
+    Under the controls of a :class:`GroupSet` (validity, ``layer_caps``, ``round_to``). Without
+    round-to the reachable counts are ``0..most``; with it, a subset sum over the allowed
+    per-tensor zero counts.
+    """
+    c = _checker_of(groups, checker)
+    n_round = check_round_to(getattr(groups, "round_to", 1))
+    r = np.zeros(len(groups) + 1, dtype=bool)
+    if n_round > 1 and c is None:
+        quotas, _ = _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round,
+                                getattr(groups, "channels", None))
+        best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
+        r[:best.size] = best > -np.inf
+    else:
+        r[:len(select_redundant(groups, [0.0] * len(groups), len(groups), c)) + 1] = True
+    return r
+
+
+def reachable_count(groups: Sequence[Group], k: int, checker: ValidityChecker | None = None) -> int:
+    """The reachable zero count nearest ``k`` (ties: the smaller, which keeps more).
+
+    ``k`` itself whenever a valid set of exactly ``k`` groups exists; otherwise (round-to allows
+    only some counts per tensor, or ``k`` is beyond the most that can be zero) the nearest
+    count :func:`reachable_counts` allows.
+    """
+    r = reachable_counts(groups, checker)
+    if 0 <= k < r.size and r[k]:
+        return int(k)
+    ok = np.flatnonzero(r)
+    return int(ok[np.argmin(np.abs(ok - k) * 2 + (ok > k))])
+
+
+def round_to_kept(groups: Sequence[Group]) -> dict[str, str]:
+    """``{tensor: reason}`` of the tensors whose prunable groups round-to keeps entirely.
+
+    Empty without round-to (a :class:`GroupSet` with ``round_to`` > 1 over channel groups).
+    """
+    n_round = check_round_to(getattr(groups, "round_to", 1))
+    if n_round <= 1 or getattr(groups, "checker", None) is not None:
+        return {}
+    return _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round, getattr(groups, "channels", None))[1]
+
+
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
     """Channel groups: refuse zeroing every group that covers one tensor (a stem with no output)."""
     if not universe:
@@ -344,10 +539,10 @@ def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
 
 
 def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[str] = (),
-                      max_layer_ratio: float = 1.0) -> GroupSet:
-    """The groups with the user's controls applied: the one place ``ignore=`` and
-    ``max-layer-ratio=`` act (training, ``zero-groups`` and the optimizers all select through
-    :func:`select_redundant` over the result).
+                      max_layer_ratio: float = 1.0, round_to: int = 1) -> GroupSet:
+    """The groups with the user's controls applied: the one place ``ignore=``,
+    ``max-layer-ratio=`` and ``round-to=`` act (training, ``zero-groups`` and the optimizers all
+    select through :func:`select_redundant` over the result).
 
     Args:
         groups: All groups of one kind (a :class:`GroupSet` keeps its checker).
@@ -358,12 +553,17 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             ``ignored by ignore=PATTERN``.
         max_layer_ratio: In (0, 1]: at most ``floor(F * n)`` of the ``n`` channel groups of one
             tensor may be chosen (``layer_caps`` of the result; 1 means no cap).
+        round_to: N >= 1: the kept channel count of every pruned tensor is a multiple of N
+            (or the full count) — whole groups, so attention heads stay whole and round in
+            heads (``round_to`` of the result; 1 means no rounding). The tensors' channel
+            counts come from ``model`` (else from the groups).
 
     Raises:
-        ValueError: ``max_layer_ratio`` outside (0, 1].
+        ValueError: ``max_layer_ratio`` outside (0, 1], ``round_to`` not a positive integer.
     """
     if not (math.isfinite(max_layer_ratio) and 0.0 < max_layer_ratio <= 1.0):
         raise ValueError(f"max-layer-ratio must be in (0, 1], got {max_layer_ratio!r}")
+    round_to = check_round_to(round_to)
     patterns = tuple(p for p in ignore if p)
     users: dict[str, tuple[str, ...]] = {}
     if patterns and model is not None:
@@ -382,4 +582,18 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
     if max_layer_ratio < 1.0:
         caps = {t: int(math.floor(max_layer_ratio * n + 1e-9)) for t, n in _groups_per_tensor(
             g for g in out if "segment" not in g.meta).items()}
-    return GroupSet(out, getattr(groups, "checker", None), caps)
+    channels = None
+    if round_to > 1:
+        channels, axes = {}, {}
+        for g in out:
+            if "segment" in g.meta or not g.slices:
+                continue
+            s = g.slices[0]
+            channels[s.tensor] = channels.get(s.tensor, 0) + len(s.indices or ())
+            axes.setdefault(s.tensor, s.axis)
+        for t, axis in axes.items():  # the tensor's own size (groups may not cover every channel)
+            v = model.graph.initializers.get(t) if model is not None else None
+            shape = v.shape if v is not None else None
+            if shape is not None and axis is not None and isinstance(shape[axis], int):
+                channels[t] = int(shape[axis])
+    return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels)

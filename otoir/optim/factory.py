@@ -15,6 +15,7 @@ base=BaseRule(cfg.variant, cfg.momentum, weight_decay=cfg.weight_decay), schedul
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,9 @@ def build_optimizer(
         groups: The analyses' prunable groups; the layout is built from their trainable
             slices, and for ``h2spg`` (and ``dhspg`` over channel groups) the selector defaults
             to the validity-checked :func:`~otoir.analyses.validity.select_redundant` (with the
-            groups' ``layer_caps``) and the target is checked to be reachable. GeZIGs come as
+            groups' ``layer_caps`` and ``round_to``) and the target is checked to be reachable
+            (under round-to, K becomes the nearest reachable count when ⌊target·G⌋ is not:
+            :func:`~otoir.optim.from_groups.target_note`). GeZIGs come as
             a :class:`~otoir.analyses.validity.GroupSet` (the partition's ``groups``,
             :func:`~otoir.optim.from_groups.groups_for`): its ``checker`` is the validity check.
         lr: Learning rate.
@@ -86,7 +89,7 @@ def build_optimizer(
     if groups is not None:
         from otoir.analyses.validity import GroupSet
 
-        groups = GroupSet(groups, getattr(groups, "checker", None), getattr(groups, "layer_caps", None))
+        groups = groups.subset(groups) if isinstance(groups, GroupSet) else GroupSet(groups, getattr(groups, "checker", None))
         if not groups:
             raise ValueError(f"{algorithm}: the model has no prunable groups")
         missing = sorted({s.tensor for g in groups for s in g.slices} - set(shapes))
@@ -104,7 +107,9 @@ def build_optimizer(
 
     cfg = configure(key, base, schedule, selector, options)
     if groups is not None and checked:
-        check_valid_target(groups, cfg.schedule.target)
+        k = check_valid_target(groups, cfg.schedule.target)
+        if k != cfg.schedule.target_count(len(groups)):  # round-to: the nearest reachable count
+            cfg = cfg._replace(schedule=dataclasses.replace(cfg.schedule, target=k))
     structured = dict(base=cfg.base, schedule=cfg.schedule, selector=cfg.selector)
     if front == "torch":
         from otoir.optim.torch_optim import OPTIMIZERS

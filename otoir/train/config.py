@@ -75,6 +75,10 @@ class TrainConfig:
         history: After every epoch, record held-out accuracy (BatchNorm statistics re-estimated
             on a training subset first, when ``recalibrate_bn``) and the group sparsity; costs one
             evaluation per epoch.
+        round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
+            count (whole groups: attention heads stay whole). Acts in the selection; K is still
+            ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
+            (with a warning). 1: no rounding.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs/labels")
@@ -98,6 +102,7 @@ class TrainConfig:
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
     history: bool = option(False, "record held-out accuracy and group sparsity after every epoch (one evaluation each)")
+    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -118,6 +123,9 @@ class TrainConfig:
             raise ValueError(f"lr-warmup must be >= 0, got {self.lr_warmup}")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
+        from otoir.analyses.validity import check_round_to
+
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:

@@ -1,0 +1,358 @@
+"""round-to=N: kept channel counts are multiples of N (or full), chosen in the selection, exact K kept."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from otoir.analyses.groups import Group, TensorSlice
+from otoir.analyses.validity import (
+    GroupSet,
+    check_round_to,
+    controlled_groups,
+    reachable_count,
+    reachable_counts,
+    round_to_kept,
+    select_redundant,
+)
+from otoir.analyses.zig import ChannelGroups
+from otoir.errors import OtoirError, PipelineError
+from otoir.infra import PassManager
+from otoir.infra.diagnostics import Severity
+from otoir.optim.from_groups import check_valid_target, target_note
+
+torch = pytest.importorskip("torch")
+
+
+# -- synthetic channel groups: tensors of given widths, one group per `width` channels ------------
+def _synthetic(channels: dict[str, int], width: dict[str, int] | None = None) -> list[Group]:
+    out = []
+    for t, c in channels.items():
+        w = (width or {}).get(t, 1)
+        for j in range(c // w):
+            out.append(Group(f"zig:{t}:{j}", "zig", (TensorSlice(t, 0, tuple(range(j * w, j * w + w))),)))
+    return out
+
+
+def _allowed(c: int, w: int, n: int) -> list[int]:
+    """Zero counts of a tensor of c channels in groups of w: kept a positive multiple of n, or all."""
+    return [0] + [z for z in range(1, c // w) if (c - z * w) % n == 0]
+
+
+def _brute(groups, channels, width, n, scores):
+    """{k: best total score} over every combination of allowed per-tensor counts (top groups first)."""
+    tensors = list(channels)
+    per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
+           for t in tensors}
+    best: dict[int, float] = {}
+    for zs in itertools.product(*(_allowed(channels[t], width.get(t, 1), n) for t in tensors)):
+        k = sum(zs)
+        val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
+        best[k] = max(best.get(k, -math.inf), val)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_is_exact_and_optimal_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([2, 4, 8]))
+    channels = {f"t{i}": int(rng.integers(3, 14)) for i in range(4)}
+    width = {"t0": 2} if channels["t0"] % 2 == 0 else {}
+    groups = GroupSet(_synthetic(channels, width), round_to=n, channels=channels)
+    scores = rng.normal(size=len(groups)).tolist()
+    best = _brute(groups, channels, width, n, scores)
+    reach = reachable_counts(groups)
+    assert set(np.flatnonzero(reach).tolist()) == set(best)
+    for k in range(len(groups) + 1):
+        chosen = select_redundant(groups, scores, k)
+        if k in best:  # reachable: exactly k groups, the best total score
+            assert len(chosen) == k
+            assert sum(scores[i] for i in chosen) == pytest.approx(best[k])
+        else:  # at most k: the largest reachable count below it
+            assert len(chosen) == max(j for j in best if j <= k)
+        for t, c in channels.items():
+            w = width.get(t, 1)
+            z = sum(1 for i in chosen if groups[i].slices[0].tensor == t)
+            assert z in _allowed(c, w, n), (t, c, w, z)
+
+
+def test_nearest_count_when_the_exact_target_is_infeasible():
+    channels = {"a": 8, "b": 16, "c": 16}
+    groups = GroupSet(_synthetic(channels), round_to=8, channels=channels)
+    assert np.flatnonzero(reachable_counts(groups)).tolist() == [0, 8, 16]
+    assert round_to_kept(groups) == {"a": "round-to=8: 'a' keeps all 8 channels (no smaller multiple of 8 is "
+                                          "reachable in groups of 1)"}
+    # 0.3 * 40 = 12: 8 and 16 are as near; the smaller (keeps more) wins; 0.35 * 40 = 14 -> 16
+    assert reachable_count(groups, 12) == 8 and reachable_count(groups, 14) == 16
+    assert check_valid_target(groups, 0.3) == 8
+    note = target_note(groups, 0.3)
+    assert "8 of 40 groups are zeroed instead of the 12 asked" in note and "round-to=8" in note
+    assert target_note(groups, 0.4) == ""  # 16 is reachable: exact
+    # beyond the most that can be zero: refused up front, naming round-to
+    with pytest.raises(ValueError, match=r"at most 16 can be erased .*round-to=8"):
+        check_valid_target(groups, 0.5)
+
+
+def test_optimizers_zero_the_nearest_count():
+    from otoir.optim import build_optimizer
+
+    channels = {"a": 8, "b": 16, "c": 16}
+    groups = GroupSet(_synthetic(channels), round_to=8, channels=channels)
+    shapes = {t: (c, 3) for t, c in channels.items()}
+    opt = build_optimizer("dhspg", shapes, groups=groups, target=0.3, warmup_steps=0, projection_steps=0, lr=0.1)
+    assert opt.core.target_count == 8
+    params = {t: np.ones(s, dtype=np.float32) for t, s in shapes.items()}
+    opt.step(params, {t: np.zeros_like(p) for t, p in params.items()})
+    zero = np.flatnonzero(opt.zero_groups)
+    assert zero.size == 8
+    assert {groups[i].slices[0].tensor for i in zero} in ({"b"}, {"c"})
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, "8", True, float("nan")])
+def test_bad_round_to_values_are_one_line_errors(bad):
+    from otoir.infra.registry import get_pass
+    from otoir.train.config import TrainConfig
+
+    for make in (lambda: check_round_to(bad), lambda: TrainConfig(round_to=bad),
+                 lambda: get_pass("zero-groups")(kind="zig", round_to=bad),
+                 lambda: controlled_groups([], round_to=bad)):
+        with pytest.raises(ValueError, match="round-to") as exc:
+            make()
+        assert "\n" not in str(exc.value)
+    import otoir
+
+    with pytest.raises(OtoirError, match=r"^compress: round-to must be a positive integer") as exc:
+        otoir.compress("nothing.onnx", mode="prune", round_to=bad)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text", ["otoir-prune{round-to=0}", "otoir-prune{round-to=-4}", "otoir-prune{round-to=2.5}",
+                                  "zero-groups{kind=zig round-to=x}", "train{round-to=0}"])
+def test_bad_round_to_in_pipeline_text(text):
+    with pytest.raises(PipelineError, match="round-to") as exc:
+        PassManager.from_text(text)
+    assert "\n" not in str(exc.value)
+
+
+def test_round_to_parses_as_a_train_option():
+    p = PassManager.from_text("otoir-prune{round-to=8 max-layer-ratio=0.5}").passes[0]
+    assert p.round_to == 8 and p.train_pass().round_to == 8
+    assert "round-to=8" in p.to_text()
+
+
+# -- pruned networks: every sliced tensor keeps a multiple of N (or all), the oracle holds -----------
+def _prune_with_round_to(module, x, n: int, fraction: float = 0.5, seed: int = 0):
+    """zero-groups{round-to=n} on the exported model, ORT before/after prune-channels; returns details."""
+    from otoir.frontends.torch_export import export_torch
+    from otoir.testing import random_feeds, run_ort
+
+    model = export_torch(module, (x,), training=False)
+    res = PassManager.from_text("partition-zig").run(model)
+    groups = controlled_groups(res.analyses.get(ChannelGroups).groups, model, round_to=n)
+    prunable = groups.subset(g for g in groups if g.prunable)
+    k = int(round(fraction * len(prunable)))
+    reach = reachable_counts(prunable)
+    zr = PassManager.from_text(f"zero-groups{{kind=zig random={fraction} round-to={n} seed={seed}}}").run(model)
+    zeroed = zr.results["zeroed"]
+    assert len(zeroed) == (k if reach[k] else reachable_count(prunable, k))
+    feeds = random_feeds(model, seed + 1)
+    ref = run_ort(model, feeds)
+    pr = PassManager.from_text("prune-channels").run(model)
+    out = run_ort(model, feeds)
+    for a, b in zip(ref, out, strict=True):  # the oracle: the sub-network equals the zeroed full one
+        assert a.shape == b.shape
+        assert np.max(np.abs(a.astype(np.float64) - b)) <= 1e-5 * max(1.0, float(np.max(np.abs(a))))
+    ids = pr.results["prune-channels-ids"]
+    return model, ids, zeroed, prunable
+
+
+def _assert_multiples(channels: dict, n: int) -> None:
+    assert channels, "nothing was pruned"
+    bad = {t: lost for t, lost in channels.items() for _a, _b, after in lost if after % n}
+    assert not bad, bad
+
+
+def test_zoo_resnet_kept_counts_are_multiples():
+    from otoir.zoo import build
+
+    module, x = build("resnet_basic", width=12)  # 12, 24, 48, 96 channels
+    model, ids, zeroed, _ = _prune_with_round_to(module, x, 8)
+    _assert_multiples(ids["channels"], 8)
+    assert not ids["kept"]  # nothing asked for was kept back
+    assert len(ids["removed"]) == len(zeroed)
+    w = model.graph.initializers["conv1.weight"].shape.dims[0]
+    assert w in (8, 12)
+
+
+class _Basic(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class _TorchvisionResNet18(torch.nn.Module):
+    """torchvision's ResNet-18 layout (7x7/2 stem, max-pool, 4 stages of 2 basic blocks, avg-pool, fc)."""
+
+    def __init__(self, widths=(20, 36, 72, 132), classes: int = 10) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            layers.append(nn.Sequential(_Basic(cin, w, 1 if i == 0 else 2), _Basic(w, w, 1)))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_torchvision_resnet18_like_kept_counts_are_multiples():
+    torch.manual_seed(0)
+    module = _TorchvisionResNet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    _model, ids, zeroed, prunable = _prune_with_round_to(module, x, 8, fraction=0.4, seed=2)
+    _assert_multiples(ids["channels"], 8)
+    assert len(ids["removed"]) == len(zeroed) > 0
+    # the 20-channel stem can keep 16 or 8: its tensors are sliced to those, never 17 or 12
+    stem = [after for t, lost in ids["channels"].items() if t.startswith("conv1") for _a, _b, after in lost]
+    assert set(stem) <= {8, 16}
+
+
+def test_heads_stay_whole_and_round_in_heads():
+    from otoir.zoo import build
+
+    torch.manual_seed(0)
+    module, x = build("bert_like", hidden=48, heads=4, ffn=72)  # head_dim 12: 8 | 12*h only for even h
+    model, ids, zeroed, prunable = _prune_with_round_to(module, x, 8, fraction=0.5, seed=1)
+    _assert_multiples(ids["channels"], 8)
+    heads = [g for g in prunable if "attention.query" in g.slices[0].tensor]
+    assert heads and all(len(g.slices[0].indices) == 12 for g in heads)
+    for layer in range(2):
+        q = model.graph.initializers[f"layers.{layer}.attention.query.weight"].shape.dims
+        kept = [d for d in q if d != 48]
+        for d in kept:  # whole heads, and an even number of them (12*h a multiple of 8)
+            assert d % 12 == 0 and (d // 12) % 2 == 0
+    # the FFN units round in channels (72 -> a multiple of 8)
+    ffn = [lost for t, lost in ids["channels"].items() if "intermediate.weight" in t]
+    assert ffn and all(after % 8 == 0 for lost in ffn for _a, _b, after in lost)
+
+
+def test_zero_groups_warns_when_it_rounds_the_count():
+    from otoir.frontends.torch_export import export_torch
+    from otoir.zoo import build
+
+    module, x = build("resnet_basic")  # 8, 16, 32, 64 channels: round-to=8 zeroes multiples of 8
+    model = export_torch(module, (x,), training=False)
+    res = PassManager.from_text("partition-zig").run(model)
+    groups = controlled_groups(res.analyses.get(ChannelGroups).groups, model, round_to=8)
+    prunable = groups.subset(g for g in groups if g.prunable)
+    reach = reachable_counts(prunable)
+    assert not reach[20] and reach[16] and reach[24]
+    frac = 20 / len(prunable)
+    zr = PassManager.from_text(f"zero-groups{{kind=zig random={frac!r} round-to=8}}").run(model)
+    assert len(zr.results["zeroed"]) == reachable_count(prunable, 20) == 16  # a tie: the smaller count
+    warn = [d.message for d in zr.diagnostics if d.severity == Severity.WARNING]
+    assert any("zeroed 16 of the 20 groups asked" in m and "round-to=8" in m for m in warn)
+    kept = [d.message for d in zr.diagnostics if d.severity == Severity.REMARK]
+    assert any("conv1.weight" in m and "keeps all 8 channels" in m for m in kept)
+
+
+# -- training: DHSPG (torch and ONNX Runtime) selects under round-to; compress reports kept counts ---
+def test_torch_dhspg_zeroes_multiples():
+    from otoir.frontends.torch_export import export_torch
+    from otoir.optim.from_groups import groups_for
+    from otoir.train.torch_backend import make_torch_optimizer
+    from otoir.zoo import build
+
+    torch.manual_seed(0)
+    module, x = build("resnet_basic", width=12)
+    model = export_torch(module, x)
+    groups = groups_for(model, "zig", round_to=8)
+    opt = make_torch_optimizer(module, groups, target=0.5, warmup_steps=0, projection_steps=0, lr=0.01)
+    opt.zero_grad()
+    module(x).square().mean().backward()
+    opt.step()
+    k = check_valid_target(groups, 0.5)
+    assert opt.num_zero_groups == k == opt.core.target_count
+    assert reachable_counts(groups)[math.floor(0.5 * len(groups))] == (k == math.floor(0.5 * len(groups)))
+    per: dict[str, int] = {}
+    for i in np.flatnonzero(opt.zero_groups):
+        t = groups[i].slices[0].tensor
+        per[t] = per.get(t, 0) + 1
+    chans = groups.channels
+    assert per and all((chans[t] - z) % 8 == 0 and chans[t] - z > 0 for t, z in per.items())
+
+
+def test_compress_round_to_end_to_end():
+    import otoir
+    from otoir.data import Dataset, load_dataset
+    from otoir.zoo import build
+
+    ds = load_dataset("mnist")
+    rng = np.random.default_rng(0)
+    tr, va = rng.choice(len(ds.train_x), 256, replace=False), rng.choice(len(ds.val_x), 64, replace=False)
+    small = Dataset(ds.train_x[tr], ds.train_y[tr], ds.val_x[va], ds.val_y[va], ds.num_classes, "mnist-256")
+    torch.manual_seed(0)
+    module, _ = build("resnet_basic", in_channels=1, width=12)
+    example = torch.from_numpy(small.train_x[:2])
+    res = otoir.compress(otoir.load(module, example), small, mode="prune", target_sparsity=0.5, epochs=1, batch=32,
+                         backend="ort", progress=False, latency_runs=0, round_to=8)
+    assert "round-to=8" in res.pipeline
+    k = check_valid_target(controlled_groups(res.groups, round_to=8), 0.5)
+    assert len(res.zero_group_ids) == k != math.floor(0.5 * len(res.groups))  # 12-channel tensors: the nearest count
+    assert f"-> {k} with round-to=8" in res.report.details["groups"]
+    assert "with round-to=8" in res.report.details["groups"]
+    kept = res.report.details["kept channels"]
+    counts = [int(part.rsplit("->", 1)[1]) for part in kept.split("; ")]
+    assert counts and all(c % 8 == 0 for c in counts)
+    assert res.report.verified
+
+
+def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
+    from otoir.passes.train import _report_round_to
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.messages: list[tuple[str, str]] = []
+
+        def warning(self, m: str) -> None:
+            self.messages.append(("warning", m))
+
+        def remark(self, m: str) -> None:
+            self.messages.append(("remark", m))
+
+        def error(self, m: str) -> None:
+            self.messages.append(("error", m))
+
+    channels = {"a": 8, "b": 16, "c": 16}
+    groups = GroupSet(_synthetic(channels), round_to=8, channels=channels)
+    ctx = Ctx()
+    assert _report_round_to(ctx, groups, 0.3)
+    kinds = dict(ctx.messages)
+    assert "'a' keeps all 8 channels" in kinds["remark"]
+    assert "8 of 40 groups are zeroed instead of the 12 asked" in kinds["warning"]
+    ctx = Ctx()
+    assert not _report_round_to(ctx, groups, 0.5)  # 20 > 16: an error, not a silent cut
+    errors = [m for kind, m in ctx.messages if kind == "error"]
+    assert len(errors) == 1 and "round-to=8" in errors[0]
