@@ -83,6 +83,8 @@ setup(
         "dev": ["pytest>=8", "hypothesis>=6", "filecheck>=1.0", "ruff"],
         # Third-party architectures for the tests (built from configs, random init, no downloads).
         "models": ["transformers>=4.45"],
+        # otoir-demo's training plot (imported lazily; without it the demo skips the plot).
+        "demo": ["torch>=2.1", "matplotlib>=3.5"],
         # tools/bench_prune.py times the public OTO library beside otoir (graphviz/pydot: its imports).
         "benchmark": ["only_train_once==3.0.1", "graphviz", "pydot"],
     },

@@ -37,6 +37,10 @@ class CompressResult:
             in ONNX Runtime (:func:`otoir.workflow.torch_subnetwork`); None when it could not
             be built (``compressed_module_error`` says why; ``model`` is still the result).
         compressed_module_error: Why there is no ``compressed_module`` (None when there is one).
+        baseline: The trained dense baseline (inference form, as ``full``; ``dense_baseline=True``),
+            else None.
+        baseline_module: The trained dense torch module (torch backend, ``dense_baseline=True``).
+        history: Per-epoch training history by run (``"otoir"``, ``"dense"``; ``history=True``).
     """
 
     model: ir.Model
@@ -50,6 +54,9 @@ class CompressResult:
     pipeline: str = ""
     compressed_module: Any = None
     compressed_module_error: str | None = None
+    baseline: ir.Model | None = None
+    baseline_module: Any = None
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         def params(m: Any) -> int:
@@ -119,7 +126,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
-             max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0) -> CompressResult:
+             max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0,
+             lr_schedule: str = "constant", lr_warmup: float = 0.0, history: bool = False,
+             dense_baseline: bool = False) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
 
     This is the ``otoir-erase{…}`` / ``otoir-prune{…}`` pipeline (see
@@ -168,6 +177,15 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             touching a match are kept.
         max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
             removed (1.0: no cap).
+        lr_schedule: ``constant`` or ``cosine`` (annealed to 0 after the warm-up).
+        lr_warmup: Linear learning-rate warm-up: a fraction of the steps, or a count if >= 1.
+        history: Record held-out accuracy and group sparsity after every epoch
+            (``CompressResult.history``, ``report.history``).
+        dense_baseline: Also train the same network densely with the identical budget — the
+            same pipeline with ``target-sparsity=0`` (so the same optimizer and base rule,
+            lr schedule, epochs, seed and batch order, initial values and BatchNorm
+            recalibration, and no group zeroed) — and report it as the first column, with the
+            full and compressed models' deltas against it. Doubles the training time.
         round_to: The kept channel count of every pruned tensor is a multiple of this, or the
             full count (whole groups: attention heads stay whole); chosen in the selection, with
             exactly ``⌊target·#groups⌋`` groups when such a set exists, else the nearest count that
@@ -201,15 +219,20 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
-            round_to=round_to, target_latency=target_latency)
+            round_to=round_to, target_latency=target_latency, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
+            history=history)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 
+    dense_src = None
     if torch_module:
+        import copy
+
         import torch
 
         from otoir.frontends.torch_export import export_torch, positional_inputs
 
+        dense_src = copy.deepcopy(model) if dense_baseline else None  # the same initial values
         torch.manual_seed(seed)
         example = example_inputs if example_inputs is not None else _example_from(ds, model)
         onnx_model = export_torch(model, example)
@@ -223,16 +246,32 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         binding = bind(ds, onnx_model)  # the data fit the model: checked once, before training
     except DataFitError as exc:
         raise OtoirError(f"compress: {exc}") from None
+    dense_model = clone_model(onnx_model) if dense_baseline else None
     lent = TrainInputs(module=model if torch_module else None, loss_fn=loss_fn, datasets=(ds,))
     run = PassManager([p]).run(onnx_model, resources={TrainInputs.KEY: lent})  # PassFailure is an OtoirError
     out = run.results[p.name]
     train = out["train"]
+    histories = {"otoir": list(train.get("epochs") or [])} if history else {}
+    if dense_model is not None:
+        import dataclasses
+
+        dp = dataclasses.replace(p, target_sparsity=0.0)  # every other option, the seed included, the same
+        dense_lent = TrainInputs(module=dense_src, loss_fn=loss_fn, datasets=(ds,))
+        dense_run = PassManager([dp]).run(dense_model, resources={TrainInputs.KEY: dense_lent})
+        dense_train = dense_run.results[dp.name]["train"]
+        # the trained dense network in the form of the otoir full column (inference form), so the
+        # two differ only in their values; its construction removed nothing
+        dense_model = dense_run.results[dp.name]["full"]
+        if history:
+            histories["dense"] = list(dense_train.get("epochs") or [])
     full, sub, groups = out["full"], onnx_model, list(train["groups"])
     zero_mask = np.asarray(train["zero-mask"], dtype=bool)
     zero_ids = [g.id for g, z in zip(groups, zero_mask, strict=True) if z]
     removed_ids, kept = out.get("removed", zero_ids), out.get("kept", {})
     details = {
-        "mode": mode, "optimizer": f"{train['optimizer']} ({variant}, lr {lr:g})", "backend": train["backend"],
+        "mode": mode, "optimizer": f"{train['optimizer']} ({variant}, lr {lr:g}"
+                                   + (f", {lr_schedule}" if lr_schedule != "constant" else "")
+                                   + (f", lr warm-up {lr_warmup:g}" if lr_warmup else "") + ")", "backend": train["backend"],
         "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
                   + (f"(target-latency {target_latency:g} -> {train['target-count']}" if target_latency else
@@ -248,10 +287,14 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if mode == "erase":
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)
+    if dense_model is not None:
+        details["dense baseline"] = (f"the same pipeline with target-sparsity 0: {dense_train['optimizer']} with no "
+                                     f"group zeroed, {dense_train['steps']} steps, same seed and batch order")
     held_out = ds.validation()
     val = None if held_out is None or held_out[1] is None else (binding.feeds(held_out[0]), held_out[1])
     report = build_report(full, sub, val=val, verify_inputs=binding.check_inputs(10**9 if val else 512),
-                          tolerance=tolerance, latency_runs=latency_runs, details=details)
+                          tolerance=tolerance, latency_runs=latency_runs, details=details, baseline=dense_model,
+                          latency_batches=(batch,), history=histories)
     if report.verified is False:  # the pass checked 512 held-out inputs; the report checks them all
         raise OtoirError(f"the compressed model's outputs differ from the trained model's: max relative difference "
                          f"{report.max_rel_diff:.3g} > {tolerance:g}")
@@ -266,4 +309,5 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     return CompressResult(model=sub, full=full, report=report, groups=groups, zero_group_ids=zero_ids,
                           removed_group_ids=list(removed_ids), kept_groups=dict(kept),
                           module=model if torch_module else None, pipeline=p.to_text(),
-                          compressed_module=compressed, compressed_module_error=compressed_error)
+                          compressed_module=compressed, compressed_module_error=compressed_error,
+                          baseline=dense_model, baseline_module=dense_src, history=histories)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["ModelFigures", "CompressReport", "measure", "measure_latency", "output_agreement", "fixed_batch",
+__all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "output_agreement", "fixed_batch",
            "batch_feeds", "default_threads", "random_inputs"]
 
 
@@ -30,6 +30,8 @@ class ModelFigures:
         nodes: Number of nodes.
         latency_batch: The batch size ``latency_ms`` was measured at: the model's own batch
             when its batch dimension is fixed, else 1.
+        latency_at_batch: ``{batch: median ms}`` of every batch size measured (``latency_ms``'s
+            included), e.g. batch 1 and the training batch.
     """
 
     params: int
@@ -38,6 +40,7 @@ class ModelFigures:
     latency_ms: float | None = None
     nodes: int = 0
     latency_batch: int | None = None
+    latency_at_batch: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,54 +66,106 @@ class CompressReport:
     details: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None
     threads: int | None = None
+    baseline: ModelFigures | None = None
+    history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return asdict(self)
+        """A JSON-serialisable dict (``columns`` names the figures' keys in table order)."""
+        d = asdict(self)
+        d["columns"] = (["baseline"] if self.baseline is not None else []) + ["full", "compressed"]
+        if self.baseline is not None:
+            d["deltas_vs_baseline"] = {k: self.deltas(getattr(self, k)) for k in ("full", "compressed")}
+        return d
+
+    def deltas(self, fig: ModelFigures) -> dict[str, float | None]:
+        """``fig`` against the dense baseline: accuracy in points, the rest as ratios (None: unknown).
+
+        Raises:
+            ValueError: The report has no baseline.
+        """
+        b = self.baseline
+        if b is None:
+            raise ValueError("the report has no dense baseline")
+
+        def ratio(x: float | None, y: float | None) -> float | None:
+            return None if x is None or y is None or y == 0 else x / y
+
+        out: dict[str, float | None] = {
+            "accuracy_pt": None if fig.accuracy is None or b.accuracy is None else 100 * (fig.accuracy - b.accuracy),
+            "params_ratio": ratio(fig.params, b.params), "flops_ratio": ratio(fig.flops, b.flops),
+        }
+        for n in sorted(set(fig.latency_at_batch) & set(b.latency_at_batch)):
+            out[f"latency_ratio_batch{n}"] = ratio(fig.latency_at_batch[n], b.latency_at_batch[n])
+        return out
 
     def to_json(self) -> str:
         """JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
 
-    def to_text(self, labels: tuple[str, str] = ("full (trained)", "compressed")) -> str:
-        """A before/after table; ``labels`` head its two columns."""
+    def to_text(self, labels: tuple[str, ...] | None = None) -> str:
+        """The table: two columns (full, compressed) and their ratio, or, with a dense
+        baseline, three columns (dense baseline, otoir full, otoir compressed) and the full and
+        compressed models' deltas against the baseline; ``labels`` head the model columns."""
 
-        def num(v: float | None, fmt: str) -> str:
-            return "-" if v is None else format(v, fmt)
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.2f}%"
 
-        def human(n: int) -> str:
-            for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-                if n >= div:
-                    return f"{n / div:.3g}{unit}"
-            return str(n)
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f} ms"
 
         def ratio(a: float | None, b: float | None) -> str:
             return "-" if a is None or b is None or a == 0 else f"{b / a:.3f}x"
 
-        f, c = self.full, self.compressed
-        rows = [
-            ("parameters", human(f.params), human(c.params), ratio(f.params, c.params)),
-            ("FLOPs / sample", human(f.flops), human(c.flops), ratio(f.flops, c.flops)),
-            ("nodes", str(f.nodes), str(c.nodes), ratio(f.nodes, c.nodes)),
-            ("accuracy (held-out)", num(None if f.accuracy is None else 100 * f.accuracy, ".2f") + ("%" if f.accuracy is not None else ""),
-             num(None if c.accuracy is None else 100 * c.accuracy, ".2f") + ("%" if c.accuracy is not None else ""),
-             "-" if f.accuracy is None or c.accuracy is None else f"{100 * (c.accuracy - f.accuracy):+.2f} pt"),
-            (f"ORT CPU latency, batch {f.latency_batch or 1}", num(f.latency_ms, ".3f") + " ms",
-             num(c.latency_ms, ".3f") + " ms", ratio(f.latency_ms, c.latency_ms)),
+        def points(a: float | None, b: float | None) -> str:
+            return "-" if a is None or b is None else f"{100 * (b - a):+.2f} pt"
+
+        figs = ([self.baseline] if self.baseline is not None else []) + [self.full, self.compressed]
+        if labels is None:
+            labels = (("dense baseline", "otoir full", "otoir compressed") if self.baseline is not None
+                      else ("full (trained)", "compressed"))
+        if len(labels) != len(figs):
+            raise ValueError(f"{len(figs)} columns need {len(figs)} labels, got {len(labels)}")
+        ref = figs[0]
+        batches = sorted(set().union(*(f.latency_at_batch for f in figs))) or [ref.latency_batch or 1]
+        rows: list[tuple[str, list[str], Any]] = [
+            ("parameters", [_human(f.params) for f in figs], lambda f: ratio(ref.params, f.params)),
+            ("FLOPs / sample", [_human(f.flops) for f in figs], lambda f: ratio(ref.flops, f.flops)),
+            ("nodes", [str(f.nodes) for f in figs], lambda f: ratio(ref.nodes, f.nodes)),
+            ("accuracy (held-out)", [pct(f.accuracy) for f in figs], lambda f: points(ref.accuracy, f.accuracy)),
         ]
+        for n in batches:
+            def lat(f: ModelFigures, n: int = n) -> float | None:
+                return f.latency_at_batch.get(n, f.latency_ms if (f.latency_batch or 1) == n else None)
+
+            rows.append((f"ORT CPU latency, batch {n}", [ms(lat(f)) for f in figs],
+                         lambda f, lat=lat: ratio(lat(ref), lat(f))))
+        delta_heads = ([f"{labels[1]} vs dense", f"{labels[2]} vs dense"] if self.baseline is not None
+                       else ["ratio"])
+        others = figs[1:]
         w = max(len(r[0]) for r in rows)
-        lines = [f"{'':<{w}}  {labels[0]:>16}  {labels[1]:>16}  {'ratio':>10}"]
-        lines += [f"{a:<{w}}  {b:>16}  {cc:>16}  {d:>10}" for a, b, cc, d in rows]
+        cw = max(16, *(len(x) for x in labels))
+        dw = max(10, *(len(x) for x in delta_heads))
+        lines = ["  ".join([f"{'':<{w}}", *(f"{x:>{cw}}" for x in labels), *(f"{x:>{dw}}" for x in delta_heads)])]
+        for name, cells, delta in rows:
+            lines.append("  ".join([f"{name:<{w}}", *(f"{c:>{cw}}" for c in cells),
+                                    *(f"{delta(f):>{dw}}" for f in others)]))
         if self.max_rel_diff is not None:
             verdict = "OK" if self.verified else "MISMATCH"
             lines.append(f"outputs: max |full - compressed| / output scale = {self.max_rel_diff:.3g} "
                          f"(tolerance {self.tolerance:g}): {verdict}")
-        if f.latency_ms is not None and self.provider:
+        if any(f.latency_ms is not None for f in figs) and self.provider:
             lines.append(f"latency: ONNX Runtime {self.provider}, {self.threads or 'default'} intra-op threads, "
                          f"median of interleaved runs")
         for k, v in self.details.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def default_threads() -> int:
@@ -256,12 +311,15 @@ def measure(model: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None
 def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None,
                  verify_inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, tolerance: float = 1e-4,
                  latency_runs: int = 50, threads: int | None = None,
-                 details: Mapping[str, Any] | None = None) -> CompressReport:
-    """Measures both models side by side and checks that their outputs agree.
+                 details: Mapping[str, Any] | None = None, baseline: ir.Model | None = None,
+                 latency_batches: Sequence[int] = (),
+                 history: Mapping[str, list[dict[str, Any]]] | None = None) -> CompressReport:
+    """Measures the models side by side and checks that the full and compressed outputs agree.
 
     Latency is measured at the model's own batch when its batch dimension is fixed, else at
-    batch 1, with ``threads`` intra-op threads (None: :func:`default_threads`), on ONNX
-    Runtime's CPU execution provider.
+    batch 1 and at every size in ``latency_batches`` (a fifth of ``latency_runs`` timed runs, at
+    least 5, there), with ``threads`` intra-op threads (None:
+    :func:`default_threads`), on ONNX Runtime's CPU execution provider, the models interleaved.
 
     Args:
         full: The reference model (inference form).
@@ -272,19 +330,30 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
         latency_runs: Timed runs per model (0: no latency).
         threads: Intra-op threads for latency.
         details: Extras shown in the report.
+        baseline: The dense baseline (same inputs and outputs), measured alike as a third column.
+        latency_batches: More batch sizes to measure latency at (ignored for a fixed batch).
+        history: Per-epoch training histories by run name, kept in the report.
     """
     sample = verify_inputs if verify_inputs is not None else (val[0] if val is not None else None)
-    lat = [None, None]
-    lat_batch = fixed_batch(full) or 1
+    models = ([baseline] if baseline is not None else []) + [full, sub]
+    fixed = fixed_batch(full)
+    batches = [fixed] if fixed else sorted({1, *(int(b) for b in latency_batches if int(b) >= 1)})
+    lat_batch = batches[0]
     threads = threads or default_threads()
+    lat: dict[int, list[float]] = {}
     if sample is not None and latency_runs > 0:
-        lat = measure_latency([full, sub], sample, runs=latency_runs, threads=threads, batch=lat_batch)
-    figs = [measure(m, val=val, latency=t) for m, t in ((full, lat[0]), (sub, lat[1]))]
-    for f in figs:
+        for n in batches:  # a batch of n costs ~n single runs: fewer timed runs there
+            runs = latency_runs if n == lat_batch else max(5, latency_runs // 5)
+            lat[n] = measure_latency(models, sample, runs=runs, threads=threads, batch=n)
+    figs = []
+    for i, m in enumerate(models):
+        f = measure(m, val=val, latency=lat[lat_batch][i] if lat else None)
         f.latency_batch = lat_batch if f.latency_ms is not None else None
-    rep = CompressReport(figs[0], figs[1], tolerance=tolerance, details=dict(details or {}),
-                         provider="CPUExecutionProvider" if lat[0] is not None else None,
-                         threads=threads if lat[0] is not None else None)
+        f.latency_at_batch = {n: v[i] for n, v in lat.items()}
+        figs.append(f)
+    rep = CompressReport(figs[-2], figs[-1], tolerance=tolerance, details=dict(details or {}),
+                         provider="CPUExecutionProvider" if lat else None, threads=threads if lat else None,
+                         baseline=figs[0] if baseline is not None else None, history=dict(history or {}))
     if sample is not None:
         rep.max_rel_diff = output_agreement(full, sub, sample)
         rep.verified = rep.max_rel_diff <= tolerance

@@ -22,6 +22,8 @@ from otoir.train.config import TrainConfig, TrainInputs, resolve_dataset
 __all__ = ["Train"]
 
 GROUP_KINDS = ("auto", "none", "gezig", "zig")
+#: Training inputs the per-epoch history re-estimates BatchNorm statistics on (``history=true``).
+HISTORY_RECAL_SAMPLES = 2048
 
 
 def _static_dims(value: Any) -> tuple[int | None, ...] | None:
@@ -102,8 +104,12 @@ class Train(TrainConfig, Pass):
     generator on torch), so a run is deterministic.
 
     ``ctx.results["train"]`` holds: ``dataset`` (name), ``backend``, ``optimizer``, ``steps``,
-    ``seconds``, ``history`` (ONNX Runtime), ``validation``, ``groups`` (the sparsified groups,
-    or None), ``zero-mask`` (which of them are zero) and ``target-count`` (K).
+    ``seconds``, ``history`` (ONNX Runtime), ``epochs`` (one entry per epoch: ``epoch``,
+    ``loss``, ``lr``, ``group_sparsity`` and, with ``history=true``, held-out ``accuracy`` after
+    re-estimating BatchNorm statistics on the first :data:`HISTORY_RECAL_SAMPLES` training
+    inputs), ``validation``, ``groups`` (the sparsified groups, or None), ``zero-mask`` (which of
+    them are zero) and ``target-count`` (K). The learning rate follows
+    :meth:`~otoir.train.config.TrainConfig.lr_at` (``lr-schedule``, ``lr-warmup``) on both backends.
     """
 
     name = "train"
@@ -314,7 +320,7 @@ class Train(TrainConfig, Pass):
         try:
             hist = train_ort(model, binding, None, opt, epochs=self.epochs, batch=self.batch, seed=self.seed,
                              loss=self.loss, max_steps=self.max_steps or None, threads=self.threads or None,
-                             progress=not self.quiet)
+                             progress=not self.quiet, lr_at=self.lr_at, on_epoch=self._ort_epoch_eval(binding))
             if self.recalibrate_bn:
                 ctx.stat("bn-recalibrated", recalibrate_bn(model, binding, threads=self.threads or None))
         except (BackendUnavailable, TrainingError) as exc:
@@ -324,7 +330,8 @@ class Train(TrainConfig, Pass):
         if hist.epoch_losses:
             ctx.stat("final-loss", round(hist.epoch_losses[-1], 6))
         mask = getattr(opt, "zero_groups", None) if groups is not None else None
-        return {"history": hist, "steps": hist.steps, "zero-mask": None if mask is None else np.asarray(mask)}
+        return {"history": hist, "epochs": hist.epochs, "steps": hist.steps,
+                "zero-mask": None if mask is None else np.asarray(mask)}
 
     def _train_torch(self, model, binding, size, total, module, loss_fn, opt_name, groups, kwargs, ctx,
                      latency=None) -> dict | None:
@@ -356,7 +363,8 @@ class Train(TrainConfig, Pass):
         loader = torch_batches(binding, size, steps=total // self.epochs, seed=self.seed)
         try:
             tr = train_torch(module, loader, loss_fn, groups, optimizer=opt_name, epochs=self.epochs,
-                             selector=selector, progress=not self.quiet, **kwargs)
+                             selector=selector, progress=not self.quiet, lr_at=self.lr_at,
+                             on_epoch=self._torch_epoch_eval(binding), **kwargs)
         except ValueError as exc:
             ctx.error(f"train: {exc}")
             return None
@@ -366,4 +374,61 @@ class Train(TrainConfig, Pass):
         copy_state_to_model(module, model)
         if tr.losses:
             ctx.stat("final-loss", round(tr.losses[-1], 6))
-        return {"history": None, "steps": tr.steps, "zero-mask": np.asarray(tr.zero_groups), "module": module}
+        return {"history": None, "epochs": tr.history, "steps": tr.steps, "zero-mask": np.asarray(tr.zero_groups),
+                "module": module}
+
+    # -- per-epoch held-out accuracy (history=true) ---------------------------------------------
+    def _history_inputs(self, binding):
+        """(recalibration feeds, held-out feeds, held-out labels) for the per-epoch history, or None."""
+        if not self.history or self.loss != "cross-entropy":
+            return None
+        held_out = binding.source.validation()
+        if held_out is None or held_out[1] is None:
+            return None
+        recal, _ = binding.source.samples(HISTORY_RECAL_SAMPLES)
+        return binding.feeds(recal), binding.feeds(held_out[0]), np.asarray(held_out[1])
+
+    def _ort_epoch_eval(self, binding):
+        got = self._history_inputs(binding)
+        if got is None:
+            return None
+        from otoir.train.ort_backend import evaluate, recalibrate_bn
+
+        recal, vx, vy = got
+
+        def on_epoch(model) -> float | None:
+            if self.recalibrate_bn:  # the next write-back restores the training run's statistics
+                recalibrate_bn(model, [recal], threads=self.threads or None)
+            return evaluate(model, vx, vy, batch=max(self.batch, 256), threads=self.threads or None).accuracy
+
+        return on_epoch
+
+    def _torch_epoch_eval(self, binding):
+        got = self._history_inputs(binding)
+        if got is None:
+            return None
+        import copy
+
+        import torch
+
+        from otoir.train.torch_backend import _first_output, recalibrate_bn, unwrap
+
+        recal = tuple(torch.from_numpy(a) for a in got[0])
+        vx = [torch.from_numpy(a) for a in got[1]]
+        vy = torch.from_numpy(got[2])
+
+        @torch.no_grad()
+        def on_epoch(module) -> float | None:
+            m = copy.deepcopy(unwrap(module))
+            if self.recalibrate_bn:
+                recalibrate_bn(m, [recal])
+            m.eval()
+            device = next(m.parameters()).device
+            n = len(vy)
+            right = 0
+            for i in range(0, n, 256):
+                out = _first_output(m(*(v[i:i + 256].to(device) for v in vx)))
+                right += int((out.argmax(1).cpu() == vy[i:i + 256]).sum())
+            return right / max(n, 1)
+
+        return on_epoch

@@ -25,12 +25,14 @@ from otoir.infra.passes import option
 if TYPE_CHECKING:
     from otoir.data import DataSource
 
-__all__ = ["TrainConfig", "TrainInputs", "OPTIMIZER_CHOICES", "BACKENDS", "resolve_dataset"]
+__all__ = ["TrainConfig", "TrainInputs", "OPTIMIZER_CHOICES", "BACKENDS", "LR_SCHEDULES", "resolve_dataset"]
 
 #: Values of :attr:`TrainConfig.optimizer`.
 OPTIMIZER_CHOICES = ("auto", "sgd", "h2spg", "dhspg")
 #: Values of :attr:`TrainConfig.backend`.
 BACKENDS = ("auto", "torch", "ort")
+#: Values of :attr:`TrainConfig.lr_schedule`.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ class TrainConfig:
             (OTO suggests lr 1e-3 for Adam).
         epochs: Passes over the training data.
         batch: Batch size (the last incomplete batch of an epoch is skipped).
-        lr: Learning rate.
+        lr: Learning rate (the peak of the schedule).
+        lr_schedule: ``constant`` or ``cosine`` (annealed from ``lr`` to 0 over the steps after
+            the learning-rate warm-up, as OTOv3 trains); see :meth:`TrainConfig.lr_at`.
+        lr_warmup: Steps of linear learning-rate warm-up from ``lr / n`` to ``lr``: a fraction
+            of all steps if < 1, a step count if >= 1 (0: none).
         momentum: SGD momentum.
         weight_decay: L2 weight decay (decoupled for ``adamw``).
         target_sparsity: Fraction of the groups to zero, in [0, 1); exactly ⌊target·G⌋ are.
@@ -67,6 +73,9 @@ class TrainConfig:
             (never selected), with the reason ``ignored by ignore=PATTERN``.
         max_layer_ratio: At most ``floor(F * n)`` of the ``n`` channel groups of one tensor are
             zeroed (1.0: no cap); the global target is still met exactly, or refused up front.
+        history: After every epoch, record held-out accuracy (BatchNorm statistics re-estimated
+            on a training subset first, when ``recalibrate_bn``) and the group sparsity; costs one
+            evaluation per epoch.
         round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
             count (whole groups: attention heads stay whole). Acts in the selection; K is still
             ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
@@ -84,7 +93,9 @@ class TrainConfig:
     variant: str = option("sgd", "base update of h2spg/dhspg: sgd | adam | adamw (OTO's lr for adam: 1e-3)")
     epochs: int = option(1, "passes over the training data")
     batch: int = option(64, "batch size")
-    lr: float = option(0.05, "learning rate")
+    lr: float = option(0.05, "learning rate (the peak of the schedule)")
+    lr_schedule: str = option("constant", "constant | cosine (annealed to 0 after lr-warmup, as OTOv3 trains)")
+    lr_warmup: float = option(0.0, "steps of linear lr warm-up: a fraction of all steps, or a count if >= 1 (0: none)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(0.0, "L2 weight decay (decoupled for adamw)")
     target_sparsity: float = option(0.5, "fraction of the groups to zero, in [0, 1): exactly floor(target * groups)")
@@ -97,6 +108,7 @@ class TrainConfig:
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
+    history: bool = option(False, "record held-out accuracy and group sparsity after every epoch (one evaluation each)")
     round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
     target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
                                         "latency is this fraction of the full model's, in (0, 1); 0: off "
@@ -115,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.warmup < 0 or self.projection < 0:
             raise ValueError("warmup and projection must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        if not self.lr_warmup >= 0:
+            raise ValueError(f"lr-warmup must be >= 0, got {self.lr_warmup}")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
         from otoir.analyses.validity import check_round_to
@@ -152,6 +168,29 @@ class TrainConfig:
         if warm + max(proj, 1) > total:
             raise ValueError(f"warm-up ({warm}) + projection ({proj}) steps exceed the {total} training steps")
         return warm, proj
+
+    def lr_warmup_steps(self, total: int) -> int:
+        """Steps of linear learning-rate warm-up in a run of ``total`` steps (at most ``total``)."""
+        n = int(self.lr_warmup) if self.lr_warmup >= 1 else int(self.lr_warmup * total)
+        return max(0, min(n, total))
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of step ``step`` (0-based) of ``total``: the one schedule both backends use.
+
+        Linear warm-up over the first :meth:`lr_warmup_steps` steps (``lr·(step+1)/n``), then
+        ``lr`` (``constant``) or ``lr·½(1 + cos(π·t/T))`` with ``t`` the steps since the warm-up
+        and ``T`` those left after it (``cosine``; the last step's rate is small but not 0).
+        """
+        import math
+
+        warm = self.lr_warmup_steps(total)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(total - warm, 1)
+        t = min(step - warm, span)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * t / span))
 
     def target_count(self, num_groups: int) -> int:
         """K = ⌊target·G⌋, the number of groups training zeroes (the optimizers use the same rule)."""

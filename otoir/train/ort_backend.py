@@ -391,6 +391,9 @@ class TrainHistory:
         steps: Steps run.
         samples_per_second: Training throughput over the whole run (steps + optimizer).
         seconds: Wall time of the training loop.
+        epochs: One entry per epoch: ``epoch``, ``loss``, ``lr`` (of the epoch's last step),
+            ``group_sparsity`` (when the optimizer has groups) and, when ``evaluate`` was
+            given, ``accuracy``.
     """
 
     losses: list[float] = field(default_factory=list)
@@ -399,6 +402,7 @@ class TrainHistory:
     steps: int = 0
     samples_per_second: float = 0.0
     seconds: float = 0.0
+    epochs: list[dict] = field(default_factory=list)
 
 
 def train_ort(
@@ -418,6 +422,8 @@ def train_ort(
     progress: bool = True,
     drop_last: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    lr_at: Callable[[int, int], float] | None = None,
+    on_epoch: Callable[[ir.Model], float | None] | None = None,
 ) -> TrainHistory:
     """Trains ``model`` in place with :class:`OrtTrainer` (initializer values change, nothing else).
 
@@ -446,6 +452,12 @@ def train_ort(
             then has a static batch dimension (see ``batch_size`` of :class:`OrtTrainer`);
             with ``False`` it keeps a symbolic one, which fails for models with AveragePool.
         on_step: Called as ``on_step(step, loss)`` after every step.
+        lr_at: Learning-rate schedule ``lr_at(step, total_steps)`` (e.g.
+            :meth:`otoir.train.config.TrainConfig.lr_at`), assigned to ``optimizer.lr``
+            before every step. None: the optimizer's ``lr`` throughout.
+        on_epoch: Called after every epoch with ``model`` (holding the values trained so far);
+            returns held-out accuracy for :attr:`TrainHistory.epochs`. It may change the
+            model's BatchNorm statistics: the next write-back replaces them.
 
     Returns:
         The history.
@@ -498,6 +510,8 @@ def train_ort(
                     break
                 if loss == "output":
                     yb = None
+                if lr_at is not None:
+                    optimizer.lr = lr_at(step, total)
                 value = tr.step(xb, yb, optimizer)
                 hist.losses.append(value)
                 ep_losses.append(value)
@@ -515,9 +529,18 @@ def train_ort(
                     bar.update(1)
             if ep_losses:
                 hist.epoch_losses.append(float(np.mean(ep_losses)))
+            entry: dict = {"epoch": _epoch + 1, "loss": hist.epoch_losses[-1] if ep_losses else None,
+                           "lr": float(getattr(optimizer, "lr", 0.0))}
+            sp = group_sparsity(optimizer)
+            if sp is not None:
+                entry["group_sparsity"] = float(sp)
             if val_x is not None and val_y is not None:
                 tr.write_back()
                 hist.val.append(evaluate(model, val_x, val_y, batch=max(size, 256), loss=loss, threads=threads))
+            if on_epoch is not None:
+                tr.write_back()
+                entry["accuracy"] = on_epoch(model)
+            hist.epochs.append(entry)
         tr.write_back()
         hist.steps = step
     if bar is not None:

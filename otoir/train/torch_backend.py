@@ -37,9 +37,13 @@ class TorchTrainResult:
         zero_groups: Boolean mask over the groups: exactly zero at the end.
         optimizer: The optimizer (for its state or further steps).
         seconds: Wall time.
+        history: One entry per epoch: ``epoch``, ``loss``, ``lr`` (of the epoch's last step),
+            ``group_sparsity`` (fraction of the groups at zero) and, when ``evaluate`` was
+            given, ``on_epoch``'s ``accuracy``.
     """
 
     losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     zero_groups: np.ndarray | None = None
     optimizer: Any = None
@@ -97,6 +101,8 @@ def make_torch_optimizer(module: torch.nn.Module, groups: Sequence[Group], *, op
 def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, groups: Sequence[Group], *,
                 optimizer: str = "dhspg", epochs: int = 1, device: str | torch.device = "cpu",
                 selector: Callable[[np.ndarray, int], list[int]] | None = None, progress: bool = True,
+                lr_at: Callable[[int, int], float] | None = None,
+                on_epoch: Callable[[torch.nn.Module], float | None] | None = None,
                 **opt_kwargs: Any) -> TorchTrainResult:
     """Trains ``module`` with DHSPG/H2SPG until exactly the target number of groups is zero.
 
@@ -113,6 +119,12 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
         device: Where to train.
         selector: Validity selector (H2SPG).
         progress: Show a progress bar on stderr (rank 0 only under DDP).
+        lr_at: Learning-rate schedule ``lr_at(step, total_steps)`` (e.g.
+            :meth:`otoir.train.config.TrainConfig.lr_at`), set before every step; needs a
+            sized ``loader``. None: the optimizer's ``lr`` throughout.
+        on_epoch: Called after every epoch with the module; returns held-out accuracy for the
+            history (it must not change the module's state: recalibrate BatchNorm on a copy;
+            training resumes in train mode).
         **opt_kwargs: Optimizer options; ``warmup_steps`` and ``projection_steps`` must fit in
             ``epochs × len(loader)`` steps for the target to be reached.
     """
@@ -125,22 +137,36 @@ def train_torch(module: torch.nn.Module, loader: Iterable, loss_fn: Callable, gr
     result = TorchTrainResult(optimizer=opt)
     t0 = time.perf_counter()
     n_groups = opt.layout.num_groups
+    if lr_at is not None and total is None:
+        raise ValueError("an lr schedule needs a loader with a length (the total number of steps)")
+    base_lr = float(opt.param_groups[0]["lr"]) or 1.0
+    ratios = [float(pg["lr"]) / base_lr for pg in opt.param_groups]
     for epoch in range(epochs):
         module.train()
-        total, count = 0.0, 0
+        epoch_loss, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and rank0), leave=False)
         for x, y in bar:
             x, y = _to_device(x, device), _to_device(y, device)
+            if lr_at is not None:  # the schedule scales every param group alike (their lr ratios kept)
+                rate = lr_at(result.steps, total)
+                for pg, r in zip(opt.param_groups, ratios):
+                    pg["lr"] = rate * r
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(_first_output(_forward(module, x)), y)
             loss.backward()
             opt.step()
             result.steps += 1
             rows = _rows(x)
-            total += float(loss.detach()) * rows
+            epoch_loss += float(loss.detach()) * rows
             count += rows
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}", zero=f"{opt.num_zero_groups}/{n_groups}")
-        result.losses.append(total / max(count, 1))
+            bar.set_postfix(loss=f"{epoch_loss / max(count, 1):.4f}", zero=f"{opt.num_zero_groups}/{n_groups}")
+        result.losses.append(epoch_loss / max(count, 1))
+        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": result.losses[-1],
+                                 "lr": float(opt.param_groups[0]["lr"]),
+                                 "group_sparsity": opt.num_zero_groups / max(n_groups, 1)}
+        if on_epoch is not None:
+            entry["accuracy"] = on_epoch(module)
+        result.history.append(entry)
     result.zero_groups = opt.zero_groups
     result.seconds = time.perf_counter() - t0
     return result

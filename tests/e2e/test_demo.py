@@ -1,0 +1,82 @@
+"""otoir-demo end to end (--quick): three-column report.json, models, plot; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from otoir.tools.demo import PRESETS, main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    rc = main(["--quick", "-q", "--out", str(out)])
+    return rc, out
+
+
+def test_quick_writes_three_column_report(quick_run):
+    rc, out = quick_run
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep) == {"demosupnet", "resnet_basic"}
+    for name, r in rep.items():
+        assert r["columns"] == ["baseline", "full", "compressed"], name
+        base, full, comp = r["baseline"], r["full"], r["compressed"]
+        # the dense baseline is the same network as the otoir full model, only trained densely
+        assert base["params"] == full["params"] and base["flops"] == full["flops"] and base["nodes"] == full["nodes"]
+        assert comp["flops"] < base["flops"] and comp["params"] < base["params"]
+        for fig in (base, full, comp):
+            assert 0.0 <= fig["accuracy"] <= 1.0
+            assert set(fig["latency_at_batch"]) == {"1", "64"}  # batch 1 and the training batch
+        d = r["deltas_vs_baseline"]["compressed"]
+        assert d["flops_ratio"] == pytest.approx(comp["flops"] / base["flops"])
+        assert d["accuracy_pt"] == pytest.approx(100 * (comp["accuracy"] - base["accuracy"]))
+        assert r["verified"] is True
+        # per-epoch history of both runs; the dense run never zeroes a group
+        hist = r["history"]
+        assert len(hist["dense"]) == len(hist["otoir"]) == PRESETS["quick"]["epochs"]
+        assert all(e["group_sparsity"] == 0.0 for e in hist["dense"])
+        assert hist["otoir"][-1]["group_sparsity"] > 0.0
+        assert all(os.path.isfile(f) for f in r["files"])
+    sub = rep["demosupnet"]["subnetwork"]
+    assert sub["valid"] is True and sub["kept"], sub
+
+
+def test_quick_writes_models_and_plot(quick_run):
+    rc, out = quick_run
+    assert rc == 0
+    import onnx
+
+    for stem, comp in (("demosupnet", "demosupnet_erased.onnx"), ("resnet", "resnet_pruned.onnx")):
+        for f in (comp, f"{stem}_full.onnx", f"{stem}_dense.onnx"):
+            onnx.checker.check_model(onnx.load(str(out / f)), full_check=True)
+    pytest.importorskip("matplotlib")
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["--quick", "--out", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a directory" in err and str(f) in err
+
+
+def test_out_below_a_file_is_a_one_line_error(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["--quick", "--out", str(f / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("otoir-demo: error: --out") and "Traceback" not in err
+
+
+def test_bad_epochs_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--epochs", "0", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
