@@ -398,7 +398,7 @@ class Train(TrainConfig, Pass):
 
         def on_epoch(model) -> float | None:
             if self.recalibrate_bn:  # the next write-back restores the training run's statistics
-                recalibrate_bn(model, [recal], threads=self.threads or None)
+                recalibrate_bn(model, recal, threads=self.threads or None)
             return evaluate(model, vx, vy, batch=max(self.batch, 256), threads=self.threads or None).accuracy
 
         return on_epoch
