@@ -166,12 +166,28 @@ class ValidityChecker:
                and any(t < 0 or t not in gone for t in segs[i].succs)]
         return cut, gone
 
+    def dead(self, zero_segs: Iterable[int]) -> set[int]:
+        """Segments outside ``zero_segs`` whose output no longer reaches a graph output.
+
+        A segment reaches an output when it feeds one directly or feeds a segment that does and
+        is not zero; ``O(|V_d| + |E_d|)``. Erasing the zero segments leaves these dead
+        (eliminate-dead-branches removes them): the *collateral* of the zero set.
+        """
+        zero = set(zero_segs)
+        segs = self.segments.segments
+        alive: set[int] = set()
+        for i in reversed(self._order):
+            if i not in zero and any(t == OUTPUT or (t >= 0 and t in alive) for t in segs[i].succs):
+                alive.add(i)
+        return {i for i in range(len(segs)) if i not in zero and i not in alive}
+
     def _states(self, zero: Iterable[Group | str | int]) -> tuple[list[int], list[str]]:
         z = self.segments_of(zero)
         gone = self.interior(z)
         segs = self.segments.segments
         state = [_LIVE] * len(segs)
         reasons: list[str] = []
+        joint_reasons: list[tuple[int, str]] = []  # kept only for joints that still reach an output
         for i in self._order:
             s = segs[i]
             if i in z or i in gone:  # erased (the region's inside only feeds the region)
@@ -189,18 +205,21 @@ class ValidityChecker:
                     if i in self._droppable:
                         st = _ZERO  # a sum of zeros, dropped by its consumers in turn
                     else:
-                        reasons.append(f"joint {s.first.name or s.first.op_type} is left without inputs")
+                        joint_reasons.append((i, f"joint {s.first.name or s.first.op_type} is left without inputs"))
                         st = _BROKEN
                 elif kind == "sub" and self._minuend.get(i) is not None and state[self._minuend[i]] != _LIVE:
-                    reasons.append(f"Sub {s.first.name} loses its minuend")
+                    joint_reasons.append((i, f"Sub {s.first.name} loses its minuend"))
                     st = _BROKEN
                 else:
                     st = _LIVE
             else:
                 st = _LIVE if all(x == _LIVE for x in ins) else _BROKEN
                 if st != _LIVE:
-                    reasons.append(f"{s.first.op_type} joint {s.first.name} loses an input")
+                    joint_reasons.append((i, f"{s.first.op_type} joint {s.first.name} loses an input"))
             state[i] = st
+        if joint_reasons:  # a joint on a dead branch (its output reaches no graph output) is harmless
+            dead = self.dead(j for j in range(len(segs)) if state[j] == _ZERO)
+            reasons += [r for j, r in joint_reasons if j not in dead]
         for s in segs:
             if OUTPUT in s.succs and state[s.id] != _LIVE:
                 what = "becomes identically zero" if state[s.id] == _ZERO else "is no longer computed from the inputs"
@@ -393,6 +412,14 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         for s in c.segments.segments:
             live[s.id] = sum(1 for p in s.preds if p >= 0) + (1 if INPUT in s.preds else 0)
     zero_segs: set[int] = set()
+    accepted_set: set[int] = set()
+    collateral: set[int] = set()
+    gezig_exits: dict[int, tuple[int, ...]] = {}
+    if c is not None:
+        for j, g in enumerate(groups):
+            ex = _exits_of(g, c)
+            if ex:
+                gezig_exits[j] = ex
     # Channel groups: groups per tensor (first slice) in the universe, and chosen so far; a
     # tensor may not lose all of them. Counted once, updated per acceptance: O(|groups|).
     zig_total = _groups_per_tensor(groups)
@@ -403,16 +430,34 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         g = groups[i]
         if not g.prunable:
             continue
-        exits = None
-        if c is not None:
-            exits = tuple(g.meta["exits"]) if "exits" in g.meta else (
-                (g.meta["segment"],) if "segment" in g.meta else c.group_exits.get(g.id))
+        exits = gezig_exits.get(i)
         if exits:
-            if any(e in zero_segs or not c.can_add(zero_segs, e, live) for e in exits):
+            if i in collateral or any(e in zero_segs or not c.can_add(zero_segs, e, live) for e in exits):
                 continue
+            trial_live, trial_zero = dict(live), set(zero_segs)
             for e in exits:
-                c.apply_zero(e, live, zero_segs)
+                c.apply_zero(e, trial_live, trial_zero)
+            # Collateral: the other groups this one leaves dead (no path to a graph output) are
+            # removed with it, so they count toward K and join the zero set (the optimizer drives
+            # them to zero too). A candidate that would kill a non-prunable group, or overshoot K
+            # with its collateral, is skipped.
+            dead = c.dead(trial_zero)
+            coll = [j for j, ex in gezig_exits.items()
+                    if j != i and j not in collateral and j not in accepted_set
+                    and all(e in dead or e in trial_zero for e in ex)
+                    and any(e in dead for e in ex)]
+            if len(accepted) + 1 + len(coll) > K or any(not groups[j].prunable for j in coll):
+                continue
+            for j in coll:
+                for e in gezig_exits[j]:
+                    if e not in trial_zero:
+                        c.apply_zero(e, trial_live, trial_zero)
+            live, zero_segs = trial_live, trial_zero
             accepted.append(i)
+            accepted_set.add(i)
+            accepted += coll
+            accepted_set.update(coll)
+            collateral.update(coll)
         else:
             if g.slices:
                 t = g.slices[0].tensor
@@ -421,6 +466,15 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
                 zig_used[t] = zig_used.get(t, 0) + 1
             accepted.append(i)
     return accepted
+
+
+def _exits_of(g: Group, c: ValidityChecker) -> tuple[int, ...] | None:
+    """The segments a GeZIG ends (None: not a GeZIG of the checker)."""
+    if "exits" in g.meta:
+        return tuple(g.meta["exits"])
+    if "segment" in g.meta:
+        return (g.meta["segment"],)
+    return c.group_exits.get(g.id)
 
 
 def _groups_per_tensor(groups: Iterable[Group]) -> dict[str, int]:
