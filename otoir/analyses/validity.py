@@ -604,7 +604,17 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
         best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
         r[:best.size] = best > -np.inf
     else:
-        r[:len(select_redundant(groups, [0.0] * len(groups), len(groups), c)) + 1] = True
+        most = len(select_redundant(groups, [0.0] * len(groups), len(groups), c))
+        if c is not None:  # groups that take others with them (collateral) first can reach more
+            reach = [0.0] * len(groups)
+            for j, g in enumerate(groups):
+                ex = _exits_of(g, c)
+                if ex:
+                    z = set(ex) | c.interior(ex)
+                    reach[j] = float(len(c.dead(z)) + len(z))
+            if any(reach):
+                most = max(most, len(select_redundant(groups, reach, len(groups), c)))
+        r[:most + 1] = True
     return r
 
 
