@@ -12,6 +12,16 @@ topological order (``O(|V_d| + |E_d|)``): a segment is ``live``, ``zero`` (an er
 score order and accepts a group only if the set stays valid; for GeZIGs it uses an equivalent
 local test (each joint the group feeds keeps a live input), ``O(deg)`` per candidate.
 
+*Collateral.* Zeroing a GeZIG can leave other GeZIGs without any path to a graph output (a
+convolution that is the only reader of a Concat: every branch into that Concat then feeds
+nothing; :meth:`ValidityChecker.dead`). Erasing removes them too (eliminate-dead-branches), so
+:func:`select_redundant` counts them: a candidate is accepted together with its collateral, the
+pair counts ``1 + |collateral|`` toward K (a candidate whose collateral would overshoot K, or kill
+a non-prunable group, is skipped) and the collateral joins the returned set. The optimizer's
+redundant set therefore holds every group that erasing removes, training drives all of them to
+zero, and "K groups zeroed" stays exact. A joint on such a dead branch left without inputs (the
+Concat) does not make a set invalid.
+
 The checker travels explicitly with the groups: a :class:`GroupSet` is a tuple of groups with a
 ``checker`` attribute (the GeZIG partition's ``groups``; :func:`otoir.optim.groups_for`), and
 :func:`select_redundant` / :func:`is_valid` take it from there or from their ``checker``
@@ -363,7 +373,11 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
 
     Groups are visited by decreasing score (ties: list order); a group is accepted only if the
     accepted set plus it stays valid, otherwise the next one is tried. Non-prunable groups are
-    skipped. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
+    skipped. A GeZIG that leaves other GeZIGs dead (no path to a graph output: its collateral,
+    :meth:`ValidityChecker.dead`) is accepted with them, the collateral following it in the
+    result, only when the accepted count plus ``1 + |collateral|`` stays within K and every
+    collateral group is prunable; otherwise it is skipped, so the result is exactly what
+    erasing removes. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
     ``O(|groups| log |groups| + |E_d|)`` overall (the sort); other groups (channel ZIGs) are
     refused when they would zero every channel group of one tensor (counted incrementally), or
     more of one tensor's channel groups than its cap in ``layer_caps`` (``max-layer-ratio``).
@@ -592,7 +606,8 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
     """``r[k]``: whether a valid set of exactly ``k`` of ``groups`` exists (``k = 0..len(groups)``).
 
     Under the controls of a :class:`GroupSet` (validity, ``layer_caps``, ``round_to``). Without
-    round-to the reachable counts are ``0..most``; with it, a subset sum over the allowed
+    round-to the reachable counts are ``0..most``, ``most`` the larger of two greedy walks (list
+    order, and groups by how much their zeroing removes, collateral included, first); with it, a subset sum over the allowed
     per-tensor zero counts.
     """
     c = _checker_of(groups, checker)
