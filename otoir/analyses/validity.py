@@ -123,6 +123,9 @@ class ValidityChecker:
         droppable = set(droppable)
         self._droppable: frozenset[int] = frozenset(
             s.id for s in segs if s.id in droppable and s.is_joint and _drop_mode(s.first, vc) is DropInput.SUM)
+        # Segments that reach no graph output even with nothing zero (dangling branches of the
+        # model itself): never counted as a group's collateral.
+        self.dead_before: frozenset[int] = frozenset(self.dead(()))
         # Producer segment of Sub's minuend.
         self._minuend: dict[int, int | None] = {}
         for s in segs:
@@ -165,13 +168,15 @@ class ValidityChecker:
 
         ``cut``: zero segments whose outputs the joints they feed drop (zero exits, and ``SUM``
         joints left without inputs), in topological order; ``gone``: every segment that
-        disappears (those, the regions they end, and zero segments that only feed zero ones).
+        disappears (those, the regions they end, zero segments that only feed zero ones, and
+        the segments left without a path to a graph output: :meth:`dead`).
         """
         state, _ = self._states(zero)
         z = self.segments_of(zero)
         inner = self.interior(z)
         segs = self.segments.segments
         gone = {i for i in range(len(segs)) if state[i] == _ZERO}
+        gone |= self.dead(gone)
         cut = [i for i in self._order if i in gone and i not in inner
                and any(t < 0 or t not in gone for t in segs[i].succs)]
         return cut, gone
@@ -455,7 +460,7 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
             # removed with it, so they count toward K and join the zero set (the optimizer drives
             # them to zero too). A candidate that would kill a non-prunable group, or overshoot K
             # with its collateral, is skipped.
-            dead = c.dead(trial_zero)
+            dead = c.dead(trial_zero) - c.dead_before
             coll = [j for j, ex in gezig_exits.items()
                     if j != i and j not in collateral and j not in accepted_set
                     and all(e in dead or e in trial_zero for e in ex)
@@ -626,7 +631,7 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
                 ex = _exits_of(g, c)
                 if ex:
                     z = set(ex) | c.interior(ex)
-                    reach[j] = float(len(c.dead(z)) + len(z))
+                    reach[j] = float(len(c.dead(z) - c.dead_before) + len(z))
             if any(reach):
                 most = max(most, len(select_redundant(groups, reach, len(groups), c)))
         r[:most + 1] = True

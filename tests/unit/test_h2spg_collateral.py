@@ -56,7 +56,7 @@ def _removed(p: GeZIGPartition, sel) -> set[int]:
     c = p.checker
     z = c.segments_of([p.groups[i] for i in sel])
     zero = z | c.interior(z)
-    dead = c.dead(zero)
+    dead = c.dead(zero) - c.dead_before
     return set(sel) | {j for j, g in enumerate(p.groups)
                        if all(e in dead or e in zero for e in c.segments_of([g]))}
 
