@@ -12,6 +12,16 @@ topological order (``O(|V_d| + |E_d|)``): a segment is ``live``, ``zero`` (an er
 score order and accepts a group only if the set stays valid; for GeZIGs it uses an equivalent
 local test (each joint the group feeds keeps a live input), ``O(deg)`` per candidate.
 
+*Collateral.* Zeroing a GeZIG can leave other GeZIGs without any path to a graph output (a
+convolution that is the only reader of a Concat: every branch into that Concat then feeds
+nothing; :meth:`ValidityChecker.dead`). Erasing removes them too (eliminate-dead-branches), so
+:func:`select_redundant` counts them: a candidate is accepted together with its collateral, the
+pair counts ``1 + |collateral|`` toward K (a candidate whose collateral would overshoot K, or kill
+a non-prunable group, is skipped) and the collateral joins the returned set. The optimizer's
+redundant set therefore holds every group that erasing removes, training drives all of them to
+zero, and "K groups zeroed" stays exact. A joint on such a dead branch left without inputs (the
+Concat) does not make a set invalid.
+
 The checker travels explicitly with the groups: a :class:`GroupSet` is a tuple of groups with a
 ``checker`` attribute (the GeZIG partition's ``groups``; :func:`otoir.optim.groups_for`), and
 :func:`select_redundant` / :func:`is_valid` take it from there or from their ``checker``
@@ -113,6 +123,9 @@ class ValidityChecker:
         droppable = set(droppable)
         self._droppable: frozenset[int] = frozenset(
             s.id for s in segs if s.id in droppable and s.is_joint and _drop_mode(s.first, vc) is DropInput.SUM)
+        # Segments that reach no graph output even with nothing zero (dangling branches of the
+        # model itself): never counted as a group's collateral.
+        self.dead_before: frozenset[int] = frozenset(self.dead(()))
         # Producer segment of Sub's minuend.
         self._minuend: dict[int, int | None] = {}
         for s in segs:
@@ -155,16 +168,33 @@ class ValidityChecker:
 
         ``cut``: zero segments whose outputs the joints they feed drop (zero exits, and ``SUM``
         joints left without inputs), in topological order; ``gone``: every segment that
-        disappears (those, the regions they end, and zero segments that only feed zero ones).
+        disappears (those, the regions they end, zero segments that only feed zero ones, and
+        the segments left without a path to a graph output: :meth:`dead`).
         """
         state, _ = self._states(zero)
         z = self.segments_of(zero)
         inner = self.interior(z)
         segs = self.segments.segments
         gone = {i for i in range(len(segs)) if state[i] == _ZERO}
+        gone |= self.dead(gone)
         cut = [i for i in self._order if i in gone and i not in inner
                and any(t < 0 or t not in gone for t in segs[i].succs)]
         return cut, gone
+
+    def dead(self, zero_segs: Iterable[int]) -> set[int]:
+        """Segments outside ``zero_segs`` whose output no longer reaches a graph output.
+
+        A segment reaches an output when it feeds one directly or feeds a segment that does and
+        is not zero; ``O(|V_d| + |E_d|)``. Erasing the zero segments leaves these dead
+        (eliminate-dead-branches removes them): the *collateral* of the zero set.
+        """
+        zero = set(zero_segs)
+        segs = self.segments.segments
+        alive: set[int] = set()
+        for i in reversed(self._order):
+            if i not in zero and any(t == OUTPUT or (t >= 0 and t in alive) for t in segs[i].succs):
+                alive.add(i)
+        return {i for i in range(len(segs)) if i not in zero and i not in alive}
 
     def _states(self, zero: Iterable[Group | str | int]) -> tuple[list[int], list[str]]:
         z = self.segments_of(zero)
@@ -172,6 +202,7 @@ class ValidityChecker:
         segs = self.segments.segments
         state = [_LIVE] * len(segs)
         reasons: list[str] = []
+        joint_reasons: list[tuple[int, str]] = []  # kept only for joints that still reach an output
         for i in self._order:
             s = segs[i]
             if i in z or i in gone:  # erased (the region's inside only feeds the region)
@@ -189,18 +220,21 @@ class ValidityChecker:
                     if i in self._droppable:
                         st = _ZERO  # a sum of zeros, dropped by its consumers in turn
                     else:
-                        reasons.append(f"joint {s.first.name or s.first.op_type} is left without inputs")
+                        joint_reasons.append((i, f"joint {s.first.name or s.first.op_type} is left without inputs"))
                         st = _BROKEN
                 elif kind == "sub" and self._minuend.get(i) is not None and state[self._minuend[i]] != _LIVE:
-                    reasons.append(f"Sub {s.first.name} loses its minuend")
+                    joint_reasons.append((i, f"Sub {s.first.name} loses its minuend"))
                     st = _BROKEN
                 else:
                     st = _LIVE
             else:
                 st = _LIVE if all(x == _LIVE for x in ins) else _BROKEN
                 if st != _LIVE:
-                    reasons.append(f"{s.first.op_type} joint {s.first.name} loses an input")
+                    joint_reasons.append((i, f"{s.first.op_type} joint {s.first.name} loses an input"))
             state[i] = st
+        if joint_reasons:  # a joint on a dead branch (its output reaches no graph output) is harmless
+            dead = self.dead(j for j in range(len(segs)) if state[j] == _ZERO)
+            reasons += [r for j, r in joint_reasons if j not in dead]
         for s in segs:
             if OUTPUT in s.succs and state[s.id] != _LIVE:
                 what = "becomes identically zero" if state[s.id] == _ZERO else "is no longer computed from the inputs"
@@ -344,7 +378,11 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
 
     Groups are visited by decreasing score (ties: list order); a group is accepted only if the
     accepted set plus it stays valid, otherwise the next one is tried. Non-prunable groups are
-    skipped. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
+    skipped. A GeZIG that leaves other GeZIGs dead (no path to a graph output: its collateral,
+    :meth:`ValidityChecker.dead`) is accepted with them, the collateral following it in the
+    result, only when the accepted count plus ``1 + |collateral|`` stays within K and every
+    collateral group is prunable; otherwise it is skipped, so the result is exactly what
+    erasing removes. For GeZIGs the test is local (each joint fed keeps a live input), so the walk costs
     ``O(|groups| log |groups| + |E_d|)`` overall (the sort); other groups (channel ZIGs) are
     refused when they would zero every channel group of one tensor (counted incrementally), or
     more of one tensor's channel groups than its cap in ``layer_caps`` (``max-layer-ratio``).
@@ -393,6 +431,14 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         for s in c.segments.segments:
             live[s.id] = sum(1 for p in s.preds if p >= 0) + (1 if INPUT in s.preds else 0)
     zero_segs: set[int] = set()
+    accepted_set: set[int] = set()
+    collateral: set[int] = set()
+    gezig_exits: dict[int, tuple[int, ...]] = {}
+    if c is not None:
+        for j, g in enumerate(groups):
+            ex = _exits_of(g, c)
+            if ex:
+                gezig_exits[j] = ex
     # Channel groups: groups per tensor (first slice) in the universe, and chosen so far; a
     # tensor may not lose all of them. Counted once, updated per acceptance: O(|groups|).
     zig_total = _groups_per_tensor(groups)
@@ -403,16 +449,34 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
         g = groups[i]
         if not g.prunable:
             continue
-        exits = None
-        if c is not None:
-            exits = tuple(g.meta["exits"]) if "exits" in g.meta else (
-                (g.meta["segment"],) if "segment" in g.meta else c.group_exits.get(g.id))
+        exits = gezig_exits.get(i)
         if exits:
-            if any(e in zero_segs or not c.can_add(zero_segs, e, live) for e in exits):
+            if i in collateral or any(e in zero_segs or not c.can_add(zero_segs, e, live) for e in exits):
                 continue
+            trial_live, trial_zero = dict(live), set(zero_segs)
             for e in exits:
-                c.apply_zero(e, live, zero_segs)
+                c.apply_zero(e, trial_live, trial_zero)
+            # Collateral: the other groups this one leaves dead (no path to a graph output) are
+            # removed with it, so they count toward K and join the zero set (the optimizer drives
+            # them to zero too). A candidate that would kill a non-prunable group, or overshoot K
+            # with its collateral, is skipped.
+            dead = c.dead(trial_zero) - c.dead_before
+            coll = [j for j, ex in gezig_exits.items()
+                    if j != i and j not in collateral and j not in accepted_set
+                    and all(e in dead or e in trial_zero for e in ex)
+                    and any(e in dead for e in ex)]
+            if len(accepted) + 1 + len(coll) > K or any(not groups[j].prunable for j in coll):
+                continue
+            for j in coll:
+                for e in gezig_exits[j]:
+                    if e not in trial_zero:
+                        c.apply_zero(e, trial_live, trial_zero)
+            live, zero_segs = trial_live, trial_zero
             accepted.append(i)
+            accepted_set.add(i)
+            accepted += coll
+            accepted_set.update(coll)
+            collateral.update(coll)
         else:
             if g.slices:
                 t = g.slices[0].tensor
@@ -421,6 +485,15 @@ def select_redundant(groups: Sequence[Group], scores: Sequence[float] | Mapping[
                 zig_used[t] = zig_used.get(t, 0) + 1
             accepted.append(i)
     return accepted
+
+
+def _exits_of(g: Group, c: ValidityChecker) -> tuple[int, ...] | None:
+    """The segments a GeZIG ends (None: not a GeZIG of the checker)."""
+    if "exits" in g.meta:
+        return tuple(g.meta["exits"])
+    if "segment" in g.meta:
+        return (g.meta["segment"],)
+    return c.group_exits.get(g.id)
 
 
 def _groups_per_tensor(groups: Iterable[Group]) -> dict[str, int]:
@@ -538,7 +611,8 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
     """``r[k]``: whether a valid set of exactly ``k`` of ``groups`` exists (``k = 0..len(groups)``).
 
     Under the controls of a :class:`GroupSet` (validity, ``layer_caps``, ``round_to``). Without
-    round-to the reachable counts are ``0..most``; with it, a subset sum over the allowed
+    round-to the reachable counts are ``0..most``, ``most`` the larger of two greedy walks (list
+    order, and groups by how much their zeroing removes, collateral included, first); with it, a subset sum over the allowed
     per-tensor zero counts.
     """
     c = _checker_of(groups, checker)
@@ -550,7 +624,17 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
         best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
         r[:best.size] = best > -np.inf
     else:
-        r[:len(select_redundant(groups, [0.0] * len(groups), len(groups), c)) + 1] = True
+        most = len(select_redundant(groups, [0.0] * len(groups), len(groups), c))
+        if c is not None:  # groups that take others with them (collateral) first can reach more
+            reach = [0.0] * len(groups)
+            for j, g in enumerate(groups):
+                ex = _exits_of(g, c)
+                if ex:
+                    z = set(ex) | c.interior(ex)
+                    reach[j] = float(len(c.dead(z) - c.dead_before) + len(z))
+            if any(reach):
+                most = max(most, len(select_redundant(groups, reach, len(groups), c)))
+        r[:most + 1] = True
     return r
 
 

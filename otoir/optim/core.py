@@ -8,7 +8,8 @@ Schedule (all counts in calls to ``step``; step ``t`` is the ``t``-th call, from
 
 * ``t < warmup_steps``: plain base steps; redundancy scores (:func:`~otoir.optim.rules.redundancy_score`
   on ``x_t`` and the raw gradient) are averaged with momentum ω every ``score_interval`` steps.
-* ``t == warmup_steps``: partition — the selector picks exactly K redundant groups.
+* ``t == warmup_steps``: partition — the selector picks exactly K redundant groups (H2SPG's
+  :func:`~otoir.analyses.validity.select_redundant` counts the groups a choice leaves dead among them).
 * ``warmup_steps ≤ t < warmup_steps + projection_steps``: hybrid steps. Important groups take
   the base step; redundant groups the subgradient step of ``f + Σλ_g‖x_g‖`` followed by the
   half-space projection. At ``t = warmup_steps + projection_steps − 1`` every redundant group not

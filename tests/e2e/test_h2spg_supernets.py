@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from otoir.analyses.groups import group_is_zero, set_tensor_array  # noqa: E402
-from otoir.analyses.validity import is_valid, select_redundant  # noqa: E402
+from otoir.analyses.validity import is_valid, reachable_counts  # noqa: E402
 from otoir.frontends.torch_export import export_torch  # noqa: E402
 from otoir.optim.from_groups import groups_for, make_numpy_stepper  # noqa: E402
 from otoir.zoo import build  # noqa: E402
@@ -26,7 +26,7 @@ def supernet(request):
 def test_h2spg_zero_set_is_valid_and_exact(supernet, fraction):
     name, model, groups = supernet
     k = int(np.floor(fraction * len(groups) + 1e-9))
-    most = len(select_redundant(groups, [0.0] * len(groups), len(groups)))
+    most = int(np.flatnonzero(reachable_counts(groups)).max())
     if k > most:  # no valid set that large exists: refused up front, with the reachable target
         with pytest.raises(ValueError, match=f"at most {most} can be erased"):
             make_numpy_stepper("h2spg", model, groups, target_sparsity=fraction)
