@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -268,7 +269,7 @@ def _subnetwork(res: Any) -> dict[str, Any]:
         if gid in zero:
             continue
         # a non-zero segment whose nodes all left the model fed only erased segments (dead branch)
-        first = label.split("-")[0]
+        first = re.sub(r" \(\+\d+ segments?\)$", "", label).split("-")[0]  # "A-B (+N segments)" -> A
         (alive if any(first == n for n in kept_nodes) else dead).append(label)
     return {"erased (zero)": [labels[g] for g in res.zero_group_ids], "removed as dead branches": dead,
             "kept": alive, "valid": bool(res.report.verified)}
