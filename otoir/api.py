@@ -235,7 +235,14 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         dense_src = copy.deepcopy(model) if dense_baseline else None  # the same initial values
         torch.manual_seed(seed)
         example = example_inputs if example_inputs is not None else _example_from(ds, model)
-        onnx_model = export_torch(model, example)
+        try:
+            onnx_model = export_torch(model, example)
+        except OtoirError:
+            raise
+        except Exception as exc:  # the module's own error on the example (shapes, channels, dtypes)
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise OtoirError(f"compress: exporting {type(model).__name__} with the example inputs failed: "
+                             f"{first}") from None
         if isinstance(example, dict):  # from here on positional, in forward's order (as exported)
             example = positional_inputs(model, example)[0]
     else:
@@ -281,9 +288,11 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     }
     if kept:
         details["kept"] = "; ".join(f"{gid}: {why}" for gid, why in sorted(kept.items()))
-    if out.get("channels"):  # kept counts of the sliced tensors (round-to multiples show here)
+    if out.get("channels"):  # kept counts of the sliced weights (round-to multiples show here)
+        # the layers' weights (rank >= 2) only: their BatchNorm vectors and biases follow them
+        rank = {v.name: len(v.shape) for v in full.graph.initializers.values() if v.shape is not None}
         details["kept channels"] = "; ".join(f"{t}[{a}] {b}->{c}" for t, lost in sorted(out["channels"].items())
-                                             for a, b, c in lost)
+                                             if rank.get(t, 2) >= 2 for a, b, c in lost)
     if mode == "erase":
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)

@@ -353,3 +353,16 @@ def test_token_model_with_dropout_ort_backend(bert):
     res = otoir.compress(model, token_loader(bert), mode="prune", target_sparsity=0.3, epochs=2, lr=0.01,
                          backend="ort", **QUIET)
     check_compressed(res)
+
+
+def test_example_inputs_that_do_not_fit_the_module_are_one_line():
+    torch = pytest.importorskip("torch")
+    import otoir
+    from otoir.errors import OtoirError
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    module(torch.randn(1, 1, 28, 28))
+    with pytest.raises(OtoirError) as info:
+        otoir.compress(module, "mnist", mode="prune", epochs=1, progress=False, example_inputs=torch.randn(2, 3, 28, 28))
+    msg = str(info.value)
+    assert "\n" not in msg and "example inputs" in msg and "Sequential" in msg
