@@ -183,17 +183,9 @@ def _flops_count(groups, scores, target: float, costs) -> list[int]:
             cache[k] = (sel, costs.predict(sel) / full)
         return cache[k]
 
-    hi = len(at(len(groups))[0])
-    lo = 0
-    if at(hi)[1] > target:
-        return at(hi)[0]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if at(mid)[1] <= target:
-            hi = mid
-        else:
-            lo = mid
-    return at(hi)[0]
+    from otoir.analyses.latency import smallest_selection
+
+    return smallest_selection(at, len(at(len(groups))[0]), target)
 
 
 def _construct(model, groups, chosen):

@@ -36,7 +36,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,7 @@ __all__ = [
     "latency_selector",
     "LatencySelector",
     "runtime_aligned",
+    "smallest_selection",
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
@@ -844,9 +845,15 @@ def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
             cache[k] = (chosen, costs.predict(chosen))
         return cache[k]
 
-    # the smallest K whose selection is predicted to meet the goal (bisection: the prediction
-    # falls with K up to alignment noise); select_redundant applies every control (round-to too)
-    hi = len(at(n_ok)[0])
+    # select_redundant applies every control (round-to too)
+    return smallest_selection(at, len(at(n_ok)[0]), goal)
+
+
+def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, goal: float) -> list[int]:
+    """The selection of the smallest count K ≤ ``most`` whose predicted cost ``at(K)[1]`` is at
+    most ``goal`` (bisection: the prediction falls with K up to alignment noise); the selection
+    of ``most`` when even that one does not meet the goal. ``at(K)`` is ``(selection, cost)``."""
+    hi = most
     if at(hi)[1] > goal:
         return at(hi)[0]
     lo = 0
