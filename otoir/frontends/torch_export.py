@@ -266,14 +266,19 @@ def export_torch(
     proto.ir_version = _IR_VERSION
     model = ir.from_proto(proto)
     model.ir_version = _IR_VERSION
+    _finish_export(module, model, inputs, training, "torchscript")
+    return model
+
+
+def _finish_export(module: Any, model: ir.Model, inputs: Any, training: bool, exporter: str) -> None:
+    """What every exporter's output gets: initializers the exporter merged by value un-shared,
+    the module's exact values restored, names checked against the module, and the metadata."""
     _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
     _restore_state_values(module, model)
-
     unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, training))
     model.meta[UNUSED_PARAMETERS_KEY] = unused
     model.meta[ALIASES_KEY] = aliases
-    model.meta[EXPORTER_KEY] = "torchscript"
-    return model
+    model.meta[EXPORTER_KEY] = exporter
 
 
 def _default_names(module: torch.nn.Module, inputs: tuple[Any, ...], training: bool,
@@ -336,12 +341,7 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: i
     model = ir.from_proto(ir.to_proto(program.model))  # a plain copy, detached from the exporter's objects
     model.ir_version = _IR_VERSION
     _map_names_back(module, model)
-    _undo_initializer_dedup(model, list(module.state_dict(keep_vars=True)))
-    _restore_state_values(module, model)
-    unused, aliases = _verify_names(module, model, lambda: _parameters_with_grad(module, inputs, False))
-    model.meta[UNUSED_PARAMETERS_KEY] = unused
-    model.meta[ALIASES_KEY] = aliases
-    model.meta[EXPORTER_KEY] = "dynamo"
+    _finish_export(module, model, inputs, False, "dynamo")  # traced in eval form
     if training:
         from otoir.infra import PassManager
         from otoir.infra.registry import get_pass

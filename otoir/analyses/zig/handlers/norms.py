@@ -22,6 +22,18 @@ if TYPE_CHECKING:
 __all__ = ["per_channel", "layer_norm", "rms_norm", "group_norm"]
 
 
+def _normalised_axes(st: ChannelState, node: ir.Node):
+    """``(track, shape, axis, normalised axes)`` of a normalisation over the axes from the
+    attribute ``axis`` (default -1) on, or None when its input is untracked or of unknown shape."""
+    x = node.inputs[0]
+    t = st.track(x)
+    xs = st.shape(x)
+    if t is None or xs is None:
+        return None
+    axis = normalize_axis(int(attr(node, "axis", -1)), len(xs))
+    return t, xs, axis, tuple(range(axis, len(xs)))
+
+
 def rms_norm(st: ChannelState, node: ir.Node) -> None:
     """ONNX RMSNormalization (variant ``rms-norm``): exact over the pruned axis.
 
@@ -31,13 +43,11 @@ def rms_norm(st: ChannelState, node: ir.Node) -> None:
     outputs (recorded in ``st.channel_reductions``). A position that is not zero when its
     group is zeroed would change the statistics: its group is refused.
     """
-    x, y = node.inputs[0], node.outputs[0]
-    t = st.track(x)
-    xs = st.shape(x)
-    if t is None or xs is None:
+    got = _normalised_axes(st, node)
+    if got is None:
         return
-    axis = normalize_axis(int(attr(node, "axis", -1)), len(xs))
-    normed = tuple(range(axis, len(xs)))
+    t, xs, axis, normed = got
+    y = node.outputs[0]
     if not any(a in normed for a in t.axes):
         st.set(y, Track(t.axes, t.ids, t.zero.copy()))  # per-position statistics: exact
         return
@@ -61,13 +71,11 @@ def rms_norm(st: ChannelState, node: ir.Node) -> None:
 
 def layer_norm(st: ChannelState, node: ir.Node) -> None:
     """Normalisation over the axes from ``axis`` (default -1) on, scale and bias inputs 1 and 2."""
-    x, y = node.inputs[0], node.outputs[0]
-    t = st.track(x)
-    xs = st.shape(x)
-    if t is None or xs is None:
+    got = _normalised_axes(st, node)
+    if got is None:
         return
-    axis = normalize_axis(int(attr(node, "axis", -1)), len(xs))
-    normed = tuple(range(axis, len(xs)))
+    t, xs, axis, normed = got
+    y = node.outputs[0]
     tracked_normed = [a for a in t.axes if a in normed]
     if tracked_normed:
         if len(normed) != 1:
