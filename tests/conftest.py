@@ -241,3 +241,16 @@ def _torch_single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def mnist_256():
+    """A fixed 256-image training / 64-image held-out subset of the shipped MNIST (seed 0)."""
+    import numpy as np
+
+    from otoir.data import Dataset, load_dataset
+
+    ds = load_dataset("mnist")
+    rng = np.random.default_rng(0)
+    tr, va = rng.choice(len(ds.train_x), 256, replace=False), rng.choice(len(ds.val_x), 64, replace=False)
+    return Dataset(ds.train_x[tr], ds.train_y[tr], ds.val_x[va], ds.val_y[va], ds.num_classes, "mnist-256")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from otoir.analyses.groups import group_is_zero, zero_group
@@ -82,15 +81,11 @@ def test_ignore_and_max_layer_ratio_parse_as_train_options():
         get_pass("train")(max_layer_ratio=0.0)
 
 
-def test_compress_ignore_keeps_the_matching_groups():
+def test_compress_ignore_keeps_the_matching_groups(mnist_256):
     import otoir
-    from otoir.data import Dataset, load_dataset
     from otoir.zoo import build
 
-    ds = load_dataset("mnist")
-    rng = np.random.default_rng(0)
-    tr, va = rng.choice(len(ds.train_x), 256, replace=False), rng.choice(len(ds.val_x), 64, replace=False)
-    small = Dataset(ds.train_x[tr], ds.train_y[tr], ds.val_x[va], ds.val_y[va], ds.num_classes, "mnist-256")
+    small = mnist_256
     torch.manual_seed(0)
     module, _ = build("resnet_basic", in_channels=1, width=4)
     example = torch.from_numpy(small.train_x[:2])

@@ -304,15 +304,11 @@ def test_torch_dhspg_zeroes_multiples():
     assert per and all((chans[t] - z) % 8 == 0 and chans[t] - z > 0 for t, z in per.items())
 
 
-def test_compress_round_to_end_to_end():
+def test_compress_round_to_end_to_end(mnist_256):
     import otoir
-    from otoir.data import Dataset, load_dataset
     from otoir.zoo import build
 
-    ds = load_dataset("mnist")
-    rng = np.random.default_rng(0)
-    tr, va = rng.choice(len(ds.train_x), 256, replace=False), rng.choice(len(ds.val_x), 64, replace=False)
-    small = Dataset(ds.train_x[tr], ds.train_y[tr], ds.val_x[va], ds.val_y[va], ds.num_classes, "mnist-256")
+    small = mnist_256
     torch.manual_seed(0)
     module, _ = build("resnet_basic", in_channels=1, width=12)
     example = torch.from_numpy(small.train_x[:2])
