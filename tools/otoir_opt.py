@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         VerifierError,
     )
 
-    written: list[str] = []
+    written = _WRITTEN  # shared with the SIGINT handler, which may have to exit without unwinding
+    written.clear()
     try:
         if args.help:
             build_parser(with_passes=True).print_help(stdout)
@@ -496,9 +497,26 @@ def _zoo_model(spec: str):
                          f"{_one_line(str(exc))[:300]}") from None
 
 
+_WRITTEN: list[str] = []  # outputs finished by the running ``main``
+
+
+def _in_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_sigint(signum, frame) -> None:
     # A second Ctrl-C must not interrupt the cleanup (temporary files) the first one started.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _in_import(frame):
+        # An exception raised while a module imports can cross a native extension's initialiser
+        # (onnx's nanobind module creates Python enums there), which aborts the process instead of
+        # unwinding. Imports write nothing, so exit now, with the same one line.
+        _interrupted(sys.stderr, _WRITTEN)
+        os._exit(130)
     raise KeyboardInterrupt
 
 

@@ -300,6 +300,21 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
     assert lines == ["otoir-opt: interrupted; nothing written"], err
 
 
+def test_ctrl_c_during_an_import_exits_130_without_unwinding(tmp_path):
+    """SIGINT while a module imports must not raise there: raised inside a native extension's
+    initialiser (onnx's nanobind enums), the exception aborted the process (SIGABRT) in CI."""
+    (tmp_path / "interrupted_mod.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\nraise SystemExit(3)\n")
+    code = ("import signal, sys\n"
+            f"sys.path.insert(0, {str(tmp_path)!r})\n"
+            "from otoir.tools import otoir_opt\n"
+            "signal.signal(signal.SIGINT, otoir_opt._on_sigint)\n"
+            "import interrupted_mod\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "otoir-opt: interrupted; nothing written\n"
+
+
 def test_keyboard_interrupt_in_a_pass_leaves_nothing(tmp_path, good):
     from dataclasses import dataclass
 
