@@ -124,6 +124,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              variant: str = "sgd",
              optimizer: str | None = None, backend: str = "auto", example_inputs: Any = None,
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
+             decay: str = "linear",
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
              max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0,
@@ -163,6 +164,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             count if >= 1).
         projection: Fraction of the steps over which they are driven to zero (a count if >= 1).
         epsilon: Half-space projection threshold.
+        decay: ``linear``: the redundant groups are scaled down every step of the projection
+            window, reaching exactly zero at its end; ``none``: penalty and half-space
+            projection only, the rest zeroed at the window's end.
         lam: Base group-lasso coefficient.
         seed: Seed for initial batch order (and torch's RNG on the torch backend).
         progress: Show progress bars on stderr.
@@ -216,7 +220,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         p = get_pass(f"otoir-{mode}")(
             data=ds.name, optimizer=optimizer or "auto", variant=variant, epochs=epochs, batch=batch, lr=lr,
             momentum=momentum, weight_decay=weight_decay, target_sparsity=target_sparsity, warmup=warmup,
-            projection=projection, lam=lam, epsilon=epsilon, recalibrate_bn=recalibrate_bn, backend=backend,
+            projection=projection, lam=lam, epsilon=epsilon, decay=decay, recalibrate_bn=recalibrate_bn, backend=backend,
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
             round_to=round_to, target_latency=target_latency, lr_schedule=lr_schedule, lr_warmup=lr_warmup,

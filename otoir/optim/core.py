@@ -31,6 +31,7 @@ from otoir.optim.rules import LambdaRule, redundancy_score, select_top_k
 __all__ = [
     "Backend",
     "BaseRule",
+    "DECAYS",
     "HybridCore",
     "HybridStatus",
     "Selector",
@@ -87,6 +88,13 @@ class SparsitySchedule:
         lam: λ_g rule (DHSPG's adaptive bounds by default).
         score_momentum: ω of the score average.
         score_interval: Compute scores every this many warm-up steps (and on the last one).
+        decay: How the redundant groups approach zero inside the window. ``"linear"`` (the
+            default): after every step the still non-zero redundant groups are multiplied by
+            ``(R−1)/R``, ``R`` the steps left in the window, so their norm falls linearly to
+            exactly 0 at its end (the progressive forgetting of OTO's HESSO) while the kept
+            groups learn to do without them. ``"none"``: the λ penalty and half-space projection
+            alone (DHSPG/H2SPG as published); the groups still non-zero at the window's end are
+            projected at once, which can cost most of the accuracy at that step.
     """
 
     target: float | int = 0.5
@@ -96,6 +104,7 @@ class SparsitySchedule:
     lam: LambdaRule = field(default_factory=LambdaRule)
     score_momentum: float = 0.9
     score_interval: int = 1
+    decay: str = "linear"
 
     def __post_init__(self) -> None:
         if isinstance(self.target, bool) or not isinstance(self.target, (int, float)):
@@ -110,6 +119,8 @@ class SparsitySchedule:
             raise ValueError("epsilon must be in [0, 1)")
         if not 0.0 <= self.score_momentum < 1.0:
             raise ValueError("score_momentum must be in [0, 1)")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got '{self.decay}'")
 
     def target_count(self, num_groups: int) -> int:
         """K for a layout of ``num_groups`` groups (:func:`target_count`)."""
@@ -119,6 +130,17 @@ class SparsitySchedule:
     def final_step(self) -> int:
         """Index of the step after which exactly K groups are zero."""
         return self.warmup_steps + max(self.projection_steps, 1) - 1
+
+    def decay_factor(self, step: int) -> float:
+        """The factor the live redundant groups are multiplied by after step ``step`` (1: none)."""
+        if self.decay == "none" or not self.warmup_steps <= step <= self.final_step:
+            return 1.0
+        left = self.final_step - step + 1
+        return (left - 1) / left
+
+
+#: Values of :attr:`SparsitySchedule.decay`.
+DECAYS = ("linear", "none")
 
 
 def target_count(target: float | int, num_groups: int) -> int:
@@ -198,6 +220,7 @@ class HybridCore:
         self.selected: list[int] | None = None
         self.redundant = np.zeros(G, dtype=bool)
         self.zero = np.zeros(G, dtype=bool)
+        self._decay_tensors: tuple[bytes, list[int]] | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -282,9 +305,28 @@ class HybridCore:
                 force = (not self.penalise_all) and t >= s.final_step
                 self.zero |= be.fused_halfspace(active, lr, s.lam, s.epsilon, force)
             be.base_step(lr)
+            self._decay(be, active, t)
             if self.zero.any():
                 be.rezero(self.zero)
         self.step_count += 1
+
+    def _decay(self, be: Backend, active: np.ndarray, t: int) -> None:
+        """Scales the redundant groups that were live before step ``t`` by its decay factor."""
+        if self.penalise_all or not active.any():
+            return
+        f = self.schedule.decay_factor(t)
+        if f == 1.0:
+            return
+        from otoir.optim.halfspace import apply_group_scale
+
+        scale = np.where(active & ~self.zero, f, 1.0)
+        if not (scale != 1.0).any():
+            return
+        key = np.packbits(self.redundant).tobytes()
+        if self._decay_tensors is None or self._decay_tensors[0] != key:
+            ids = [i for i in range(len(self.layout.tensors)) if self.redundant[self.layout.groups_of_tensor(i)].any()]
+            self._decay_tensors = (key, ids)
+        apply_group_scale(self.layout, be.layout_params(), scale, self._decay_tensors[1])
 
     def _fused(self, be: Any, lr: float) -> bool:
         from otoir.optim.fused import StepRequest
@@ -319,6 +361,7 @@ class HybridCore:
             return False
         if out[1] is not None:
             self.zero |= out[1]
+        self._decay(be, active, t)
         return True
 
     # ------------------------------------------------------------------ checkpoint

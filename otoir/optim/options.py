@@ -11,7 +11,7 @@ Flat keyword → field:
 ``variant``, ``momentum``, ``dampening``, ``weight_decay``, ``betas``, ``eps``
                           :class:`BaseRule` fields of the same name
 ``target``, ``warmup_steps``, ``projection_steps``, ``epsilon``,
-``score_momentum``, ``score_interval``
+``score_momentum``, ``score_interval``, ``decay``
                           :class:`SparsitySchedule` fields of the same name
 ``lam``                   :attr:`LambdaRule.lam` (or a whole :class:`LambdaRule`)
 ``lambda_amplify``        :attr:`LambdaRule.amplify`
@@ -34,7 +34,8 @@ from otoir.optim.rules import LambdaRule
 __all__ = ["ALGORITHMS", "AlgorithmSpec", "Configured", "OPTION_NAMES", "configure"]
 
 _BASE_FIELDS = ("variant", "momentum", "dampening", "weight_decay", "betas", "eps")
-_SCHEDULE_FIELDS = ("target", "warmup_steps", "projection_steps", "epsilon", "score_momentum", "score_interval")
+_SCHEDULE_FIELDS = ("target", "warmup_steps", "projection_steps", "epsilon", "score_momentum", "score_interval",
+                    "decay")
 _LAMBDA_FIELDS = {"lam": "lam", "lambda_amplify": "amplify", "lambda_hat_coeff": "hat_coeff"}
 
 #: Every flat keyword the optimizer constructors accept besides ``lr``, ``base``, ``schedule``
@@ -69,7 +70,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         selector="none",
         penalise_all=True,
         fixed={"target": 0, "projection_steps": 0, "score_momentum": 0.0,
-               "lambda_amplify": 1.0, "lambda_hat_coeff": 1.0, "adaptive": False},
+               "lambda_amplify": 1.0, "lambda_hat_coeff": 1.0, "adaptive": False, "decay": "none"},
     ),
 }
 

@@ -63,6 +63,11 @@ class TrainConfig:
         projection: Steps over which they are driven to zero (fraction or count, as warmup).
         lam: Base group-lasso coefficient λ.
         epsilon: Half-space projection threshold ε in [0, 1).
+        decay: ``linear`` (default): the redundant groups are scaled down every step of the
+            projection window and reach exactly zero at its end, so the kept groups take over
+            their work gradually; ``none``: the λ penalty and half-space projection only, and the
+            groups still non-zero at the window's end are zeroed at once (DHSPG as published; the
+            accuracy can collapse at that step). See :attr:`otoir.optim.core.SparsitySchedule.decay`.
         recalibrate_bn: After training, re-estimate BatchNorm running statistics from the
             training inputs (running averages taken while the weights moved lag behind them).
         backend: ``torch`` (the module the model was exported from, lent as
@@ -103,6 +108,8 @@ class TrainConfig:
     projection: float = option(0.35, "steps over which they are driven to zero: a fraction, or a count if >= 1")
     lam: float = option(1e-3, "base group-lasso coefficient lambda")
     epsilon: float = option(0.0, "half-space projection threshold, in [0, 1)")
+    decay: str = option("linear", "how the redundant groups reach zero in the projection window: linear (scaled "
+                                  "down every step to exactly 0 at its end) | none (penalty, then projected at once)")
     recalibrate_bn: bool = option(True, "re-estimate BatchNorm running statistics from the training inputs after training")
     backend: str = option("auto", "auto | torch | ort (auto: torch when the caller lends a torch module, else ort)")
     seed: int = option(0, "seed of the batch order (and of torch's RNG)")
@@ -146,7 +153,7 @@ class TrainConfig:
             object.__setattr__(self, "target_sparsity", float(self.target_sparsity))
         try:  # the optimizer library's own checks: one validation of the target, ε, the base rule
             BaseRule(variant=self.variant, momentum=self.momentum, weight_decay=self.weight_decay)
-            SparsitySchedule(target=self.target_sparsity, epsilon=self.epsilon)
+            SparsitySchedule(target=self.target_sparsity, epsilon=self.epsilon, decay=self.decay)
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc).replace("target", "target-sparsity", 1)) from None
 
@@ -203,7 +210,7 @@ class TrainConfig:
         warm, proj = self.schedule_steps(total)
         return dict(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, variant=self.variant,
                     target=self.target_sparsity, warmup_steps=warm, projection_steps=proj, epsilon=self.epsilon,
-                    lam=self.lam)
+                    lam=self.lam, decay=self.decay)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

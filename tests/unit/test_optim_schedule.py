@@ -182,3 +182,40 @@ def test_checkpoint_round_trip_gives_identical_steps(variant, cut):
     p_b = _run(b, A, y, 30, seed=2, params=saved_params)
     assert np.array_equal(p_a["w"], p_b["w"]) and np.array_equal(p_a["bias"], p_b["bias"])
     assert np.array_equal(a.zero_groups, b.zero_groups)
+
+
+@pytest.mark.parametrize("front", ["numpy", "torch"])
+def test_linear_decay_takes_the_redundant_groups_to_zero_in_even_steps(front):
+    """decay=linear (default): with no gradient and no penalty, a redundant group's norm after
+    window step k of P is exactly (1 - (k+1)/P) of its norm at the partition; decay=none keeps it
+    until the window's last step, then zeroes it at once. Kept groups are untouched either way."""
+    from otoir.optim import build_optimizer
+
+    P, W, K = 5, 3, 10
+    w0 = np.random.default_rng(3).normal(size=(G, S))
+    for decay in ("linear", "none"):
+        kw = dict(lr=0.1, momentum=0.0, target=K, warmup_steps=W, projection_steps=P, lam=0.0, decay=decay)
+        norms = []
+        if front == "numpy":
+            st = DHSPGStepper(LAYOUT, SHAPES, **kw)
+            p = {"w": w0.copy(), "bias": np.zeros(1)}
+            for _ in range(W + P + 2):
+                st.step(p, {"w": np.zeros((G, S)), "bias": np.zeros(1)})
+                norms.append(np.linalg.norm(p["w"], axis=1))
+        else:
+            torch = pytest.importorskip("torch")
+            w = torch.nn.Parameter(torch.tensor(w0))
+            st = build_optimizer("dhspg", {"w": w}, layout=LAYOUT, front="torch", **kw)
+            for _ in range(W + P + 2):
+                w.grad = torch.zeros_like(w)
+                st.step()
+                norms.append(np.linalg.norm(w.detach().numpy(), axis=1))
+        red = st.redundant_groups
+        assert red.sum() == K
+        base = np.linalg.norm(w0, axis=1)
+        for k in range(P):
+            got = norms[W + k]
+            want = base * (1 - (k + 1) / P) if decay == "linear" else (base if k < P - 1 else 0 * base)
+            np.testing.assert_allclose(got[red], want[red], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got[~red], base[~red], rtol=1e-12)
+        assert not norms[-1][red].any() and np.all(norms[-1][~red] > 0)
