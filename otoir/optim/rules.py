@@ -52,7 +52,7 @@ class LambdaRule:
             return lam
         xnorm = np.sqrt(np.asarray(xx, dtype=np.float64))
         grow = (xd < 0) & (xnorm > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # xᵀd ≈ -0: u → ∞, no bound
             low = np.where(grow, -xd / np.where(grow, xnorm, 1.0), 0.0)
             up = np.where(grow, -np.asarray(dd, np.float64) * xnorm / np.where(grow, xd, -1.0), 0.0)
         cand = np.clip(self.amplify * low, self.lam, self.lam * self.hat_coeff)

@@ -184,7 +184,8 @@ def build(name: str, *, seed: int = 0, batch: int | None = None, **kwargs: Any) 
         name: A key of :data:`MODELS`.
         seed: Seed for parameters and input.
         batch: Batch size of the example input (default: the registry's, 2).
-        **kwargs: Passed to the factory (e.g. ``width=0.25``).
+        **kwargs: Passed to the factory (e.g. ``width=0.25``); ``in_channels`` also sets the
+            example input's channel count.
 
     Returns:
         ``(module, example_input)``.
@@ -204,6 +205,8 @@ def build(name: str, *, seed: int = 0, batch: int | None = None, **kwargs: Any) 
     shape = tuple(entry.example_input_shape)
     if batch is not None:
         shape = (batch, *shape[1:])
+    if "in_channels" in kwargs and name not in _TOKEN_INPUTS and len(shape) >= 3:
+        shape = (shape[0], int(kwargs["in_channels"]), *shape[2:])  # the example fits the network built
     gen = torch.Generator().manual_seed(seed)
     if name in _TOKEN_INPUTS:
         key, default = _TOKEN_INPUTS[name]

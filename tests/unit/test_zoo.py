@@ -202,3 +202,16 @@ def test_conv_dags_strategy() -> None:
         session(proto).run(None, {"input": x})
 
     check()
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mobilenetv2", "demosupnet", "vit_like"])
+@pytest.mark.parametrize("channels", [1, 5])
+def test_example_input_follows_in_channels(name, channels):
+    torch = pytest.importorskip("torch")
+    from otoir.zoo import build
+
+    module, example = build(name, in_channels=channels)
+    assert example.shape[1] == channels
+    with torch.no_grad():
+        module.eval()
+        assert module(example).shape[0] == example.shape[0]  # the example runs through the network built
