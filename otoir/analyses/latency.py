@@ -26,6 +26,11 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
   :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
   validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
   predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+* :func:`flops_select` (``target-flops=F``) is the same selection on FLOPs: ranked by importance
+  per FLOP saved (:func:`flops_cost_model`; a GeZIG's saving includes the region it ends and the
+  segments it leaves dead), with every candidate selection's FLOPs *counted* on the constructed
+  sub-network (:class:`FlopsCounter`: the named pipelines' construction and
+  :func:`otoir.stats.stats`), so the selection taken meets ``F`` exactly, not by an estimate.
 
 Every ONNX Runtime session comes from :func:`otoir.runtime.session`.
 """

@@ -206,3 +206,22 @@ def test_compress_erase_demosupnet_meets_the_flops_target(mnist_256):
         zero_group(sub, by[gid])
     PassManager.from_text("eliminate-dead-branches,cleanup").run(sub)
     assert stats(sub).flops <= 0.5 * stats(res.full).flops
+
+
+def test_compress_prune_ort_meets_the_flops_target_with_round_to(mnist_256):
+    from otoir.zoo import build
+
+    torch.manual_seed(0)
+    module, _ = build("resnet_basic", in_channels=1, width=16, layers=(1, 1, 1, 1))
+    example = torch.from_numpy(mnist_256.train_x[:2])
+    res = otoir.compress(otoir.load(module, example), mnist_256, mode="prune", target_flops=0.5, round_to=4,
+                         epochs=1, batch=64, backend="ort", progress=False, latency_runs=0)
+    assert "target-flops=0.5" in res.pipeline
+    assert res.report.verified is not False
+    assert res.report.compressed.flops <= 0.5 * res.report.full.flops
+    # kept channel counts of the sliced convolutions are multiples of 4
+    kept = res.report.details["kept channels"]
+    assert kept
+    for item in kept.split("; "):
+        after = int(item.rsplit("->", 1)[1])
+        assert after % 4 == 0, item
