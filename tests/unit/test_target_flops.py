@@ -225,3 +225,21 @@ def test_compress_prune_ort_meets_the_flops_target_with_round_to(mnist_256):
     for item in kept.split("; "):
         after = int(item.rsplit("->", 1)[1])
         assert after % 4 == 0, item
+
+
+def test_train_pass_reports_predicted_flops_and_warns_when_unreachable(mnist_256):
+    from otoir.infra.diagnostics import Severity
+    from otoir.train.config import TrainInputs
+    from otoir.zoo import build
+
+    module, _ = build("demosupnet", width=0.25)
+    m = otoir.load(module, torch.from_numpy(mnist_256.train_x[:2]))
+    full = stats(m).flops
+    r = PassManager.from_text("otoir-erase{data=mnist-256 target-flops=0.05 backend=ort quiet=true}").run(
+        m, resources={TrainInputs.KEY: TrainInputs(datasets=(mnist_256,))})
+    st = {k.split("{")[0]: v for k, v in r.statistics}
+    predicted = st["train"]["predicted-flops"]
+    assert 0.05 < predicted < 1.0  # the most that can be erased validly
+    warn = [d.message for d in r.diagnostics if d.severity == Severity.WARNING]
+    assert any("target-flops=0.05" in w and f"{predicted:.3f}" in w for w in warn)
+    assert stats(m).flops <= predicted * full  # deployment form: BatchNorm folded on top
