@@ -127,7 +127,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              decay: str = "linear",
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
-             max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0,
+             max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0, target_flops: float = 0.0,
              lr_schedule: str = "constant", lr_warmup: float = 0.0, history: bool = False,
              dense_baseline: bool = False) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
@@ -198,6 +198,11 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`)
             and chosen until the predicted latency is this fraction of the full model's;
             ``target_sparsity`` is then not used. 0: off.
+        target_flops: FLOPs-aware selection: groups are ranked by importance per FLOP saved (an
+            erased segment's collateral included: consumer columns, branches left dead) and the
+            fewest are chosen whose constructed sub-network has at most this fraction of the full
+            model's FLOPs (counted by :func:`otoir.stats.stats` on the constructed network, not
+            estimated); ``target_sparsity`` is then not used. Not with ``target_latency``. 0: off.
 
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
@@ -223,7 +228,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             projection=projection, lam=lam, epsilon=epsilon, decay=decay, recalibrate_bn=recalibrate_bn, backend=backend,
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
-            round_to=round_to, target_latency=target_latency, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
+            round_to=round_to, target_latency=target_latency, target_flops=target_flops, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
             history=history)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
@@ -266,7 +271,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     if dense_model is not None:
         import dataclasses
 
-        dp = dataclasses.replace(p, target_sparsity=0.0)  # every other option, the seed included, the same
+        # every other option, the seed included, the same; no cost target (it would choose groups)
+        dp = dataclasses.replace(p, target_sparsity=0.0, target_latency=0.0, target_flops=0.0)
         dense_lent = TrainInputs(module=dense_src, loss_fn=loss_fn, datasets=(ds,))
         dense_run = PassManager([dp]).run(dense_model, resources={TrainInputs.KEY: dense_lent})
         dense_train = dense_run.results[dp.name]["train"]
@@ -285,7 +291,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
                                    + (f", lr warm-up {lr_warmup:g}" if lr_warmup else "") + ")", "backend": train["backend"],
         "dataset": ds.name, "epochs": epochs, "steps": train["steps"],
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
-                  + (f"(target-latency {target_latency:g} -> {train['target-count']}" if target_latency else
+                  + (f"({p.cost_target[0]} {p.cost_target[1]:g} -> {train['target-count']}" if p.cost_target else
                      f"(target {target_sparsity:g} -> {train['target-count']}")
                   + (f" with round-to={p.round_to}" if p.round_to > 1 else "") + ")",
         "training time": f"{train['seconds']:.1f} s",

@@ -125,6 +125,7 @@ class Train(TrainConfig, Pass):
         "group-sparsity": "fraction of zero groups at the end (structured optimizers)",
         "bn-recalibrated": "BatchNormalization nodes whose running statistics were re-estimated",
         "predicted-latency": "predicted latency of the selection / the full model's (target-latency)",
+        "predicted-flops": "FLOPs of the constructed selection / the full model's (target-flops)",
     }
 
     groups: str = option("auto", "groups to sparsify: auto (gezig for h2spg, zig for dhspg, none for sgd) | gezig | zig")
@@ -234,7 +235,7 @@ class Train(TrainConfig, Pass):
             if not groups:
                 ctx.error(f"train: the model has no prunable {kind} groups: nothing to sparsify")
                 return False
-            if not _report_round_to(ctx, groups, 0.0 if self.target_latency else self.target_sparsity):
+            if not _report_round_to(ctx, groups, 0.0 if self.cost_target else self.target_sparsity):
                 return False
         plan = self._plan(binding, backend, ctx)
         if plan is None:
@@ -249,11 +250,11 @@ class Train(TrainConfig, Pass):
                 ctx.error(f"train: {exc}")
                 return False
         selector = None
-        if groups is not None and self.target_latency:
-            selector = self._latency_selector(model, groups, ctx)
+        if groups is not None and self.cost_target:
+            selector = self._cost_selector(model, groups, ctx)
             if selector is None:
                 return False
-            kwargs["target"] = 0.0  # the count comes from the latency target
+            kwargs["target"] = 0.0  # the count comes from the latency or FLOPs target
         t0 = time.perf_counter()
         if backend == "torch":
             out = self._train_torch(model, binding, size, total, module, getattr(lent, "loss_fn", None), opt_name,
@@ -278,7 +279,12 @@ class Train(TrainConfig, Pass):
         if mask is not None:
             ctx.stat("group-sparsity", round(float(np.mean(mask)), 6))
         if selector is not None and selector.predicted is not None:
-            ctx.stat("predicted-latency", round(selector.predicted, 4))
+            ctx.stat("predicted-flops" if self.target_flops else "predicted-latency", round(selector.predicted, 4))
+            option, target = self.cost_target
+            if selector.predicted > target:
+                ctx.warning(f"train: {option}={target:g}: the {int(np.sum(mask)) if mask is not None else 0} groups "
+                            f"that can be zero together leave {selector.predicted:.3f} of the full model's "
+                            f"{'FLOPs' if self.target_flops else 'predicted latency'}")
         ctx.results[self.name] = {
             **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
             "optimizer": opt_name, "groups": groups,
@@ -287,18 +293,23 @@ class Train(TrainConfig, Pass):
         }
         return out["steps"] > 0
 
-    def _latency_selector(self, model, groups, ctx):
-        """The latency-aware selector of ``target-latency`` (None after an error)."""
-        from otoir.analyses.latency import latency_selector
+    def _cost_selector(self, model, groups, ctx):
+        """The selector of ``target-latency`` (latency-aware) or ``target-flops`` (FLOPs-aware),
+        or None after an error."""
+        from otoir.analyses.latency import flops_selector, latency_selector
         from otoir.errors import OtoirError
 
+        option, target = self.cost_target
         try:
-            sel = latency_selector(model, groups, self.target_latency, analyses=ctx.analyses)
+            if self.target_flops:
+                sel = flops_selector(model, groups, target, analyses=ctx.analyses)
+            else:
+                sel = latency_selector(model, groups, target, analyses=ctx.analyses)
         except (OtoirError, ValueError) as exc:
-            ctx.error(f"train: target-latency: {exc}")
+            ctx.error(f"train: {option}: {exc}")
             return None
         if sel.remark:
-            ctx.remark(f"train: target-latency: {sel.remark}")
+            ctx.remark(f"train: {option}: {sel.remark}")
         return sel
 
     def _train_ort(self, model, binding, opt_name, groups, kwargs, ctx, selector=None) -> dict | None:

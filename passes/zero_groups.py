@@ -40,7 +40,10 @@ class ZeroGroups(Pass):
     that break it are refused. ``target-latency=F`` zeroes groups ranked by importance (random
     scores, ``seed``) per unit of measured ONNX Runtime latency saved until the predicted latency
     is ``F`` of the full model's (:mod:`otoir.analyses.latency`; FLOPs without ONNX Runtime,
-    with a remark). The pass reports a change only when
+    with a remark). ``target-flops=F`` zeroes groups ranked the same way per FLOP saved (an erased
+    segment's collateral included) until the sub-network constructed from them has at most ``F``
+    of the full model's FLOPs, counted exactly on the constructed network
+    (:func:`~otoir.analyses.latency.flops_select`; ``results["predicted-flops"]``). The pass reports a change only when
     some entry was non-zero before (zeroing zeros again changes nothing, so ``repeat`` ends).
     """
 
@@ -62,6 +65,9 @@ class ZeroGroups(Pass):
     round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig)")
     target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
                                         "the predicted ONNX Runtime latency is this fraction of the full model's")
+    target_flops: float = option(0.0, "with random scores, zero the fewest groups ranked by importance per FLOP saved "
+                                      "that leave the constructed network at most this fraction of the full model's "
+                                      "FLOPs")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
@@ -73,6 +79,10 @@ class ZeroGroups(Pass):
         check_round_to(self.round_to, "option 'round-to'")
         if not (math.isfinite(self.target_latency) and 0.0 <= self.target_latency < 1.0):
             raise ValueError(f"option 'target-latency' must be in (0, 1) (0: off), got {self.target_latency!r}")
+        if not (math.isfinite(self.target_flops) and 0.0 <= self.target_flops < 1.0):
+            raise ValueError(f"option 'target-flops' must be in (0, 1) (0: off), got {self.target_flops!r}")
+        if self.target_flops and self.target_latency:
+            raise ValueError("give option 'target-flops' or 'target-latency', not both")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
@@ -85,10 +95,11 @@ class ZeroGroups(Pass):
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
             return False
-        if self.target_latency and (self.ids or self.random):
-            ctx.error("target-latency= chooses the groups itself: give neither ids= nor random= with it")
+        target = "target-flops" if self.target_flops else "target-latency" if self.target_latency else ""
+        if target and (self.ids or self.random):
+            ctx.error(f"{target}= chooses the groups itself: give neither ids= nor random= with it")
             return False
-        if self.target_latency:
+        if target:
             chosen = self._latency_chosen(model, groups, ctx)
             if chosen is None:
                 return False
@@ -148,27 +159,40 @@ class ZeroGroups(Pass):
         return changed
 
     def _latency_chosen(self, model, groups, ctx):
-        """Groups chosen by :func:`~otoir.analyses.latency.latency_select` with random scores."""
-        from otoir.analyses.latency import cost_model, latency_select, runtime_aligned
+        """Groups chosen by :func:`~otoir.analyses.latency.latency_select` (``target-latency``) or
+        :func:`~otoir.analyses.latency.flops_select` (``target-flops``) with random scores."""
+        from otoir.analyses.latency import (
+            cost_model,
+            exact_flops_cost_model,
+            flops_select,
+            latency_select,
+            runtime_aligned,
+        )
         from otoir.errors import OtoirError
 
+        option, target = (("target-flops", self.target_flops) if self.target_flops
+                          else ("target-latency", self.target_latency))
         try:
-            costs = cost_model(model, groups, analyses=ctx.analyses)
-        except OtoirError as exc:
-            ctx.error(f"target-latency: {exc}")
+            if self.target_flops:
+                costs = exact_flops_cost_model(model, groups, analyses=ctx.analyses)
+            else:
+                costs = cost_model(model, groups, analyses=ctx.analyses)
+        except (OtoirError, ValueError) as exc:
+            ctx.error(f"{option}: {exc}")
             return None
         if costs.remark:
-            ctx.remark(f"target-latency: {costs.remark}")
+            ctx.remark(f"{option}: {costs.remark}")
         groups, note = runtime_aligned(model, groups, costs)
         if note:
-            ctx.remark(f"target-latency: {note}")
+            ctx.remark(f"{option}: {note}")
         scores = np.random.default_rng(self.seed).random(len(groups))
         scores[[not g.prunable for g in groups]] = -np.inf
-        picked = latency_select(groups, scores, costs, target_latency=self.target_latency)
+        select = flops_select if self.target_flops else latency_select
+        picked = select(groups, scores, costs, **{option.replace("-", "_"): target})
         predicted = costs.predict(picked) / max(costs.full, 1e-12)
-        ctx.results["predicted-latency"] = predicted
-        if predicted > self.target_latency:
-            ctx.warning(f"target-latency={self.target_latency:g}: the {len(picked)} groups that can be zero together "
+        ctx.results["predicted-" + option.split("-")[1]] = predicted
+        if predicted > target:
+            ctx.warning(f"{option}={target:g}: the {len(picked)} groups that can be zero together "
                         f"are predicted to leave {predicted:.3f} of the full model's {costs.source} cost")
         return [groups[i] for i in picked]
 

@@ -26,6 +26,11 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
   :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
   validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
   predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+* :func:`flops_select` (``target-flops=F``) is the same selection on FLOPs: ranked by importance
+  per FLOP saved (:func:`flops_cost_model`; a GeZIG's saving includes the region it ends and the
+  segments it leaves dead), with every candidate selection's FLOPs *counted* on the constructed
+  sub-network (:class:`FlopsCounter`: the named pipelines' construction and
+  :func:`otoir.stats.stats`), so the selection taken meets ``F`` exactly, not by an estimate.
 
 Every ONNX Runtime session comes from :func:`otoir.runtime.session`.
 """
@@ -57,8 +62,13 @@ __all__ = [
     "build_latency_table",
     "cache_dir",
     "channel_multiple",
+    "CONSTRUCTION",
+    "FlopsCounter",
     "cost_model",
+    "exact_flops_cost_model",
     "flops_cost_model",
+    "flops_select",
+    "flops_selector",
     "latency_select",
     "latency_selector",
     "LatencySelector",
@@ -610,6 +620,9 @@ class CostModel:
             removed outputs)]``.
         table: The measured table (None for FLOPs).
         remark: A note for the user (e.g. why FLOPs are used).
+        counter: Exact FLOPs of a selection (:class:`FlopsCounter`): when set, :meth:`predict`
+            and :attr:`full` are counted on the constructed sub-network, and the layer model
+            only ranks (:meth:`savings`).
     """
 
     source: str
@@ -618,18 +631,23 @@ class CostModel:
     effects: list[list[tuple[int, int, int]]]
     table: LatencyTable | None = None
     remark: str = ""
+    counter: FlopsCounter | None = None
 
     @property
     def full(self) -> float:
-        """Predicted cost of the full model."""
+        """Predicted cost of the full model (the counted FLOPs with a :attr:`counter`)."""
+        if self.counter is not None:
+            return self.counter.full
         return sum(lc.full_ms for lc in self.layers) + self.residual
 
     def tracker(self) -> CostTracker:
-        """An incremental predictor starting from the full model."""
+        """An incremental predictor starting from the full model (the layer model, even with a counter)."""
         return CostTracker(self)
 
     def predict(self, removed: Iterable[int]) -> float:
-        """Predicted cost with the groups at these indices removed."""
+        """Predicted cost with the groups at these indices removed (counted, with a :attr:`counter`)."""
+        if self.counter is not None:
+            return self.counter(removed)
         t = self.tracker()
         for i in removed:
             t.remove(i)
@@ -700,9 +718,21 @@ class CostTracker:
 
 
 def _effects(groups: Sequence[Group], layers: list[LayerCost]) -> list[list[tuple[int, int, int]]]:
+    """Per group: ``[(layer index, removed inputs, removed outputs)]``.
+
+    From the group's slices and dependent slices (a whole tensor: the layer goes; an axis: that
+    many channels). For GeZIGs judged by a validity checker (a
+    :class:`~otoir.analyses.validity.GroupSet`'s ``checker``) every layer in the segments that
+    erasing the group removes goes too: the region it ends (DemoSupNet's Conv6 ends the
+    Conv2/Conv3/Conv4 branches into its Concat) and the segments it leaves without a path to a
+    graph output (:meth:`~otoir.analyses.validity.ValidityChecker.dead`, the collateral).
+    """
     by_weight: dict[str, list[int]] = {}
+    by_node: dict[str, int] = {}
     for i, lc in enumerate(layers):
         by_weight.setdefault(lc.weight, []).append(i)
+        by_node[lc.name] = i
+    checker = getattr(groups, "checker", None)
     out = []
     for g in groups:
         eff: dict[int, list[int]] = {}
@@ -719,6 +749,16 @@ def _effects(groups: Sequence[Group], layers: list[LayerCost]) -> list[list[tupl
                     d[1] = max(d[1], len(s.indices or ()))
                 elif lc.in_axis is not None and s.axis == lc.in_axis:
                     d[0] = max(d[0], len(s.indices or ()))
+        if checker is not None and "segment" in g.meta:
+            zero = checker.segments_of([g])
+            zero |= checker.interior(zero)
+            gone = zero | (checker.dead(zero) - checker.dead_before)
+            segs = checker.segments.segments
+            for si in gone:
+                for node in segs[si].nodes:
+                    li = by_node.get(node.name)
+                    if li is not None:
+                        eff[li] = [layers[li].cin, layers[li].cout]
         out.append([(li, d[0], d[1]) for li, d in eff.items() if d[0] or d[1]])
     return out
 
@@ -777,6 +817,73 @@ def flops_cost_model(model: ir.Model, groups: Sequence[Group], *, analyses: Anal
     return CostModel("flops", layers, residual, _effects(groups, layers))
 
 
+#: The construction each group kind is removed by (after ``to-inference``; ``cleanup`` follows).
+CONSTRUCTION = {"gezig": "eliminate-dead-branches", "zig": "prune-channels"}
+
+
+class FlopsCounter:
+    """Exact FLOPs of the model with a selection of groups removed: constructed, then counted.
+
+    A selection is zeroed on a copy of the model (the trainable slices, as training leaves
+    them), the copy is put in inference form and constructed as the named pipelines do
+    (``to-inference``, ``eliminate-dead-branches`` for GeZIGs or ``prune-channels`` for channel
+    groups, ``cleanup``), and :func:`otoir.stats.stats` counts its FLOPs. So the figure *is*
+    the compressed network's: every collateral (consumer columns that go, Concats that shrink,
+    segments left dead, pooling and normalisation of removed channels) is counted by the one
+    construction and the one FLOP counter, never by a second model of them. :attr:`full` is the
+    full model in the same form. Results are cached per selection.
+
+    Args:
+        model: The model (copied here: later changes to its values do not matter).
+        groups: The candidate groups (selections are indices into them).
+    """
+
+    def __init__(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        from otoir.api import clone_model
+
+        kinds = {g.kind for g in groups}
+        if len(kinds) > 1 or not kinds <= set(CONSTRUCTION):
+            raise ValueError(f"target-flops counts gezig or zig groups of one kind, got {sorted(kinds)}")
+        self.kind = next(iter(kinds), "zig")
+        self.groups = list(groups)
+        self._model = clone_model(model)
+        self._cache: dict[frozenset[int], float] = {}
+        self.constructions = 0
+        self.full = self(())
+
+    def model_of(self, removed: Iterable[int]) -> ir.Model:
+        """The constructed sub-network without the groups at ``removed`` (inference form)."""
+        from otoir.analyses.groups import zero_group
+        from otoir.api import clone_model
+        from otoir.infra import PassManager
+        from otoir.infra.registry import get_pass
+
+        m = clone_model(self._model)
+        for i in sorted(set(removed)):
+            zero_group(m, self.groups[i])
+        names = ["to-inference", CONSTRUCTION[self.kind], "cleanup"]
+        PassManager([get_pass(n)() for n in names], verify_each=False).run(m)
+        self.constructions += 1
+        return m
+
+    def __call__(self, removed: Iterable[int]) -> float:
+        from otoir.stats import stats
+
+        key = frozenset(int(i) for i in removed)
+        if key not in self._cache:
+            self._cache[key] = float(stats(self.model_of(key)).flops)
+        return self._cache[key]
+
+
+def exact_flops_cost_model(model: ir.Model, groups: Sequence[Group], *,
+                           analyses: AnalysisManager | None = None) -> CostModel:
+    """:func:`flops_cost_model` (ranking, collateral included) with a :class:`FlopsCounter`
+    (predictions: the constructed sub-network's FLOPs, exactly)."""
+    cm = flops_cost_model(model, groups, analyses=analyses)
+    cm.counter = FlopsCounter(model, groups)
+    return cm
+
+
 # ---------------------------------------------------------------------------------------------
 # Selection
 
@@ -793,6 +900,39 @@ def _importance(scores: Sequence[float]) -> np.ndarray:
     imp = np.empty(s.size)
     imp[order] = (np.arange(s.size) + 1) / max(s.size, 1)
     return imp
+
+
+def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, k: int | None,
+                   target: float | None, checker: Any, option: str) -> list[int]:
+    """The one cost-aware selection (latency and FLOPs): see :func:`latency_select`."""
+    from otoir.analyses.validity import select_redundant
+
+    if (k is None) == (target is None):
+        fn = "flops_select" if option == "target-flops" else "latency_select"
+        raise ValueError(f"{fn}: give exactly one of k= and {option.replace('-', '_')}=")
+    sc = np.asarray(scores, dtype=np.float64)
+    if len(sc) != len(groups):
+        raise ValueError(f"{len(sc)} scores for {len(groups)} groups")
+    save = costs.savings()
+    imp = _importance(sc)
+    prio = np.where(np.isfinite(sc), save / imp, -np.inf)
+    if k is not None:
+        return select_redundant(groups, prio.tolist(), k, checker)
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"{option} must be in (0, 1), got {target}")
+    pr = prio.tolist()
+    n_ok = int(np.isfinite(prio).sum())
+    goal = target * costs.full
+    cache: dict[int, tuple[list[int], float]] = {}
+
+    def at(k: int) -> tuple[list[int], float]:
+        if k not in cache:
+            chosen = select_redundant(groups, pr, k, checker)
+            cache[k] = (chosen, costs.predict(chosen))
+        return cache[k]
+
+    # select_redundant applies every control (round-to too)
+    return smallest_selection(at, len(at(n_ok)[0]), goal)
 
 
 def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,
@@ -820,33 +960,23 @@ def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
     Raises:
         ValueError: Neither or both of ``k`` and ``target_latency``, or a fraction outside (0, 1).
     """
-    from otoir.analyses.validity import select_redundant
+    return _budget_select(groups, scores, costs, k, target_latency, checker, "target-latency")
 
-    if (k is None) == (target_latency is None):
-        raise ValueError("latency_select: give exactly one of k= and target_latency=")
-    sc = np.asarray(scores, dtype=np.float64)
-    if len(sc) != len(groups):
-        raise ValueError(f"{len(sc)} scores for {len(groups)} groups")
-    save = costs.savings()
-    imp = _importance(sc)
-    prio = np.where(np.isfinite(sc), save / imp, -np.inf)
-    if k is not None:
-        return select_redundant(groups, prio.tolist(), k, checker)
-    if not 0.0 < target_latency < 1.0:
-        raise ValueError(f"target-latency must be in (0, 1), got {target_latency}")
-    pr = prio.tolist()
-    n_ok = int(np.isfinite(prio).sum())
-    goal = target_latency * costs.full
-    cache: dict[int, tuple[list[int], float]] = {}
 
-    def at(k: int) -> tuple[list[int], float]:
-        if k not in cache:
-            chosen = select_redundant(groups, pr, k, checker)
-            cache[k] = (chosen, costs.predict(chosen))
-        return cache[k]
+def flops_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,
+                 target_flops: float | None = None, checker: Any = None) -> list[int]:
+    """FLOPs-aware selection: :func:`latency_select`'s path on a FLOPs cost model.
 
-    # select_redundant applies every control (round-to too)
-    return smallest_selection(at, len(at(n_ok)[0]), goal)
+    Groups are ranked by importance per FLOP saved (collateral included, :func:`_effects`) and
+    the smallest validity-checked selection whose FLOPs are at most ``target_flops`` times the
+    full model's is taken. With :func:`exact_flops_cost_model` the FLOPs of every selection the
+    bisection tries are those of the constructed sub-network (:class:`FlopsCounter`), so the
+    returned one meets the target exactly when any selection does.
+
+    Raises:
+        ValueError: Neither or both of ``k`` and ``target_flops``, or a fraction outside (0, 1).
+    """
+    return _budget_select(groups, scores, costs, k, target_flops, checker, "target-flops")
 
 
 def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, goal: float) -> list[int]:
@@ -867,30 +997,38 @@ def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, 
 
 
 class LatencySelector:
-    """A selector for the optimizers (``selector(scores, k) -> indices``) that ranks by latency.
+    """A selector for the optimizers (``selector(scores, k) -> indices``) that ranks by cost saved.
 
-    With ``target_latency`` the count comes from the latency target, not ``k``:
-    :attr:`variable_count` tells :class:`~otoir.optim.core.HybridCore` to accept it.
+    With a target the count comes from the target, not ``k``: :attr:`variable_count` tells
+    :class:`~otoir.optim.core.HybridCore` to accept it. The same selector serves
+    ``target-latency`` (a latency :class:`CostModel`) and ``target-flops``
+    (:func:`exact_flops_cost_model`; :func:`flops_selector`).
 
     Args:
         groups: The layout's groups (in layout order).
         costs: Their :class:`CostModel`.
-        target_latency: Fraction of the full model's predicted latency to reach (None: ``k``).
+        target_latency: Fraction of the full model's predicted cost to reach (None: ``k``).
+        option: The option the target comes from (``target-latency`` or ``target-flops``).
+
+    Attributes:
+        predicted: After a call, the chosen selection's predicted cost over the full model's.
     """
 
-    def __init__(self, groups: Sequence[Group], costs: CostModel, target_latency: float | None = None) -> None:
+    def __init__(self, groups: Sequence[Group], costs: CostModel, target_latency: float | None = None, *,
+                 option: str = "target-latency") -> None:
         self.groups = groups
         self.costs = costs
         self.target_latency = target_latency
+        self.option = option
         self.variable_count = target_latency is not None
         self.predicted: float | None = None
         self.remark = costs.remark
 
     def __call__(self, scores: Sequence[float], k: int) -> list[int]:
         if self.target_latency is not None:
-            out = latency_select(self.groups, scores, self.costs, target_latency=self.target_latency)
+            out = _budget_select(self.groups, scores, self.costs, None, self.target_latency, None, self.option)
         else:
-            out = latency_select(self.groups, scores, self.costs, k=k)
+            out = _budget_select(self.groups, scores, self.costs, k, None, None, self.option)
         self.predicted = self.costs.predict(out) / max(self.costs.full, 1e-12)
         return out
 
@@ -939,3 +1077,14 @@ def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: f
     sel = LatencySelector(sel_groups, costs, target_latency)
     sel.remark = "; ".join(x for x in (costs.remark, note) if x)
     return sel
+
+
+def flops_selector(model: ir.Model, groups: Sequence[Group], target_flops: float, *,
+                   analyses: AnalysisManager | None = None) -> LatencySelector:
+    """The optimizers' FLOPs-aware selector for ``groups`` of ``model`` (``target-flops``).
+
+    Ranking by importance per FLOP saved (:func:`flops_cost_model`, collateral included), the
+    count by bisection on the constructed sub-network's exact FLOPs (:class:`FlopsCounter`).
+    """
+    return LatencySelector(groups, exact_flops_cost_model(model, groups, analyses=analyses), target_flops,
+                           option="target-flops")

@@ -90,6 +90,11 @@ class TrainConfig:
             and chosen until the predicted latency is this fraction of the full model's
             (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
             Runtime is not available. 0 (the default): off.
+        target_flops: FLOPs-aware selection: the redundant groups are ranked by importance per
+            FLOP saved (a segment's collateral included) and the smallest valid selection whose
+            constructed sub-network has at most this fraction of the full model's FLOPs
+            (:func:`otoir.stats.stats`, both in inference form) is taken (``target_sparsity`` is
+            then not used). Not together with ``target_latency``. 0 (the default): off.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs (or inputs.NAME per model "
@@ -120,6 +125,9 @@ class TrainConfig:
     target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
                                         "latency is this fraction of the full model's, in (0, 1); 0: off "
                                         "(target-sparsity counts groups)")
+    target_flops: float = option(0.0, "FLOPs-aware selection: zero the fewest groups (ranked by importance per FLOP "
+                                      "saved) that leave the constructed network at most this fraction of the full "
+                                      "model's FLOPs, in (0, 1); 0: off (not with target-latency)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -145,6 +153,10 @@ class TrainConfig:
         object.__setattr__(self, "round_to", check_round_to(self.round_to))
         if not (0.0 <= self.target_latency < 1.0):
             raise ValueError(f"target-latency must be in (0, 1) (0: off), got {self.target_latency}")
+        if not (0.0 <= self.target_flops < 1.0):
+            raise ValueError(f"target-flops must be in (0, 1) (0: off), got {self.target_flops}")
+        if self.target_flops and self.target_latency:
+            raise ValueError("give target-flops or target-latency, not both (each chooses the number of groups)")
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:
@@ -158,6 +170,16 @@ class TrainConfig:
             raise ValueError(str(exc).replace("target", "target-sparsity", 1)) from None
 
     # -- derived values: each computed here and nowhere else ----------------------------------
+    @property
+    def cost_target(self) -> tuple[str, float] | None:
+        """``(option, fraction)`` of the cost target that chooses the group count, or None
+        (``target_sparsity`` counts groups)."""
+        if self.target_flops:
+            return "target-flops", self.target_flops
+        if self.target_latency:
+            return "target-latency", self.target_latency
+        return None
+
     def structured_optimizer(self, group_kind: str | None) -> str:
         """The optimizer to build for groups of ``group_kind`` (``gezig``, ``zig`` or None)."""
         if self.optimizer != "auto":
