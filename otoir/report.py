@@ -14,7 +14,8 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "output_agreement", "fixed_batch",
+__all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "time_interleaved",
+           "output_agreement", "fixed_batch",
            "batch_feeds", "default_threads", "random_inputs"]
 
 
@@ -154,8 +155,8 @@ class CompressReport:
             lines.append(f"outputs: max |full - compressed| / output scale = {self.max_rel_diff:.3g} "
                          f"(tolerance {self.tolerance:g}): {verdict}")
         if any(f.latency_ms is not None for f in figs) and self.provider:
-            lines.append(f"latency: ONNX Runtime {self.provider}, {self.threads or 'default'} intra-op threads, "
-                         f"median of interleaved runs")
+            lines.append(f"latency: ONNX Runtime {self.provider}, {self.threads or 'default'} intra-op threads "
+                         f"(pools not spinning between runs), median of interleaved runs")
         for k, v in self.details.items():
             lines.append(f"{k}: {v}")
         return "\n".join(lines)
@@ -261,19 +262,31 @@ def measure_latency(models: list[ir.Model], sample: np.ndarray | Mapping[str, np
     Raises:
         RuntimeModelError: ONNX Runtime cannot run one of the models.
     """
+    times = time_interleaved(models, sample, runs=runs, warmup=warmup, threads=threads, batch=batch)
+    return [float(v) for v in np.median(times, axis=1)]
+
+
+def time_interleaved(models: list[ir.Model], sample: np.ndarray | Mapping[str, np.ndarray], *, runs: int = 50,
+                     warmup: int = 5, threads: int | None = None, batch: int = 1) -> np.ndarray:
+    """Every timed run (ms) of each model, ``(models, runs)``: one run of each model in turn.
+
+    The sessions' thread pools do not spin between runs (:func:`otoir.runtime.session`), or
+    the pool of the session that just ran would take the cores from the next one. Arguments as
+    :func:`measure_latency`.
+    """
     from otoir.runtime import session
 
-    sessions = [(session(m, threads=threads), batch_feeds(m, sample, batch)) for m in models]
+    sessions = [(session(m, threads=threads, spinning=False), batch_feeds(m, sample, batch)) for m in models]
     for s, feeds in sessions:
         for _ in range(warmup):
             s.run(None, feeds)
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(runs):
+    times = np.empty((len(models), runs))
+    for r in range(runs):
         for i, (s, feeds) in enumerate(sessions):
             t0 = time.perf_counter()
             s.run(None, feeds)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return [float(np.median(t)) for t in times]
+            times[i, r] = (time.perf_counter() - t0) * 1e3
+    return times
 
 
 def output_agreement(full: ir.Model, sub: ir.Model, inputs: np.ndarray | Mapping[str, np.ndarray],

@@ -207,22 +207,11 @@ def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: 
     """(median ms, minimum ms) of each model: runs interleaved, one run of each model in turn.
 
     The median is the figure; the minimum (the least disturbed run) shows what load from
-    other processes did to it.
+    other processes did to it. (:func:`otoir.report.time_interleaved`: thread pools do not spin.)
     """
-    from otoir.report import batch_feeds
-    from otoir.runtime import session
+    from otoir.report import time_interleaved
 
-    sessions = [(session(m, threads=threads), batch_feeds(m, sample, batch)) for m in models]
-    for s, feeds in sessions:
-        for _ in range(warmup):
-            s.run(None, feeds)
-    times = np.empty((len(models), runs))
-    clock = time.perf_counter
-    for r in range(runs):
-        for i, (s, feeds) in enumerate(sessions):
-            t0 = clock()
-            s.run(None, feeds)
-            times[i, r] = (clock() - t0) * 1e3
+    times = time_interleaved(models, sample, runs=runs, warmup=warmup, threads=threads, batch=batch)
     return np.median(times, axis=1).tolist(), times.min(axis=1).tolist()
 
 

@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 #: Op types timed as layers (when their weight is a constant initializer).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Kept fractions sampled per axis (the full count is always sampled).
@@ -544,13 +544,13 @@ def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = N
             points += [("ia", c, cout) for c in ia] + [("im", c, cout) for c in im]
         for _, kin, kout in points:
             proto, x = _one_layer_proto(node, xs, ws, in_axis, out_axis, kin, kout, opset)
-            items.append((runtime.session(proto, threads=threads), {"x": x}))
+            items.append((runtime.session(proto, threads=threads, spinning=False), {"x": x}))
         jobs.append((sig, points))
     whole = _whole_session(model, threads, batch) if full_model and items else None
     if whole is not None:
         items.append(whole)
     if items:  # the fixed cost of one run (binding, dispatch), subtracted from every sample
-        items.append((runtime.session(_identity_proto(), threads=threads), {"x": np.zeros((1, 1), np.float32)}))
+        items.append((runtime.session(_identity_proto(), threads=threads, spinning=False), {"x": np.zeros((1, 1), np.float32)}))
     ms_all = time_sessions(items, rounds=rounds) if items else []
     timings = len(items)
     overhead = ms_all.pop() if ms_all else 0.0
@@ -596,7 +596,7 @@ def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict
         m = clone_model(model)
         PassManager([get_pass("to-deployment")(check=False)], verify_each=False).run(m)
         feeds = runtime.random_feeds(m, batch=batch)
-        sess = runtime.session(m, threads=threads)
+        sess = runtime.session(m, threads=threads, spinning=False)
         runtime.run(sess, feeds)
         return sess, feeds
     except Exception:  # noqa: BLE001 - the residual is optional: the layers alone still rank groups

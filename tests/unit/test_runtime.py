@@ -41,6 +41,31 @@ def test_session_options_are_checked():
         runtime.session(model(RELU), optimization="fast")
 
 
+@pytest.mark.parametrize("spinning, want", [(False, "0"), (True, "1"), (None, None)])
+def test_session_thread_pool_spinning(spinning, want):
+    opts = runtime.session(model(RELU), threads=2, spinning=spinning).get_session_options()
+    key = "session.intra_op.allow_spinning"
+    if want is None:  # ORT's default: no entry
+        with pytest.raises(RuntimeError):
+            opts.get_session_config_entry(key)
+    else:
+        assert opts.get_session_config_entry(key) == want
+
+
+def test_interleaved_timings_do_not_spin(monkeypatch):
+    """Every session timed side by side is made with spinning off (otherwise the pool of the
+    session that just ran takes the cores from the next)."""
+    from otoir import report
+
+    made = []
+    real = runtime.session
+    monkeypatch.setattr(runtime, "session", lambda m, **kw: made.append(kw) or real(m, **kw))
+    x = np.ones((4, 3), np.float32)
+    t = report.time_interleaved([model(RELU), model(RELU)], x, runs=3, warmup=1, threads=2)
+    assert t.shape == (2, 3) and (t > 0).all()
+    assert made == [{"threads": 2, "spinning": False}] * 2
+
+
 def test_random_feeds_types_and_shapes():
     m = model("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,S,8] h, int64[N,S] ids, bool[N,S] mask, float[7,3] fixed, float[0,3] empty, float16[N,2] half)
