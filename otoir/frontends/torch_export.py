@@ -228,10 +228,12 @@ def export_torch(
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    keys_given = input_names
     if isinstance(example_inputs, Mapping):
         inputs, keys = positional_inputs(module, example_inputs)
         if input_names is None:
             input_names = keys
+        keys_given = input_names
     else:
         inputs = _as_tuple(example_inputs)
     if exporter == "dynamo" or (exporter == "auto" and not torchscript_available()):
@@ -239,6 +241,7 @@ def export_torch(
                               dynamic_batch=dynamic_batch, training=training)
     work = copy.deepcopy(module)
     work.train(training)
+    out_given = output_names
     input_names, output_names = _default_names(module, inputs, training, input_names, output_names)
     dynamic_axes = None
     if dynamic_batch:
@@ -246,28 +249,45 @@ def export_torch(
 
     buf = io.BytesIO()
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            work,
-            inputs,
-            buf,
-            dynamo=False,
-            export_params=True,
-            keep_initializers_as_inputs=False,
-            do_constant_folding=False,
-            training=mode,
-            opset_version=opset,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                work,
+                inputs,
+                buf,
+                dynamo=False,
+                export_params=True,
+                keep_initializers_as_inputs=False,
+                do_constant_folding=False,
+                training=mode,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+            )
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        # e.g. aten::rms_norm (torch.nn.RMSNorm) has no TorchScript symbolic at opset 17; the
+        # dynamo exporter decomposes it. Only ``auto`` falls back: an explicit choice is kept.
+        if exporter != "auto" or not _onnxscript_available():
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        warnings.warn(f"the TorchScript exporter refused the module ({first}); exported with the dynamo exporter "
+                      f"instead", stacklevel=2)
+        return _export_dynamo(module, inputs, opset=opset, input_names=keys_given, output_names=out_given,
+                              dynamic_batch=dynamic_batch, training=training)
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = _IR_VERSION
     model = ir.from_proto(proto)
     model.ir_version = _IR_VERSION
     _finish_export(module, model, inputs, training, "torchscript")
     return model
+
+
+def _onnxscript_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxscript") is not None
 
 
 def _finish_export(module: Any, model: ir.Model, inputs: Any, training: bool, exporter: str) -> None:
@@ -295,11 +315,10 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: i
                    input_names: Sequence[str] | None, output_names: Sequence[str] | None,
                    dynamic_batch: bool, training: bool) -> ir.Model:
     """The dynamo path of :func:`export_torch` (see the module docstring)."""
-    import importlib.util
 
     import torch
 
-    if importlib.util.find_spec("onnxscript") is None:
+    if not _onnxscript_available():
         raise ExportError("the dynamo exporter needs onnxscript (pip install 'otoir[torch]')"
                           + ("" if torchscript_available() else "; this torch has no TorchScript exporter"))
     input_names, output_names = _default_names(module, inputs, False, input_names, output_names)

@@ -97,3 +97,22 @@ def test_dynamo_keeps_parameters_read_through_transpose():
         want = module(x).numpy()
     got = run_model(to_inference(model), {"input": x.numpy()})[0]
     assert np.max(np.abs(got - want)) <= 1e-5
+
+
+def test_auto_falls_back_to_dynamo_when_torchscript_lacks_an_op():
+    """torch.nn.RMSNorm (aten::rms_norm) has no TorchScript symbolic at opset 17: ``auto`` warns
+    and exports through dynamo; an explicit ``torchscript`` keeps the exporter's error."""
+    if not torch_export.torchscript_available():
+        pytest.skip("this torch has no TorchScript exporter")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.RMSNorm(16), torch.nn.Linear(16, 4))
+    x = torch.randn(2, 8)
+    with pytest.warns(UserWarning, match="dynamo exporter instead"):
+        model = export_torch(module, x)
+    assert model.meta[EXPORTER_KEY] == "dynamo"
+    inf = to_inference(model)
+    (y,) = run_model(inf, {inf.graph.inputs[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, module.eval()(x).numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(torch.onnx.errors.UnsupportedOperatorError):
+        export_torch(module, x, exporter="torchscript")
