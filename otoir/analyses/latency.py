@@ -1063,19 +1063,32 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         return cache[k]
 
     most = len(sel(n_ok))
-    guess = None
-    if isinstance(costs.counter, LatencyCounter):
-        # every measurement builds and times a sub-network: the layer model's count brackets
-        # the search first (no timing), and the measured search starts there
-        layer: dict[int, float] = {}
+    if not isinstance(costs.counter, LatencyCounter):
+        return at(_smallest_count(at, most, goal))[0]
+    # Every measured count builds and times a sub-network, so the layer model (no timing)
+    # proposes counts first: its count for the target, then its count for the target
+    # rescaled by what the measurement said of the last proposal (measured ≈ c · predicted),
+    # at most three proposals; the measured search then starts from the bracket they give.
+    layer: dict[int, float] = {}
 
-        def layer_at(k: int) -> tuple[list[int], float]:
-            if k not in layer:
-                layer[k] = costs.layer_predict(sel(k))
-            return sel(k), layer[k]
+    def layer_at(k: int) -> tuple[list[int], float]:
+        if k not in layer:
+            layer[k] = costs.layer_predict(sel(k))
+        return sel(k), layer[k]
 
-        guess = _smallest_count(layer_at, most, target * costs.layer_full)
-    return at(_smallest_count(at, most, goal, guess))[0]
+    share = target
+    tried: list[int] = []
+    for _ in range(3):
+        guess = _smallest_count(layer_at, most, share * costs.layer_full)
+        if not 0 < guess < most or guess in tried:
+            break
+        tried.append(guess)
+        measured = at(guess)[1] / max(costs.full, 1e-12)
+        predicted = layer_at(guess)[1] / max(costs.layer_full, 1e-12)
+        if measured <= 0 or predicted <= 0 or abs(measured - target) < 0.005:
+            break
+        share = target * predicted / measured
+    return at(_smallest_count(at, most, goal, known=tried))[0]
 
 
 def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,
@@ -1122,40 +1135,46 @@ def flops_select(groups: Sequence[Group], scores: Sequence[float], costs: CostMo
     return _budget_select(groups, scores, costs, k, target_flops, checker, "target-flops")
 
 
-def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, goal: float,
-                       guess: int | None = None) -> list[int]:
+def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, goal: float) -> list[int]:
     """The selection of the smallest count K ≤ ``most`` whose predicted cost ``at(K)[1]`` is at
     most ``goal`` (bisection: the prediction falls with K up to alignment noise); the selection
-    of ``most`` when even that one does not meet the goal. ``at(K)`` is ``(selection, cost)``.
-    ``guess``: a count to start from (see :func:`_smallest_count`)."""
-    return at(_smallest_count(at, most, goal, guess))[0]
+    of ``most`` when even that one does not meet the goal. ``at(K)`` is ``(selection, cost)``."""
+    return at(_smallest_count(at, most, goal))[0]
 
 
 def _smallest_count(at: Callable[[int], tuple[list[int], float]], most: int, goal: float,
-                    guess: int | None = None) -> int:
+                    known: Iterable[int] = ()) -> int:
     """The count of :func:`smallest_selection`.
 
-    Without ``guess``: bisection over ``(0, most]`` (``at(most)`` first). With ``guess`` (an
-    estimate of the answer, e.g. the layer model's count for a measured cost): ``at(guess)``
-    first, then steps of ``most / 64`` doubling away from it until the goal changes sides, then
-    bisection inside that bracket; when the estimate is close, a few evaluations instead of
-    ``log2(most) + 1``. Count 0 (nothing removed) is taken not to meet the goal.
+    Without ``known``: bisection over ``(0, most]`` (``at(most)`` first). ``known``: counts
+    already evaluated (cached by ``at``), e.g. estimates of the answer: the search starts from
+    the tightest bracket they give — the smallest count meeting the goal and the largest below
+    it that does not — and, on a side they leave open, steps of ``most / 64`` doubling away
+    from them until the goal changes sides; then bisection inside. When the estimates are
+    close, a few evaluations instead of ``log2(most) + 1``. Count 0 (nothing removed) is taken
+    not to meet the goal.
     """
-    if guess is None or not 0 < guess < most:
+    pts = {int(k) for k in known if 0 < k < most}
+    if not pts:
         hi = most
         if at(hi)[1] > goal:
             return hi
         lo = 0
     else:
+        meet = [k for k in pts if at(k)[1] <= goal]
+        top = min(meet) if meet else None
+        fail = [k for k in pts if at(k)[1] > goal and (top is None or k < top)]
         step = max(1, most // 64)
-        if at(guess)[1] <= goal:
-            hi = guess
+        if top is not None and fail:
+            lo, hi = max(fail), top
+        elif top is not None:  # every estimate meets the goal: step down
+            hi = top
             lo = max(0, hi - step)
             while lo > 0 and at(lo)[1] <= goal:
                 hi, step = lo, 2 * step
                 lo = max(0, hi - step)
-        else:
-            lo = guess
+        else:  # none does: step up
+            lo = max(fail)
             hi = min(most, lo + step)
             while at(hi)[1] > goal:
                 if hi == most:

@@ -258,17 +258,22 @@ def test_bisection_takes_the_smallest_selection_the_measurement_accepts(resnet_t
     assert costs.counter.constructions < 2 * np.log2(len(groups)) + 4
 
 
-def test_smallest_count_with_a_guess_finds_the_same_count():
+def test_smallest_count_from_estimates_finds_the_same_count():
     costs = [1.0 - 0.013 * k for k in range(61)]  # falls with k; goal 0.5 first met at k = 39
+    seen: list[int] = []
 
     def at(k):
+        seen.append(k)
         return list(range(k)), costs[k]
 
     assert L._smallest_count(at, 60, 0.5) == 39
-    for guess in (1, 10, 38, 39, 40, 59):
-        assert L._smallest_count(at, 60, 0.5, guess) == 39
-    assert L._smallest_count(at, 60, 0.1, 30) == 60  # unreachable: the most
-    assert L.smallest_selection(at, 60, 0.5, 45) == list(range(39))
+    for known in ((1,), (10,), (38,), (39,), (40,), (59,), (30, 45), (45, 50), (5, 20)):
+        assert L._smallest_count(at, 60, 0.5, known=known) == 39, known
+    assert L._smallest_count(at, 60, 0.1, known=(30,)) == 60  # unreachable: the most
+    seen.clear()
+    assert L._smallest_count(at, 60, 0.5, known=(38, 40)) == 39
+    assert set(seen) == {38, 39, 40}  # a tight bracket: one more evaluation
+    assert L.smallest_selection(at, 60, 0.5) == list(range(39))
 
 
 def test_latency_selector_with_a_count_and_validity(resnet_table):
