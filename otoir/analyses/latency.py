@@ -872,14 +872,13 @@ class SubnetCounter:
     def model_of(self, removed: Iterable[int]) -> ir.Model:
         """The constructed sub-network without the groups at ``removed`` (inference form, then
         :attr:`finish`)."""
-        from otoir.analyses.groups import zero_group
+        from otoir.analyses.groups import zero_groups
         from otoir.api import clone_model
         from otoir.infra import PassManager
         from otoir.infra.registry import get_pass
 
         m = clone_model(self._model)
-        for i in sorted(set(removed)):
-            zero_group(m, self.groups[i])
+        zero_groups(m, (self.groups[i] for i in sorted(set(removed))))
         passes = [get_pass(n)() for n in ("to-inference", CONSTRUCTION[self.kind], "cleanup")]
         passes += [get_pass(n)(check=False) if n == "to-deployment" else get_pass(n)() for n in self.finish]
         PassManager(passes, verify_each=False).run(m)
@@ -950,6 +949,8 @@ class LatencyCounter(SubnetCounter):
         self.reference: ir.Model | None = None
         self.runs = min_runs
         self._sample: Any = None
+        self._ratios: dict[frozenset[int], np.ndarray] = {}
+        self.confirmed: set[frozenset[int]] = set()
         self.timings = 0
         self.seconds = 0.0
         super().__init__(model, groups)
@@ -979,8 +980,23 @@ class LatencyCounter(SubnetCounter):
         if not key:
             return self.full
         t = self._time([self.reference, sub], self.runs)
-        ratio = float(np.median(t[1] / np.maximum(t[0], 1e-9)))
-        return ratio * self.full
+        self._ratios[key] = t[1] / np.maximum(t[0], 1e-9)
+        return float(np.median(self._ratios[key])) * self.full
+
+    def confirm(self, removed: Iterable[int]) -> float:
+        """Times the selection again (constructed again) and keeps the median of all its rounds.
+
+        The search's last candidate is confirmed so that one lucky timing does not decide it.
+        """
+        key = frozenset(int(i) for i in removed)
+        self(key)
+        if not key:
+            return self.full
+        t = self._time([self.reference, self.model_of(key)], self.runs)
+        self._ratios[key] = np.concatenate([self._ratios[key], t[1] / np.maximum(t[0], 1e-9)])
+        self._cache[key] = float(np.median(self._ratios[key])) * self.full
+        self.confirmed.add(key)
+        return self._cache[key]
 
 
 def exact_flops_cost_model(model: ir.Model, groups: Sequence[Group], *,
@@ -1058,6 +1074,8 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         return chosen_at[k]
 
     def at(k: int) -> tuple[list[int], float]:
+        if costs.counter is not None:  # the counter caches per selection (and confirms)
+            return sel(k), costs.predict(sel(k))
         if k not in cache:
             cache[k] = (sel(k), costs.predict(sel(k)))
         return cache[k]
@@ -1088,7 +1106,15 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         if measured <= 0 or predicted <= 0 or abs(measured - target) < 0.005:
             break
         share = target * predicted / measured
-    return at(_smallest_count(at, most, goal, known=tried))[0]
+    # the answer is timed twice (its figure: the median of both timings' rounds); when that
+    # misses the goal the search goes on above it (at most two more answers confirmed)
+    for _ in range(3):
+        k = _smallest_count(at, most, goal, known=tried)
+        key = frozenset(sel(k))
+        if k >= most or key in costs.counter.confirmed or costs.counter.confirm(sel(k)) <= goal:
+            break
+        tried.append(k)
+    return sel(k)
 
 
 def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,

@@ -254,8 +254,29 @@ def test_bisection_takes_the_smallest_selection_the_measurement_accepts(resnet_t
     assert len(predicted_only) < len(pick)
     assert costs.predict(predicted_only) / costs.full > target
     assert costs.layer_predict(predicted_only) / costs.layer_full <= target
+    assert frozenset(pick) in costs.counter.confirmed  # the answer was timed twice
     # the search was bounded: far fewer constructions than groups
     assert costs.counter.constructions < 2 * np.log2(len(groups)) + 4
+
+
+def test_confirm_times_again_and_keeps_the_median_of_all_rounds(resnet_table):
+    from otoir.optim.from_groups import groups_for
+
+    model, _ = resnet_table
+    groups = groups_for(model, "zig")
+    ratios = iter([None, 0.4, 0.7])  # the full model alone, then the selection twice
+
+    def timer(models, sample, *, runs, warmup, threads, batch):
+        r = next(ratios)
+        return np.array([[2.0] * runs] + ([[2.0 * r] * runs] if len(models) > 1 else []))
+
+    counter = L.LatencyCounter(model, groups, timer=timer, min_runs=4, max_runs=4)
+    assert counter.full == 2.0 and counter.runs == 4
+    assert counter([1, 2]) / counter.full == pytest.approx(0.4)
+    n = counter.constructions
+    assert counter.confirm([2, 1]) / counter.full == pytest.approx(0.55)  # median of 4 x 0.4 and 4 x 0.7
+    assert counter([1, 2]) / counter.full == pytest.approx(0.55) and counter.constructions == n + 1
+    assert frozenset({1, 2}) in counter.confirmed
 
 
 def test_smallest_count_from_estimates_finds_the_same_count():
