@@ -24,8 +24,14 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
 * :func:`latency_select` is the latency-aware selection: groups are ranked by importance per
   unit of (smoothly estimated) latency saved, and the walk is the validity-checked
   :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
-  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
-  predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection
+  costs at most ``F`` times the full model's; with a count ``K`` it takes ``K``. The table alone
+  is optimistic (it times layers, not the network), so ``target-latency`` *measures* the
+  candidates (:func:`measured_cost_model`, :class:`LatencyCounter`): each count the search
+  tries is constructed as the pipelines construct it, put in deployment form and timed
+  interleaved against the full model; the table ranks the groups and proposes the first counts
+  (rescaled by what the measurement said), so a search costs a handful of constructions, and
+  the answer is timed twice.
 * :func:`flops_select` (``target-flops=F``) is the same selection on FLOPs: ranked by importance
   per FLOP saved (:func:`flops_cost_model`; a GeZIG's saving includes the region it ends and the
   segments it leaves dead), with every candidate selection's FLOPs *counted* on the constructed
