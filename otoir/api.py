@@ -200,7 +200,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             does (``report.details["groups"]`` says so). 1: no rounding.
         target_latency: Latency-aware selection: groups are ranked by importance per unit of
             ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`)
-            and chosen until the predicted latency is this fraction of the full model's;
+            and chosen until the constructed network's measured latency (deployment form, timed
+            interleaved with the full model) is this fraction of the full model's;
             ``target_sparsity`` is then not used. 0: off.
         target_flops: FLOPs-aware selection: groups are ranked by importance per FLOP saved (an
             erased segment's collateral included: consumer columns, branches left dead) and the

@@ -124,7 +124,8 @@ class Train(TrainConfig, Pass):
         "val-accuracy": "validation top-1 accuracy after training",
         "group-sparsity": "fraction of zero groups at the end (structured optimizers)",
         "bn-recalibrated": "BatchNormalization nodes whose running statistics were re-estimated",
-        "predicted-latency": "predicted latency of the selection / the full model's (target-latency)",
+        "predicted-latency": "latency of the selection's constructed deployment-form network / the full model's, "
+                             "measured with ONNX Runtime interleaved (target-latency; FLOPs ratio without ONNX Runtime)",
         "predicted-flops": "FLOPs of the constructed selection / the full model's (target-flops)",
     }
 
@@ -284,7 +285,7 @@ class Train(TrainConfig, Pass):
             if selector.predicted > target:
                 ctx.warning(f"train: {option}={target:g}: the {int(np.sum(mask)) if mask is not None else 0} groups "
                             f"that can be zero together leave {selector.predicted:.3f} of the full model's "
-                            f"{'FLOPs' if self.target_flops else 'predicted latency'}")
+                            f"{'FLOPs' if self.target_flops else 'latency (measured)'}")
         ctx.results[self.name] = {
             **out, "validation": val, "dataset": ds.name, "train-samples": n, "backend": backend,
             "optimizer": opt_name, "groups": groups,

@@ -38,9 +38,11 @@ class ZeroGroups(Pass):
     the kept channel count of every tensor that loses channels is a multiple of N: ``random=F``
     then zeroes the nearest count that allows (a warning says so when it differs), and ``ids``
     that break it are refused. ``target-latency=F`` zeroes groups ranked by importance (random
-    scores, ``seed``) per unit of measured ONNX Runtime latency saved until the predicted latency
-    is ``F`` of the full model's (:mod:`otoir.analyses.latency`; FLOPs without ONNX Runtime,
-    with a remark). ``target-flops=F`` zeroes groups ranked the same way per FLOP saved (an erased
+    scores, ``seed``) per unit of measured ONNX Runtime latency saved until the measured latency
+    of the constructed deployment-form network, timed interleaved with the full model, is at
+    most ``F`` of the full model's (:func:`~otoir.analyses.latency.measured_cost_model`;
+    ``results["predicted-latency"]`` is that measured ratio; FLOPs without ONNX Runtime, with
+    a remark). ``target-flops=F`` zeroes groups ranked the same way per FLOP saved (an erased
     segment's collateral included) until the sub-network constructed from them has at most ``F``
     of the full model's FLOPs, counted exactly on the constructed network
     (:func:`~otoir.analyses.latency.flops_select`; ``results["predicted-flops"]``). The pass reports a change only when
@@ -64,7 +66,8 @@ class ZeroGroups(Pass):
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
     round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig)")
     target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
-                                        "the predicted ONNX Runtime latency is this fraction of the full model's")
+                                        "the constructed network's measured ONNX Runtime latency is this fraction of the full "
+                                        "model's")
     target_flops: float = option(0.0, "with random scores, zero the fewest groups ranked by importance per FLOP saved "
                                       "that leave the constructed network at most this fraction of the full model's "
                                       "FLOPs")
@@ -162,10 +165,10 @@ class ZeroGroups(Pass):
         """Groups chosen by :func:`~otoir.analyses.latency.latency_select` (``target-latency``) or
         :func:`~otoir.analyses.latency.flops_select` (``target-flops``) with random scores."""
         from otoir.analyses.latency import (
-            cost_model,
             exact_flops_cost_model,
             flops_select,
             latency_select,
+            measured_cost_model,
             runtime_aligned,
         )
         from otoir.errors import OtoirError
@@ -176,7 +179,7 @@ class ZeroGroups(Pass):
             if self.target_flops:
                 costs = exact_flops_cost_model(model, groups, analyses=ctx.analyses)
             else:
-                costs = cost_model(model, groups, analyses=ctx.analyses)
+                costs = measured_cost_model(model, groups, analyses=ctx.analyses)
         except (OtoirError, ValueError) as exc:
             ctx.error(f"{option}: {exc}")
             return None
@@ -193,7 +196,8 @@ class ZeroGroups(Pass):
         ctx.results["predicted-" + option.split("-")[1]] = predicted
         if predicted > target:
             ctx.warning(f"{option}={target:g}: the {len(picked)} groups that can be zero together "
-                        f"are predicted to leave {predicted:.3f} of the full model's {costs.source} cost")
+                        f"leave {predicted:.3f} of the full model's "
+                        f"{'measured latency' if costs.counter is not None and not self.target_flops else costs.source + ' cost'}")
         return [groups[i] for i in picked]
 
     def _groups(self, ctx):

@@ -9,8 +9,11 @@ redundancy scores for every column, by
   groups as bring the predicted FLOPs to ``--flops`` (0.5) of the full model's;
 * ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
 * ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
-  importance per unit of measured ONNX Runtime latency saved
-  (:mod:`otoir.analyses.latency`; channel counts at the runtime's measured multiple);
+  importance per unit of measured ONNX Runtime latency saved (the latency table), the count
+  the smallest whose constructed deployment-form sub-network measured at most that fraction of
+  the full model's latency (1 thread, batch 1) — the library's path,
+  :func:`~otoir.analyses.latency.measured_cost_model` (channel counts at the runtime's
+  measured multiple);
 * ``lat+rt8``: latency-aware with ``round-to=8``.
 
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
@@ -218,7 +221,7 @@ def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: 
 def bench(name: str, args) -> list[dict]:
     """Runs one network; returns one row per model (full first)."""
     import otoir
-    from otoir.analyses.latency import cost_model, flops_cost_model, latency_select, runtime_aligned
+    from otoir.analyses.latency import flops_cost_model, latency_select, measured_cost_model, runtime_aligned
     from otoir.analyses.validity import controlled_groups
     from otoir.api import clone_model
     from otoir.frontends import export_torch
@@ -245,15 +248,23 @@ def bench(name: str, args) -> list[dict]:
     except TypeError:  # no round-to in this otoir
         rt = None
     t1 = time.perf_counter()
-    costs = cost_model(model, groups, threads=1, batch=1)
-    t_table = time.perf_counter() - t1
+    # the library's target-latency path: ranked by the table, counted on the measured
+    # constructed sub-networks (1 thread, batch 1, as the table)
+    costs = measured_cost_model(model, groups, threads=1, batch=1)
+    t_table = time.perf_counter() - t1 - (costs.counter.seconds if costs.counter else 0.0)
     aligned, _ = runtime_aligned(model, groups, costs)
     variants["lat"] = latency_select(aligned, scores, costs, target_latency=args.latency)
     predicted = {"lat": costs.predict(variants["lat"]) / costs.full}
+    layer = {"lat": costs.layer_predict(variants["lat"]) / costs.layer_full}
+    counters = [costs.counter]
     if rt is not None:
-        rt_costs = cost_model(model, rt, table=costs.table)
+        rt_costs = measured_cost_model(model, rt, table=costs.table)
         variants["lat+rt8"] = latency_select(rt, scores, rt_costs, target_latency=args.latency)
         predicted["lat+rt8"] = rt_costs.predict(variants["lat+rt8"]) / rt_costs.full
+        layer["lat+rt8"] = rt_costs.layer_predict(variants["lat+rt8"]) / rt_costs.layer_full
+        counters.append(rt_costs.counter)
+    t_select = time.perf_counter() - t1 - t_table
+    counters = [c for c in counters if c is not None]
     models = {"full": full}
     worst = 0.0
     for v, chosen in variants.items():
@@ -275,35 +286,38 @@ def bench(name: str, args) -> list[dict]:
         rows.append({
             "model": name, "variant": k, "groups": len(variants.get(k, ())), "of": len(groups),
             "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
-            "predicted": predicted.get(k),
+            "predicted": predicted.get(k), "table": layer.get(k),
             "lat": {tb: ms[i] / ms[0] for tb, ms in lat.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
             "best": {tb: ms[i] / ms[0] for tb, ms in best.items()},
         })
     rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
-                       f"timings, channel multiple {costs.table.align if costs.table else '-'}), oracle max diff "
+                       f"timings, channel multiple {costs.table.align if costs.table else '-'}), measured selection "
+                       f"{t_select:.1f} s ({sum(c.constructions for c in counters)} constructions, "
+                       f"{sum(c.seconds for c in counters):.1f} s timing), oracle max diff "
                        f"{worst:.1e}, {time.perf_counter() - t0:.0f} s")
     return rows
 
 
 def _print(rows: list[dict], args) -> None:
     keys = [(t, b) for t in args.threads for b in args.batches]
-    head = f"{'model':<13}{'variant':<9}{'groups':>11}{'FLOPs':>7}{'params':>7}{'pred':>6}"
+    head = f"{'model':<13}{'variant':<9}{'groups':>11}{'FLOPs':>7}{'params':>7}{'pred':>6}{'table':>6}"
     head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + "  ok"
     print(head)
     for r in rows:
         if r["variant"] == "full":
             ms = "".join(f"{r['ms'][k]:>7.2f}ms" for k in keys)
-            print(f"{r['model']:<13}{'full':<9}{'':>11}{1:>7.2f}{1:>7.2f}{'':>6}{ms}  ({r['note']})")
+            print(f"{r['model']:<13}{'full':<9}{'':>11}{1:>7.2f}{1:>7.2f}{'':>12}{ms}  ({r['note']})")
             continue
         worst = max(r["lat"].values())
         ok = "yes" if worst <= 1.1 * r["flops"] and worst < 1.0 else ("<1" if worst < 1.0 else "SLOWER")
         pred = f"{r['predicted']:>6.2f}" if r["predicted"] is not None else f"{'':>6}"
+        pred += f"{r['table']:>6.2f}" if r.get("table") is not None else f"{'':>6}"
         lat = "".join(f"{r['lat'][k]:>9.2f}" for k in keys)
         print(f"{'':<13}{r['variant']:<9}{r['groups']:>5}/{r['of']:<5}{r['flops']:>7.2f}{r['params']:>7.2f}{pred}{lat}"
               f"  {ok}", flush=True)
         if args.show_min:
             low = "".join(f"{'(' + format(r['best'][k], '.2f') + ')':>9}" for k in keys)
-            print(f"{'':<13}{'  min':<9}{'':>11}{'':>7}{'':>7}{'':>6}{low}", flush=True)
+            print(f"{'':<13}{'  min':<9}{'':>11}{'':>7}{'':>7}{'':>12}{low}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_latency: unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = predicted latency "
-          f"fraction; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+    print(f"# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
+          f"fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
+          f"interleaved with the full model, 1 thread, batch 1); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
           f"1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows: list[dict] = []

@@ -9,7 +9,7 @@ statistics). Both analyses produce :class:`Group` objects; ``zero-groups``, the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["TensorSlice", "Group", "zero_group", "group_is_zero", "tensor_array", "set_tensor_array"]
+__all__ = ["TensorSlice", "Group", "zero_group", "zero_groups", "group_is_zero", "tensor_array", "set_tensor_array"]
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,15 @@ def set_tensor_array(model: ir.Model, name: str, array: np.ndarray) -> None:
 
 def zero_group(model: ir.Model, group: Group, *, include_dependent: bool = False) -> None:
     """Sets the group's trainable entries (and optionally its dependent ones) to zero."""
+    zero_groups(model, (group,), include_dependent=include_dependent)
+
+
+def zero_groups(model: ir.Model, groups: Iterable[Group], *, include_dependent: bool = False) -> None:
+    """:func:`zero_group` of several groups, each tensor rewritten once."""
     by_tensor: dict[str, list[TensorSlice]] = {}
-    for s in (*group.slices, *(group.dependent if include_dependent else ())):
-        by_tensor.setdefault(s.tensor, []).append(s)
+    for group in groups:
+        for s in (*group.slices, *(group.dependent if include_dependent else ())):
+            by_tensor.setdefault(s.tensor, []).append(s)
     for name, slices in by_tensor.items():
         arr = np.array(tensor_array(model, name))
         for s in slices:

@@ -24,8 +24,14 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
 * :func:`latency_select` is the latency-aware selection: groups are ranked by importance per
   unit of (smoothly estimated) latency saved, and the walk is the validity-checked
   :func:`~otoir.analyses.validity.select_redundant` (caps, never a whole tensor, GeZIG
-  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection is
-  predicted to cost at most ``F`` times the full model's; with a count ``K`` it takes ``K``.
+  validity, round-to). With ``target_latency=F`` it takes the smallest count whose selection
+  costs at most ``F`` times the full model's; with a count ``K`` it takes ``K``. The table alone
+  is optimistic (it times layers, not the network), so ``target-latency`` *measures* the
+  candidates (:func:`measured_cost_model`, :class:`LatencyCounter`): each count the search
+  tries is constructed as the pipelines construct it, put in deployment form and timed
+  interleaved against the full model; the table ranks the groups and proposes the first counts
+  (rescaled by what the measurement said), so a search costs a handful of constructions, and
+  the answer is timed twice.
 * :func:`flops_select` (``target-flops=F``) is the same selection on FLOPs: ranked by importance
   per FLOP saved (:func:`flops_cost_model`; a GeZIG's saving includes the region it ends and the
   segments it leaves dead), with every candidate selection's FLOPs *counted* on the constructed
@@ -64,6 +70,9 @@ __all__ = [
     "channel_multiple",
     "CONSTRUCTION",
     "FlopsCounter",
+    "LatencyCounter",
+    "SubnetCounter",
+    "measured_cost_model",
     "cost_model",
     "exact_flops_cost_model",
     "flops_cost_model",
@@ -620,9 +629,10 @@ class CostModel:
             removed outputs)]``.
         table: The measured table (None for FLOPs).
         remark: A note for the user (e.g. why FLOPs are used).
-        counter: Exact FLOPs of a selection (:class:`FlopsCounter`): when set, :meth:`predict`
-            and :attr:`full` are counted on the constructed sub-network, and the layer model
-            only ranks (:meth:`savings`).
+        counter: The cost of a selection on its constructed sub-network (:class:`FlopsCounter`:
+            exact FLOPs; :class:`LatencyCounter`: measured latency): when set, :meth:`predict`
+            and :attr:`full` are the counter's, and the layer model only ranks
+            (:meth:`savings`) and brackets (:meth:`layer_predict`).
     """
 
     source: str
@@ -631,14 +641,26 @@ class CostModel:
     effects: list[list[tuple[int, int, int]]]
     table: LatencyTable | None = None
     remark: str = ""
-    counter: FlopsCounter | None = None
+    counter: SubnetCounter | None = None
 
     @property
     def full(self) -> float:
-        """Predicted cost of the full model (the counted FLOPs with a :attr:`counter`)."""
+        """Cost of the full model (the counter's figure with a :attr:`counter`)."""
         if self.counter is not None:
             return self.counter.full
+        return self.layer_full
+
+    @property
+    def layer_full(self) -> float:
+        """The layer model's cost of the full model (the layers plus the residual)."""
         return sum(lc.full_ms for lc in self.layers) + self.residual
+
+    def layer_predict(self, removed: Iterable[int]) -> float:
+        """The layer model's cost with the groups at these indices removed (never the counter's)."""
+        t = self.tracker()
+        for i in removed:
+            t.remove(i)
+        return t.total
 
     def tracker(self) -> CostTracker:
         """An incremental predictor starting from the full model (the layer model, even with a counter)."""
@@ -648,10 +670,7 @@ class CostModel:
         """Predicted cost with the groups at these indices removed (counted, with a :attr:`counter`)."""
         if self.counter is not None:
             return self.counter(removed)
-        t = self.tracker()
-        for i in removed:
-            t.remove(i)
-        return t.total
+        return self.layer_predict(removed)
 
     def savings(self) -> np.ndarray:
         """Per group: smooth estimate of the cost saved by removing it (>= 0; for ranking).
@@ -695,7 +714,7 @@ class CostTracker:
         self.times = [lc.full_ms for lc in model.layers]
         self.act_total = sum(lc.activation for lc in model.layers) or 1
         self.act = float(self.act_total)
-        self.total = model.full
+        self.total = model.layer_full
 
     def remove(self, g: int) -> float:
         """Removes group ``g``; returns the new total."""
@@ -821,29 +840,34 @@ def flops_cost_model(model: ir.Model, groups: Sequence[Group], *, analyses: Anal
 CONSTRUCTION = {"gezig": "eliminate-dead-branches", "zig": "prune-channels"}
 
 
-class FlopsCounter:
-    """Exact FLOPs of the model with a selection of groups removed: constructed, then counted.
+class SubnetCounter:
+    """The cost of the model with a selection of groups removed, on the constructed sub-network.
 
     A selection is zeroed on a copy of the model (the trainable slices, as training leaves
     them), the copy is put in inference form and constructed as the named pipelines do
     (``to-inference``, ``eliminate-dead-branches`` for GeZIGs or ``prune-channels`` for channel
-    groups, ``cleanup``), and :func:`otoir.stats.stats` counts its FLOPs. So the figure *is*
-    the compressed network's: every collateral (consumer columns that go, Concats that shrink,
-    segments left dead, pooling and normalisation of removed channels) is counted by the one
-    construction and the one FLOP counter, never by a second model of them. :attr:`full` is the
-    full model in the same form. Results are cached per selection.
+    groups, ``cleanup``, then :attr:`finish`), and :meth:`figure` measures it. So the figure
+    *is* the compressed network's: every collateral (consumer columns that go, Concats that
+    shrink, segments left dead, pooling and normalisation of removed channels) is in the one
+    construction, never in a second model of it. :attr:`full` is the empty selection's figure.
+    Results are cached per selection; :attr:`constructions` counts the sub-networks built.
 
     Args:
         model: The model (copied here: later changes to its values do not matter).
         groups: The candidate groups (selections are indices into them).
     """
 
+    #: Passes run after the construction (e.g. ``to-deployment``).
+    finish: tuple[str, ...] = ()
+    #: The option named in errors.
+    option = "target-flops"
+
     def __init__(self, model: ir.Model, groups: Sequence[Group]) -> None:
         from otoir.api import clone_model
 
         kinds = {g.kind for g in groups}
         if len(kinds) > 1 or not kinds <= set(CONSTRUCTION):
-            raise ValueError(f"target-flops counts gezig or zig groups of one kind, got {sorted(kinds)}")
+            raise ValueError(f"{self.option} counts gezig or zig groups of one kind, got {sorted(kinds)}")
         self.kind = next(iter(kinds), "zig")
         self.groups = list(groups)
         self._model = clone_model(model)
@@ -852,26 +876,132 @@ class FlopsCounter:
         self.full = self(())
 
     def model_of(self, removed: Iterable[int]) -> ir.Model:
-        """The constructed sub-network without the groups at ``removed`` (inference form)."""
-        from otoir.analyses.groups import zero_group
+        """The constructed sub-network without the groups at ``removed`` (inference form, then
+        :attr:`finish`)."""
+        from otoir.analyses.groups import zero_groups
         from otoir.api import clone_model
         from otoir.infra import PassManager
         from otoir.infra.registry import get_pass
 
         m = clone_model(self._model)
-        for i in sorted(set(removed)):
-            zero_group(m, self.groups[i])
-        names = ["to-inference", CONSTRUCTION[self.kind], "cleanup"]
-        PassManager([get_pass(n)() for n in names], verify_each=False).run(m)
+        zero_groups(m, (self.groups[i] for i in sorted(set(removed))))
+        passes = [get_pass(n)() for n in ("to-inference", CONSTRUCTION[self.kind], "cleanup")]
+        passes += [get_pass(n)(check=False) if n == "to-deployment" else get_pass(n)() for n in self.finish]
+        PassManager(passes, verify_each=False).run(m)
         self.constructions += 1
         return m
 
-    def __call__(self, removed: Iterable[int]) -> float:
-        from otoir.stats import stats
+    def figure(self, key: frozenset[int], sub: ir.Model) -> float:
+        """The cost of the constructed sub-network ``sub`` of selection ``key``."""
+        raise NotImplementedError
 
+    def __call__(self, removed: Iterable[int]) -> float:
         key = frozenset(int(i) for i in removed)
         if key not in self._cache:
-            self._cache[key] = float(stats(self.model_of(key)).flops)
+            self._cache[key] = float(self.figure(key, self.model_of(key)))
+        return self._cache[key]
+
+
+class FlopsCounter(SubnetCounter):
+    """Exact FLOPs of the model with a selection of groups removed: constructed
+    (:class:`SubnetCounter`), then counted by :func:`otoir.stats.stats`."""
+
+    def figure(self, key: frozenset[int], sub: ir.Model) -> float:
+        """The FLOPs of ``sub``."""
+        from otoir.stats import stats
+
+        return float(stats(sub).flops)
+
+
+class LatencyCounter(SubnetCounter):
+    """Measured ONNX Runtime latency of the model with a selection of groups removed.
+
+    The selection's sub-network is constructed as :class:`SubnetCounter` does and put in
+    deployment form (``to-deployment``), then timed interleaved against the full model in the
+    same form (:func:`otoir.report.time_interleaved`: one run of each in turn, thread pools not
+    spinning, ``threads`` intra-op threads, batch ``batch``: the table's settings). The figure
+    is ``ratio * full_ms``, where ``ratio`` is the median over the rounds of the sub-network's
+    time over the full model's in the same round (load from other processes hits both alike) and
+    :attr:`full` (``full_ms``) is the full model's median time; the empty selection is the
+    full model (ratio 1). So the bisection's goal ``target * full`` is a goal on the measured
+    ratio. The number of rounds is chosen so one comparison lasts about ``budget_s`` (between
+    ``min_runs`` and ``max_runs``).
+
+    Args:
+        model: The model.
+        groups: The candidate groups.
+        threads: Intra-op threads.
+        batch: Batch size of symbolic batch dimensions.
+        budget_s: Seconds one comparison should take (both models).
+        min_runs: Fewest interleaved rounds.
+        max_runs: Most interleaved rounds.
+        timer: The interleaved timer (default :func:`otoir.report.time_interleaved`); tests
+            inject one. Called as ``timer(models, sample, runs=, warmup=, threads=, batch=)``
+            and returns ``(models, runs)`` ms.
+    """
+
+    finish = ("to-deployment",)
+    option = "target-latency"
+
+    def __init__(self, model: ir.Model, groups: Sequence[Group], *, threads: int = 1, batch: int = 1,
+                 budget_s: float = 1.0, min_runs: int = 15, max_runs: int = 200,
+                 timer: Callable[..., np.ndarray] | None = None) -> None:
+        self.threads = threads
+        self.batch = batch
+        self.budget_s = budget_s
+        self.min_runs = min_runs
+        self.max_runs = max_runs
+        self._timer = timer
+        self.reference: ir.Model | None = None
+        self.runs = min_runs
+        self._sample: Any = None
+        self._ratios: dict[frozenset[int], np.ndarray] = {}
+        self.confirmed: set[frozenset[int]] = set()
+        self.timings = 0
+        self.seconds = 0.0
+        super().__init__(model, groups)
+
+    def _time(self, models: list[ir.Model], runs: int) -> np.ndarray:
+        from otoir import report
+
+        timer = self._timer or report.time_interleaved  # looked up at call time (tests patch it)
+        t0 = time.perf_counter()
+        out = np.asarray(timer(models, self._sample, runs=runs, warmup=3, threads=self.threads, batch=self.batch),
+                         dtype=np.float64)
+        self.timings += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def figure(self, key: frozenset[int], sub: ir.Model) -> float:
+        """``ratio * full_ms`` of ``sub`` (the full model's median ms for the empty selection)."""
+        if self.reference is None:  # the empty selection: the reference every ratio is taken to
+            from otoir.report import random_inputs
+
+            self.reference = sub
+            self._sample = random_inputs(sub, rows=max(self.batch, 1))
+            t = self._time([sub], self.min_runs)[0]
+            full_ms = float(np.median(t))
+            self.runs = int(np.clip(self.budget_s * 1e3 / max(2 * full_ms, 1e-3), self.min_runs, self.max_runs))
+            return full_ms
+        if not key:
+            return self.full
+        t = self._time([self.reference, sub], self.runs)
+        self._ratios[key] = t[1] / np.maximum(t[0], 1e-9)
+        return float(np.median(self._ratios[key])) * self.full
+
+    def confirm(self, removed: Iterable[int]) -> float:
+        """Times the selection again (constructed again) and keeps the median of all its rounds.
+
+        The search's last candidate is confirmed so that one lucky timing does not decide it.
+        """
+        key = frozenset(int(i) for i in removed)
+        self(key)
+        if not key:
+            return self.full
+        t = self._time([self.reference, self.model_of(key)], self.runs)
+        self._ratios[key] = np.concatenate([self._ratios[key], t[1] / np.maximum(t[0], 1e-9)])
+        self._cache[key] = float(np.median(self._ratios[key])) * self.full
+        self.confirmed.add(key)
         return self._cache[key]
 
 
@@ -881,6 +1011,24 @@ def exact_flops_cost_model(model: ir.Model, groups: Sequence[Group], *,
     (predictions: the constructed sub-network's FLOPs, exactly)."""
     cm = flops_cost_model(model, groups, analyses=analyses)
     cm.counter = FlopsCounter(model, groups)
+    return cm
+
+
+def measured_cost_model(model: ir.Model, groups: Sequence[Group], *, analyses: AnalysisManager | None = None,
+                        threads: int = 1, batch: int = 1, cache: bool | str | os.PathLike = True,
+                        table: LatencyTable | None = None, **counter: Any) -> CostModel:
+    """:func:`cost_model` (the measured table: ranking, and a first bracket of the count) with
+    a :class:`LatencyCounter` (predictions: the constructed deployment-form sub-network's
+    measured latency, at the same ``threads`` and ``batch``). The one way ``target-latency``
+    gets its cost model (``train``, ``zero-groups``, ``tools/bench_latency.py``). Without ONNX
+    Runtime it is :func:`cost_model`'s FLOPs stand-in, unchanged.
+
+    Args:
+        counter: Keyword arguments of :class:`LatencyCounter` (``budget_s``, ``timer``, ...).
+    """
+    cm = cost_model(model, groups, analyses=analyses, threads=threads, batch=batch, cache=cache, table=table)
+    if cm.source == "onnxruntime":
+        cm.counter = LatencyCounter(model, groups, threads=threads, batch=batch, **counter)
     return cm
 
 
@@ -923,16 +1071,56 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
     pr = prio.tolist()
     n_ok = int(np.isfinite(prio).sum())
     goal = target * costs.full
+    chosen_at: dict[int, list[int]] = {}
     cache: dict[int, tuple[list[int], float]] = {}
 
+    def sel(k: int) -> list[int]:
+        if k not in chosen_at:  # select_redundant applies every control (round-to too)
+            chosen_at[k] = select_redundant(groups, pr, k, checker)
+        return chosen_at[k]
+
     def at(k: int) -> tuple[list[int], float]:
+        if costs.counter is not None:  # the counter caches per selection (and confirms)
+            return sel(k), costs.predict(sel(k))
         if k not in cache:
-            chosen = select_redundant(groups, pr, k, checker)
-            cache[k] = (chosen, costs.predict(chosen))
+            cache[k] = (sel(k), costs.predict(sel(k)))
         return cache[k]
 
-    # select_redundant applies every control (round-to too)
-    return smallest_selection(at, len(at(n_ok)[0]), goal)
+    most = len(sel(n_ok))
+    if not isinstance(costs.counter, LatencyCounter):
+        return at(_smallest_count(at, most, goal))[0]
+    # Every measured count builds and times a sub-network, so the layer model (no timing)
+    # proposes counts first: its count for the target, then its count for the target
+    # rescaled by what the measurement said of the last proposal (measured ≈ c · predicted),
+    # at most three proposals; the measured search then starts from the bracket they give.
+    layer: dict[int, float] = {}
+
+    def layer_at(k: int) -> tuple[list[int], float]:
+        if k not in layer:
+            layer[k] = costs.layer_predict(sel(k))
+        return sel(k), layer[k]
+
+    share = target
+    tried: list[int] = []
+    for _ in range(3):
+        guess = _smallest_count(layer_at, most, share * costs.layer_full)
+        if not 0 < guess < most or guess in tried:
+            break
+        tried.append(guess)
+        measured = at(guess)[1] / max(costs.full, 1e-12)
+        predicted = layer_at(guess)[1] / max(costs.layer_full, 1e-12)
+        if measured <= 0 or predicted <= 0 or abs(measured - target) < 0.005:
+            break
+        share = target * predicted / measured
+    # the answer is timed twice (its figure: the median of both timings' rounds); when that
+    # misses the goal the search goes on above it (at most two more answers confirmed)
+    for _ in range(3):
+        k = _smallest_count(at, most, goal, known=tried)
+        key = frozenset(sel(k))
+        if k >= most or key in costs.counter.confirmed or costs.counter.confirm(sel(k)) <= goal:
+            break
+        tried.append(k)
+    return sel(k)
 
 
 def latency_select(groups: Sequence[Group], scores: Sequence[float], costs: CostModel, *, k: int | None = None,
@@ -983,17 +1171,55 @@ def smallest_selection(at: Callable[[int], tuple[list[int], float]], most: int, 
     """The selection of the smallest count K ≤ ``most`` whose predicted cost ``at(K)[1]`` is at
     most ``goal`` (bisection: the prediction falls with K up to alignment noise); the selection
     of ``most`` when even that one does not meet the goal. ``at(K)`` is ``(selection, cost)``."""
-    hi = most
-    if at(hi)[1] > goal:
-        return at(hi)[0]
-    lo = 0
+    return at(_smallest_count(at, most, goal))[0]
+
+
+def _smallest_count(at: Callable[[int], tuple[list[int], float]], most: int, goal: float,
+                    known: Iterable[int] = ()) -> int:
+    """The count of :func:`smallest_selection`.
+
+    Without ``known``: bisection over ``(0, most]`` (``at(most)`` first). ``known``: counts
+    already evaluated (cached by ``at``), e.g. estimates of the answer: the search starts from
+    the tightest bracket they give — the smallest count meeting the goal and the largest below
+    it that does not — and, on a side they leave open, steps of ``most / 64`` doubling away
+    from them until the goal changes sides; then bisection inside. When the estimates are
+    close, a few evaluations instead of ``log2(most) + 1``. Count 0 (nothing removed) is taken
+    not to meet the goal.
+    """
+    pts = {int(k) for k in known if 0 < k < most}
+    if not pts:
+        hi = most
+        if at(hi)[1] > goal:
+            return hi
+        lo = 0
+    else:
+        meet = [k for k in pts if at(k)[1] <= goal]
+        top = min(meet) if meet else None
+        fail = [k for k in pts if at(k)[1] > goal and (top is None or k < top)]
+        step = max(1, most // 64)
+        if top is not None and fail:
+            lo, hi = max(fail), top
+        elif top is not None:  # every estimate meets the goal: step down
+            hi = top
+            lo = max(0, hi - step)
+            while lo > 0 and at(lo)[1] <= goal:
+                hi, step = lo, 2 * step
+                lo = max(0, hi - step)
+        else:  # none does: step up
+            lo = max(fail)
+            hi = min(most, lo + step)
+            while at(hi)[1] > goal:
+                if hi == most:
+                    return most
+                lo, step = hi, 2 * step
+                hi = min(most, lo + step)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if at(mid)[1] <= goal:
             hi = mid
         else:
             lo = mid
-    return at(hi)[0]
+    return hi
 
 
 class LatencySelector:
@@ -1011,7 +1237,10 @@ class LatencySelector:
         option: The option the target comes from (``target-latency`` or ``target-flops``).
 
     Attributes:
-        predicted: After a call, the chosen selection's predicted cost over the full model's.
+        predicted: After a call, the chosen selection's cost over the full model's: the
+            counter's when the cost model has one (:class:`LatencyCounter`: the measured latency
+            ratio of the constructed network; :class:`FlopsCounter`: its exact FLOPs ratio),
+            else the layer model's prediction.
     """
 
     def __init__(self, groups: Sequence[Group], costs: CostModel, target_latency: float | None = None, *,
@@ -1066,13 +1295,17 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
 
 def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: float, *,
                      analyses: AnalysisManager | None = None, threads: int = 1, batch: int = 1,
-                     cache: bool | str | os.PathLike = True) -> LatencySelector:
+                     cache: bool | str | os.PathLike = True, measured: bool = True) -> LatencySelector:
     """The optimizers' latency-aware selector for ``groups`` of ``model`` (see :func:`cost_model`).
 
+    Groups are ranked by the measured table; with ``measured`` (the default) the count is found
+    on the constructed deployment-form sub-networks' measured latency
+    (:func:`measured_cost_model`, :class:`LatencyCounter`), else on the table's prediction.
     Channel counts are kept aligned to the runtime (:func:`runtime_aligned`). Its ``remark``
     says so, and when FLOPs stand in for the runtime.
     """
-    costs = cost_model(model, groups, analyses=analyses, threads=threads, batch=batch, cache=cache)
+    make = measured_cost_model if measured else cost_model
+    costs = make(model, groups, analyses=analyses, threads=threads, batch=batch, cache=cache)
     sel_groups, note = runtime_aligned(model, groups, costs)
     sel = LatencySelector(sel_groups, costs, target_latency)
     sel.remark = "; ".join(x for x in (costs.remark, note) if x)

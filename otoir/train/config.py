@@ -87,8 +87,8 @@ class TrainConfig:
             (with a warning). 1: no rounding.
         target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
             groups are ranked by importance per unit of measured ONNX Runtime latency saved
-            and chosen until the predicted latency is this fraction of the full model's
-            (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
+            and chosen until the constructed network's measured latency is this fraction of
+            the full model's (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
             Runtime is not available. 0 (the default): off.
         target_flops: FLOPs-aware selection: the redundant groups are ranked by importance per
             FLOP saved (a segment's collateral included) and the smallest valid selection whose

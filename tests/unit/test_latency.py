@@ -124,7 +124,29 @@ def resnet_table(tmp_path_factory):
     return model, L.build_latency_table(model, cache=tmp_path_factory.mktemp("lat"), rounds=3)
 
 
-def test_target_latency_selection_meets_the_predicted_fraction_and_the_oracle(resnet_table, tmp_path, monkeypatch):
+def _flops_timer(overhead: float, log: list | None = None):
+    """A stand-in for otoir.report.time_interleaved: a model's "ms" is ``overhead`` plus its
+    MFLOPs (deterministic; a fixed cost the layer table does not see, so measurement and
+    prediction disagree). ``log`` collects the models of every call."""
+    import otoir
+
+    def timer(models, sample, *, runs, warmup, threads, batch):
+        if log is not None:
+            log.append(list(models))
+        return np.array([[overhead + otoir.stats(m).flops / 1e6] * runs for m in models])
+
+    return timer
+
+
+def _stub_ratio(model, removed_model, overhead):
+    import otoir
+
+    return (overhead + otoir.stats(removed_model).flops / 1e6) / (overhead + otoir.stats(model).flops / 1e6)
+
+
+def test_target_latency_selection_meets_the_measured_fraction_and_the_oracle(resnet_table, tmp_path, monkeypatch):
+    import otoir
+    from otoir import report
     from otoir.analyses.zig import ChannelGroups
     from otoir.api import clone_model
     from otoir.report import random_inputs
@@ -134,15 +156,15 @@ def test_target_latency_selection_meets_the_predicted_fraction_and_the_oracle(re
     monkeypatch.setenv("OTOIR_CACHE_DIR", str(tmp_path))
     (tmp_path / "latency").mkdir()
     (tmp_path / "latency" / f"{table.key}.json").write_text(table.to_json())  # no re-timing here
+    deployed = clone_model(model)
+    PassManager.from_text("to-deployment").run(deployed)
+    overhead = 0.3 * otoir.stats(deployed).flops / 1e6
+    monkeypatch.setattr(report, "time_interleaved", _flops_timer(overhead))
     res = PassManager.from_text("zero-groups{kind=zig target-latency=0.6 seed=3}").run(model)
     predicted = res.results["predicted-latency"]
     assert 0.0 < predicted <= 0.6
     zeroed = res.results["zeroed"]
     groups = GroupSet(g for g in res.analyses.get(ChannelGroups).groups if g.prunable)
-    costs = L.cost_model(model, groups, table=table)
-    idx = {g.id: i for i, g in enumerate(groups)}
-    assert costs.predict([idx[z] for z in zeroed]) / costs.full == pytest.approx(predicted)
-    # fewer groups would not have met the target: the count is the latency's, not a fraction's
     assert 0 < len(zeroed) < len(groups)
     notes = [d.message for d in res.diagnostics if d.severity == Severity.REMARK]
     assert any("multiples of" in m for m in notes)  # aligned to the runtime's channel multiple
@@ -153,6 +175,126 @@ def test_target_latency_selection_meets_the_predicted_fraction_and_the_oracle(re
     assert len(model.graph.initializers["fc.weight"].const_value.shape) == 2
     xs = random_inputs(full, rows=4)
     assert output_agreement(full, model, xs) < 1e-4
+    # the stat is the measured ratio of the constructed deployment-form network
+    PassManager.from_text("to-deployment").run(model)
+    assert predicted == pytest.approx(_stub_ratio(deployed, model, overhead))
+
+
+def test_counter_of_the_empty_selection_is_the_full_model_and_results_are_cached(resnet_table):
+    from otoir.optim.from_groups import groups_for
+
+    model, _ = resnet_table
+    groups = groups_for(model, "zig")
+    log: list = []
+    counter = L.LatencyCounter(model, groups, timer=_flops_timer(1.0, log))
+    assert counter.constructions == 1 and len(log) == 1 and len(log[0]) == 1  # the full model alone
+    assert counter(()) == counter.full > 0
+    assert counter.constructions == 1 and len(log) == 1
+    sel = [0, 5, 9]
+    first = counter(sel)
+    assert counter.constructions == 2 and len(log) == 2
+    assert counter(list(reversed(sel))) == first and counter(tuple(sel)) == first  # cached per selection
+    assert counter.constructions == 2 and len(log) == 2
+    assert 0 < first < counter.full
+
+
+def test_counter_times_the_network_the_pipeline_builds(resnet_table):
+    import otoir
+    from otoir.analyses.groups import zero_group
+    from otoir.api import clone_model
+    from otoir.optim.from_groups import groups_for
+    from otoir.report import random_inputs
+    from otoir.runtime import output_agreement
+
+    model, _ = resnet_table
+    groups = groups_for(model, "zig")
+    log: list = []
+    counter = L.LatencyCounter(model, groups, timer=_flops_timer(0.5, log))
+    sel = list(range(0, len(groups), 7))[:40]
+    ratio = counter(sel) / counter.full
+    reference, timed = log[-1]  # the full model and the sub-network, interleaved
+    zeroed = clone_model(model)
+    for i in sel:
+        zero_group(zeroed, groups[i])
+    PassManager.from_text("to-inference").run(zeroed)
+    built = clone_model(zeroed)
+    PassManager.from_text("prune-channels,cleanup,to-deployment").run(built)
+    assert len(timed.graph) == len(built.graph)
+    assert otoir.stats(timed).flops == otoir.stats(built).flops < otoir.stats(zeroed).flops  # channels cut out
+    assert {k: tuple(v.const_value.shape) for k, v in timed.graph.initializers.items()} == \
+        {k: tuple(v.const_value.shape) for k, v in built.graph.initializers.items()}
+    assert output_agreement(zeroed, timed, random_inputs(zeroed, rows=4)) < 1e-4  # oracle
+    full = clone_model(model)
+    PassManager.from_text("to-deployment").run(full)
+    assert len(reference.graph) == len(full.graph)
+    assert ratio == pytest.approx(_stub_ratio(full, built, 0.5))
+
+
+def test_bisection_takes_the_smallest_selection_the_measurement_accepts(resnet_table):
+    import otoir
+    from otoir.api import clone_model
+    from otoir.optim.from_groups import groups_for
+
+    model, _ = resnet_table
+    groups = groups_for(model, "zig")
+    full = clone_model(model)
+    PassManager.from_text("to-deployment").run(full)
+    # the layer model: FLOPs (deterministic); the "measurement": a fixed cost of half the full
+    # model's FLOPs on top, so every measured ratio is above the predicted one
+    timer = _flops_timer(0.5 * otoir.stats(full).flops / 1e6)
+    costs = L.flops_cost_model(model, groups)
+    costs.counter = L.LatencyCounter(model, groups, timer=timer)
+    scores = np.random.default_rng(1).random(len(groups))
+    target = 0.7
+    pick = L.latency_select(groups, scores, costs, target_latency=target)
+    assert costs.predict(pick) / costs.full <= target
+    assert costs.predict(pick[:-1]) / costs.full > target  # one group fewer misses it: the smallest
+    # the layer model alone stops earlier, at a selection the measurement rejects
+    predicted_only = L.latency_select(groups, scores, L.flops_cost_model(model, groups), target_latency=target)
+    assert len(predicted_only) < len(pick)
+    assert costs.predict(predicted_only) / costs.full > target
+    assert costs.layer_predict(predicted_only) / costs.layer_full <= target
+    assert frozenset(pick) in costs.counter.confirmed  # the answer was timed twice
+    # the search was bounded: far fewer constructions than groups
+    assert costs.counter.constructions < 2 * np.log2(len(groups)) + 4
+
+
+def test_confirm_times_again_and_keeps_the_median_of_all_rounds(resnet_table):
+    from otoir.optim.from_groups import groups_for
+
+    model, _ = resnet_table
+    groups = groups_for(model, "zig")
+    ratios = iter([None, 0.4, 0.7])  # the full model alone, then the selection twice
+
+    def timer(models, sample, *, runs, warmup, threads, batch):
+        r = next(ratios)
+        return np.array([[2.0] * runs] + ([[2.0 * r] * runs] if len(models) > 1 else []))
+
+    counter = L.LatencyCounter(model, groups, timer=timer, min_runs=4, max_runs=4)
+    assert counter.full == 2.0 and counter.runs == 4
+    assert counter([1, 2]) / counter.full == pytest.approx(0.4)
+    n = counter.constructions
+    assert counter.confirm([2, 1]) / counter.full == pytest.approx(0.55)  # median of 4 x 0.4 and 4 x 0.7
+    assert counter([1, 2]) / counter.full == pytest.approx(0.55) and counter.constructions == n + 1
+    assert frozenset({1, 2}) in counter.confirmed
+
+
+def test_smallest_count_from_estimates_finds_the_same_count():
+    costs = [1.0 - 0.013 * k for k in range(61)]  # falls with k; goal 0.5 first met at k = 39
+    seen: list[int] = []
+
+    def at(k):
+        seen.append(k)
+        return list(range(k)), costs[k]
+
+    assert L._smallest_count(at, 60, 0.5) == 39
+    for known in ((1,), (10,), (38,), (39,), (40,), (59,), (30, 45), (45, 50), (5, 20)):
+        assert L._smallest_count(at, 60, 0.5, known=known) == 39, known
+    assert L._smallest_count(at, 60, 0.1, known=(30,)) == 60  # unreachable: the most
+    seen.clear()
+    assert L._smallest_count(at, 60, 0.5, known=(38, 40)) == 39
+    assert set(seen) == {38, 39, 40}  # a tight bracket: one more evaluation
+    assert L.smallest_selection(at, 60, 0.5) == list(range(39))
 
 
 def test_latency_selector_with_a_count_and_validity(resnet_table):
