@@ -312,8 +312,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         details["removed segments"] = "; ".join(str(g.meta.get("label") or g.id)
                                                 for g, z in zip(groups, zero_mask, strict=True) if z)
     if dense_model is not None:
-        details["dense baseline"] = (f"the same pipeline with target-sparsity 0: {dense_train['optimizer']} with no "
-                                     f"group zeroed, {dense_train['steps']} steps, same seed and batch order")
+        details["dense baseline"] = (f"the same pipeline with no group zeroed (target-sparsity 0, no FLOPs or latency "
+                                     f"budget): {dense_train['optimizer']}, {dense_train['steps']} steps, same seed and "
+                                     f"batch order")
     held_out = ds.validation()
     val = None if held_out is None or held_out[1] is None else (binding.feeds(held_out[0]), held_out[1])
     report = build_report(full, sub, val=val, verify_inputs=binding.check_inputs(10**9 if val else 512),
