@@ -54,12 +54,18 @@ def constant_inputs(fn: Callable[[ir.Node, list[np.ndarray]], list[np.ndarray] |
 
 
 # -- ops read from attributes or static shapes -------------------------------------------
+#: Constant's attribute forms (``value_string(s)``, ``sparse_value``: not folded) and the
+#: element type ONNX gives the list forms.
+_CONSTANT_FORMS = (("value", None), ("value_ints", np.int64), ("value_int", np.int64),
+                   ("value_floats", np.float32), ("value_float", np.float32))
+
+
 def _constant(node: ir.Node, values: Values, shape_of: ShapeOf) -> list[np.ndarray] | None:
-    for key in ("value", "value_ints", "value_int", "value_floats", "value_float"):
+    for key, dtype in _CONSTANT_FORMS:
         a = node.attributes.get(key)
         if a is not None:
             v = a.value
-            return [v.numpy() if hasattr(v, "numpy") else np.array(v)]
+            return [v.numpy() if hasattr(v, "numpy") else np.array(v, dtype=dtype)]
     return None
 
 
