@@ -24,7 +24,9 @@ import onnx
 import onnx.numpy_helper
 import onnx_ir as ir
 
+from otoir.analyses.vertices import node_version
 from otoir.infra.analysis import Analysis
+from otoir.ops.rules import lookup_rule
 
 if TYPE_CHECKING:
     from otoir.infra.analysis import AnalysisManager
@@ -214,121 +216,12 @@ def _probe_shapes(model: ir.Model) -> dict[str, Dims] | None:
     return out
 
 
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
-def _eval(node: ir.Node, args: list[np.ndarray | None], shapes: dict[str, tuple[int, ...]]):
-    op = node.op_type
-    if op == "Constant":
-        for key in ("value", "value_ints", "value_int", "value_floats", "value_float"):
-            a = node.attributes.get(key)
-            if a is not None:
-                v = a.value
-                return [v.numpy() if hasattr(v, "numpy") else np.array(v)]
-        return None
-    if op == "Shape":
-        v = node.inputs[0]
-        if v is None or v.name not in shapes:
-            return None
-        s = np.array(shapes[v.name], dtype=np.int64)
-        start, end = _attr(node, "start", 0), _attr(node, "end", None)
-        return [s[start:end]]
-    if op == "Size":
-        v = node.inputs[0]
-        if v is None or v.name not in shapes:
-            return None
-        return [np.array(int(np.prod(shapes[v.name])), dtype=np.int64)]
-    if any(a is None for a in args[:1]):
-        return None
-    x = args[0]
-    if op in ("Identity",):
-        return [x]
-    if op == "Cast":
-        return [x.astype(ir.DataType(_attr(node, "to")).numpy())]
-    if op == "Gather":
-        return [np.take(x, args[1], axis=_attr(node, "axis", 0))]
-    if op in ("Unsqueeze", "Squeeze"):
-        axes = args[1] if len(args) > 1 and args[1] is not None else _attr(node, "axes", None)
-        if op == "Unsqueeze":
-            axes = sorted(int(a) % (x.ndim + len(axes)) for a in np.atleast_1d(axes))
-            for a in axes:
-                x = np.expand_dims(x, a)
-            return [x]
-        return [np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))]
-    if op == "Concat":
-        if any(a is None for a in args):
-            return None
-        return [np.concatenate([np.atleast_1d(a) if a.ndim == 0 else a for a in args], axis=_attr(node, "axis", 0))]
-    if op in ("Add", "Sub", "Mul", "Div", "Equal", "Min", "Max", "Mod", "Pow"):
-        if any(a is None for a in args):
-            return None
-        a, b = args[0], args[1]
-        if op == "Add":
-            return [a + b]
-        if op == "Sub":
-            return [a - b]
-        if op == "Mul":
-            return [a * b]
-        if op == "Div":
-            if np.issubdtype(a.dtype, np.integer):
-                return [(np.trunc(a / b)).astype(a.dtype)]
-            return [a / b]
-        if op == "Equal":
-            return [a == b]
-        if op == "Min":
-            return [np.minimum(*args)]
-        if op == "Max":
-            return [np.maximum(*args)]
-        if op == "Mod":
-            return [np.fmod(a, b) if _attr(node, "fmod", 0) else np.mod(a, b)]
-        return [np.power(a, b)]
-    if op in ("Neg", "Abs", "Floor", "Ceil", "Sqrt", "Not"):
-        fn = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt,
-              "Not": np.logical_not}[op]
-        return [fn(x)]
-    if op == "Where":
-        if any(a is None for a in args[:3]):
-            return None
-        return [np.where(args[0], args[1], args[2])]
-    if op == "Slice":
-        if any(a is None for a in args[1:3]):
-            return None
-        starts, ends = args[1], args[2]
-        axes = args[3] if len(args) > 3 and args[3] is not None else np.arange(len(starts))
-        steps = args[4] if len(args) > 4 and args[4] is not None else np.ones(len(starts), np.int64)
-        idx = [slice(None)] * x.ndim
-        for s, e, a, st in zip(starts, ends, axes, steps):
-            idx[int(a)] = slice(int(s), int(e), int(st))
-        return [x[tuple(idx)]]
-    if op == "Range":
-        if any(a is None for a in args[:3]):
-            return None
-        return [np.arange(args[0], args[1], args[2]).astype(args[0].dtype)]
-    if op == "ConstantOfShape":
-        a = node.attributes.get("value")
-        fill = a.value.numpy() if a is not None else np.zeros(1, np.float32)
-        return [np.full([int(d) for d in x], fill.reshape(-1)[0], dtype=fill.dtype)]
-    if op == "Expand":
-        if args[1] is None:
-            return None
-        return [x * np.ones([int(d) for d in args[1]], dtype=x.dtype)]
-    if op == "Reshape":
-        if args[1] is None:
-            return None
-        tgt = [int(d) if int(d) != 0 else x.shape[i] for i, d in enumerate(args[1])]
-        return [x.reshape(tgt)]
-    if op == "ReduceProd":
-        return [np.prod(x, keepdims=bool(_attr(node, "keepdims", 1)))]
-    if op == "Transpose":  # torch's F.pad exports its pads list through Reshape/Slice/Transpose (TF "same" padding)
-        perm = _attr(node, "perm", None)
-        return [np.transpose(x, None if perm is None else [int(p) for p in perm])]
-    return None
-
-
 def fold_constants(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Evaluates shape sub-graphs and small constants.
+    """Evaluates shape sub-graphs and small constants with the ``fold`` of each node's rule.
+
+    A node folds when its rule (:func:`~otoir.ops.rules.lookup_rule`, user rules first) has a
+    ``fold`` (:data:`otoir.ops.rules.Fold`) and that gives its outputs; inputs larger than
+    ``_MAX_FOLD`` elements are not read.
 
     Args:
         model: The model.
@@ -337,26 +230,28 @@ def fold_constants(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> dict[
     Returns:
         Value name -> numpy value, for initializers and every foldable node output.
     """
+    def shape_of(v: ir.Value | None) -> tuple[int, ...] | None:
+        return None if v is None else shapes.get(v.name)
+
     known: dict[str, np.ndarray] = {}
     for name, v in model.graph.initializers.items():
         if v.const_value is not None and v.const_value.size <= _MAX_FOLD:
             known[name] = v.const_value.numpy()
     for node in model.graph:
-        args = [None if v is None else known.get(v.name) for v in node.inputs]
-        if node.op_type not in ("Constant", "Shape", "Size") and any(
-            v is not None and a is None for v, a in zip(node.inputs, args)
-        ):
+        r = lookup_rule(node.op_type, node.domain, node_version(node, model))
+        if r is None or r.fold is None:
             continue
+        args = [None if v is None else known.get(v.name) for v in node.inputs]
         if any(a is not None and a.size > _MAX_FOLD for a in args):
             continue
         try:
-            res = _eval(node, args, shapes)
+            res = r.fold(node, args, shape_of)
         except Exception:  # noqa: BLE001 - unfoldable: leave unknown
             res = None
         if res is None:
             continue
-        for out, r in zip(node.outputs, res):
-            known[out.name] = np.asarray(r)
+        for out, value in zip(node.outputs, res):
+            known[out.name] = np.asarray(value)
     return known
 
 

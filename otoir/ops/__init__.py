@@ -7,6 +7,7 @@ the table's types and registry, ``table`` fills it; neither imports the package 
 from __future__ import annotations
 
 from otoir.ops import table as _table  # noqa: F401,E402  (registers the built-in rules)
+from otoir.ops.fold import constant_inputs
 from otoir.ops.rules import (
     CHANNEL_VARIANTS,
     ChannelMap,
@@ -14,6 +15,7 @@ from otoir.ops.rules import (
     ConstFlow,
     DropInput,
     FlopCount,
+    Fold,
     OpRule,
     ParamSpec,
     VertexKind,
@@ -34,11 +36,13 @@ __all__ = [
     "ConstFlow",
     "DropInput",
     "FlopCount",
+    "Fold",
     "OpRule",
     "ParamSpec",
     "VertexKind",
     "ZeroJoin",
     "ZeroOut",
+    "constant_inputs",
     "lookup_rule",
     "node_flops",
     "normalize_domain",

@@ -8,11 +8,12 @@ An op with no rule is a barrier: nothing is pruned or erased across it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx_ir as ir
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "normalize_axis",
     "ZeroOut",
     "FlopCount",
+    "Fold",
     "node_flops",
 ]
 
@@ -279,6 +281,16 @@ ZeroOut = Callable[["ir.Node", Callable[["ir.Value | None"], bool], Callable[["i
 #: a formula returns 0 when a shape it needs is unknown.
 FlopCount = Callable[["ir.Node", Callable[["ir.Value | None"], "tuple[int, ...] | None"]], int]
 
+#: ``fold(node, values, shape_of) -> outputs``: ``node`` evaluated on constant inputs, for the
+#: shape sub-graphs of the static-shape analysis (:func:`otoir.analyses.shapes.fold_constants`).
+#: ``values[i]`` is the numpy value of input ``i``, None where the input is absent or not a
+#: known constant; ``shape_of(value)`` its static shape (symbolic dimensions are
+#: :data:`~otoir.analyses.shapes.SENTINEL`) or None. Returns one array per output, or None
+#: when the node cannot be evaluated (an exception counts as None).
+#: :func:`otoir.ops.fold.constant_inputs` wraps a function that needs every input constant.
+Fold = Callable[["ir.Node", "Sequence[np.ndarray | None]", Callable[["ir.Value | None"], "tuple[int, ...] | None"]],
+                "list[np.ndarray] | None"]
+
 
 @dataclass(frozen=True)
 class OpRule:
@@ -306,6 +318,8 @@ class OpRule:
             contains 0, Pad only with a zero pad value, Div only when the zero is the
             numerator... Overrides ``maps_zero`` where set (see :meth:`zero_output`).
         flops: Forward FLOPs per sample of a node (:data:`FlopCount`); None: counted as 0.
+        fold: How to evaluate the op on constant inputs, for shape sub-graphs (:data:`Fold`);
+            None: not folded (its outputs are unknown to the static-shape analysis).
         zero_params_zero_output: All-zero trainable parameters force a zero output whatever
             the input (Conv, Gemm, BatchNorm with gamma=beta=0).
         exact_invariance: False when removing channels changes the remaining outputs
@@ -343,6 +357,7 @@ class OpRule:
     maps_zero: bool = False
     zero_out: ZeroOut | None = field(default=None, compare=False)
     flops: FlopCount | None = field(default=None, compare=False)
+    fold: Fold | None = field(default=None, compare=False)
     zero_params_zero_output: bool = False
     exact_invariance: bool = True
     drop_input: DropInput = DropInput.NEVER

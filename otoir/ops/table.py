@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from otoir.ops.fold import FOLDS
 from otoir.ops.rules import ChannelMap as C
 from otoir.ops.rules import ChannelWalk as W
 from otoir.ops.rules import ConstFlow as F
@@ -45,6 +46,8 @@ _CONST_FLOW: dict[str, F] = {
     "Transpose": F.TRANSPOSE, "Gather": F.GATHER, "Expand": F.EXPAND, "Concat": F.CONCAT, "Shape": F.SHAPE,
     "Constant": F.CONSTANT,
 }
+# ``OpRule.fold``: how the op is evaluated on constant inputs (shape sub-graphs): the
+# evaluators of :mod:`otoir.ops.fold`, by op type (:data:`otoir.ops.fold.FOLDS`).
 #: ``OpRule.zero_join``: where an element-wise op of several inputs is zero.
 _ZERO_JOIN: dict[str, Z] = {
     "Mul": Z.ANY, "And": Z.ANY,
@@ -58,7 +61,8 @@ _ZERO_JOIN: dict[str, Z] = {
 def _add(r: OpRule) -> None:
     r = r.with_(channel_walk=r.channel_walk or _CHANNEL_WALK.get(r.op_type),
                 const_flow=r.const_flow or _CONST_FLOW.get(r.op_type),
-                zero_join=r.zero_join or _ZERO_JOIN.get(r.op_type))
+                zero_join=r.zero_join or _ZERO_JOIN.get(r.op_type),
+                fold=r.fold or FOLDS.get(r.op_type))
     register_rule(r, builtin=True)
 
 
