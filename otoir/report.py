@@ -169,6 +169,11 @@ def _human(n: int) -> str:
     return str(n)
 
 
+#: A compressed model whose measured latency exceeds the full model's by more than this factor
+#: gets a warning in its report (below it, interleaved medians of equal models can differ).
+SLOWER_THAN_FULL = 1.05
+
+
 def default_threads() -> int:
     """The intra-op thread count reports measure latency with: the CPUs this process may use."""
     try:
@@ -367,6 +372,12 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
     rep = CompressReport(figs[-2], figs[-1], tolerance=tolerance, details=dict(details or {}),
                          provider="CPUExecutionProvider" if lat else None, threads=threads if lat else None,
                          baseline=figs[0] if baseline is not None else None, history=dict(history or {}))
+    slower = [(n, v[-1] / v[-2]) for n, v in sorted(lat.items()) if v[-2] > 0 and v[-1] > SLOWER_THAN_FULL * v[-2]]
+    if slower:
+        at = ", ".join(f"{r:.2f}x at batch {n}" for n, r in slower)
+        rep.details["warning"] = (f"the compressed model is slower than the full model ({at}); on ONNX Runtime CPU "
+                                  f"the usual cause is kept channel counts that leave its blocked kernels: "
+                                  f"round-to=8 or 16, or target-latency=F, keeps them aligned")
     if sample is not None:
         rep.max_rel_diff = output_agreement(full, sub, sample)
         rep.verified = rep.max_rel_diff <= tolerance

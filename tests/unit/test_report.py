@@ -100,3 +100,20 @@ def test_batch_feeds_and_random_inputs(tmp_path):
     assert batch_feeds(dyn, {"x": feeds["x"][:2], "ids": feeds["ids"][:2]}, 5)["x"].shape == (5, 8)  # cycled
     with pytest.raises(otoir.errors.InputError):
         batch_feeds(dyn, feeds["x"], 1)
+
+
+@pytest.mark.parametrize("ratios, warned", [((1.0, 1.5), True), ((1.0, 1.02), False), ((1.0, 0.6), False)])
+def test_report_warns_when_the_compressed_model_is_slower(tmp_path, monkeypatch, ratios, warned):
+    """A compressed model measured slower than the full one (beyond the noise margin) gets a
+    warning naming the ratio and batch, and the usual remedy."""
+    from otoir import report as report_mod
+
+    monkeypatch.setattr(report_mod, "measure_latency", lambda models, sample, **kw: list(ratios))
+    m = otoir.load(_two_input_model(tmp_path / "m.onnx", batch="N"))
+    rep = build_report(m, m, verify_inputs=random_inputs(m, rows=4), latency_runs=5)
+    if warned:
+        w = rep.details["warning"]
+        assert "slower than the full model (1.50x at batch 1)" in w and "round-to" in w
+        assert "warning: the compressed model is slower" in rep.to_text()
+    else:
+        assert "warning" not in rep.details
