@@ -312,21 +312,17 @@ class HybridCore:
 
     def _decay(self, be: Backend, active: np.ndarray, t: int) -> None:
         """Scales the redundant groups that were live before step ``t`` by its decay factor."""
-        if self.penalise_all or not active.any():
-            return
+        live = active & ~self.zero
         f = self.schedule.decay_factor(t)
-        if f == 1.0:
+        if self.penalise_all or f == 1.0 or not live.any():
             return
         from otoir.optim.halfspace import apply_group_scale
 
-        scale = np.where(active & ~self.zero, f, 1.0)
-        if not (scale != 1.0).any():
-            return
         key = np.packbits(self.redundant).tobytes()
         if self._decay_tensors is None or self._decay_tensors[0] != key:
             ids = [i for i in range(len(self.layout.tensors)) if self.redundant[self.layout.groups_of_tensor(i)].any()]
             self._decay_tensors = (key, ids)
-        apply_group_scale(self.layout, be.layout_params(), scale, self._decay_tensors[1])
+        apply_group_scale(self.layout, be.layout_params(), np.where(live, f, 1.0), self._decay_tensors[1])
 
     def _fused(self, be: Any, lr: float) -> bool:
         from otoir.optim.fused import StepRequest
