@@ -297,15 +297,12 @@ class Train(TrainConfig, Pass):
     def _cost_selector(self, model, groups, ctx):
         """The selector of ``target-latency`` (latency-aware) or ``target-flops`` (FLOPs-aware),
         or None after an error."""
-        from otoir.analyses.latency import flops_selector, latency_selector
+        from otoir.analyses.latency import cost_selector
         from otoir.errors import OtoirError
 
         option, target = self.cost_target
         try:
-            if self.target_flops:
-                sel = flops_selector(model, groups, target, analyses=ctx.analyses)
-            else:
-                sel = latency_selector(model, groups, target, analyses=ctx.analyses)
+            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses)
         except (OtoirError, ValueError) as exc:
             ctx.error(f"train: {option}: {exc}")
             return None

@@ -12,6 +12,7 @@ from otoir.analyses.gezig import GeZIGPartition
 from otoir.analyses.groups import tensor_array, zero_group
 from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import (
+    check_cost_target,
     check_round_to,
     controlled_groups,
     reachable_count,
@@ -80,12 +81,7 @@ class ZeroGroups(Pass):
         if not (math.isfinite(self.max_layer_ratio) and 0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
         check_round_to(self.round_to, "option 'round-to'")
-        if not (math.isfinite(self.target_latency) and 0.0 <= self.target_latency < 1.0):
-            raise ValueError(f"option 'target-latency' must be in (0, 1) (0: off), got {self.target_latency!r}")
-        if not (math.isfinite(self.target_flops) and 0.0 <= self.target_flops < 1.0):
-            raise ValueError(f"option 'target-flops' must be in (0, 1) (0: off), got {self.target_flops!r}")
-        if self.target_flops and self.target_latency:
-            raise ValueError("give option 'target-flops' or 'target-latency', not both")
+        check_cost_target(self.target_latency, self.target_flops, lambda o: f"option '{o}'")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
@@ -98,12 +94,12 @@ class ZeroGroups(Pass):
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
             return False
-        target = "target-flops" if self.target_flops else "target-latency" if self.target_latency else ""
+        target = check_cost_target(self.target_latency, self.target_flops)
         if target and (self.ids or self.random):
-            ctx.error(f"{target}= chooses the groups itself: give neither ids= nor random= with it")
+            ctx.error(f"{target[0]}= chooses the groups itself: give neither ids= nor random= with it")
             return False
         if target:
-            chosen = self._latency_chosen(model, groups, ctx)
+            chosen = self._cost_chosen(model, groups, ctx, *target)
             if chosen is None:
                 return False
         elif self.ids:
@@ -161,44 +157,29 @@ class ZeroGroups(Pass):
         ctx.results["zeroed"] = [g.id for g in chosen]
         return changed
 
-    def _latency_chosen(self, model, groups, ctx):
-        """Groups chosen by :func:`~otoir.analyses.latency.latency_select` (``target-latency``) or
-        :func:`~otoir.analyses.latency.flops_select` (``target-flops``) with random scores."""
-        from otoir.analyses.latency import (
-            exact_flops_cost_model,
-            flops_select,
-            latency_select,
-            measured_cost_model,
-            runtime_aligned,
-        )
+    def _cost_chosen(self, model, groups, ctx, option: str, target: float):
+        """Groups chosen for ``target-latency`` or ``target-flops`` with random scores, by the
+        selector the ``train`` pass uses (:func:`~otoir.analyses.latency.cost_selector`)."""
+        from otoir.analyses.latency import cost_selector
         from otoir.errors import OtoirError
 
-        option, target = (("target-flops", self.target_flops) if self.target_flops
-                          else ("target-latency", self.target_latency))
         try:
-            if self.target_flops:
-                costs = exact_flops_cost_model(model, groups, analyses=ctx.analyses)
-            else:
-                costs = measured_cost_model(model, groups, analyses=ctx.analyses)
+            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses)
         except (OtoirError, ValueError) as exc:
             ctx.error(f"{option}: {exc}")
             return None
-        if costs.remark:
-            ctx.remark(f"{option}: {costs.remark}")
-        groups, note = runtime_aligned(model, groups, costs)
-        if note:
-            ctx.remark(f"{option}: {note}")
-        scores = np.random.default_rng(self.seed).random(len(groups))
-        scores[[not g.prunable for g in groups]] = -np.inf
-        select = flops_select if self.target_flops else latency_select
-        picked = select(groups, scores, costs, **{option.replace("-", "_"): target})
-        predicted = costs.predict(picked) / max(costs.full, 1e-12)
-        ctx.results["predicted-" + option.split("-")[1]] = predicted
-        if predicted > target:
+        if sel.remark:
+            ctx.remark(f"{option}: {sel.remark}")
+        scores = np.random.default_rng(self.seed).random(len(sel.groups))
+        scores[[not g.prunable for g in sel.groups]] = -np.inf
+        picked = sel(scores, 0)
+        ctx.results["predicted-" + option.split("-")[1]] = sel.predicted
+        if sel.predicted > target:
+            costs = sel.costs
             ctx.warning(f"{option}={target:g}: the {len(picked)} groups that can be zero together "
-                        f"leave {predicted:.3f} of the full model's "
-                        f"{'measured latency' if costs.counter is not None and not self.target_flops else costs.source + ' cost'}")
-        return [groups[i] for i in picked]
+                        f"leave {sel.predicted:.3f} of the full model's "
+                        f"{'measured latency' if costs.counter is not None and option == 'target-latency' else costs.source + ' cost'}")
+        return [sel.groups[i] for i in picked]
 
     def _groups(self, ctx):
         if self.kind == "gezig":

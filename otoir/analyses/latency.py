@@ -74,6 +74,7 @@ __all__ = [
     "SubnetCounter",
     "measured_cost_model",
     "cost_model",
+    "cost_selector",
     "exact_flops_cost_model",
     "flops_cost_model",
     "flops_select",
@@ -1310,6 +1311,21 @@ def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: f
     sel = LatencySelector(sel_groups, costs, target_latency)
     sel.remark = "; ".join(x for x in (costs.remark, note) if x)
     return sel
+
+
+def cost_selector(option: str, model: ir.Model, groups: Sequence[Group], target: float, *,
+                  analyses: AnalysisManager | None = None) -> LatencySelector:
+    """The selector of a cost target: :func:`flops_selector` for ``target-flops``,
+    :func:`latency_selector` for ``target-latency`` (the ``train`` and ``zero-groups`` passes).
+
+    Raises:
+        ValueError: Another option.
+    """
+    if option == "target-flops":
+        return flops_selector(model, groups, target, analyses=analyses)
+    if option == "target-latency":
+        return latency_selector(model, groups, target, analyses=analyses)
+    raise ValueError(f"unknown cost target '{option}' (target-flops or target-latency)")
 
 
 def flops_selector(model: ir.Model, groups: Sequence[Group], target_flops: float, *,

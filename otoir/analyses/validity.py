@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -340,6 +340,32 @@ def check_round_to(value, option: str = "round-to") -> int:
     if int(value) < 1:
         raise ValueError(f"{option} must be a positive integer (1: no rounding), got {int(value)}")
     return int(value)
+
+
+def check_cost_target(target_latency: float, target_flops: float,
+                      name: Callable[[str], str] = str) -> tuple[str, float] | None:
+    """The cost target that chooses the group count: ``("target-flops" | "target-latency",
+    fraction)``, or None when both are 0 (``target-sparsity`` counts groups).
+
+    Args:
+        target_latency: Fraction of the full model's latency, in (0, 1); 0: off.
+        target_flops: Fraction of the full model's FLOPs, in (0, 1); 0: off.
+        name: How an option is named in the messages (e.g. ``lambda o: f"option '{o}'"``).
+
+    Raises:
+        ValueError: A fraction outside [0, 1) (NaN included), or both given.
+    """
+    for option, value in (("target-latency", target_latency), ("target-flops", target_flops)):
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise ValueError(f"{name(option)} must be in (0, 1) (0: off), got {value!r}")
+    if target_flops and target_latency:
+        raise ValueError(f"give {name('target-flops')} or {name('target-latency')}, not both (each chooses the number "
+                         f"of groups)")
+    if target_flops:
+        return "target-flops", target_flops
+    if target_latency:
+        return "target-latency", target_latency
+    return None
 
 
 def _checker_of(groups: Iterable[Group], checker: ValidityChecker | None) -> ValidityChecker | None:

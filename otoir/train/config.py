@@ -148,15 +148,10 @@ class TrainConfig:
             raise ValueError(f"lr-warmup must be >= 0, got {self.lr_warmup}")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
-        from otoir.analyses.validity import check_round_to
+        from otoir.analyses.validity import check_cost_target, check_round_to
 
         object.__setattr__(self, "round_to", check_round_to(self.round_to))
-        if not (0.0 <= self.target_latency < 1.0):
-            raise ValueError(f"target-latency must be in (0, 1) (0: off), got {self.target_latency}")
-        if not (0.0 <= self.target_flops < 1.0):
-            raise ValueError(f"target-flops must be in (0, 1) (0: off), got {self.target_flops}")
-        if self.target_flops and self.target_latency:
-            raise ValueError("give target-flops or target-latency, not both (each chooses the number of groups)")
+        check_cost_target(self.target_latency, self.target_flops)
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:
@@ -174,11 +169,9 @@ class TrainConfig:
     def cost_target(self) -> tuple[str, float] | None:
         """``(option, fraction)`` of the cost target that chooses the group count, or None
         (``target_sparsity`` counts groups)."""
-        if self.target_flops:
-            return "target-flops", self.target_flops
-        if self.target_latency:
-            return "target-latency", self.target_latency
-        return None
+        from otoir.analyses.validity import check_cost_target
+
+        return check_cost_target(self.target_latency, self.target_flops)
 
     def structured_optimizer(self, group_kind: str | None) -> str:
         """The optimizer to build for groups of ``group_kind`` (``gezig``, ``zig`` or None)."""
