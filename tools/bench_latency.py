@@ -193,13 +193,12 @@ def _flops_count(groups, scores, target: float, costs) -> list[int]:
 
 def _construct(model, groups, chosen):
     """The zeroed full model (inference form) and the constructed deployment-form sub-network."""
-    from otoir.analyses.groups import zero_group
+    from otoir.analyses.groups import zero_groups
     from otoir.api import clone_model
     from otoir.infra import PassManager
 
     zeroed = clone_model(model)
-    for i in chosen:
-        zero_group(zeroed, groups[i])
+    zero_groups(zeroed, [groups[i] for i in chosen])
     PassManager.from_text("to-inference").run(zeroed)
     sub = clone_model(zeroed)
     PassManager.from_text("prune-channels,cleanup,to-deployment").run(sub)
