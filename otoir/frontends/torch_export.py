@@ -228,12 +228,10 @@ def export_torch(
 
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    keys_given = input_names
     if isinstance(example_inputs, Mapping):
         inputs, keys = positional_inputs(module, example_inputs)
         if input_names is None:
             input_names = keys
-        keys_given = input_names
     else:
         inputs = _as_tuple(example_inputs)
     if exporter == "dynamo" or (exporter == "auto" and not torchscript_available()):
@@ -241,7 +239,7 @@ def export_torch(
                               dynamic_batch=dynamic_batch, training=training)
     work = copy.deepcopy(module)
     work.train(training)
-    out_given = output_names
+    given = {"input_names": input_names, "output_names": output_names}  # for a dynamo fallback
     input_names, output_names = _default_names(module, inputs, training, input_names, output_names)
     dynamic_axes = None
     if dynamic_batch:
@@ -274,8 +272,7 @@ def export_torch(
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         warnings.warn(f"the TorchScript exporter refused the module ({first}); exported with the dynamo exporter "
                       f"instead", stacklevel=2)
-        return _export_dynamo(module, inputs, opset=opset, input_names=keys_given, output_names=out_given,
-                              dynamic_batch=dynamic_batch, training=training)
+        return _export_dynamo(module, inputs, opset=opset, dynamic_batch=dynamic_batch, training=training, **given)
     proto = onnx.load_from_string(buf.getvalue())
     proto.ir_version = _IR_VERSION
     model = ir.from_proto(proto)
@@ -315,7 +312,6 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple[Any, ...], *, opset: i
                    input_names: Sequence[str] | None, output_names: Sequence[str] | None,
                    dynamic_batch: bool, training: bool) -> ir.Model:
     """The dynamo path of :func:`export_torch` (see the module docstring)."""
-
     import torch
 
     if not _onnxscript_available():
