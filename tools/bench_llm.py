@@ -42,28 +42,28 @@ __all__ = ["main", "run_child"]
 _GB = 1024**3
 
 
-def _rss_gb() -> float:
-    """Peak RSS of this process in GiB: ``VmHWM`` (``ru_maxrss`` keeps the parent's peak across exec)."""
+def _status_gb(key: str) -> float | None:
+    """The ``key:`` line of ``/proc/self/status`` (kB) in GiB, or None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) * 1024 / _GB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GB
+    return None
+
+
+def _rss_gb() -> float:
+    """Peak RSS of this process in GiB: ``VmHWM`` (``ru_maxrss`` keeps the parent's peak across exec)."""
+    peak = _status_gb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GB
 
 
 def _rss_file_gb() -> float:
     """Resident file-backed memory now (memory-mapped weights that were read), in GiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssFile:"):
-                    return int(line.split()[1]) * 1024 / _GB
-    except OSError:
-        pass
-    return float("nan")
+    now = _status_gb("RssFile")
+    return now if now is not None else float("nan")
 
 
 def _analyse(path: str) -> dict:
@@ -257,7 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = LlamaShape(**SHAPES[name])
             path = os.path.join(work, f"{name}.onnx")
             t = time.perf_counter()
-            build_llama(path, **SHAPES[name], seq=args.seq, weights="sparse")
+            try:  # build_llama's own checks, e.g. --seq beyond the preset's max_positions
+                build_llama(path, **SHAPES[name], seq=args.seq, weights="sparse")
+            except ValueError as exc:
+                print(f"bench_llm: error: {name}: {exc}", file=sys.stderr)
+                return 2
             r: dict = {"params": shape.params(), "build_s": time.perf_counter() - t,
                        "data_gb": os.path.getsize(path + ".data") / _GB}
             r["analyse"] = _spawn("analyse", path)
