@@ -1090,7 +1090,7 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
 
     most = len(sel(n_ok))
     if not isinstance(costs.counter, LatencyCounter):
-        return at(_smallest_count(at, most, goal))[0]
+        return smallest_selection(at, most, goal)
     # Every measured count builds and times a sub-network, so the layer model (no timing)
     # proposes counts first: its count for the target, then its count for the target
     # rescaled by what the measurement said of the last proposal (measured ≈ c · predicted),
