@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
+from otoir.ops.rules import attr
 from otoir.surgery.common import new_initializer
 
 __all__ = ["ToDeployment", "fold_batchnorms", "fold_static_values"]
@@ -50,22 +51,17 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
     return v.const_value.numpy()
 
 
-def _attr(node: ir.Node, name: str, default):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
 def _bn_factors(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """``(s, t)`` with ``BN(x) = s * x + t`` per channel, or None when not constant / not inference."""
     if bn.op_type != "BatchNormalization" or bn.domain not in _DEFAULT or len(bn.outputs) != 1:
         return None
-    if int(_attr(bn, "training_mode", 0)) != 0 or len(bn.inputs) != 5:
+    if int(attr(bn, "training_mode", 0)) != 0 or len(bn.inputs) != 5:
         return None
     vals = [_const(v) for v in bn.inputs[1:]]
     if any(v is None or v.ndim != 1 for v in vals):
         return None
     scale, bias, mean, var = (v.astype(np.float64) for v in vals)
-    s = scale / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
+    s = scale / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
     return s, bias - mean * s
 
 
@@ -92,11 +88,11 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, shapes: dict[str, tuple[int, ...]]) 
             return False
         w2 = w * s.reshape((m,) + (1,) * (w.ndim - 1))
     elif op == "ConvTranspose":
-        if w.ndim < 3 or int(_attr(prod, "group", 1)) != 1 or w.shape[1] != m:
+        if w.ndim < 3 or int(attr(prod, "group", 1)) != 1 or w.shape[1] != m:
             return False
         w2 = w * s.reshape((1, m) + (1,) * (w.ndim - 2))
     elif op == "Gemm":
-        trans_b = int(_attr(prod, "transB", 0))
+        trans_b = int(attr(prod, "transB", 0))
         if w.ndim != 2 or w.shape[0 if trans_b else 1] != m:
             return False
         w2 = w * (s[:, None] if trans_b else s[None, :])
@@ -119,7 +115,7 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, shapes: dict[str, tuple[int, ...]]) 
             if op == "Gemm":
                 if b.size not in (1, m) or (b.ndim == 2 and b.shape[0] != 1) or b.ndim > 2:
                     return False  # a per-row bias cannot take a per-channel shift
-                b = np.broadcast_to(b.reshape(-1), (m,)) * float(_attr(prod, "beta", 1.0))
+                b = np.broadcast_to(b.reshape(-1), (m,)) * float(attr(prod, "beta", 1.0))
             elif b.shape != (m,):
                 return False
         b2 = (b.astype(np.float64) * s + t).astype(dt)

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from otoir.ops.rules import attr
+
 if TYPE_CHECKING:
     import onnx_ir as ir
 
@@ -261,25 +263,20 @@ class LatencyTable:
 # Layers of a model
 
 
-def _attr(node: ir.Node, name: str, default: Any) -> Any:
-    a = node.attributes.get(name)
-    return default if a is None else a.value
-
-
 def _layer_axes(node: ir.Node, wshape: tuple[int, ...]) -> tuple[int | None, int] | None:
     """(input-channel axis or None when tied to the outputs, output-channel axis) of the weight."""
     op = node.op_type
     if op == "Conv" and len(wshape) >= 3:
-        group = int(_attr(node, "group", 1))
+        group = int(attr(node, "group", 1))
         if group > 1 and wshape[1] == 1 and group == wshape[0]:
             return None, 0  # depthwise: inputs follow outputs
         if group > 1:
             return None, 0  # grouped: removing channels shrinks both sides alike
         return 1, 0
-    if op == "ConvTranspose" and len(wshape) >= 3 and int(_attr(node, "group", 1)) == 1:
+    if op == "ConvTranspose" and len(wshape) >= 3 and int(attr(node, "group", 1)) == 1:
         return 0, 1
-    if op == "Gemm" and len(wshape) == 2 and not int(_attr(node, "transA", 0)):
-        return (1, 0) if int(_attr(node, "transB", 0)) else (0, 1)
+    if op == "Gemm" and len(wshape) == 2 and not int(attr(node, "transA", 0)):
+        return (1, 0) if int(attr(node, "transB", 0)) else (0, 1)
     if op == "MatMul" and len(wshape) == 2:
         return 0, 1
     return None
@@ -301,7 +298,7 @@ def model_layers(model: ir.Model) -> list[tuple[ir.Node, ir.Value, tuple[int | N
         if node.op_type == "MatMul" and w is not None and w.name not in inits:
             p = w.producer()
             if (p is not None and p.op_type == "Transpose" and p.inputs and p.inputs[0] is not None
-                    and p.inputs[0].name in inits and list(_attr(p, "perm", [1, 0])) == [1, 0]):
+                    and p.inputs[0].name in inits and list(attr(p, "perm", [1, 0])) == [1, 0]):
                 w, swap = p.inputs[0], True
         if w is None or w.name not in inits or inits[w.name].const_value is None:
             continue

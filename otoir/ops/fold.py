@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
+from otoir.ops.rules import attr
+
 if TYPE_CHECKING:
     from otoir.ops.rules import Fold
 
@@ -28,11 +30,6 @@ __all__ = ["constant_inputs", "FOLDS"]
 
 Values = Sequence["np.ndarray | None"]
 ShapeOf = Callable[["ir.Value | None"], "tuple[int, ...] | None"]
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 def constant_inputs(fn: Callable[[ir.Node, list[np.ndarray]], list[np.ndarray] | None]) -> Fold:
@@ -73,7 +70,7 @@ def _shape(node: ir.Node, values: Values, shape_of: ShapeOf) -> list[np.ndarray]
     s = shape_of(node.inputs[0])
     if s is None:
         return None
-    return [np.array(s, dtype=np.int64)[_attr(node, "start", 0):_attr(node, "end", None)]]
+    return [np.array(s, dtype=np.int64)[attr(node, "start", 0):attr(node, "end", None)]]
 
 
 def _size(node: ir.Node, values: Values, shape_of: ShapeOf) -> list[np.ndarray] | None:
@@ -89,17 +86,17 @@ def _identity(node, v):
 
 @constant_inputs
 def _cast(node, v):
-    return [v[0].astype(ir.DataType(_attr(node, "to")).numpy())]
+    return [v[0].astype(ir.DataType(attr(node, "to")).numpy())]
 
 
 @constant_inputs
 def _gather(node, v):
-    return [np.take(v[0], v[1], axis=_attr(node, "axis", 0))]
+    return [np.take(v[0], v[1], axis=attr(node, "axis", 0))]
 
 
 def _axes(node: ir.Node, v: list) -> object:
     """Axes of Squeeze/Unsqueeze: input 1 (opset >= 13) or the ``axes`` attribute."""
-    return v[1] if len(v) > 1 and v[1] is not None else _attr(node, "axes", None)
+    return v[1] if len(v) > 1 and v[1] is not None else attr(node, "axes", None)
 
 
 @constant_inputs
@@ -121,7 +118,7 @@ def _squeeze(node, v):
 def _concat(node, v):
     if any(a is None for a in v):
         return None
-    return [np.concatenate([np.atleast_1d(a) if a.ndim == 0 else a for a in v], axis=_attr(node, "axis", 0))]
+    return [np.concatenate([np.atleast_1d(a) if a.ndim == 0 else a for a in v], axis=attr(node, "axis", 0))]
 
 
 def _binary(fn: Callable[[ir.Node, np.ndarray, np.ndarray], np.ndarray]) -> Fold:
@@ -211,18 +208,18 @@ def _reshape(node, v):
 def _reduce_prod(node, v):
     """ReduceProd: axes as attribute (opset < 18) or input 1; none: every axis (or, with
     ``noop_with_empty_axes``, the input unchanged)."""
-    axes = v[1] if len(v) > 1 and v[1] is not None else _attr(node, "axes", None)
+    axes = v[1] if len(v) > 1 and v[1] is not None else attr(node, "axes", None)
     if axes is None or len(axes) == 0:
-        if _attr(node, "noop_with_empty_axes", 0):
+        if attr(node, "noop_with_empty_axes", 0):
             return [v[0]]
         axes = None
     return [np.prod(v[0], axis=None if axes is None else tuple(int(a) for a in axes),
-                    keepdims=bool(_attr(node, "keepdims", 1)))]
+                    keepdims=bool(attr(node, "keepdims", 1)))]
 
 
 @constant_inputs
 def _transpose(node, v):  # torch's F.pad exports its pads list through Reshape/Slice/Transpose
-    perm = _attr(node, "perm", None)
+    perm = attr(node, "perm", None)
     return [np.transpose(v[0], None if perm is None else [int(p) for p in perm])]
 
 
@@ -235,7 +232,7 @@ FOLDS: dict[str, Fold] = {
     "Add": _binary(lambda n, a, b: a + b), "Sub": _binary(lambda n, a, b: a - b),
     "Mul": _binary(lambda n, a, b: a * b), "Div": _binary(_div), "Equal": _binary(lambda n, a, b: a == b),
     "Min": _variadic(np.minimum), "Max": _variadic(np.maximum),
-    "Mod": _binary(lambda n, a, b: np.fmod(a, b) if _attr(n, "fmod", 0) else np.mod(a, b)),
+    "Mod": _binary(lambda n, a, b: np.fmod(a, b) if attr(n, "fmod", 0) else np.mod(a, b)),
     "Pow": _binary(lambda n, a, b: np.power(a, b)),
     "Neg": _unary(np.negative), "Abs": _unary(np.abs), "Floor": _unary(np.floor), "Ceil": _unary(np.ceil),
     "Sqrt": _unary(np.sqrt), "Not": _unary(np.logical_not),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "lookup_rule",
     "unregister_rule",
     "normalize_domain",
+    "attr",
     "normalize_axis",
     "ZeroOut",
     "FlopCount",
@@ -234,6 +235,12 @@ class ZeroJoin(str, enum.Enum):
     ALL = "all"
     NUMERATOR = "numerator"
     SELECT = "select"
+
+
+def attr(node: ir.Node, name: str, default: Any = None) -> Any:
+    """The value of attribute ``name`` of ``node`` (``default`` when absent)."""
+    a = node.attributes.get(name)
+    return default if a is None else a.value
 
 
 def normalize_axis(axis: int | None, rank: int | None) -> int | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from otoir.ops.rules import ConstFlow, normalize_axis
+from otoir.ops.rules import ConstFlow, attr, normalize_axis
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -24,12 +24,6 @@ if TYPE_CHECKING:
     from otoir.analyses.vertices import VertexClasses
 
 __all__ = ["Track", "ParamUse", "ChannelState", "attr"]
-
-
-def attr(node: ir.Node, name: str, default=None):
-    """The value of attribute ``name`` of ``node`` (``default`` when absent)."""
-    a = node.attributes.get(name)
-    return default if a is None else a.value
 
 
 @dataclass
