@@ -31,12 +31,16 @@ Built-in datasets (shipped inside the package, no network):
 * ``mnist`` (alias ``mnist-small``): a stratified subset of the original MNIST handwritten
   digits, 10 000 training images (1 000 per class, from the 60 000 training set) and 2 000
   validation images (200 per class, from the 10 000 test set), 1×28×28. See ``README.md``.
+* ``mnist-14``: the same images at half resolution, 1×14×14: each output pixel is the mean of a
+  2×2 block of the standardised 28×28 image (so the same mean and std apply). For networks
+  whose receptive field before a global pooling is too small to see a whole 28×28 digit
+  (DemoSupNet's is 15 pixels).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,16 +56,32 @@ from otoir.data.sources import (
     rebatch,
 )
 
-__all__ = ["BUILTIN_DATASETS", "Binding", "DataFitError", "DataSource", "Dataset", "DatasetError", "StreamData",
+__all__ = ["BUILTIN_DATASETS", "Binding", "BuiltinDataset", "DataFitError", "DataSource", "Dataset", "DatasetError", "StreamData",
            "as_data", "bind", "load_dataset", "load_npz", "rebatch"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-#: Built-in dataset name -> (file in this folder, per-channel mean, per-channel std).
-BUILTIN_DATASETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
-    "mnist": ("mnist_small.npz", (0.1307,), (0.3081,)),
-    "mnist-small": ("mnist_small.npz", (0.1307,), (0.3081,)),
+class BuiltinDataset(NamedTuple):
+    """A built-in dataset: its file in this folder and how it is prepared."""
+
+    file: str
+    mean: tuple[float, ...]  #: per-channel mean subtracted (after uint8 / 255)
+    std: tuple[float, ...]  #: per-channel std divided by
+    pool: int = 1  #: images averaged over ``pool × pool`` blocks after standardising (1: as shipped)
+
+
+#: Built-in dataset name -> :class:`BuiltinDataset`.
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "mnist": BuiltinDataset("mnist_small.npz", (0.1307,), (0.3081,)),
+    "mnist-small": BuiltinDataset("mnist_small.npz", (0.1307,), (0.3081,)),
+    "mnist-14": BuiltinDataset("mnist_small.npz", (0.1307,), (0.3081,), pool=2),
 }
+
+
+def _pooled(x: np.ndarray, k: int) -> np.ndarray:
+    """``N×C×H×W`` images averaged over ``k×k`` blocks (H and W divisible by ``k``)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c, h // k, k, w // k, k).mean(axis=(3, 5), dtype=np.float32))
 
 
 def _inputs(arr: np.ndarray) -> np.ndarray:
@@ -186,6 +206,10 @@ def load_dataset(name_or_path: str) -> Dataset:
     """
     key = name_or_path.strip().lower()
     if key in BUILTIN_DATASETS and not os.path.exists(name_or_path):
-        fname, mean, std = BUILTIN_DATASETS[key]
-        return load_npz(os.path.join(_HERE, fname), name=key, mean=mean, std=std)
+        b = BUILTIN_DATASETS[key]
+        ds = load_npz(os.path.join(_HERE, b.file), name=key, mean=b.mean, std=b.std)
+        if b.pool > 1:
+            ds = Dataset(_pooled(ds.train_x, b.pool), ds.train_y, _pooled(ds.val_x, b.pool), ds.val_y,
+                         ds.num_classes, key)
+        return ds
     return load_npz(name_or_path)

@@ -89,3 +89,19 @@ def test_not_an_npz_archive(tmp_path):
     p.write_text("hello")
     with pytest.raises(DatasetError, match="text.npz' is not a readable .npz archive"):
         load_dataset(str(p))
+
+
+def test_mnist_14_is_the_same_images_averaged_over_2x2_blocks():
+    full, half = load_dataset("mnist"), load_dataset("mnist-14")
+    assert half.name == "mnist-14" and half.num_classes == 10
+    assert half.train_x.shape == (10000, 1, 14, 14) and half.val_x.shape == (2000, 1, 14, 14)
+    assert half.train_x.dtype == np.float32
+    np.testing.assert_array_equal(half.train_y, full.train_y)
+    np.testing.assert_array_equal(half.val_y, full.val_y)
+    # pixel (i, j) of image n is the mean of the standardised 28x28 block (2i..2i+1, 2j..2j+1)
+    for n, i, j in ((0, 0, 0), (17, 7, 5), (9999, 13, 13)):
+        block = full.train_x[n, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        assert half.train_x[n, 0, i, j] == pytest.approx(float(block.mean()), abs=1e-6)
+    block = full.val_x[3, 0, 10:12, 4:6]
+    assert half.val_x[3, 0, 5, 2] == pytest.approx(float(block.mean()), abs=1e-6)
+    assert BUILTIN_DATASETS["mnist-14"].pool == 2 and BUILTIN_DATASETS["mnist"].pool == 1
