@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
 __all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "time_interleaved",
-           "output_agreement", "fixed_batch",
+           "KernelTime", "kernel_profile", "kernel_efficiency", "output_agreement", "fixed_batch",
            "batch_feeds", "default_threads", "random_inputs"]
 
 
@@ -292,6 +292,140 @@ def time_interleaved(models: list[ir.Model], sample: np.ndarray | Mapping[str, n
             s.run(None, feeds)
             times[i, r] = (time.perf_counter() - t0) * 1e3
     return times
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One node of ONNX Runtime's optimised graph, from its profile.
+
+    Attributes:
+        op_type: The kernel's op type (after ORT's fusions: a Conv may carry its activation).
+        us: Mean time per run, microseconds.
+        work: Multiply-accumulates for Conv, Gemm and MatMul (from the shapes ORT recorded);
+            output elements for every other kernel (what its time scales with).
+    """
+
+    op_type: str
+    us: float
+    work: float
+
+
+def _work(args: Mapping[str, Any]) -> float:
+    def shapes(key: str) -> list[list[int]]:
+        return [next(iter(d.values())) for d in args.get(key) or []]
+
+    ins, outs = shapes("input_type_shape"), shapes("output_type_shape")
+    out = [int(d) for d in outs[0]] if outs else []
+    op = args.get("op_name", "")
+    if op in ("Conv", "FusedConv") and len(ins) >= 2 and len(out) >= 3:
+        # weight (M, C/groups, k...) once per output position: N * prod(spatial out) * prod(W)
+        return float(np.prod(ins[1], dtype=np.float64) * out[0] * np.prod(out[2:], dtype=np.float64))
+    if op in ("Gemm", "MatMul", "FusedMatMul", "FusedGemm") and ins and out:
+        return float(np.prod(ins[0], dtype=np.float64) * out[-1])
+    return float(np.prod(out, dtype=np.float64)) if out else 0.0
+
+
+#: Op types ONNX Runtime fuses into the Conv/Gemm that produces their input (FusedConv, NCHWc).
+_FUSED_AFTER = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh", "Add", "Sum"})
+
+
+def _kernel_keys(model: ir.Model) -> Any:
+    """``ORT kernel name -> key``: the ONNX node it computes, the same in a model and its sub-networks.
+
+    ORT names a kernel after the node (``/layer1/conv1/Conv``), or, after its NCHWc layout
+    transform, after the output value (``/layer1/Relu_output_0_nchwc``) of the last op it fused
+    (an activation, a residual Add); both are traced back to the Conv/Gemm that heads the fused
+    chain. Names that are not the model's (layout reorders) are kept as they are.
+    """
+    nodes = {n.name: n for n in model.graph if n.name}
+    producer = {o.name: n for n in model.graph for o in n.outputs}
+
+    def head(n: Any) -> Any:
+        while n.op_type in _FUSED_AFTER:
+            src = [v.producer() for v in n.inputs if v is not None and v.producer() is not None]
+            # a layer that feeds it first (a residual Add's other input is the stream), else the op before
+            nxt = ([p for p in src if p.op_type in ("Conv", "Gemm", "MatMul")]
+                   or [p for p in src if p.op_type in _FUSED_AFTER])
+            if not nxt:
+                break
+            n = nxt[0]
+        return n
+
+    def key(name: str) -> str:
+        n = nodes.get(name) or producer.get(name.removesuffix("_nchwc"))
+        if n is None:
+            return name
+        n = head(n)
+        return n.name or n.outputs[0].name
+
+    return key
+
+
+def kernel_profile(models: Sequence[ir.Model], sample: np.ndarray | Mapping[str, np.ndarray], *, runs: int = 30,
+                   warmup: int = 5, threads: int | None = None, batch: int = 1) -> list[dict[str, KernelTime]]:
+    """ONNX Runtime's per-node kernel times of each model (its optimised graph), keyed by ONNX node.
+
+    The models run interleaved, one run of each in turn (as :func:`time_interleaved`, thread
+    pools not spinning), so load from other processes falls on all of them alike. Arguments as
+    :func:`measure_latency`; the first ``warmup`` runs of each kernel are not counted. Keys are
+    the model's node names (:func:`_kernel_keys`), the same in a model and its sub-networks. The
+    profile files ORT writes are read and removed.
+    """
+    import tempfile
+
+    from otoir.runtime import session
+
+    out: list[dict[str, KernelTime]] = []
+    with tempfile.TemporaryDirectory(prefix="otoir-profile-") as tmp:
+        sessions = [(session(m, threads=threads, spinning=False, profile=os.path.join(tmp, f"p{i}")),
+                     batch_feeds(m, sample, batch)) for i, m in enumerate(models)]
+        for _ in range(warmup + runs):
+            for s, feeds in sessions:
+                s.run(None, feeds)
+        for m, (s, _) in zip(models, sessions, strict=True):
+            with open(s.end_profiling()) as f:
+                out.append(_kernel_times(json.load(f), _kernel_keys(m), warmup))
+    return out
+
+
+def _kernel_times(events: list[dict], key_of: Any, warmup: int) -> dict[str, KernelTime]:
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
+    seen: dict[str, KernelTime] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        raw = name[: -len("_kernel_time")]
+        count[raw] = count.get(raw, 0) + 1
+        key = key_of(raw)
+        if key not in seen:
+            args = e.get("args") or {}
+            seen[key] = KernelTime(str(args.get("op_name", "")), 0.0, _work(args))
+        if count[raw] > warmup:
+            total[key] = total.get(key, 0.0) + float(e.get("dur", 0))
+    timed = {key_of(raw): max(c - warmup, 1) for raw, c in count.items()}  # runs counted per key
+    return {k: KernelTime(v.op_type, total.get(k, 0.0) / timed[k], v.work) for k, v in seen.items()}
+
+
+def kernel_efficiency(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTime]) -> float:
+    """The sub-network's kernel time over the time its kernels would take at the full model's efficiency.
+
+    Each kernel of ``sub`` is expected to take its full-model time scaled by its work
+    (multiply-accumulates, or output elements) kept; a kernel the full model does not have
+    (a layout reorder the narrower network needs) is expected to take no time. 1.0: every kept
+    kernel runs as efficiently per unit of work as in the full model, so a latency ratio above
+    the FLOPs ratio comes from *which* layers kept their work (late layers read more weight
+    bytes per multiply-accumulate at batch 1), not from the runtime; above 1: narrower kernels
+    are slower per unit of work.
+    """
+    expected = 0.0
+    for name, k in sub.items():
+        f = full.get(name)
+        if f is not None and f.work > 0:
+            expected += f.us * min(k.work / f.work, 1.0)
+    measured = sum(k.us for k in sub.values())
+    return measured / expected if expected > 0 else float("inf")
 
 
 def output_agreement(full: ir.Model, sub: ir.Model, inputs: np.ndarray | Mapping[str, np.ndarray],

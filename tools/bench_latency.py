@@ -279,6 +279,13 @@ def bench(name: str, args) -> list[dict]:
         for batch in args.batches:
             lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=args.runs,
                                                                         threads=threads, batch=batch)
+    kern: dict[str, float] = {}
+    if args.kernels:  # ORT's per-node profile, 1 thread, batch 1: is each kept kernel as efficient as in full?
+        from otoir.report import kernel_efficiency, kernel_profile
+
+        prof = dict(zip(models, kernel_profile(list(models.values()), sample, runs=args.runs, threads=1, batch=1),
+                        strict=True))
+        kern = {k: kernel_efficiency(prof["full"], p) for k, p in prof.items()}
     st = {k: otoir.stats(m) for k, m in models.items()}
     rows = []
     for i, k in enumerate(models):
@@ -287,7 +294,7 @@ def bench(name: str, args) -> list[dict]:
             "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
             "predicted": predicted.get(k), "table": layer.get(k),
             "lat": {tb: ms[i] / ms[0] for tb, ms in lat.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
-            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()},
+            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k),
         })
     rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
                        f"timings, channel multiple {costs.table.align if costs.table else '-'}), measured selection "
@@ -300,7 +307,7 @@ def bench(name: str, args) -> list[dict]:
 def _print(rows: list[dict], args) -> None:
     keys = [(t, b) for t in args.threads for b in args.batches]
     head = f"{'model':<13}{'variant':<9}{'groups':>11}{'FLOPs':>7}{'params':>7}{'pred':>6}{'table':>6}"
-    head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + "  ok"
+    head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + (f"{'kern':>6}" if args.kernels else "") + "  ok"
     print(head)
     for r in rows:
         if r["variant"] == "full":
@@ -312,6 +319,8 @@ def _print(rows: list[dict], args) -> None:
         pred = f"{r['predicted']:>6.2f}" if r["predicted"] is not None else f"{'':>6}"
         pred += f"{r['table']:>6.2f}" if r.get("table") is not None else f"{'':>6}"
         lat = "".join(f"{r['lat'][k]:>9.2f}" for k in keys)
+        if args.kernels:
+            lat += f"{r['kern']:>6.2f}" if r.get("kern") is not None else f"{'':>6}"
         print(f"{'':<13}{r['variant']:<9}{r['groups']:>5}/{r['of']:<5}{r['flops']:>7.2f}{r['params']:>7.2f}{pred}{lat}"
               f"  {ok}", flush=True)
         if args.show_min:
@@ -331,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random redundancy scores")
     ap.add_argument("--list", action="store_true", help="list the networks and exit")
     ap.add_argument("--show-min", action="store_true", help="also print the ratios of the fastest runs")
+    ap.add_argument("--kernels", action="store_true",
+                    help="profile every model (ORT, 1 thread, batch 1) and print kern: the kept kernels' time over "
+                         "their full-model time scaled by the work each kept (1.0: FLOPs turn into time kernel by "
+                         "kernel; the rest of latency/FLOPs is which layers kept their work)")
     args = ap.parse_args(argv)
     if args.list:
         for k, n in MODELS.items():
@@ -345,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_latency: unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
-          f"fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
-          f"interleaved with the full model, 1 thread, batch 1); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
-          f"1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    print("# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
+          "fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
+          "interleaved with the full model, 1 thread, batch 1); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+          "1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
+          + ("kern = the kept kernels' time / their full-model time scaled by the multiply-accumulates (other "
+             "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); " if args.kernels else "")
+          + f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows: list[dict] = []
     for n in names:
         r = bench(n, args)

@@ -66,6 +66,55 @@ def test_interleaved_timings_do_not_spin(monkeypatch):
     assert made == [{"threads": 2, "spinning": False}] * 2
 
 
+CONV_GEMM = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,16,12,12] x) => (float[N,10] y)
+  <float[32,16,3,3] w = {1.0}, float[32] b = {0.0}, float[32,1,3,3] dw = {1.0}, float[10,32] fw = {1.0}> {
+    c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w, b)
+    r = Relu (c)
+    d = Conv <pads = [1, 1, 1, 1], group = 32> (r, dw)
+    p = GlobalAveragePool (d)
+    f = Flatten (p)
+    y = Gemm <transB = 1> (f, fw)
+}"""
+
+
+def test_kernel_profile_counts_the_work_of_each_kernel_and_leaves_no_file(tmp_path, monkeypatch):
+    from otoir import report
+
+    monkeypatch.chdir(tmp_path)  # ORT would write its profile here without a prefix
+    m = model(CONV_GEMM)
+    for name, shape in (("w", (32, 16, 3, 3)), ("b", (32,)), ("dw", (32, 1, 3, 3)), ("fw", (10, 32))):
+        value = np.random.default_rng(0).random(shape).astype(np.float32)
+        m.graph.initializers[name].const_value = ir.tensor(value, name=name)
+    x = np.random.default_rng(1).random((3, 16, 12, 12)).astype(np.float32)
+    prof, again = report.kernel_profile([m, m], x, runs=4, warmup=2, threads=1, batch=2)
+    assert list(tmp_path.iterdir()) == []
+    assert set(prof) == set(again)  # keyed by node: the same keys for the same graph
+    convs = sorted(k.work for k in prof.values() if k.op_type in ("Conv", "FusedConv"))
+    # batch 2: dense 3x3 conv, 32 outputs at 6x6 from 16 inputs; depthwise 3x3 on 32 channels at 6x6
+    assert convs == [2 * 36 * 32 * 9, 2 * 36 * 32 * 16 * 9]
+    gemm = [k for k in prof.values() if k.op_type == "Gemm"]
+    assert len(gemm) == 1 and gemm[0].work == 2 * 32 * 10
+    assert all(k.us > 0 for k in prof.values())
+
+
+def test_kernel_efficiency_scales_each_full_kernel_by_the_work_kept():
+    from otoir.report import KernelTime, kernel_efficiency
+
+    full = {"a": KernelTime("Conv", 100.0, 1000.0), "b": KernelTime("Conv", 50.0, 400.0),
+            "c": KernelTime("Relu", 10.0, 100.0)}
+    # a keeps half its work, b a quarter, c all; expected 50 + 12.5 + 10 = 72.5 us
+    sub = {"a": KernelTime("Conv", 50.0, 500.0), "b": KernelTime("Conv", 20.0, 100.0),
+           "c": KernelTime("Relu", 10.0, 100.0)}
+    assert kernel_efficiency(full, sub) == pytest.approx(80.0 / 72.5)
+    # a kernel the full model has not got (a layout reorder) adds time and no expectation
+    sub["ReorderInput"] = KernelTime("ReorderInput", 7.25, 10.0)
+    assert kernel_efficiency(full, sub) == pytest.approx(87.25 / 72.5)
+    # a kernel that vanished costs nothing either way; a model against itself is 1
+    assert kernel_efficiency(full, {"a": full["a"]}) == pytest.approx(1.0)
+    assert kernel_efficiency(full, full) == pytest.approx(1.0)
+
+
 def test_random_feeds_types_and_shapes():
     m = model("""<ir_version: 8, opset_import: ["" : 17]>
 g (float[N,S,8] h, int64[N,S] ids, bool[N,S] mask, float[7,3] fixed, float[0,3] empty, float16[N,2] half)
