@@ -1,7 +1,9 @@
 """The main job: compress two built-in networks on real data (MNIST, shipped), on CPU, against a dense baseline.
 
-1. DemoSupNet (OTOv3 Figure 1) in erasing mode: H2SPG removes whole segments (GeZIGs).
-2. A ResNet-style network in pruning mode: DHSPG removes channels (ZIGs).
+1. DemoSupNet (OTOv3 Figure 1) in erasing mode: H2SPG removes whole segments (GeZIGs). It reads
+   the digits at 14×14 (``mnist-14``; ``--full``: 28×28, the paper's input), which its 15-pixel
+   receptive field before the global average pool sees whole.
+2. A ResNet-style network in pruning mode: DHSPG removes channels (ZIGs), on the 28×28 digits.
 
 Each network is trained twice with the identical budget (optimizer, lr schedule, epochs, seed,
 batch order, BatchNorm recalibration): once densely (the same pipeline with no group zeroed,
@@ -15,7 +17,7 @@ otoir; needs matplotlib), and per network ``<name>_dense.onnx``, ``<name>_full.o
 (inference form) and the compressed ``demosupnet_erased.onnx`` / ``resnet_pruned.onnx``
 (deployment form)::
 
-    otoir-demo [--out out] [--quick | --full] [--epochs N] [--width W] [--backend torch|ort]
+    otoir-demo [--out out] [--quick | --full] [--epochs N] [--width W] [--data mnist|mnist-14] [--backend torch|ort]
 
 The default run fits a few minutes of a 2-core CPU; ``--quick`` is a smoke test (tiny networks,
 one epoch on a 1,000-image subset); ``--full`` is the reproduction run: DemoSupNet at the
@@ -59,12 +61,18 @@ RECIPE: dict[str, Any] = dict(variant="adam", lr=3e-3, lr_schedule="cosine", lr_
 #: timed as they would be deployed: on one thread.
 LATENCY_THREADS = 1
 
-#: Run sizes: DemoSupNet width, ResNet constructor arguments, epochs, training/held-out images
-#: (None: the whole shipped subset, 10,000 / 2,000).
+#: Run sizes: DemoSupNet width and dataset, ResNet constructor arguments, epochs, training/held-out
+#: images (None: the whole shipped subset, 10,000 / 2,000).
+#:
+#: DemoSupNet reads ``mnist-14`` (the digits at 14×14) except in ``--full``: its receptive field
+#: before the global average pool is 15 pixels, so at 28×28 no unit sees a whole digit and it
+#: underfits MNIST whatever the recipe (measured 2026-11-30, dense, five epochs, width 0.25 at
+#: 28×28: 96.2–97.6 % over lr 1e-3..1e-2; width 0.5 at 14×14, the same FLOPs per image: 98.4–98.6 %).
+#: ``--full`` keeps the paper's 1×28×28 input, so its FLOPs are Table 1's.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(width=0.125, resnet={"width": 4}, epochs=1, train=1000, val=250, latency_runs=20),
-    "default": dict(width=0.25, resnet={}, epochs=5, train=None, val=None, latency_runs=50),
-    "full": dict(width=1.0, resnet={}, epochs=30, train=None, val=None, latency_runs=50),
+    "quick": dict(width=0.125, data="mnist-14", resnet={"width": 4}, epochs=1, train=1000, val=250, latency_runs=20),
+    "default": dict(width=0.5, data="mnist-14", resnet={}, epochs=5, train=None, val=None, latency_runs=50),
+    "full": dict(width=1.0, data="mnist", resnet={}, epochs=30, train=None, val=None, latency_runs=50),
 }
 
 
@@ -174,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="the reproduction run: DemoSupNet at the paper's size (width 1), 30 epochs each")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per training run (default: 5; --quick 1, --full 30)")
     ap.add_argument("--width", type=float, default=None,
-                    help="DemoSupNet width multiplier (default 0.25; --quick 0.125; --full 1.0 = 0.82M params)")
+                    help="DemoSupNet width multiplier (default 0.5; --quick 0.125; --full 1.0 = 0.82M params)")
+    ap.add_argument("--data", choices=("mnist", "mnist-14"), default=None,
+                    help="DemoSupNet's data: mnist (1x28x28, the paper's input size) or mnist-14 (the same digits at "
+                         "14x14, which its 15-pixel receptive field sees whole; default, except --full: mnist)")
     ap.add_argument("--backend", choices=("torch", "ort"), default="torch", help="training backend (default: torch)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the dense baseline runs (half the time)")
     ap.add_argument("--seed", type=int, default=0)
@@ -203,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     epochs = args.epochs or preset["epochs"]
     width = args.width or preset["width"]
-    ds = load_dataset("mnist")
-    if preset["train"]:
-        ds = Dataset(ds.train_x[: preset["train"]], ds.train_y[: preset["train"]], ds.val_x[: preset["val"]],
-                     ds.val_y[: preset["val"]], ds.num_classes, f"mnist[:{preset['train']}]")
+    data = {"demosupnet": args.data or preset["data"], "resnet_basic": "mnist"}
+    datasets: dict[str, Dataset] = {}
+    for key in dict.fromkeys(data.values()):
+        ds = load_dataset(key)
+        if preset["train"]:
+            ds = Dataset(ds.train_x[: preset["train"]], ds.train_y[: preset["train"]], ds.val_x[: preset["val"]],
+                         ds.val_y[: preset["val"]], ds.num_classes, f"{key}[:{preset['train']}]")
+        datasets[key] = ds
     jobs = [  # (network, constructor arguments, mode, compressed file, mode-specific options)
         ("demosupnet", dict(width=width, relu=True), "erase", "demosupnet_erased.onnx", {}),
         # kept channel counts multiples of 8, which ONNX Runtime's blocked convolution kernels prefer
@@ -215,18 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dict(RECIPE)
     reports: dict[str, Any] = {}
     histories: dict[str, dict[str, list[dict]]] = {}
+    n_train, n_val = len(ds.train_x), len(ds.val_x)
     print(f"otoir-demo: {len(jobs)} networks, each trained {'once' if args.no_baseline else 'twice (dense baseline, otoir)'}"
-          f" for {epochs} epoch(s) on {ds.name} ({len(ds.train_x)} train / {len(ds.val_x)} held-out); recipe: "
+          f" for {epochs} epoch(s) on MNIST ({n_train} train / {n_val} held-out); recipe: "
           f"{recipe['variant']} lr {recipe['lr']:g}, {recipe['lr_schedule']} schedule after a {recipe['lr_warmup']:g} "
           f"linear warm-up, batch {recipe['batch']}, BatchNorm recalibrated; backend {args.backend}", flush=True)
     for name, kw, mode, fname, extra in jobs:
+        ds = datasets[data[name]]
         torch.manual_seed(args.seed)
         module, _ = build(name, **kw, in_channels=ds.input_shape[0])
         example = torch.from_numpy(ds.train_x[:2])
         shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "default width"
         more = "".join(f", {k.replace('_', '-')} {v}" for k, v in extra.items())
-        print(f"== {name} ({shown}), mode={mode}, target FLOPs {recipe['target_flops']:g} of the dense network's{more}",
-              flush=True)
+        print(f"== {name} ({shown}) on {ds.name} ({'x'.join(map(str, ds.input_shape))}), mode={mode}, target FLOPs "
+              f"{recipe['target_flops']:g} of the dense network's{more}", flush=True)
         t0 = time.perf_counter()
         try:
             res = otoir.compress(module, ds, mode=mode, epochs=epochs, backend=args.backend, example_inputs=example,

@@ -44,6 +44,9 @@ def test_quick_writes_three_column_report(quick_run):
         assert all(e["group_sparsity"] == 0.0 for e in hist["dense"])
         assert hist["otoir"][-1]["group_sparsity"] > 0.0
         assert all(os.path.isfile(f) for f in r["files"])
+    # DemoSupNet reads the digits at 14x14 (its receptive field sees them whole), the ResNet at 28x28
+    assert rep["demosupnet"]["details"]["dataset"] == f"{PRESETS['quick']['data']}[:1000]" == "mnist-14[:1000]"
+    assert rep["resnet_basic"]["details"]["dataset"] == "mnist[:1000]"
     sub = rep["demosupnet"]["subnetwork"]
     assert sub["valid"] is True and sub["kept"], sub
     # the FLOPs budget of the recipe holds for the erased network (the quick ResNet, width 4 with
@@ -57,9 +60,12 @@ def test_quick_writes_models_and_plot(quick_run):
     assert rc == 0
     import onnx
 
-    for stem, comp in (("demosupnet", "demosupnet_erased.onnx"), ("resnet", "resnet_pruned.onnx")):
+    for stem, comp, side in (("demosupnet", "demosupnet_erased.onnx", 14), ("resnet", "resnet_pruned.onnx", 28)):
         for f in (comp, f"{stem}_full.onnx", f"{stem}_dense.onnx"):
-            onnx.checker.check_model(onnx.load(str(out / f)), full_check=True)
+            m = onnx.load(str(out / f))
+            onnx.checker.check_model(m, full_check=True)
+            dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+            assert dims[1:] == [1, side, side], (f, dims)
     pytest.importorskip("matplotlib")
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
