@@ -412,18 +412,30 @@ def kernel_efficiency(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTi
     """The sub-network's kernel time over the time its kernels would take at the full model's efficiency.
 
     Each kernel of ``sub`` is expected to take its full-model time scaled by its work
-    (multiply-accumulates, or output elements) kept; a kernel the full model does not have
-    (a layout reorder the narrower network needs) is expected to take no time. 1.0: every kept
-    kernel runs as efficiently per unit of work as in the full model, so a latency ratio above
-    the FLOPs ratio comes from *which* layers kept their work (late layers read more weight
-    bytes per multiply-accumulate at batch 1), not from the runtime; above 1: narrower kernels
-    are slower per unit of work.
+    (multiply-accumulates, or output elements) kept. Kernels that are not the model's nodes
+    (ORT's layout reorders, named by token) are matched by op type as a pool: the full model's
+    pool time scaled by the pool's work kept; a reorder the full model has no pool of is
+    expected to take no time. 1.0: every kept kernel runs as efficiently per unit of work as in
+    the full model, so a latency ratio above the FLOPs ratio comes from *which* layers kept
+    their work (late layers read more weight bytes per multiply-accumulate at batch 1), not from
+    the runtime; above 1: narrower kernels are slower per unit of work (fixed costs per kernel).
     """
     expected = 0.0
+    pools: dict[str, list[float]] = {}  # op type -> [full us, full work, sub work] of unmatched kernels
     for name, k in sub.items():
         f = full.get(name)
-        if f is not None and f.work > 0:
-            expected += f.us * min(k.work / f.work, 1.0)
+        if f is not None:
+            if f.work > 0:
+                expected += f.us * min(k.work / f.work, 1.0)
+        else:
+            pools.setdefault(k.op_type, [0.0, 0.0, 0.0])[2] += k.work
+    for name, f in full.items():
+        if name not in sub and f.op_type in pools:
+            pools[f.op_type][0] += f.us
+            pools[f.op_type][1] += f.work
+    for us, fwork, swork in pools.values():
+        if fwork > 0:
+            expected += us * min(swork / fwork, 1.0)
     measured = sum(k.us for k in sub.values())
     return measured / expected if expected > 0 else float("inf")
 

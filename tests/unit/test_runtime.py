@@ -107,9 +107,14 @@ def test_kernel_efficiency_scales_each_full_kernel_by_the_work_kept():
     sub = {"a": KernelTime("Conv", 50.0, 500.0), "b": KernelTime("Conv", 20.0, 100.0),
            "c": KernelTime("Relu", 10.0, 100.0)}
     assert kernel_efficiency(full, sub) == pytest.approx(80.0 / 72.5)
-    # a kernel the full model has not got (a layout reorder) adds time and no expectation
-    sub["ReorderInput"] = KernelTime("ReorderInput", 7.25, 10.0)
+    # a kernel of a kind the full model has not got (a layout reorder) adds time and no expectation
+    sub["ReorderInput_token_3"] = KernelTime("ReorderInput", 7.25, 10.0)
     assert kernel_efficiency(full, sub) == pytest.approx(87.25 / 72.5)
+    # reorders are named by token, so they pair up as a pool of their op type: the full model's
+    # two reorders (8 us, work 40) against the sub's one (work 10): 2 us expected
+    full = {**full, "ReorderInput_token_1": KernelTime("ReorderInput", 5.0, 30.0),
+            "ReorderInput_token_2": KernelTime("ReorderInput", 3.0, 10.0)}
+    assert kernel_efficiency(full, sub) == pytest.approx(87.25 / 74.5)
     # a kernel that vanished costs nothing either way; a model against itself is 1
     assert kernel_efficiency(full, {"a": full["a"]}) == pytest.approx(1.0)
     assert kernel_efficiency(full, full) == pytest.approx(1.0)
