@@ -367,7 +367,7 @@ def kernel_profile(models: Sequence[ir.Model], sample: np.ndarray | Mapping[str,
 
     The models run interleaved, one run of each in turn (as :func:`time_interleaved`, thread
     pools not spinning), so load from other processes falls on all of them alike. Arguments as
-    :func:`measure_latency`; the first ``warmup`` runs of each kernel are not counted. Keys are
+    :func:`measure_latency`; the first ``warmup`` runs are not counted. Keys are
     the model's node names (:func:`_kernel_keys`), the same in a model and its sub-networks. The
     profile files ORT writes are read and removed.
     """
@@ -384,28 +384,28 @@ def kernel_profile(models: Sequence[ir.Model], sample: np.ndarray | Mapping[str,
                 s.run(None, feeds)
         for m, (s, _) in zip(models, sessions, strict=True):
             with open(s.end_profiling()) as f:
-                out.append(_kernel_times(json.load(f), _kernel_keys(m), warmup))
+                out.append(_kernel_times(json.load(f), _kernel_keys(m), warmup, runs))
     return out
 
 
-def _kernel_times(events: list[dict], key_of: Any, warmup: int) -> dict[str, KernelTime]:
+def _kernel_times(events: list[dict], key_of: Any, warmup: int, runs: int) -> dict[str, KernelTime]:
+    """Mean µs per run of each kernel (by key) over the runs after the first ``warmup``."""
+    ends = sorted(float(e["ts"]) + float(e.get("dur", 0)) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = ends[warmup - 1] if 0 < warmup <= len(ends) else float("-inf")  # end of the last warm-up run
     total: dict[str, float] = {}
-    count: dict[str, int] = {}
     seen: dict[str, KernelTime] = {}
     for e in events:
         name = e.get("name", "")
         if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
-        raw = name[: -len("_kernel_time")]
-        count[raw] = count.get(raw, 0) + 1
-        key = key_of(raw)
+        key = key_of(name[: -len("_kernel_time")])
         if key not in seen:
             args = e.get("args") or {}
             seen[key] = KernelTime(str(args.get("op_name", "")), 0.0, _work(args))
-        if count[raw] > warmup:
+        if float(e["ts"]) >= start:
             total[key] = total.get(key, 0.0) + float(e.get("dur", 0))
-    timed = {key_of(raw): max(c - warmup, 1) for raw, c in count.items()}  # runs counted per key
-    return {k: KernelTime(v.op_type, total.get(k, 0.0) / timed[k], v.work) for k, v in seen.items()}
+    return {k: KernelTime(v.op_type, total.get(k, 0.0) / max(runs, 1), v.work) for k, v in seen.items()}
 
 
 def kernel_efficiency(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTime]) -> float:

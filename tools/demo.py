@@ -214,29 +214,28 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     epochs = args.epochs or preset["epochs"]
     width = args.width or preset["width"]
-    data = {"demosupnet": args.data or preset["data"], "resnet_basic": "mnist"}
+    jobs = [  # (network, constructor arguments, data, mode, compressed file, mode-specific options)
+        ("demosupnet", dict(width=width, relu=True), args.data or preset["data"], "erase", "demosupnet_erased.onnx", {}),
+        # kept channel counts multiples of 8, which ONNX Runtime's blocked convolution kernels prefer
+        ("resnet_basic", dict(preset["resnet"]), "mnist", "prune", "resnet_pruned.onnx", {"round_to": 8}),
+    ]
     datasets: dict[str, Dataset] = {}
-    for key in dict.fromkeys(data.values()):
+    for key in dict.fromkeys(job[2] for job in jobs):
         ds = load_dataset(key)
         if preset["train"]:
             ds = Dataset(ds.train_x[: preset["train"]], ds.train_y[: preset["train"]], ds.val_x[: preset["val"]],
                          ds.val_y[: preset["val"]], ds.num_classes, f"{key}[:{preset['train']}]")
         datasets[key] = ds
-    jobs = [  # (network, constructor arguments, mode, compressed file, mode-specific options)
-        ("demosupnet", dict(width=width, relu=True), "erase", "demosupnet_erased.onnx", {}),
-        # kept channel counts multiples of 8, which ONNX Runtime's blocked convolution kernels prefer
-        ("resnet_basic", dict(preset["resnet"]), "prune", "resnet_pruned.onnx", {"round_to": 8}),
-    ]
     recipe = dict(RECIPE)
     reports: dict[str, Any] = {}
     histories: dict[str, dict[str, list[dict]]] = {}
-    n_train, n_val = len(ds.train_x), len(ds.val_x)
+    n_train, n_val = len(ds.train_x), len(ds.val_x)  # the same images in every dataset
     print(f"otoir-demo: {len(jobs)} networks, each trained {'once' if args.no_baseline else 'twice (dense baseline, otoir)'}"
           f" for {epochs} epoch(s) on MNIST ({n_train} train / {n_val} held-out); recipe: "
           f"{recipe['variant']} lr {recipe['lr']:g}, {recipe['lr_schedule']} schedule after a {recipe['lr_warmup']:g} "
           f"linear warm-up, batch {recipe['batch']}, BatchNorm recalibrated; backend {args.backend}", flush=True)
-    for name, kw, mode, fname, extra in jobs:
-        ds = datasets[data[name]]
+    for name, kw, data, mode, fname, extra in jobs:
+        ds = datasets[data]
         torch.manual_seed(args.seed)
         module, _ = build(name, **kw, in_channels=ds.input_shape[0])
         example = torch.from_numpy(ds.train_x[:2])
