@@ -14,7 +14,8 @@ redundancy scores for every column, by
   the full model's latency (1 thread, batch 1) — the library's path,
   :func:`~otoir.analyses.latency.measured_cost_model` (channel counts at the runtime's
   measured multiple);
-* ``lat+rt8``: latency-aware with ``round-to=8``.
+* ``lat+rt8``: latency-aware with ``round-to=8`` (kept counts multiples of the lcm of 8 and the
+  runtime's channel block, as the library does it).
 
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
 the oracle checks the sub-network against the zeroed full model), and every model of a network
@@ -258,7 +259,8 @@ def bench(name: str, args) -> list[dict]:
     counters = [costs.counter]
     if rt is not None:
         rt_costs = measured_cost_model(model, rt, table=costs.table)
-        variants["lat+rt8"] = latency_select(rt, scores, rt_costs, target_latency=args.latency)
+        rt_aligned, _ = runtime_aligned(model, rt, rt_costs)  # round-to 8 and the runtime's block: the lcm
+        variants["lat+rt8"] = latency_select(rt_aligned, scores, rt_costs, target_latency=args.latency)
         predicted["lat+rt8"] = rt_costs.predict(variants["lat+rt8"]) / rt_costs.full
         layer["lat+rt8"] = rt_costs.layer_predict(variants["lat+rt8"]) / rt_costs.layer_full
         counters.append(rt_costs.counter)

@@ -9,8 +9,12 @@ packing rounds sizes up. So the cost of a kept channel count is *measured*:
   ``Gemm`` and ``MatMul`` with a constant weight, as a one-node sub-model of the model's own
   shapes (batch and spatial size) with ONNX Runtime on this machine — at a few kept
   output-channel and input-channel counts: multiples of :func:`channel_multiple` (the runtime's
-  NCHWc block, probed) and, beside each, one count half a block off (the misaligned cost). Layers with the same signature are timed once; sessions are timed in interleaved
-  rounds and the median kept. The whole model is timed once too: what the layers do not
+  NCHWc block, probed) and, beside each, one count half a block off (the misaligned cost).
+  Layers with the same signature are timed once; sessions are timed in interleaved rounds and
+  the median kept. The whole model is timed once too, and profiled (ONNX Runtime's per-node
+  times): each layer's samples are scaled to its time *inside* the network
+  (:meth:`LayerCost.calibrate`; alone, a layer pays layout reorders and keeps its weights
+  cached, so alone-times misrank early against late layers), and what the layers do not
   explain (element-wise ops, pooling, layout reorders) is a residual that shrinks with the kept
   activations. The table is cached on disk per model structure (shapes and attributes, not
   values), ONNX Runtime version, thread count and batch (:func:`cache_dir`).
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -89,7 +94,7 @@ __all__ = [
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 #: Op types timed as layers (when their weight is a constant initializer).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Kept fractions sampled per axis (the full count is always sampled).
@@ -154,6 +159,12 @@ class LayerCost:
         in_misaligned: The same, misaligned.
         activation: Output elements per sample at full counts (weights the residual).
         kind: ``"onnxruntime"`` (measured) or ``"flops"`` (proportional to FLOPs).
+        calibration: In-graph time over the one-node model's time at full counts (every
+            sample is scaled by it; 1.0 when the layer was not found in the whole model's
+            profile). A layer alone runs its input and output through layout reorders and
+            keeps its weights in the caches between runs; inside the network it does neither,
+            so early wide-activation layers are cheaper and late weight-heavy ones dearer
+            than alone (ResNet-18 at 32x32, batch 1: 0.6x to 1.8x).
     """
 
     name: str
@@ -171,9 +182,20 @@ class LayerCost:
     in_misaligned: list[tuple[int, float]] = field(default_factory=list)
     activation: int = 0
     kind: str = "onnxruntime"
+    calibration: float = 1.0
 
     def _aligned(self, c: int, full: int) -> bool:
         return c == full or c % max(self.align, 1) == 0
+
+    def calibrate(self, graph_ms: float) -> None:
+        """Scales every sample so that the full-count time is ``graph_ms`` (the in-graph time)."""
+        if self.full_ms <= 0 or graph_ms <= 0:
+            return
+        f = graph_ms / self.full_ms
+        self.calibration *= f
+        self.full_ms = graph_ms
+        for s in ("out_aligned", "out_misaligned", "in_aligned", "in_misaligned"):
+            setattr(self, s, [(c, t * f) for c, t in getattr(self, s)])
 
     def _axis(self, c: int, full: int, aligned: list, misaligned: list, smooth: bool) -> float:
         if c >= full:
@@ -204,11 +226,16 @@ class LayerCost:
             return 0.0
         if self.full_ms <= 0:
             return 0.0
-        t_out = self._axis(kept_out, self.cout, self.out_aligned, self.out_misaligned, smooth)
-        if self.in_axis is None:
-            return t_out
-        t_in = self._axis(kept_in, self.cin, self.in_aligned, self.in_misaligned, smooth)
-        return t_out * t_in / self.full_ms
+        t = self._axis(kept_out, self.cout, self.out_aligned, self.out_misaligned, smooth)
+        work = min(kept_out / self.cout, 1.0) if self.cout else 1.0
+        if self.in_axis is not None:
+            t *= self._axis(kept_in, self.cin, self.in_aligned, self.in_misaligned, smooth) / self.full_ms
+            work *= min(kept_in / self.cin, 1.0) if self.cin else 1.0
+        # never cheaper per multiply-accumulate than at full counts: alone, a thinner layer's
+        # weights fit the caches better (its time falls faster than its work), but inside the
+        # network they are evicted between runs as the full layer's are (kernel profiles of
+        # pruned ResNets: kept kernels take their full time scaled by the work kept, 0.98-1.08)
+        return max(t, self.full_ms * work)
 
 
 @dataclass
@@ -555,7 +582,7 @@ def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = N
         jobs.append((sig, points))
     whole = _whole_session(model, threads, batch) if full_model and items else None
     if whole is not None:
-        items.append(whole)
+        items.append(whole[:2])
     if items:  # the fixed cost of one run (binding, dispatch), subtracted from every sample
         items.append((runtime.session(_identity_proto(), threads=threads, spinning=False), {"x": np.zeros((1, 1), np.float32)}))
     ms_all = time_sessions(items, rounds=rounds) if items else []
@@ -580,6 +607,11 @@ def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = N
                     lc.in_aligned.append((kin, t))
                 else:
                     lc.in_misaligned.append((kin, t))
+    if whole is not None:
+        for name, ms in _in_graph_ms(whole[2], whole[1], threads, batch, full_ms).items():
+            if name in layers:
+                layers[name].calibrate(ms)
+        timings += 1
     table = LatencyTable(key, f"onnxruntime {ort_version}", threads, batch, align, full_ms, layers, timings)
     if path is not None:
         try:
@@ -592,8 +624,8 @@ def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = N
     return table
 
 
-def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict] | None:
-    """(session, feeds) of the whole model in deployment form (a clone), or None when it cannot run."""
+def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict, ir.Model] | None:
+    """(session, feeds, the clone) of the whole model in deployment form, or None when it cannot run."""
     from otoir import runtime
     from otoir.api import clone_model
     from otoir.infra import PassManager
@@ -605,9 +637,27 @@ def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict
         feeds = runtime.random_feeds(m, batch=batch)
         sess = runtime.session(m, threads=threads, spinning=False)
         runtime.run(sess, feeds)
-        return sess, feeds
+        return sess, feeds, m
     except Exception:  # noqa: BLE001 - the residual is optional: the layers alone still rank groups
         return None
+
+
+def _in_graph_ms(model: ir.Model, feeds: Mapping[str, np.ndarray], threads: int, batch: int,
+                 whole_ms: float) -> dict[str, float]:
+    """Each node's time inside the whole (deployment-form) model, ms, from ONNX Runtime's profile.
+
+    Keyed by the node a kernel computes (:func:`otoir.report.kernel_profile`: a fused Conv+Add+Relu
+    counts for its Conv). Enough runs for about 200 ms of profile (10 to 50). Empty when the
+    profile cannot be taken (the layers then keep their alone-times).
+    """
+    from otoir.report import kernel_profile
+
+    runs = int(min(50, max(10, 200.0 / max(whole_ms, 1e-3))))
+    try:
+        (prof,) = kernel_profile([model], dict(feeds), runs=runs, warmup=3, threads=threads, batch=batch)
+    except Exception:  # noqa: BLE001 - calibration is optional
+        return {}
+    return {k: v.us / 1e3 for k, v in prof.items() if v.us > 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1262,25 +1312,29 @@ class LatencySelector:
 
 
 def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) -> tuple[Sequence[Group], str]:
-    """``groups`` with round-to set to the runtime's channel multiple, when that applies.
+    """``groups`` with round-to made a multiple of the runtime's channel multiple, when that applies.
 
     The table measures each layer alone, so it sees the cost of a misaligned count in that
-    layer but not the layout changes (NCHWc reorders) it forces on its neighbours; a
-    latency-aware selection therefore keeps counts aligned: channel groups
-    (:class:`~otoir.analyses.validity.GroupSet` without a validity checker) whose ``round_to``
-    is 1 get the table's ``align``. An explicit ``round-to`` is kept.
+    layer but not the layout changes (NCHWc reorders) it forces on its neighbours, nor the slow
+    path of a layer left with less than one block of input channels (a 1x1 convolution with 8
+    of 64 inputs kept runs 4x slower per multiply-accumulate than with all 64, on ORT's 16-wide
+    blocks); a latency-aware selection therefore keeps counts aligned: channel groups
+    (:class:`~otoir.analyses.validity.GroupSet` without a validity checker) get round-to
+    ``lcm(round-to, align)`` — the table's ``align`` when no round-to was given, and an
+    explicit ``round-to=N`` still holds (a multiple of the lcm is a multiple of N).
 
     Returns:
         ``(groups, remark)``; the remark is empty when nothing changed.
     """
     from otoir.analyses.validity import GroupSet
 
-    if costs.table is None or getattr(groups, "checker", None) is not None or getattr(groups, "round_to", 1) > 1:
+    if costs.table is None or getattr(groups, "checker", None) is not None:
         return groups, ""
-    n = costs.table.align
-    if n <= 1 or any("segment" in g.meta for g in groups):
+    asked = getattr(groups, "round_to", 1)
+    n = math.lcm(asked, costs.table.align)
+    if costs.table.align <= 1 or n == asked or any("segment" in g.meta for g in groups):
         return groups, ""
-    channels: dict[str, int] = {}
+    channels: dict[str, int] = dict(getattr(groups, "channels", None) or {})
     inits = model.graph.initializers
     for g in groups:
         if g.slices and g.slices[0].axis is not None and g.slices[0].tensor not in channels:
@@ -1288,8 +1342,10 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
             if v is not None and v.const_value is not None:
                 channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
     out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels)
-    return out, (f"kept channel counts are multiples of {n} (the channel block of ONNX Runtime's blocked "
-                 f"convolutions here; round-to= overrides)")
+    block = f"the channel block of ONNX Runtime's blocked convolutions here is {costs.table.align}"
+    if asked > 1:
+        return out, f"kept channel counts are multiples of {n} (round-to={asked}; {block})"
+    return out, f"kept channel counts are multiples of {n} ({block}; round-to= sets a multiple of it)"
 
 
 def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: float, *,

@@ -97,6 +97,65 @@ def test_interpolation_is_monotone_and_uses_the_misaligned_series():
     assert lc.predict(32, 16) == pytest.approx(lc.predict(64, 16) * 0.5)
 
 
+def test_a_thinner_layer_is_never_predicted_cheaper_per_multiply_accumulate_than_the_full_one():
+    # alone, the half-width layer took 0.2 of the full time (its weights fit the caches); inside
+    # the network its kernel takes its work's share, so the prediction is floored at the work kept
+    lc = L.LayerCost("c", "Conv", "w", cin=64, cout=64, in_axis=1, out_axis=0, align=16, full_ms=1.0,
+                     out_aligned=[(16, 0.05), (32, 0.2), (48, 0.5)], in_aligned=[(32, 0.5)])
+    assert lc.predict(64, 32) == pytest.approx(0.5)
+    assert lc.predict(64, 48) == pytest.approx(0.75)
+    assert lc.predict(32, 32) == pytest.approx(0.25)
+    # above the floor the samples stand (a fixed cost: 16 outputs take more than a quarter)
+    lc.out_aligned = [(16, 0.4), (32, 0.6), (48, 0.8)]
+    assert lc.predict(64, 16) == pytest.approx(0.4)
+
+
+def test_calibration_scales_every_sample_to_the_in_graph_time():
+    lc = L.LayerCost("c", "Conv", "w", cin=64, cout=64, in_axis=1, out_axis=0, align=16, full_ms=2.0,
+                     out_aligned=[(32, 1.2)], out_misaligned=[(40, 1.8)], in_aligned=[(32, 1.0)],
+                     in_misaligned=[(40, 1.4)])
+    before = [lc.predict(64, c) for c in (16, 32, 40, 48)]
+    lc.calibrate(3.0)
+    assert lc.full_ms == 3.0 and lc.calibration == pytest.approx(1.5)
+    assert lc.out_aligned == [(32, pytest.approx(1.8))] and lc.in_misaligned == [(40, pytest.approx(2.1))]
+    assert [lc.predict(64, c) for c in (16, 32, 40, 48)] == pytest.approx([1.5 * b for b in before])
+    lc.calibrate(0.0)  # no in-graph time: unchanged
+    assert lc.full_ms == 3.0
+
+
+def test_table_layers_carry_their_in_graph_times(resnet_table):
+    model, table = resnet_table
+    convs = [n.name for n in model.graph if n.op_type in ("Conv", "Gemm")]
+    assert set(convs) <= set(table.layers)
+    # every layer was found in the whole model's profile (a fused Conv+Add+Relu counts for its
+    # Conv) and scaled to it: an unmatched key would leave calibration at exactly 1.0
+    assert all(table.layers[n].calibration != 1.0 for n in convs)
+    # inside the network the layers take (nearly) all of the whole model's time, not more
+    layer_sum = sum(table.layers[n].full_ms for n in convs)
+    assert 0.5 * table.full_ms < layer_sum < 1.3 * table.full_ms
+
+
+def test_runtime_alignment_keeps_an_explicit_round_to_and_makes_it_a_multiple_of_the_block(resnet_table):
+    import dataclasses
+
+    from otoir.analyses.validity import controlled_groups
+    from otoir.optim.from_groups import groups_for
+
+    model, table = resnet_table
+    costs = L.cost_model(model, [], table=dataclasses.replace(table, align=16))
+    groups = groups_for(model, "zig")
+    plain, note = L.runtime_aligned(model, groups, costs)
+    assert plain.round_to == 16 and "multiples of 16" in note
+    rt8, note = L.runtime_aligned(model, controlled_groups(groups, model, round_to=8), costs)
+    assert rt8.round_to == 16 and "round-to=8" in note  # a multiple of 16 is a multiple of 8
+    assert rt8.channels and all(c in (32, 64, 128, 256) for c in rt8.channels.values())
+    rt32 = controlled_groups(groups, model, round_to=32)
+    same, note = L.runtime_aligned(model, rt32, costs)
+    assert same is rt32 and note == ""
+    rt24, _ = L.runtime_aligned(model, controlled_groups(groups, model, round_to=24), costs)
+    assert rt24.round_to == 48
+
+
 def test_isotonic_averages_an_outlier_instead_of_lifting_everything():
     assert L._isotonic([1.0, 5.0, 2.0, 3.0, 6.0]) == pytest.approx([1.0, 10 / 3, 10 / 3, 10 / 3, 6.0])
 
