@@ -126,7 +126,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              warmup: float = 0.25, projection: float = 0.35, epsilon: float = 0.0, lam: float = 1e-3,
              decay: str = "linear",
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
-             latency_threads: int | None = None,
+             latency_threads: int | None = None, latency_batch: int = 1,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
              max_layer_ratio: float = 1.0, round_to: int = 1, target_latency: float = 0.0, target_flops: float = 0.0,
              lr_schedule: str = "constant", lr_warmup: float = 0.0, history: bool = False,
@@ -176,6 +176,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         latency_threads: ONNX Runtime intra-op threads for the latency figures (None: the CPUs
             this process may use). A network that runs in a fraction of a millisecond is often
             faster on one thread: handing work to a thread pool costs more than the work.
+            With ``target_latency``, also the threads the selection is measured with (None: 1).
+        latency_batch: The batch size ``target_latency`` is measured at (the deployment's; a
+            fixed batch dimension of the model wins). 1 by default.
         loss_fn: Torch loss (default cross-entropy); the ORT backend uses cross-entropy.
         recalibrate_bn: After training, re-estimate BatchNorm running statistics with a forward
             pass over the training inputs (parameters are not changed). Running averages taken
@@ -234,7 +237,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
             round_to=round_to, target_latency=target_latency, target_flops=target_flops, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
-            history=history)
+            history=history, latency_threads=latency_threads or 1, latency_batch=latency_batch)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 

@@ -302,7 +302,8 @@ class Train(TrainConfig, Pass):
 
         option, target = self.cost_target
         try:
-            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses)
+            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses,
+                                threads=self.latency_threads, batch=self.latency_batch)
         except (OtoirError, ValueError) as exc:
             ctx.error(f"train: {option}: {exc}")
             return None

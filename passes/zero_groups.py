@@ -13,6 +13,7 @@ from otoir.analyses.groups import tensor_array, zero_group
 from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import (
     check_cost_target,
+    check_latency_point,
     check_round_to,
     controlled_groups,
     reachable_count,
@@ -72,6 +73,8 @@ class ZeroGroups(Pass):
     target_flops: float = option(0.0, "with random scores, zero the fewest groups ranked by importance per FLOP saved "
                                       "that leave the constructed network at most this fraction of the full model's "
                                       "FLOPs")
+    latency_threads: int = option(1, "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)")
+    latency_batch: int = option(1, "batch size target-latency is measured at (a fixed batch in the model wins)")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):
@@ -82,6 +85,7 @@ class ZeroGroups(Pass):
             raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
         check_round_to(self.round_to, "option 'round-to'")
         check_cost_target(self.target_latency, self.target_flops, lambda o: f"option '{o}'")
+        check_latency_point(self.latency_threads, self.latency_batch, lambda o: f"option '{o}'")
 
     def run(self, model, ctx) -> bool:
         groups = self._groups(ctx)
@@ -164,7 +168,8 @@ class ZeroGroups(Pass):
         from otoir.errors import OtoirError
 
         try:
-            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses)
+            sel = cost_selector(option, model, groups, target, analyses=ctx.analyses,
+                                threads=self.latency_threads, batch=self.latency_batch)
         except (OtoirError, ValueError) as exc:
             ctx.error(f"{option}: {exc}")
             return None

@@ -11,7 +11,7 @@ redundancy scores for every column, by
 * ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
   importance per unit of measured ONNX Runtime latency saved (the latency table), the count
   the smallest whose constructed deployment-form sub-network measured at most that fraction of
-  the full model's latency (1 thread, batch 1) — the library's path,
+  the full model's latency (1 thread, batch 1, or ``--latency-batch``) — the library's path,
   :func:`~otoir.analyses.latency.measured_cost_model` (channel counts at the runtime's
   measured multiple);
 * ``lat+rt8``: latency-aware with ``round-to=8`` (kept counts multiples of the lcm of 8 and the
@@ -249,8 +249,8 @@ def bench(name: str, args) -> list[dict]:
         rt = None
     t1 = time.perf_counter()
     # the library's target-latency path: ranked by the table, counted on the measured
-    # constructed sub-networks (1 thread, batch 1, as the table)
-    costs = measured_cost_model(model, groups, threads=1, batch=1)
+    # constructed sub-networks (1 thread, batch --latency-batch, as the table)
+    costs = measured_cost_model(model, groups, threads=1, batch=args.latency_batch)
     t_table = time.perf_counter() - t1 - (costs.counter.seconds if costs.counter else 0.0)
     aligned, _ = runtime_aligned(model, groups, costs)
     variants["lat"] = latency_select(aligned, scores, costs, target_latency=args.latency)
@@ -258,7 +258,7 @@ def bench(name: str, args) -> list[dict]:
     layer = {"lat": costs.layer_predict(variants["lat"]) / costs.layer_full}
     counters = [costs.counter]
     if rt is not None:
-        rt_costs = measured_cost_model(model, rt, table=costs.table)
+        rt_costs = measured_cost_model(model, rt, table=costs.table, threads=1, batch=args.latency_batch)
         rt_aligned, _ = runtime_aligned(model, rt, rt_costs)  # round-to 8 and the runtime's block: the lcm
         variants["lat+rt8"] = latency_select(rt_aligned, scores, rt_costs, target_latency=args.latency)
         predicted["lat+rt8"] = rt_costs.predict(variants["lat+rt8"]) / rt_costs.full
@@ -339,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
     ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops/rt8 columns")
     ap.add_argument("--latency", type=float, default=0.5, help="target-latency of the lat columns")
+    ap.add_argument("--latency-batch", type=int, default=1,
+                    help="batch size the lat columns' target-latency is measured at (latency-batch=; default 1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random redundancy scores")
     ap.add_argument("--list", action="store_true", help="list the networks and exit")
     ap.add_argument("--show-min", action="store_true", help="also print the ratios of the fastest runs")
@@ -362,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
           "fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
-          "interleaved with the full model, 1 thread, batch 1); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+          f"interleaved with the full model, 1 thread, batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
           "1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
           + ("kern = the kept kernels' time / their full-model time scaled by the multiply-accumulates (other "
              "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); " if args.kernels else "")

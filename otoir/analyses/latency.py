@@ -1368,9 +1368,11 @@ def latency_selector(model: ir.Model, groups: Sequence[Group], target_latency: f
 
 
 def cost_selector(option: str, model: ir.Model, groups: Sequence[Group], target: float, *,
-                  analyses: AnalysisManager | None = None) -> LatencySelector:
+                  analyses: AnalysisManager | None = None, threads: int = 1, batch: int = 1) -> LatencySelector:
     """The selector of a cost target: :func:`flops_selector` for ``target-flops``,
-    :func:`latency_selector` for ``target-latency`` (the ``train`` and ``zero-groups`` passes).
+    :func:`latency_selector` for ``target-latency`` (the ``train`` and ``zero-groups`` passes),
+    measured with ``threads`` intra-op threads at batch ``batch`` (``latency-threads``,
+    ``latency-batch``).
 
     Raises:
         ValueError: Another option.
@@ -1378,7 +1380,7 @@ def cost_selector(option: str, model: ir.Model, groups: Sequence[Group], target:
     if option == "target-flops":
         return flops_selector(model, groups, target, analyses=analyses)
     if option == "target-latency":
-        return latency_selector(model, groups, target, analyses=analyses)
+        return latency_selector(model, groups, target, analyses=analyses, threads=threads, batch=batch)
     raise ValueError(f"unknown cost target '{option}' (target-flops or target-latency)")
 
 

@@ -368,6 +368,17 @@ def check_cost_target(target_latency: float, target_flops: float,
     return None
 
 
+def check_latency_point(threads: int, batch: int, name: Callable[[str], str] = str) -> None:
+    """Checks ``latency-threads`` and ``latency-batch`` (where ``target-latency`` is measured).
+
+    Raises:
+        ValueError: Either is not a positive integer.
+    """
+    for option, value in (("latency-threads", threads), ("latency-batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name(option)} must be a positive integer, got {value!r}")
+
+
 def _checker_of(groups: Iterable[Group], checker: ValidityChecker | None) -> ValidityChecker | None:
     """The explicit checker, else the groups' own (:class:`GroupSet`); GeZIGs need one."""
     if checker is None:

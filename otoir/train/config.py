@@ -95,6 +95,12 @@ class TrainConfig:
             constructed sub-network has at most this fraction of the full model's FLOPs
             (:func:`otoir.stats.stats`, both in inference form) is taken (``target_sparsity`` is
             then not used). Not together with ``target_latency``. 0 (the default): off.
+        latency_threads: ONNX Runtime intra-op threads ``target_latency`` is measured with (the
+            latency table and every timed candidate): the deployment's. 1 by default.
+        latency_batch: Batch size ``target_latency`` is measured at (a fixed batch dimension of
+            the model wins). At batch 1 a CPU convolution's late, weight-heavy layers cost more
+            per multiply-accumulate than its early ones; at larger batches they do not, so the
+            selection depends on the batch served. 1 by default.
     """
 
     data: str = option("mnist", "built-in dataset name (mnist) or .npz file with inputs (or inputs.NAME per model "
@@ -128,6 +134,8 @@ class TrainConfig:
     target_flops: float = option(0.0, "FLOPs-aware selection: zero the fewest groups (ranked by importance per FLOP "
                                       "saved) that leave the constructed network at most this fraction of the full "
                                       "model's FLOPs, in (0, 1); 0: off (not with target-latency)")
+    latency_threads: int = option(1, "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)")
+    latency_batch: int = option(1, "batch size target-latency is measured at (a fixed batch in the model wins)")
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
@@ -148,10 +156,11 @@ class TrainConfig:
             raise ValueError(f"lr-warmup must be >= 0, got {self.lr_warmup}")
         if not (0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
-        from otoir.analyses.validity import check_cost_target, check_round_to
+        from otoir.analyses.validity import check_cost_target, check_latency_point, check_round_to
 
         object.__setattr__(self, "round_to", check_round_to(self.round_to))
         check_cost_target(self.target_latency, self.target_flops)
+        check_latency_point(self.latency_threads, self.latency_batch)
         if isinstance(self.ignore, str):
             object.__setattr__(self, "ignore", tuple(p.strip() for p in self.ignore.split(",") if p.strip()))
         else:

@@ -420,6 +420,51 @@ def test_target_latency_option_is_validated_and_round_trips():
         PassManager.from_text("zero-groups{kind=zig target-latency=2}")
 
 
+def test_latency_threads_and_batch_are_validated_and_round_trip():
+    from otoir.train.config import TrainConfig
+
+    for bad in ({"latency_threads": 0}, {"latency_batch": -2}, {"latency_batch": 1.5}):
+        with pytest.raises(ValueError, match="latency-"):
+            TrainConfig(**bad)
+    pm = PassManager.from_text("otoir-prune{target-latency=0.4 latency-threads=2 latency-batch=16}")
+    assert "latency-threads=2" in pm.to_text() and "latency-batch=16" in pm.to_text()
+    train = pm.passes[0].train_pass()  # forwarded to the train pass
+    assert (train.latency_threads, train.latency_batch) == (2, 16)
+    with pytest.raises(Exception, match="latency-batch"):
+        PassManager.from_text("zero-groups{kind=zig target-latency=0.5 latency-batch=0}")
+    import otoir
+    from otoir.errors import OtoirError
+
+    with pytest.raises(OtoirError, match="compress: latency-batch must be a positive integer"):
+        otoir.compress(_chain(), "mnist", mode="prune", target_latency=0.5, latency_batch=0, progress=False)
+
+
+def test_target_latency_is_measured_at_the_threads_and_batch_asked(resnet_table, monkeypatch):
+    import otoir
+    from otoir import report
+
+    model, table = resnet_table
+    built: list = []
+
+    def table_at(m, *, analyses=None, threads=1, batch=1, cache=True, **kw):
+        built.append((threads, batch))
+        return table
+
+    monkeypatch.setattr(L, "build_latency_table", table_at)
+    timed: list = []
+    stub = _flops_timer(0.2 * otoir.stats(model).flops / 1e6)
+
+    def timer(models, sample, *, runs, warmup, threads, batch):
+        timed.append((threads, batch, next(iter(sample.values())).shape[0]))
+        return stub(models, sample, runs=runs, warmup=warmup, threads=threads, batch=batch)
+
+    monkeypatch.setattr(report, "time_interleaved", timer)
+    res = PassManager.from_text("zero-groups{kind=zig target-latency=0.6 latency-threads=2 latency-batch=4}").run(model)
+    assert 0 < len(res.results["zeroed"]) and res.results["predicted-latency"] <= 0.6
+    assert built == [(2, 4)]
+    assert timed and all(t[:2] == (2, 4) and t[2] >= 4 for t in timed)
+
+
 def test_compress_with_target_latency_trains_to_the_latency_target(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     import otoir

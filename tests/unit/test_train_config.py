@@ -32,6 +32,8 @@ def test_compress_keyword_defaults_match_the_config():
             assert sig["data"].default == f.default
         elif f.name == "optimizer":
             assert sig["optimizer"].default is None and f.default == "auto"  # None: by mode
+        elif f.name == "latency_threads":  # None: the report times on the CPUs, target-latency on 1
+            assert sig[f.name].default is None and f.default == 1
         else:
             assert sig[f.name].default == f.default, f.name
 
