@@ -237,7 +237,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             seed=seed, verify=True, tolerance=tolerance, quiet=not progress,
             ignore=(ignore,) if isinstance(ignore, str) else tuple(ignore), max_layer_ratio=max_layer_ratio,
             round_to=round_to, target_latency=target_latency, target_flops=target_flops, lr_schedule=lr_schedule, lr_warmup=lr_warmup,
-            history=history, latency_threads=latency_threads or 1, latency_batch=latency_batch)
+            history=history, latency_threads=1 if latency_threads is None else latency_threads,
+            latency_batch=latency_batch)
     except (TypeError, ValueError) as exc:
         raise OtoirError(f"compress: {exc}") from None
 

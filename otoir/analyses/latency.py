@@ -234,7 +234,7 @@ class LayerCost:
         # never cheaper per multiply-accumulate than at full counts: alone, a thinner layer's
         # weights fit the caches better (its time falls faster than its work), but inside the
         # network they are evicted between runs as the full layer's are (kernel profiles of
-        # pruned ResNets: kept kernels take their full time scaled by the work kept, 0.98-1.08)
+        # pruned ResNets: most kept kernels take their full time scaled by the work kept, +-10%)
         return max(t, self.full_ms * work)
 
 

@@ -437,6 +437,8 @@ def test_latency_threads_and_batch_are_validated_and_round_trip():
 
     with pytest.raises(OtoirError, match="compress: latency-batch must be a positive integer"):
         otoir.compress(_chain(), "mnist", mode="prune", target_latency=0.5, latency_batch=0, progress=False)
+    with pytest.raises(OtoirError, match="compress: latency-threads must be a positive integer"):
+        otoir.compress(_chain(), "mnist", mode="prune", target_latency=0.5, latency_threads=0, progress=False)
 
 
 def test_target_latency_is_measured_at_the_threads_and_batch_asked(resnet_table, monkeypatch):
