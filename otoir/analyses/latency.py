@@ -1034,6 +1034,7 @@ class LatencyCounter(SubnetCounter):
             return full_ms
         if not key:
             return self.full
+        self._last = (key, sub)  # the search confirms its last candidate: no second construction
         t = self._time([self.reference, sub], self.runs)
         self._ratios[key] = t[1] / np.maximum(t[0], 1e-9)
         return float(np.median(self._ratios[key])) * self.full
@@ -1041,13 +1042,16 @@ class LatencyCounter(SubnetCounter):
     def confirm(self, removed: Iterable[int]) -> float:
         """Times the selection again (constructed again) and keeps the median of all its rounds.
 
-        The search's last candidate is confirmed so that one lucky timing does not decide it.
+        The search's last candidate is confirmed so that one lucky timing does not decide it;
+        the sub-network last timed is kept, so confirming it builds nothing.
         """
         key = frozenset(int(i) for i in removed)
         self(key)
         if not key:
             return self.full
-        t = self._time([self.reference, self.model_of(key)], self.runs)
+        last = getattr(self, "_last", None)
+        sub = last[1] if last is not None and last[0] == key else self.model_of(key)
+        t = self._time([self.reference, sub], self.runs)
         self._ratios[key] = np.concatenate([self._ratios[key], t[1] / np.maximum(t[0], 1e-9)])
         self._cache[key] = float(np.median(self._ratios[key])) * self.full
         self.confirmed.add(key)
