@@ -1006,6 +1006,7 @@ class LatencyCounter(SubnetCounter):
         self._sample: Any = None
         self._ratios: dict[frozenset[int], np.ndarray] = {}
         self.confirmed: set[frozenset[int]] = set()
+        self._last: tuple[frozenset[int], ir.Model] | None = None  # the selection last timed, and its network
         self.timings = 0
         self.seconds = 0.0
         super().__init__(model, groups)
@@ -1034,23 +1035,23 @@ class LatencyCounter(SubnetCounter):
             return full_ms
         if not key:
             return self.full
-        self._last = (key, sub)  # the search confirms its last candidate: no second construction
+        self._last = (key, sub)
         t = self._time([self.reference, sub], self.runs)
         self._ratios[key] = t[1] / np.maximum(t[0], 1e-9)
         return float(np.median(self._ratios[key])) * self.full
 
     def confirm(self, removed: Iterable[int]) -> float:
-        """Times the selection again (constructed again) and keeps the median of all its rounds.
+        """Times the selection again and keeps the median of all its rounds.
 
-        The search's last candidate is confirmed so that one lucky timing does not decide it;
-        the sub-network last timed is kept, so confirming it builds nothing.
+        The search's last candidate is confirmed so that one lucky timing does not decide it.
+        The network last timed is kept, so confirming that selection builds nothing; any other
+        is constructed again.
         """
         key = frozenset(int(i) for i in removed)
         self(key)
         if not key:
             return self.full
-        last = getattr(self, "_last", None)
-        sub = last[1] if last is not None and last[0] == key else self.model_of(key)
+        sub = self._last[1] if self._last is not None and self._last[0] == key else self.model_of(key)
         t = self._time([self.reference, sub], self.runs)
         self._ratios[key] = np.concatenate([self._ratios[key], t[1] / np.maximum(t[0], 1e-9)])
         self._cache[key] = float(np.median(self._ratios[key])) * self.full
