@@ -332,9 +332,9 @@ class Compression:
         return out
 
     def _zero_mask(self, model: ir.Model) -> np.ndarray:
-        from otoir.analyses.groups import group_is_zero
+        from otoir.analyses.groups import zero_mask
 
-        return np.array([group_is_zero(model, g) for g in self.groups], dtype=bool)
+        return zero_mask(model, self.groups)
 
     def _removed(self, zero: np.ndarray, runs: list[Any]) -> tuple[list[str], dict[str, str]]:
         """Removed ids / kept reasons, by the named pipeline's own rule (``_Compress._removed``)."""

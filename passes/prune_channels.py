@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otoir.analyses.groups import group_is_zero
+from otoir.analyses.groups import zero_mask
 from otoir.analyses.zig import ChannelGroups
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -50,15 +50,16 @@ class PruneChannels(Pass):
         chosen = []
         kept_inexact = 0
         wanted = set(self.ids)
-        for g in cg.groups:
-            if wanted:
+        zero = None if self.ids else zero_mask(model, cg.groups)
+        for i, g in enumerate(cg.groups):
+            if self.ids:
                 if g.id not in wanted:
                     continue
                 wanted.discard(g.id)
                 if not g.prunable:
                     ctx.error(f"group {g.id} is not prunable: {g.reason}")
                     continue
-            elif not g.prunable or not group_is_zero(model, g):
+            elif not g.prunable or not zero[i]:
                 continue
             if not g.meta.get("exact", True) and not self.allow_inexact:
                 kept_inexact += 1

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from otoir.analyses.gezig import GeZIGPartition
-from otoir.analyses.groups import tensor_array, zero_group
+from otoir.analyses.groups import zero_groups, zero_mask
 from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import (
     check_cost_target,
@@ -148,14 +148,13 @@ class ZeroGroups(Pass):
         kept = [g for g in groups if g.reason.startswith("ignored by ignore=")]
         if kept:
             ctx.remark(f"kept {len(kept)} group(s) ignored by ignore={','.join(self.ignore)}")
-        changed = False
-        entries = 0
-        for g in chosen:
-            slices = (*g.slices, *(g.dependent if self.dependent else ()))
-            if not changed:
-                changed = any(np.any(s.select(tensor_array(model, s.tensor)) != 0) for s in slices)
-            entries += sum(s.numel(tensor_array(model, s.tensor).shape) for s in slices)
-            zero_group(model, g, include_dependent=self.dependent)
+        # each tensor read once: whether anything changes (a chosen entry was nonzero), how many entries
+        with_dependent = [replace(g, slices=(*g.slices, *g.dependent)) for g in chosen] if self.dependent else chosen
+        changed = not bool(zero_mask(model, with_dependent).all())
+        shapes = {v.name: tuple(v.const_value.shape) for v in model.graph.initializers.values()
+                  if v.const_value is not None}
+        entries = sum(s.numel(shapes[s.tensor]) for g in with_dependent for s in g.slices)
+        zero_groups(model, chosen, include_dependent=self.dependent)
         ctx.stat("num-zeroed", len(chosen))
         ctx.stat("params-zeroed", entries)  # entries set to zero (slices, and dependent ones when asked)
         ctx.results["zeroed"] = [g.id for g in chosen]
