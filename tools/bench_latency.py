@@ -1,8 +1,9 @@
 """Benchmark: do fewer FLOPs give less time? FLOPs, parameters and ONNX Runtime latency ratios.
 
 For each network (ResNet-18, ResNet-50, MobileNetV2, an EfficientNet-B0-like net, a ViT and a
-BERT-like encoder; CIFAR-sized inputs, reduced widths where this 2-core machine needs them:
-``--list`` says which) the channel groups (``partition-zig``) are chosen, with the same random
+BERT-like encoder; by default at their own sizes, 224x224 images and 128 tokens, the transformers
+with 4 of their 12 layers; ``--size cifar``: 32x32/64x64 images at reduced widths; ``--list``
+says what each is) the channel groups (``partition-zig``) are chosen, with the same random
 redundancy scores for every column, by
 
 * ``flops``: the current selection (:func:`~otoir.analyses.validity.select_redundant`), as many
@@ -11,7 +12,7 @@ redundancy scores for every column, by
 * ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
   importance per unit of measured ONNX Runtime latency saved (the latency table), the count
   the smallest whose constructed deployment-form sub-network measured at most that fraction of
-  the full model's latency (1 thread, batch 1, or ``--latency-batch``) — the library's path,
+  the full model's latency (1 thread, batch 1, or ``--latency-threads``, ``--latency-batch``) — the library's path,
   :func:`~otoir.analyses.latency.measured_cost_model` (channel counts at the runtime's
   measured multiple);
 * ``lat+rt8``: latency-aware with ``round-to=8`` (kept counts multiples of the lcm of 8 and the
@@ -20,9 +21,12 @@ redundancy scores for every column, by
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
 the oracle checks the sub-network against the zeroed full model), and every model of a network
 is timed in the same interleaved rounds (medians; ONNX Runtime CPU, 1 and 2 intra-op threads,
-batch 1 and 16). No training is needed: latency does not depend on the values.
+batch 1 and 16). No training is needed: latency does not depend on the values. ``--kernels``
+adds ``kern`` (is each kept kernel as efficient as in the full model?) and ``--by-kind`` each
+kind of kernel's share of the full model's time and the time and work every model kept of it
+(ORT's per-node profile, 1 thread, batch 1).
 
-Usage: ``python tools/bench_latency.py [--quick] [--models resnet18,mobilenetv2] [--runs N]``.
+Usage: ``python tools/bench_latency.py [--size cifar | --quick] [--models resnet18,mobilenetv2] [--runs N]``.
 Other processes on the machine slow every model of a round alike, but not exactly: say what the
 load was when quoting the figures.
 """
@@ -43,10 +47,18 @@ __all__ = ["MODELS", "main"]
 
 @dataclass(frozen=True)
 class Net:
-    """A benchmark network: a factory of ``(module, example input)`` and what it is."""
+    """A benchmark network: ``build(size) -> (module, example input)`` and what it is at each size.
 
-    build: Callable[[bool], tuple]
-    description: str
+    Sizes: ``imagenet`` (the default: the networks' own sizes and input resolutions, 224×224
+    images, 128 tokens), ``cifar`` (32×32 or 64×64 images, reduced widths: the figures of
+    earlier stops) and ``quick`` (``cifar`` at about half width).
+    """
+
+    build: Callable[[str], tuple]
+    description: dict[str, str]
+
+
+SIZES = ("imagenet", "cifar", "quick")
 
 
 def _zoo(name: str, **kw):
@@ -55,59 +67,103 @@ def _zoo(name: str, **kw):
     return build(name, **kw)
 
 
-def _resnet18(quick: bool):
-    return _zoo("resnet_basic", width=32 if quick else 64, layers=(2, 2, 2, 2))
-
-
-def _resnet50(quick: bool):
-    return _zoo("resnet_bottleneck", width=16 if quick else 32, layers=(3, 4, 6, 3))
-
-
-_MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-
 def _image(side: int):
     import torch
 
     return torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
 
 
-def _mobilenetv2(quick: bool):
-    m, _ = _zoo("mobilenetv2", width=0.5 if quick else 1.0, settings=_MBV2)
-    return m, _image(32 if quick else 64)
+def _resnet(size: str, block: str, layers: tuple[int, ...], cifar_width: int):
+    import torch
+
+    from otoir.zoo.cnns import ResNet
+
+    torch.manual_seed(0)
+    if size == "imagenet":
+        return ResNet(64, block, layers, num_classes=1000, stem="imagenet"), _image(224)
+    return ResNet(cifar_width // (2 if size == "quick" else 1), block, layers), _image(32)
 
 
-def _efficientnet(quick: bool):
+def _resnet18(size: str):
+    return _resnet(size, "basic", (2, 2, 2, 2), 64)
+
+
+def _resnet50(size: str):
+    return _resnet(size, "bottleneck", (3, 4, 6, 3), 32)
+
+
+_MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _mobilenetv2(size: str):
+    import torch
+
+    from otoir.zoo.cnns import MobileNetV2
+
+    torch.manual_seed(0)
+    if size == "imagenet":
+        return MobileNetV2(1.0, _MBV2, num_classes=1000, stem_stride=2, last=1280), _image(224)
+    quick = size == "quick"
+    return MobileNetV2(0.5 if quick else 1.0, _MBV2), _image(32 if quick else 64)
+
+
+def _efficientnet(size: str):
     import torch
 
     torch.manual_seed(0)
+    if size == "imagenet":
+        return EfficientNetLike(1.0, stem_stride=2, num_classes=1000), _image(224)
+    quick = size == "quick"
     return EfficientNetLike(width=0.5 if quick else 1.0), _image(32 if quick else 64)
 
 
-def _vit(quick: bool):
+def _vit(size: str):
+    if size == "imagenet":  # ViT-S/16, 4 of its 12 layers
+        m, _ = _zoo("vit_like", image=224, patch=16, hidden=384, heads=6, ffn=1536, layers=4, num_classes=1000,
+                    dropout=0.0)
+        return m, _image(224)
+    quick = size == "quick"
     return _zoo("vit_like", image=32, patch=4, hidden=96 if quick else 192, heads=3, ffn=384 if quick else 768,
                 layers=2 if quick else 4)
 
 
-def _bert(quick: bool):
+def _bert(size: str):
     import torch
 
     from otoir.zoo import build
 
-    m, _ = build("bert_like", vocab=1000, hidden=128 if quick else 256, heads=4, ffn=512 if quick else 1024,
-                 layers=2 if quick else 4, max_len=64, dropout=0.0)
-    return m, torch.randint(0, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    if size == "imagenet":  # BERT-base, 4 of its 12 layers, 128 tokens
+        m, _ = build("bert_like", vocab=30522, hidden=768, heads=12, ffn=3072, layers=4, max_len=128, dropout=0.0)
+        tokens = 128
+    else:
+        quick = size == "quick"
+        m, _ = build("bert_like", vocab=1000, hidden=128 if quick else 256, heads=4, ffn=512 if quick else 1024,
+                     layers=2 if quick else 4, max_len=64, dropout=0.0)
+        tokens = 64
+    return m, torch.randint(0, 1000, (2, tokens), generator=torch.Generator().manual_seed(0))
 
 
 MODELS: dict[str, Net] = {
-    "resnet18": Net(_resnet18, "ResNet-18 (CIFAR stem, 32x32), full width 64 (quick: 32)"),
-    "resnet50": Net(_resnet50, "ResNet-50 bottlenecks 3-4-6-3 (CIFAR stem, 32x32), narrow: width 32 (quick: 16)"),
-    "mobilenetv2": Net(_mobilenetv2, "MobileNetV2, the 7 ImageNet stages (stride-1 stem, 64x64), width 1.0 "
-                                     "(quick: 0.5, 32x32)"),
-    "efficientnet": Net(_efficientnet, "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages (stride-1 stem, "
-                                       "64x64), width 1.0 (quick: 0.5, 32x32)"),
-    "vit": Net(_vit, "ViT: 32x32, patch 4 (65 tokens), width 192, 3 heads, 4 layers (quick: 96, 2 layers)"),
-    "bert": Net(_bert, "BERT-like: 64 tokens, width 256, 4 heads, FFN 1024, 4 layers (quick: 128/512/2)"),
+    "resnet18": Net(_resnet18, {
+        "imagenet": "ResNet-18, torchvision's layout (7x7 stem, max-pool), 224x224",
+        "cifar": "ResNet-18 (CIFAR stem, 32x32), full width 64", "quick": "ResNet-18, CIFAR stem, 32x32, width 32"}),
+    "resnet50": Net(_resnet50, {
+        "imagenet": "ResNet-50, torchvision's layout, 224x224",
+        "cifar": "ResNet-50 bottlenecks 3-4-6-3 (CIFAR stem, 32x32), narrow: width 32", "quick": "ResNet-50 bottlenecks, CIFAR stem, 32x32, width 16"}),
+    "mobilenetv2": Net(_mobilenetv2, {
+        "imagenet": "MobileNetV2, torchvision's layout (width 1.0, last conv 1280), 224x224",
+        "cifar": "MobileNetV2, the 7 ImageNet stages (stride-1 stem, last conv 128), 64x64",
+        "quick": "MobileNetV2, 7 stages, width 0.5, 32x32"}),
+    "efficientnet": Net(_efficientnet, {
+        "imagenet": "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages and head (stride-2 stem), 224x224",
+        "cifar": "EfficientNet-B0-like, stride-1 stem, 64x64",
+        "quick": "EfficientNet-B0-like, width 0.5, 32x32"}),
+    "vit": Net(_vit, {
+        "imagenet": "ViT-S/16: 224x224 (197 tokens), width 384, 6 heads, 4 of its 12 layers",
+        "cifar": "ViT: 32x32, patch 4 (65 tokens), width 192, 3 heads, 4 layers", "quick": "ViT: 32x32, width 96, 2 layers"}),
+    "bert": Net(_bert, {
+        "imagenet": "BERT-base sized: 128 tokens, width 768, 12 heads, FFN 3072, 4 of its 12 layers",
+        "cifar": "BERT-like: 64 tokens, width 256, 4 heads, FFN 1024, 4 layers", "quick": "BERT-like: 64 tokens, width 128, 2 layers"}),
 }
 CONV_NETS = ("resnet18", "resnet50", "mobilenetv2", "efficientnet")
 
@@ -138,19 +194,20 @@ def _efficientnet_class():
             return x + h if self.res else h
 
     class Net(nn.Module):
-        """EfficientNet-B0's stages (expand, channels, repeats, stride, kernel) on a CIFAR stem."""
+        """EfficientNet-B0's stages (expand, channels, repeats, stride, kernel); stride-1 (CIFAR) or 2 stem."""
 
         stages = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
                   (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))
 
-        def __init__(self, width: float = 1.0, num_classes: int = 10) -> None:
+        def __init__(self, width: float = 1.0, num_classes: int = 10, stem_stride: int = 1) -> None:
             super().__init__()
 
             def w(c: int) -> int:
                 return max(8, int(c * width + 4) // 8 * 8)
 
             c = w(32)
-            blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.SiLU())]
+            blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, c, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c),
+                                                     nn.SiLU())]
             for e, ch, n, s, k in self.stages:
                 for i in range(n):
                     blocks.append(MBConv(c, w(ch), e, k, s if i == 0 else 1))
@@ -166,9 +223,9 @@ def _efficientnet_class():
     return Net
 
 
-def EfficientNetLike(width: float = 1.0):  # noqa: N802 - a class factory (torch is imported lazily)
+def EfficientNetLike(width: float = 1.0, num_classes: int = 10, stem_stride: int = 1):  # noqa: N802 - a factory
     """An EfficientNet-B0-like network (MBConv blocks with squeeze-and-excitation and SiLU)."""
-    return _efficientnet_class()(width)
+    return _efficientnet_class()(width, num_classes, stem_stride)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +288,7 @@ def bench(name: str, args) -> list[dict]:
     from otoir.runtime import output_agreement
 
     t0 = time.perf_counter()
-    module, x = MODELS[name].build(args.quick)
+    module, x = MODELS[name].build(args.size)
     model = export_torch(module, x)
     full = clone_model(model)
     PassManager.from_text("to-deployment").run(full)
@@ -249,8 +306,8 @@ def bench(name: str, args) -> list[dict]:
         rt = None
     t1 = time.perf_counter()
     # the library's target-latency path: ranked by the table, counted on the measured
-    # constructed sub-networks (1 thread, batch --latency-batch, as the table)
-    costs = measured_cost_model(model, groups, threads=1, batch=args.latency_batch)
+    # constructed sub-networks (--latency-threads, --latency-batch, as the table)
+    costs = measured_cost_model(model, groups, threads=args.latency_threads, batch=args.latency_batch)
     t_table = time.perf_counter() - t1 - (costs.counter.seconds if costs.counter else 0.0)
     aligned, _ = runtime_aligned(model, groups, costs)
     variants["lat"] = latency_select(aligned, scores, costs, target_latency=args.latency)
@@ -258,7 +315,8 @@ def bench(name: str, args) -> list[dict]:
     layer = {"lat": costs.layer_predict(variants["lat"]) / costs.layer_full}
     counters = [costs.counter]
     if rt is not None:
-        rt_costs = measured_cost_model(model, rt, table=costs.table, threads=1, batch=args.latency_batch)
+        rt_costs = measured_cost_model(model, rt, table=costs.table, threads=args.latency_threads,
+                                       batch=args.latency_batch)
         rt_aligned, _ = runtime_aligned(model, rt, rt_costs)  # round-to 8 and the runtime's block: the lcm
         variants["lat+rt8"] = latency_select(rt_aligned, scores, rt_costs, target_latency=args.latency)
         predicted["lat+rt8"] = rt_costs.predict(variants["lat+rt8"]) / rt_costs.full
@@ -282,12 +340,15 @@ def bench(name: str, args) -> list[dict]:
             lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=args.runs,
                                                                         threads=threads, batch=batch)
     kern: dict[str, float] = {}
-    if args.kernels:  # ORT's per-node profile, 1 thread, batch 1: is each kept kernel as efficient as in full?
+    by_kind: dict[str, dict[str, tuple[float, float, float]]] = {}
+    if args.kernels or args.by_kind:  # ORT's per-node profile, 1 thread, batch 1: is each kept kernel as efficient as in full?
         from otoir.report import kernel_efficiency, kernel_profile
 
         prof = dict(zip(models, kernel_profile(list(models.values()), sample, runs=args.runs, threads=1, batch=1),
                         strict=True))
         kern = {k: kernel_efficiency(prof["full"], p) for k, p in prof.items()}
+        if args.by_kind:
+            by_kind = _by_kind(full, prof)
     st = {k: otoir.stats(m) for k, m in models.items()}
     rows = []
     for i, k in enumerate(models):
@@ -296,7 +357,7 @@ def bench(name: str, args) -> list[dict]:
             "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
             "predicted": predicted.get(k), "table": layer.get(k),
             "lat": {tb: ms[i] / ms[0] for tb, ms in lat.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
-            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k),
+            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k), "kinds": by_kind.get(k),
         })
     rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
                        f"timings, channel multiple {costs.table.align if costs.table else '-'}), measured selection "
@@ -304,6 +365,44 @@ def bench(name: str, args) -> list[dict]:
                        f"{sum(c.seconds for c in counters):.1f} s timing), oracle max diff "
                        f"{worst:.1e}, {time.perf_counter() - t0:.0f} s")
     return rows
+
+
+def _by_kind(full, prof: dict) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per model and kind of kernel: (share of the full model's kernel time, time kept, work kept).
+
+    Kinds: ``conv`` (dense), ``dwconv`` (grouped), ``matmul`` (Gemm, MatMul), ``reorder``
+    (ORT's layout reorders, not nodes of the model) and ``other`` (element-wise ops, pooling,
+    normalisation: memory-bound kernels whose work is output elements, linear in the channels
+    kept, where a convolution's is multiply-accumulates, often bilinear).
+    """
+    kind_of: dict[str, str] = {}
+    for n in full.graph:
+        if n.op_type == "Conv":
+            g = n.attributes.get("group")
+            kind_of[n.name] = "dwconv" if g is not None and g.value > 1 else "conv"
+        elif n.op_type in ("Gemm", "MatMul", "FusedMatMul"):
+            kind_of[n.name] = "matmul"
+
+    def kind(name: str, op_type: str) -> str:
+        if name in kind_of:
+            return kind_of[name]
+        return "reorder" if op_type.startswith("Reorder") else "other"
+
+    sums: dict[str, dict[str, list[float]]] = {}
+    for model, p in prof.items():
+        for name, k in p.items():
+            sums.setdefault(model, {}).setdefault(kind(name, k.op_type), [0.0, 0.0])
+            sums[model][kind(name, k.op_type)][0] += k.us
+            sums[model][kind(name, k.op_type)][1] += k.work
+    full_sums = sums["full"]
+    total = sum(us for us, _ in full_sums.values()) or 1.0
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for model, kinds in sums.items():
+        out[model] = {}
+        for kd, (fus, fwork) in sorted(full_sums.items(), key=lambda t: -t[1][0]):
+            us, work = kinds.get(kd, [0.0, 0.0])
+            out[model][kd] = (fus / total, us / fus if fus else 0.0, work / fwork if fwork else 0.0)
+    return out
 
 
 def _print(rows: list[dict], args) -> None:
@@ -328,19 +427,31 @@ def _print(rows: list[dict], args) -> None:
         if args.show_min:
             low = "".join(f"{'(' + format(r['best'][k], '.2f') + ')':>9}" for k in keys)
             print(f"{'':<13}{'  min':<9}{'':>11}{'':>7}{'':>7}{'':>12}{low}", flush=True)
+        if r.get("kinds"):
+            print(f"{'':<13}{'  kinds':<9}" + "; ".join(f"{kind} {share:.2f}: time {t:.2f} work {w:.2f}"
+                                                    for kind, (share, t, w) in r["kinds"].items()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    ap.add_argument("--quick", action="store_true", help="smaller widths, batch 1 and 4, 1 thread, 10 runs")
+    ap.add_argument("--size", choices=SIZES[:2], default="imagenet",
+                    help="imagenet (default): the networks at their own sizes, 224x224 images, 128 tokens; cifar: "
+                         "32x32/64x64 images at reduced widths (the figures of earlier stops)")
+    ap.add_argument("--quick", action="store_true", help="cifar at about half width, batch 1 and 4, 1 thread, 10 runs")
     ap.add_argument("--runs", type=int, default=None, help="timed runs per model and setting (default 20; quick 10)")
     ap.add_argument("--threads", default=None, help="intra-op thread counts (default 1,2; quick 1)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
     ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops/rt8 columns")
     ap.add_argument("--latency", type=float, default=0.5, help="target-latency of the lat columns")
+    ap.add_argument("--latency-threads", type=int, default=1,
+                    help="intra-op threads the lat columns' target-latency is measured at (latency-threads=; default 1)")
     ap.add_argument("--latency-batch", type=int, default=1,
                     help="batch size the lat columns' target-latency is measured at (latency-batch=; default 1)")
+    ap.add_argument("--by-kind", action="store_true",
+                    help="with the profile of --kernels, print per kind of kernel (dense conv, depthwise conv, "
+                         "gemm/matmul, layout reorders, other ops) its share of the full model's time and the time "
+                         "and work each model kept of it")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random redundancy scores")
     ap.add_argument("--list", action="store_true", help="list the networks and exit")
     ap.add_argument("--show-min", action="store_true", help="also print the ratios of the fastest runs")
@@ -349,9 +460,11 @@ def main(argv: list[str] | None = None) -> int:
                          "their full-model time scaled by the work each kept (1.0: FLOPs turn into time kernel by "
                          "kernel; the rest of latency/FLOPs is which layers kept their work)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.size = "quick"
     if args.list:
         for k, n in MODELS.items():
-            print(f"{k:<13}{n.description}")
+            print(f"{k:<13}{n.description[args.size]}")
         return 0
     args.runs = args.runs or (10 if args.quick else 20)
     args.threads = [int(t) for t in (args.threads or ("1" if args.quick else "1,2")).split(",")]
@@ -364,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
           "fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
-          f"interleaved with the full model, 1 thread, batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+          f"interleaved with the full model, {args.latency_threads} thread(s), batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
           "1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
           + ("kern = the kept kernels' time / their full-model time scaled by the multiply-accumulates (other "
              "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); " if args.kernels else "")

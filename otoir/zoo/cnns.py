@@ -80,10 +80,12 @@ class _Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet (3×3 stem, no max-pool), basic or bottleneck blocks, torchvision names.
+    """ResNet with basic or bottleneck blocks, torchvision names; CIFAR stem by default.
 
     ``ResNet(64, "basic", (2, 2, 2, 2))`` is ResNet-18 for CIFAR (11.2 M parameters); the state
     dict keys follow torchvision (``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``).
+    ``ResNet(64, "bottleneck", (3, 4, 6, 3), num_classes=1000, stem="imagenet")`` has
+    torchvision's ResNet-50 layout (25.6 M parameters, 4.1 G multiply-accumulates at 224×224).
 
     Args:
         width: Channels of the first stage (doubled per stage).
@@ -93,6 +95,11 @@ class ResNet(nn.Module):
         in_channels: Input channels.
         groups: Groups of the bottleneck 3×3 conv (ResNeXt when > 1).
         base_width: Per-group width of the bottleneck 3×3 conv (ResNeXt), default ``width``-based.
+        stem: ``"cifar"`` (3×3 stride-1 conv, no max-pool: 32×32 inputs) or ``"imagenet"``
+            (7×7 stride-2 conv and a 3×3 stride-2 max-pool: 224×224 inputs).
+
+    Raises:
+        ValueError: An unknown ``block`` or ``stem``.
     """
 
     def __init__(
@@ -104,9 +111,17 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         groups: int = 1,
         base_width: int | None = None,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+            self.maxpool: nn.Module | None = None
+        elif stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            raise ValueError(f"unknown stem {stem!r} (cifar or imagenet)")
         self.bn1 = nn.BatchNorm2d(width)
         cin = width
         for i, n in enumerate(layers):
@@ -132,6 +147,8 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Runs the network."""
         x = F.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
         for i in range(self.n_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
@@ -258,13 +275,19 @@ class _InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 for CIFAR: inverted residuals with depthwise 3×3 convs, ReLU6 (→ Clip).
+    """MobileNetV2: inverted residuals with depthwise 3×3 convs, ReLU6 (→ Clip); CIFAR-sized by default.
+
+    With the seven ImageNet stages as ``settings``, ``stem_stride=2``, ``last=1280``,
+    ``num_classes=1000`` and width 1.0 it has torchvision's MobileNetV2 layout (3.5 M
+    parameters, 0.3 G multiply-accumulates at 224×224).
 
     Args:
         width: Multiplies the channel counts (rounded to multiples of 4).
         settings: ``(expand, channels, repeats, stride)`` per stage.
         num_classes: Linear outputs.
         in_channels: Input channels.
+        stem_stride: Stride of the 3×3 stem conv (1 for 32×32 inputs, 2 for ImageNet's).
+        last: Channels of the final 1×1 conv before pooling (scaled by ``width``).
     """
 
     def __init__(
@@ -278,12 +301,14 @@ class MobileNetV2(nn.Module):
         ),
         num_classes: int = 10,
         in_channels: int = 3,
+        stem_stride: int = 1,
+        last: int = 128,
     ) -> None:
         super().__init__()
         c = make_divisible(scaled(32, width), 4)
         layers: list[nn.Module] = [
             nn.Sequential(
-                nn.Conv2d(in_channels, c, 3, 1, 1, bias=False),
+                nn.Conv2d(in_channels, c, 3, stem_stride, 1, bias=False),
                 nn.BatchNorm2d(c),
                 nn.ReLU6(),
             )
@@ -293,7 +318,7 @@ class MobileNetV2(nn.Module):
             for i in range(n):
                 layers.append(_InvertedResidual(c, co, s if i == 0 else 1, t))
                 c = co
-        last = make_divisible(scaled(128, width), 4)
+        last = make_divisible(scaled(last, width), 4)
         layers.append(nn.Sequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))

@@ -505,3 +505,27 @@ def test_bench_latency_lists_its_networks_and_refuses_unknown_ones(capsys):
     assert all(name in out for name in ("resnet18", "resnet50", "mobilenetv2", "efficientnet", "vit", "bert"))
     assert bench_latency.main(["--models", "alexnet"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_bench_latency_by_kind_splits_the_profile_by_kind_of_kernel():
+    torch = pytest.importorskip("torch")
+    from otoir.frontends import export_torch
+    from otoir.report import KernelTime
+    from otoir.tools import bench_latency
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1), torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                 torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 16, 2))
+    model = export_torch(module, torch.randn(2, 4, 4, 4))
+    names = {n.op_type + ("dw" if n.op_type == "Conv" and n.attributes.get("group") is not None
+                          and n.attributes["group"].value > 1 else ""): n.name for n in model.graph}
+    full = {names["Conv"]: KernelTime("Conv", 60.0, 512.0), names["Convdw"]: KernelTime("Conv", 20.0, 1152.0),
+            names["Gemm"]: KernelTime("Gemm", 10.0, 256.0), names["Relu"]: KernelTime("Relu", 5.0, 128.0),
+            "ReorderOutput_token_3": KernelTime("ReorderOutput", 5.0, 128.0)}
+    half = {names["Conv"]: KernelTime("Conv", 15.0, 128.0), names["Convdw"]: KernelTime("Conv", 10.0, 576.0),
+            names["Gemm"]: KernelTime("Gemm", 5.0, 128.0), names["Relu"]: KernelTime("Relu", 2.5, 64.0)}
+    kinds = bench_latency._by_kind(model, {"full": full, "half": half})
+    assert list(kinds["full"]) == ["conv", "dwconv", "matmul", "other", "reorder"]  # by share of the full time
+    assert kinds["full"]["conv"] == (0.6, 1.0, 1.0)
+    assert kinds["half"]["conv"] == (0.6, 0.25, 0.25)  # 1x1 conv: both sides halved
+    assert kinds["half"]["dwconv"] == (0.2, 0.5, 0.5)  # depthwise: linear in the channels
+    assert kinds["half"]["reorder"] == (0.05, 0.0, 0.0)  # the sub-network has none

@@ -215,3 +215,61 @@ def test_example_input_follows_in_channels(name, channels):
     with torch.no_grad():
         module.eval()
         assert module(example).shape[0] == example.shape[0]  # the example runs through the network built
+
+
+# torchvision's published parameter counts (torchvision.models weights tables)
+@pytest.mark.parametrize("layout, params", [
+    (("ResNet", 64, "basic", (2, 2, 2, 2)), 11_689_512),  # resnet18
+    (("ResNet", 64, "bottleneck", (3, 4, 6, 3)), 25_557_032),  # resnet50
+    (("MobileNetV2",), 3_504_872),  # mobilenet_v2
+])
+def test_imagenet_layouts_have_torchvision_parameter_counts(layout, params):
+    torch = _torch()
+    from otoir.zoo import cnns
+
+    name, *args = layout
+    if name == "ResNet":
+        module = cnns.ResNet(*args, num_classes=1000, stem="imagenet")
+    else:
+        stages = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                  (6, 320, 1, 1))
+        module = cnns.MobileNetV2(1.0, stages, num_classes=1000, stem_stride=2, last=1280)
+    assert sum(p.numel() for p in module.parameters()) == params
+    with torch.no_grad():
+        assert module.eval()(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_resnet_refuses_an_unknown_stem():
+    _torch()
+    from otoir.zoo.cnns import ResNet
+
+    with pytest.raises(ValueError, match="unknown stem 'coco'"):
+        ResNet(8, stem="coco")
+
+
+def test_imagenet_stem_resnet_prunes_exactly():
+    """7x7 stride-2 stem and max-pool: the stem's channels are pruned through the MaxPool (oracle)."""
+    torch = _torch()
+    from otoir.analyses.groups import zero_groups
+    from otoir.api import clone_model
+    from otoir.frontends import export_torch
+    from otoir.infra import PassManager
+    from otoir.optim.from_groups import groups_for
+    from otoir.testing import assert_same_outputs
+    from otoir.zoo.cnns import ResNet
+
+    torch.manual_seed(0)
+    model = export_torch(ResNet(8, "basic", (1, 1), stem="imagenet").eval(), torch.randn(2, 3, 64, 64))
+    assert "MaxPool" in {n.op_type for n in model.graph}
+    stem_weight = next(n for n in model.graph if n.op_type == "Conv").inputs[1].name
+    groups = groups_for(model, "zig")
+    prunable = [i for i, g in enumerate(groups) if g.prunable]
+    through_pool = [i for i in prunable if stem_weight in groups[i].tensors]
+    assert through_pool  # the stem's channels reach the residual stream through the max-pool
+    chosen = sorted(set(through_pool[:3]) | set(prunable[::3]))
+    zero_groups(model, [groups[i] for i in chosen])
+    PassManager.from_text("to-inference").run(model)
+    sub = clone_model(model)
+    PassManager.from_text("prune-channels,cleanup,to-deployment").run(sub)
+    assert next(n for n in sub.graph if n.op_type == "Conv").inputs[1].shape[0] <= 8 - 3  # the stem conv lost 3
+    assert_same_outputs(model, sub)
