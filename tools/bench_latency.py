@@ -49,7 +49,7 @@ __all__ = ["MODELS", "main"]
 class Net:
     """A benchmark network: ``build(size) -> (module, example input)`` and what it is at each size.
 
-    Sizes: ``imagenet`` (the default: the networks' own sizes and input resolutions, 224×224
+    Sizes: ``full`` (the default: the networks' own sizes and input resolutions, 224×224
     images, 128 tokens), ``cifar`` (32×32 or 64×64 images, reduced widths: the figures of
     earlier stops) and ``quick`` (``cifar`` at about half width).
     """
@@ -58,7 +58,7 @@ class Net:
     description: dict[str, str]
 
 
-SIZES = ("imagenet", "cifar", "quick")
+SIZES = ("full", "cifar", "quick")
 
 
 def _zoo(name: str, **kw):
@@ -79,7 +79,7 @@ def _resnet(size: str, block: str, layers: tuple[int, ...], cifar_width: int):
     from otoir.zoo.cnns import ResNet
 
     torch.manual_seed(0)
-    if size == "imagenet":
+    if size == "full":
         return ResNet(64, block, layers, num_classes=1000, stem="imagenet"), _image(224)
     return ResNet(cifar_width // (2 if size == "quick" else 1), block, layers), _image(32)
 
@@ -101,7 +101,7 @@ def _mobilenetv2(size: str):
     from otoir.zoo.cnns import MobileNetV2
 
     torch.manual_seed(0)
-    if size == "imagenet":
+    if size == "full":
         return MobileNetV2(1.0, _MBV2, num_classes=1000, stem_stride=2, last=1280), _image(224)
     quick = size == "quick"
     return MobileNetV2(0.5 if quick else 1.0, _MBV2), _image(32 if quick else 64)
@@ -111,14 +111,14 @@ def _efficientnet(size: str):
     import torch
 
     torch.manual_seed(0)
-    if size == "imagenet":
+    if size == "full":
         return EfficientNetLike(1.0, stem_stride=2, num_classes=1000), _image(224)
     quick = size == "quick"
     return EfficientNetLike(width=0.5 if quick else 1.0), _image(32 if quick else 64)
 
 
 def _vit(size: str):
-    if size == "imagenet":  # ViT-S/16, 4 of its 12 layers
+    if size == "full":  # ViT-S/16, 4 of its 12 layers
         m, _ = _zoo("vit_like", image=224, patch=16, hidden=384, heads=6, ffn=1536, layers=4, num_classes=1000,
                     dropout=0.0)
         return m, _image(224)
@@ -132,7 +132,7 @@ def _bert(size: str):
 
     from otoir.zoo import build
 
-    if size == "imagenet":  # BERT-base, 4 of its 12 layers, 128 tokens
+    if size == "full":  # BERT-base, 4 of its 12 layers, 128 tokens
         m, _ = build("bert_like", vocab=30522, hidden=768, heads=12, ffn=3072, layers=4, max_len=128, dropout=0.0)
         tokens = 128
     else:
@@ -145,24 +145,24 @@ def _bert(size: str):
 
 MODELS: dict[str, Net] = {
     "resnet18": Net(_resnet18, {
-        "imagenet": "ResNet-18, torchvision's layout (7x7 stem, max-pool), 224x224",
+        "full": "ResNet-18, torchvision's layout (7x7 stem, max-pool), 224x224",
         "cifar": "ResNet-18 (CIFAR stem, 32x32), full width 64", "quick": "ResNet-18, CIFAR stem, 32x32, width 32"}),
     "resnet50": Net(_resnet50, {
-        "imagenet": "ResNet-50, torchvision's layout, 224x224",
+        "full": "ResNet-50, torchvision's layout, 224x224",
         "cifar": "ResNet-50 bottlenecks 3-4-6-3 (CIFAR stem, 32x32), narrow: width 32", "quick": "ResNet-50 bottlenecks, CIFAR stem, 32x32, width 16"}),
     "mobilenetv2": Net(_mobilenetv2, {
-        "imagenet": "MobileNetV2, torchvision's layout (width 1.0, last conv 1280), 224x224",
+        "full": "MobileNetV2, torchvision's layout (width 1.0, last conv 1280), 224x224",
         "cifar": "MobileNetV2, the 7 ImageNet stages (stride-1 stem, last conv 128), 64x64",
         "quick": "MobileNetV2, 7 stages, width 0.5, 32x32"}),
     "efficientnet": Net(_efficientnet, {
-        "imagenet": "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages and head (stride-2 stem), 224x224",
+        "full": "EfficientNet-B0-like: MBConv + SE + SiLU, the B0 stages and head (stride-2 stem), 224x224",
         "cifar": "EfficientNet-B0-like, stride-1 stem, 64x64",
         "quick": "EfficientNet-B0-like, width 0.5, 32x32"}),
     "vit": Net(_vit, {
-        "imagenet": "ViT-S/16: 224x224 (197 tokens), width 384, 6 heads, 4 of its 12 layers",
+        "full": "ViT-S/16: 224x224 (197 tokens), width 384, 6 heads, 4 of its 12 layers",
         "cifar": "ViT: 32x32, patch 4 (65 tokens), width 192, 3 heads, 4 layers", "quick": "ViT: 32x32, width 96, 2 layers"}),
     "bert": Net(_bert, {
-        "imagenet": "BERT-base sized: 128 tokens, width 768, 12 heads, FFN 3072, 4 of its 12 layers",
+        "full": "BERT-base sized: 128 tokens, width 768, 12 heads, FFN 3072, 4 of its 12 layers",
         "cifar": "BERT-like: 64 tokens, width 256, 4 heads, FFN 1024, 4 layers", "quick": "BERT-like: 64 tokens, width 128, 2 layers"}),
 }
 CONV_NETS = ("resnet18", "resnet50", "mobilenetv2", "efficientnet")
@@ -435,8 +435,8 @@ def _print(rows: list[dict], args) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    ap.add_argument("--size", choices=SIZES[:2], default="imagenet",
-                    help="imagenet (default): the networks at their own sizes, 224x224 images, 128 tokens; cifar: "
+    ap.add_argument("--size", choices=SIZES[:2], default="full",
+                    help="full (default): the networks at their own sizes, 224x224 images, 128 tokens; cifar: "
                          "32x32/64x64 images at reduced widths (the figures of earlier stops)")
     ap.add_argument("--quick", action="store_true", help="cifar at about half width, batch 1 and 4, 1 thread, 10 runs")
     ap.add_argument("--runs", type=int, default=None, help="timed runs per model and setting (default 20; quick 10)")

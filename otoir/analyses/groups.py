@@ -121,8 +121,11 @@ def zero_groups(model: ir.Model, groups: Iterable[Group], *, include_dependent: 
 
 
 def group_is_zero(model: ir.Model, group: Group) -> bool:
-    """Whether every trainable entry of the group is exactly zero."""
-    return bool(zero_mask(model, (group,))[0])
+    """Whether every trainable entry of the group is exactly zero (many groups: :func:`zero_mask`)."""
+    for s in group.slices:
+        if np.any(s.select(tensor_array(model, s.tensor)) != 0):
+            return False
+    return True
 
 
 def zero_mask(model: ir.Model, groups: Sequence[Group]) -> np.ndarray:
