@@ -391,9 +391,9 @@ def _by_kind(full, prof: dict) -> dict[str, dict[str, tuple[float, float, float]
     sums: dict[str, dict[str, list[float]]] = {}
     for model, p in prof.items():
         for name, k in p.items():
-            sums.setdefault(model, {}).setdefault(kind(name, k.op_type), [0.0, 0.0])
-            sums[model][kind(name, k.op_type)][0] += k.us
-            sums[model][kind(name, k.op_type)][1] += k.work
+            acc = sums.setdefault(model, {}).setdefault(kind(name, k.op_type), [0.0, 0.0])
+            acc[0] += k.us
+            acc[1] += k.work
     full_sums = sums["full"]
     total = sum(us for us, _ in full_sums.values()) or 1.0
     out: dict[str, dict[str, tuple[float, float, float]]] = {}

@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dict(RECIPE)
     reports: dict[str, Any] = {}
     histories: dict[str, dict[str, list[dict]]] = {}
-    n_train, n_val = len(ds.train_x), len(ds.val_x)  # the same images in every dataset
+    first = next(iter(datasets.values()))
+    n_train, n_val = len(first.train_x), len(first.val_x)  # the same images in every dataset
     print(f"otoir-demo: {len(jobs)} networks, each trained {'once' if args.no_baseline else 'twice (dense baseline, otoir)'}"
           f" for {epochs} epoch(s) on MNIST ({n_train} train / {n_val} held-out); recipe: "
           f"{recipe['variant']} lr {recipe['lr']:g}, {recipe['lr_schedule']} schedule after a {recipe['lr_warmup']:g} "
