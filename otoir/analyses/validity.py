@@ -297,26 +297,34 @@ class GroupSet(tuple):
             N (or the full count); 1: no rounding. Channel groups only.
         channels: Channels of each tensor along its groups' axis (the first slice's tensor), for
             ``round_to``; counted from the groups when absent.
+        units: With ``round_to``: per tensor, the runtime's work unit of its channels — a kept
+            count above one unit must be a whole number of units (or the full count). ONNX
+            Runtime's blocked convolutions hand each thread output channels in sets of four
+            blocks, so a partial set takes a thread as long as a whole one
+            (:func:`otoir.analyses.latency.runtime_aligned`). None: no units.
     """
 
     checker: ValidityChecker | None
     layer_caps: dict[str, int] | None
     round_to: int
     channels: dict[str, int] | None
+    units: dict[str, int] | None
 
     def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None,
                 layer_caps: Mapping[str, int] | None = None, *, round_to: int = 1,
-                channels: Mapping[str, int] | None = None) -> GroupSet:
+                channels: Mapping[str, int] | None = None, units: Mapping[str, int] | None = None) -> GroupSet:
         self = super().__new__(cls, groups)
         self.checker = checker
         self.layer_caps = dict(layer_caps) if layer_caps else None
         self.round_to = check_round_to(round_to)
         self.channels = dict(channels) if channels else None
+        self.units = {t: int(u) for t, u in (units or {}).items() if int(u) > 1} or None
         return self
 
     def subset(self, groups: Iterable[Group]) -> GroupSet:
         """Other groups (e.g. the prunable ones) with the same checker and controls."""
-        return GroupSet(groups, self.checker, self.layer_caps, round_to=self.round_to, channels=self.channels)
+        return GroupSet(groups, self.checker, self.layer_caps, round_to=self.round_to, channels=self.channels,
+                        units=self.units)
 
     def selector(self):
         """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
@@ -551,13 +559,15 @@ class _Quota:
 
 
 def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
-                channels: Mapping[str, int] | None, sc: Sequence[float] | None = None
-                ) -> tuple[list[_Quota], dict[str, str]]:
+                channels: Mapping[str, int] | None, sc: Sequence[float] | None = None,
+                units: Mapping[str, int] | None = None) -> tuple[list[_Quota], dict[str, str]]:
     """The quotas of the prunable groups under round-to, and ``{tensor: why all its groups are kept}``.
 
     A tensor with ``C`` channels whose groups are ``c`` channels wide may zero ``z`` of its
     prunable groups when ``C - z*c`` is a positive multiple of ``n_round`` (or ``z = 0``), ``z`` at
-    most its cap and fewer than all of its groups. Groups without slices are free (any count).
+    most its cap and fewer than all of its groups; with a work unit ``u`` for the tensor
+    (``units``), a kept count above ``u`` must also be a multiple of ``u``. Groups without
+    slices are free (any count).
     """
     total = _groups_per_tensor(groups)
     by_t: dict[str, list[int]] = {}
@@ -584,10 +594,12 @@ def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
         zmax = min(len(members), caps.get(t, 1 << 60), total[t] - 1)
         z = np.arange(1, max(zmax, 0) + 1, dtype=np.int64)
         keep = C - z * c
-        z = z[(keep > 0) & (keep % n_round == 0)]
+        u = (units or {}).get(t, 0)
+        z = z[(keep > 0) & (keep % n_round == 0) & ((keep <= u) | (keep % max(u, 1) == 0))]
         if z.size == 0:
+            unit = f", nor one of at most {u} or a multiple of {u} (the runtime's work unit)" if u > 1 else ""
             kept[t] = (f"round-to={n_round}: '{t}' keeps all {C} channels (no smaller multiple of {n_round} "
-                       f"is reachable in groups of {c})")
+                       f"is reachable in groups of {c}{unit})")
             continue
         quotas.append(_Quota(sorted(members, key=key), np.r_[0, z]))
     if free:
@@ -632,7 +644,7 @@ def _finite_scores(sc: Sequence[float]) -> np.ndarray:
 def _select_rounded(groups: Sequence[Group], sc: Sequence[float], K: int, caps: Mapping[str, int],
                     n_round: int, channels: Mapping[str, int] | None) -> list[int]:
     fs = _finite_scores(sc)
-    quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist())
+    quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist(), getattr(groups, "units", None))
     K = min(K, sum(int(q.allowed[-1]) for q in quotas))
     best, choices = _count_programme(quotas, fs, K, keep_choices=True)
     k = int(np.flatnonzero(best > -np.inf).max())
@@ -657,7 +669,7 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
     r = np.zeros(len(groups) + 1, dtype=bool)
     if n_round > 1 and c is None:
         quotas, _ = _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round,
-                                getattr(groups, "channels", None))
+                                getattr(groups, "channels", None), units=getattr(groups, "units", None))
         best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
         r[:best.size] = best > -np.inf
     else:
@@ -697,7 +709,8 @@ def round_to_kept(groups: Sequence[Group]) -> dict[str, str]:
     n_round = check_round_to(getattr(groups, "round_to", 1))
     if n_round <= 1 or getattr(groups, "checker", None) is not None:
         return {}
-    return _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round, getattr(groups, "channels", None))[1]
+    return _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round, getattr(groups, "channels", None),
+                       units=getattr(groups, "units", None))[1]
 
 
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:

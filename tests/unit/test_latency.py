@@ -135,12 +135,13 @@ def test_table_layers_carry_their_in_graph_times(resnet_table):
     assert 0.5 * table.full_ms < layer_sum < 1.3 * table.full_ms
 
 
-def test_runtime_alignment_keeps_an_explicit_round_to_and_makes_it_a_multiple_of_the_block(resnet_table):
+def test_runtime_alignment_keeps_an_explicit_round_to_and_makes_it_a_multiple_of_the_block(resnet_table, monkeypatch):
     import dataclasses
 
     from otoir.analyses.validity import controlled_groups
     from otoir.optim.from_groups import groups_for
 
+    monkeypatch.setattr(L, "channel_work_unit", lambda block: block)  # no work units here (see the next test)
     model, table = resnet_table
     costs = L.cost_model(model, [], table=dataclasses.replace(table, align=16))
     groups = groups_for(model, "zig")
@@ -154,6 +155,70 @@ def test_runtime_alignment_keeps_an_explicit_round_to_and_makes_it_a_multiple_of
     assert same is rt32 and note == ""
     rt24, _ = L.runtime_aligned(model, controlled_groups(groups, model, round_to=24), costs)
     assert rt24.round_to == 48
+
+
+def test_runtime_alignment_keeps_dense_conv_outputs_in_whole_work_units(resnet_table, monkeypatch):
+    import dataclasses
+
+    from otoir.analyses.validity import controlled_groups, select_redundant
+    from otoir.optim.from_groups import groups_for
+
+    monkeypatch.setattr(L, "channel_work_unit", lambda block: 4 * block)
+    model, table = resnet_table
+    costs = L.cost_model(model, [], table=dataclasses.replace(table, align=16))
+    groups = groups_for(model, "zig")
+    aligned, note = L.runtime_aligned(model, groups, costs)
+    assert aligned.round_to == 16 and aligned.units and set(aligned.units.values()) == {64}
+    assert "multiple of 64" in note
+    assert all(aligned.channels[t] > 64 for t in aligned.units)  # a unit only where more than one fits
+    dense = {n.inputs[1].name for n in model.graph if n.op_type == "Conv"}
+    assert set(aligned.units) <= dense
+    rng = np.random.default_rng(0)
+    scores = rng.random(len(aligned)).tolist()
+    for k in (len(aligned) // 4, len(aligned) // 2):
+        chosen = select_redundant(aligned, scores, k)
+        assert len(chosen) == k  # still exact
+        zeroed: dict[str, int] = {}
+        for i in chosen:
+            zeroed[aligned[i].slices[0].tensor] = zeroed.get(aligned[i].slices[0].tensor, 0) + 1
+        for t, z in zeroed.items():
+            kept = aligned.channels[t] - z
+            assert kept % 16 == 0
+            if t in aligned.units:
+                assert kept <= 64 or kept % 64 == 0, (t, kept)
+    # an explicit round-to the block divides still gets the units
+    rt32 = controlled_groups(groups, model, round_to=32)
+    with_units, _ = L.runtime_aligned(model, rt32, costs)
+    assert with_units is not rt32 and with_units.round_to == 32 and with_units.units == aligned.units
+
+
+def test_work_unit_probe_reads_the_step_of_the_timings_and_is_cached(monkeypatch):
+    import itertools
+
+    def fake(times):
+        it = itertools.cycle(times)  # the probe times 4, 5 and 8 blocks of outputs, in turn
+
+        def fastest(sess, feeds, runs):
+            calls.append(runs)
+            return next(it)
+        return fastest
+
+    calls: list[int] = []
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    monkeypatch.setattr(L, "_fastest", fake([1.0, 1.9, 2.0]))  # a fifth block costs nearly four more
+    assert L.channel_work_unit(16) == 64 and calls
+    calls.clear()
+    assert L.channel_work_unit(16) == 64 and not calls  # cached: nothing timed again
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    monkeypatch.setattr(L, "_fastest", fake([1.0, 1.25, 2.0]))  # linear in the blocks
+    assert L.channel_work_unit(16) == 16
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    monkeypatch.setattr(L.os, "cpu_count", lambda: 1)  # one CPU: no threads to split among
+    calls.clear()
+    assert L.channel_work_unit(16) == 16 and not calls
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    monkeypatch.setattr(L.os, "cpu_count", lambda: 2)
+    assert L.channel_work_unit(16) == 16 and calls  # two CPUs: timed
 
 
 def test_isotonic_averages_an_outlier_instead_of_lifting_everything():

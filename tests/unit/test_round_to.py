@@ -79,6 +79,42 @@ def test_selection_is_exact_and_optimal_against_brute_force(seed):
             assert z in _allowed(c, w, n), (t, c, w, z)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_work_units_keep_whole_units_above_one_and_stay_exact(seed):
+    """units={t: u}: a kept count above u is a multiple of u too (the runtime's work unit)."""
+    rng = np.random.default_rng(seed)
+    channels = {f"t{i}": int(rng.integers(5, 21)) for i in range(3)}
+    units = {"t0": 8, "t1": 4}  # t2: none
+    groups = GroupSet(_synthetic(channels), round_to=2, channels=channels, units=units)
+    scores = rng.normal(size=len(groups)).tolist()
+
+    def ok(t, kept):
+        u = units.get(t, 0)
+        return kept == channels[t] or (kept > 0 and kept % 2 == 0 and (kept <= u or kept % max(u, 1) == 0))
+
+    tensors = list(channels)
+    per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
+           for t in tensors}
+    best: dict[int, float] = {}
+    for zs in itertools.product(*([z for z in range(channels[t]) if ok(t, channels[t] - z)] for t in tensors)):
+        val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
+        best[sum(zs)] = max(best.get(sum(zs), -math.inf), val)
+    assert set(np.flatnonzero(reachable_counts(groups)).tolist()) == set(best)
+    for k in sorted(best):
+        chosen = select_redundant(groups, scores, k)
+        assert len(chosen) == k and sum(scores[i] for i in chosen) == pytest.approx(best[k])
+        for t in tensors:
+            assert ok(t, channels[t] - sum(1 for i in chosen if groups[i].slices[0].tensor == t))
+    # the units travel with subset(); a tensor no allowed count is left for says why
+    assert groups.subset(list(groups)[:3]).units == units
+    tiny = GroupSet(_synthetic({"a": 7}), round_to=2, channels={"a": 7}, units={"a": 1})
+    assert tiny.units is None  # a unit of one channel is no unit
+    whole = GroupSet(_synthetic({"a": 6}), round_to=4, channels={"a": 6}, units={"a": 2})
+    assert "work unit" in round_to_kept(GroupSet(_synthetic({"a": 10}), round_to=4, channels={"a": 10},
+                                                 units={"a": 3}))["a"]  # 4 and 8: neither
+    assert round_to_kept(whole) == {}  # 4 kept: above the unit 2 and a multiple of it
+
+
 def test_nearest_count_when_the_exact_target_is_infeasible():
     channels = {"a": 8, "b": 16, "c": 16}
     groups = GroupSet(_synthetic(channels), round_to=8, channels=channels)
