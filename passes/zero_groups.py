@@ -66,7 +66,9 @@ class ZeroGroups(Pass):
     dependent: bool = option(False, "also zero the groups' dependent entries")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
-    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig)")
+    round_to: int | str = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig; "
+                                    "runtime: ONNX Runtime's channel block, dense convolutions' outputs in whole work "
+                                    "units)")
     target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
                                         "the constructed network's measured ONNX Runtime latency is this fraction of the full "
                                         "model's")
@@ -83,7 +85,7 @@ class ZeroGroups(Pass):
             raise ValueError(f"option 'seed' must not be negative, got {self.seed}")
         if not (math.isfinite(self.max_layer_ratio) and 0.0 < self.max_layer_ratio <= 1.0):
             raise ValueError(f"option 'max-layer-ratio' must be in (0, 1], got {self.max_layer_ratio!r}")
-        check_round_to(self.round_to, "option 'round-to'")
+        object.__setattr__(self, "round_to", check_round_to(self.round_to, "option 'round-to'", runtime=True))
         check_cost_target(self.target_latency, self.target_flops, lambda o: f"option '{o}'")
         check_latency_point(self.latency_threads, self.latency_batch, lambda o: f"option '{o}'")
 
@@ -93,7 +95,7 @@ class ZeroGroups(Pass):
             return False
         groups = controlled_groups(groups, model, ignore=self.ignore, max_layer_ratio=self.max_layer_ratio,
                                    round_to=self.round_to)
-        rounding = f"round-to={self.round_to}" if self.round_to > 1 and self.kind == "zig" else ""
+        rounding = f"round-to={self.round_to}" if groups.round_to > 1 and self.kind == "zig" else ""
         by_id = {g.id: i for i, g in enumerate(groups)}
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
@@ -136,7 +138,7 @@ class ZeroGroups(Pass):
                 if k < reach.size and not reach[k] and k <= int(reach.nonzero()[0].max()):
                     near = reachable_count(groups, k)
                     ctx.warning(f"zeroed {near} of the {k} groups asked: no valid set of exactly {k} keeps every "
-                                f"pruned tensor's channel count a multiple of {self.round_to} ({rounding})")
+                                f"pruned tensor's channel count a multiple of {groups.round_to} ({rounding})")
                     k = near
                 for t, why in round_to_kept(groups).items():
                     ctx.remark(f"kept every group of '{t}': {why}")

@@ -9,18 +9,22 @@ redundancy scores for every column, by
 * ``flops``: the current selection (:func:`~otoir.analyses.validity.select_redundant`), as many
   groups as bring the predicted FLOPs to ``--flops`` (0.5) of the full model's;
 * ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
+* ``runtime``: the same with ``round-to=runtime``: kept counts multiples of the runtime's
+  channel block (16 with AVX-512, 8 with AVX2), a dense convolution's outputs above one work
+  unit of its threads (4 blocks) whole units;
 * ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
   importance per unit of measured ONNX Runtime latency saved (the latency table), the count
   the smallest whose constructed deployment-form sub-network measured at most that fraction of
   the full model's latency (1 thread, batch 1, or ``--latency-threads``, ``--latency-batch``) — the library's path,
-  :func:`~otoir.analyses.latency.measured_cost_model` (channel counts at the runtime's
-  measured multiple);
-* ``lat+rt8``: latency-aware with ``round-to=8`` (kept counts multiples of the lcm of 8 and the
-  runtime's channel block, as the library does it).
+  :func:`~otoir.analyses.latency.measured_cost_model` (channel counts multiples of the
+  runtime's block, a dense convolution's outputs above one work unit whole work units:
+  :func:`~otoir.analyses.latency.runtime_aligned`);
+* ``lat+rt8``: latency-aware with ``round-to=8``, only where the runtime's block is not a
+  multiple of 8 (elsewhere it is ``lat``: kept counts multiples of the lcm of 8 and the block).
 
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
 the oracle checks the sub-network against the zeroed full model), and every model of a network
-is timed in the same interleaved rounds (medians; ONNX Runtime CPU, 1 and 2 intra-op threads,
+is timed in the same interleaved rounds (medians of 20 runs, 60 at batch 1; ONNX Runtime CPU, 1 and 2 intra-op threads,
 batch 1 and 16). No training is needed: latency does not depend on the values. ``--kernels``
 adds ``kern`` (is each kept kernel as efficient as in the full model?) and ``--by-kind`` each
 kind of kernel's share of the full model's time and the time and work every model kept of it
@@ -34,6 +38,7 @@ load was when quoting the figures.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -278,7 +283,13 @@ def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: 
 def bench(name: str, args) -> list[dict]:
     """Runs one network; returns one row per model (full first)."""
     import otoir
-    from otoir.analyses.latency import flops_cost_model, latency_select, measured_cost_model, runtime_aligned
+    from otoir.analyses.latency import (
+        channel_multiple,
+        flops_cost_model,
+        latency_select,
+        measured_cost_model,
+        runtime_aligned,
+    )
     from otoir.analyses.validity import controlled_groups
     from otoir.api import clone_model
     from otoir.frontends import export_torch
@@ -297,13 +308,15 @@ def bench(name: str, args) -> list[dict]:
     scores = rng.random(len(groups)).tolist()
     variants: dict[str, list[int]] = {"flops": _flops_count(groups, scores, args.flops,
                                                             flops_cost_model(model, groups))}
-    rt = None
-    try:
-        rt = controlled_groups(groups, model, round_to=8)
-        rt = rt.subset(g for g in rt if g.prunable)
-        variants["rt8"] = _flops_count(rt, scores, args.flops, flops_cost_model(model, rt))
-    except TypeError:  # no round-to in this otoir
-        rt = None
+    rt = controlled_groups(groups, model, round_to=8)
+    rt = rt.subset(g for g in rt if g.prunable)
+    variants["rt8"] = _flops_count(rt, scores, args.flops, flops_cost_model(model, rt))
+    block = channel_multiple(args.latency_threads)
+    # round-to=runtime: the runtime's channel block (16 with AVX-512) and whole work units
+    rtr = controlled_groups(groups, model, round_to="runtime")
+    rtr = rtr.subset(g for g in rtr if g.prunable)
+    variants["runtime"] = _flops_count(rtr, scores, args.flops, flops_cost_model(model, rtr))
+    by_variant = {"flops": groups, "lat": groups, "rt8": rt, "lat+rt8": rt, "runtime": rtr}
     t1 = time.perf_counter()
     # the library's target-latency path: ranked by the table, counted on the measured
     # constructed sub-networks (--latency-threads, --latency-batch, as the table)
@@ -314,7 +327,7 @@ def bench(name: str, args) -> list[dict]:
     predicted = {"lat": costs.predict(variants["lat"]) / costs.full}
     layer = {"lat": costs.layer_predict(variants["lat"]) / costs.layer_full}
     counters = [costs.counter]
-    if rt is not None:
+    if math.lcm(8, block) != block:  # else lat's own alignment is already a multiple of 8
         rt_costs = measured_cost_model(model, rt, table=costs.table, threads=args.latency_threads,
                                        batch=args.latency_batch)
         rt_aligned, _ = runtime_aligned(model, rt, rt_costs)  # round-to 8 and the runtime's block: the lcm
@@ -327,7 +340,7 @@ def bench(name: str, args) -> list[dict]:
     models = {"full": full}
     worst = 0.0
     for v, chosen in variants.items():
-        zeroed, sub = _construct(model, groups if v in ("flops", "lat") else rt, chosen)
+        zeroed, sub = _construct(model, by_variant[v], chosen)
         worst = max(worst, output_agreement(zeroed, sub, random_inputs(zeroed, rows=4)))
         models[v] = sub
     sample = random_inputs(full, rows=16, seed=1)
@@ -337,7 +350,8 @@ def bench(name: str, args) -> list[dict]:
     best: dict[tuple[int, int], list[float]] = {}
     for threads in args.threads:
         for batch in args.batches:
-            lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=args.runs,
+            runs = args.runs * (3 if batch == 1 else 1)  # batch 1: cheap, and the most disturbed by other load
+            lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=runs,
                                                                         threads=threads, batch=batch)
     kern: dict[str, float] = {}
     by_kind: dict[str, dict[str, tuple[float, float, float]]] = {}
@@ -439,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="full (default): the networks at their own sizes, 224x224 images, 128 tokens; cifar: "
                          "32x32/64x64 images at reduced widths (the figures of earlier stops)")
     ap.add_argument("--quick", action="store_true", help="cifar at about half width, batch 1 and 4, 1 thread, 10 runs")
-    ap.add_argument("--runs", type=int, default=None, help="timed runs per model and setting (default 20; quick 10)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="timed runs per model and setting, three times as many at batch 1 (default 20; quick 10)")
     ap.add_argument("--threads", default=None, help="intra-op thread counts (default 1,2; quick 1)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
     ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops/rt8 columns")

@@ -76,6 +76,7 @@ __all__ = [
     "cache_dir",
     "channel_multiple",
     "channel_work_unit",
+    "work_units",
     "CONSTRUCTION",
     "FlopsCounter",
     "LatencyCounter",
@@ -1415,7 +1416,7 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
             v = inits.get(g.slices[0].tensor)
             if v is not None and v.const_value is not None:
                 channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
-    units = _work_units(model, groups, align, channels)
+    units = work_units(model, groups, align, channels)
     if n == asked and not units:
         return groups, ""
     out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels, units=units)
@@ -1430,8 +1431,12 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
     return out, f"kept channel counts are multiples of {n} ({block}; round-to= sets a multiple of it){unit}"
 
 
-def _work_units(model: ir.Model, groups: Sequence[Group], align: int, channels: Mapping[str, int]) -> dict[str, int]:
-    """``{tensor: work unit}`` of the groups' tensors whose channels are a dense convolution's outputs."""
+def work_units(model: ir.Model, groups: Sequence[Group], align: int, channels: Mapping[str, int]) -> dict[str, int]:
+    """``{tensor: work unit}`` of the groups' tensors whose channels are a dense convolution's outputs.
+
+    The unit is :func:`channel_work_unit` of the runtime's channel block ``align``; a tensor gets
+    it when it has more channels than one unit (``channels``). Empty when the unit is one block.
+    """
     dense: set[str] = set()
     for node in model.graph:
         if node.op_type == "Conv" and len(node.inputs) > 1 and node.inputs[1] is not None:

@@ -50,7 +50,7 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
+__all__ = ["RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
            "reachable_count", "reachable_counts", "round_to_kept", "select_redundant"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
@@ -336,15 +336,23 @@ class GroupSet(tuple):
         return select
 
 
-def check_round_to(value, option: str = "round-to") -> int:
-    """``value`` as a round-to count: a positive integer (1 means no rounding).
+#: ``round-to=runtime``: the runtime's channel multiple, and whole work units (:func:`controlled_groups`).
+RUNTIME = "runtime"
+
+
+def check_round_to(value, option: str = "round-to", *, runtime: bool = False) -> int | str:
+    """``value`` as a round-to count: a positive integer (1 means no rounding), or with
+    ``runtime`` the word ``runtime`` (:data:`RUNTIME`, resolved by :func:`controlled_groups`).
 
     Raises:
         ValueError: Not an integer (booleans and fractional numbers included), or below 1.
     """
+    if runtime and isinstance(value, str) and value.strip().lower() == RUNTIME:
+        return RUNTIME
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
-        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+        word = f" or '{RUNTIME}'" if runtime else ""
+        raise ValueError(f"{option} must be a positive integer{word}, got {value!r}")
     if int(value) < 1:
         raise ValueError(f"{option} must be a positive integer (1: no rounding), got {int(value)}")
     return int(value)
@@ -746,14 +754,24 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         round_to: N >= 1: the kept channel count of every pruned tensor is a multiple of N
             (or the full count) — whole groups, so attention heads stay whole and round in
             heads (``round_to`` of the result; 1 means no rounding). The tensors' channel
-            counts come from ``model`` (else from the groups).
+            counts come from ``model`` (else from the groups). ``"runtime"``: N is ONNX
+            Runtime's channel block here (:func:`otoir.analyses.latency.channel_multiple`: 16
+            with AVX-512, 8 with AVX2), and a dense convolution keeping more output channels
+            than one work unit of the runtime keeps whole units (``units`` of the result:
+            :func:`otoir.analyses.latency.work_units`), as latency-aware selection does; 8
+            without ONNX Runtime or a model.
 
     Raises:
         ValueError: ``max_layer_ratio`` outside (0, 1], ``round_to`` not a positive integer.
     """
     if not (math.isfinite(max_layer_ratio) and 0.0 < max_layer_ratio <= 1.0):
         raise ValueError(f"max-layer-ratio must be in (0, 1], got {max_layer_ratio!r}")
-    round_to = check_round_to(round_to)
+    round_to = check_round_to(round_to, runtime=True)
+    runtime = round_to == RUNTIME
+    if runtime:
+        from otoir.analyses.latency import channel_multiple
+
+        round_to = channel_multiple() if model is not None else 8
     patterns = tuple(p for p in ignore if p)
     users: dict[str, tuple[str, ...]] = {}
     if patterns and model is not None:
@@ -786,4 +804,9 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             shape = v.shape if v is not None else None
             if shape is not None and axis is not None and isinstance(shape[axis], int):
                 channels[t] = int(shape[axis])
-    return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels)
+    units = None
+    if runtime and model is not None and getattr(groups, "checker", None) is None:
+        from otoir.analyses.latency import work_units
+
+        units = work_units(model, [g for g in out if "segment" not in g.meta], round_to, channels or {})
+    return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels, units=units)

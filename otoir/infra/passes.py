@@ -257,7 +257,13 @@ def _convert(text: str, tp: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if text in ("", "none", "None") and type(None) in typing.get_args(tp):
             return None
-        return _convert(text, args[0])
+        first: ValueError | None = None
+        for arg in args:  # the first member the text converts to (``int | str``: a number, else a word)
+            try:
+                return _convert(text, arg)
+            except ValueError as exc:
+                first = first or exc
+        raise first if first else ValueError(f"cannot convert '{text}'")
     if origin in (tuple, list):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         item = args[0] if args else str

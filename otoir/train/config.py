@@ -84,7 +84,10 @@ class TrainConfig:
         round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
             count (whole groups: attention heads stay whole). Acts in the selection; K is still
             ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
-            (with a warning). 1: no rounding.
+            (with a warning). 1: no rounding. ``"runtime"``: N is ONNX Runtime's channel
+            block on this machine (16 with AVX-512, 8 with AVX2), and a dense convolution keeping
+            more output channels than one work unit of the runtime's threads (4 blocks) keeps
+            whole units (:func:`otoir.analyses.validity.controlled_groups`).
         target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
             groups are ranked by importance per unit of measured ONNX Runtime latency saved
             and chosen until the constructed network's measured latency is this fraction of
@@ -127,7 +130,9 @@ class TrainConfig:
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
     history: bool = option(False, "record held-out accuracy and group sparsity after every epoch (one evaluation each)")
-    round_to: int = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding)")
+    round_to: int | str = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no "
+                                    "rounding; runtime: ONNX Runtime's channel block here, and a dense convolution's "
+                                    "outputs in whole work units of its threads)")
     target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
                                         "latency is this fraction of the full model's, in (0, 1); 0: off "
                                         "(target-sparsity counts groups)")
@@ -158,7 +163,7 @@ class TrainConfig:
             raise ValueError(f"max-layer-ratio must be in (0, 1], got {self.max_layer_ratio}")
         from otoir.analyses.validity import check_cost_target, check_latency_point, check_round_to
 
-        object.__setattr__(self, "round_to", check_round_to(self.round_to))
+        object.__setattr__(self, "round_to", check_round_to(self.round_to, runtime=True))
         check_cost_target(self.target_latency, self.target_flops)
         check_latency_point(self.latency_threads, self.latency_batch)
         if isinstance(self.ignore, str):

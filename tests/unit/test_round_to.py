@@ -180,7 +180,7 @@ def test_round_to_parses_as_a_train_option():
 
 
 # -- pruned networks: every sliced tensor keeps a multiple of N (or all), the oracle holds -----------
-def _prune_with_round_to(module, x, n: int, fraction: float = 0.5, seed: int = 0):
+def _prune_with_round_to(module, x, n: int | str, fraction: float = 0.5, seed: int = 0):
     """zero-groups{round-to=n} on the exported model, ORT before/after prune-channels; returns details."""
     from otoir.frontends.torch_export import export_torch
     from otoir.testing import random_feeds, run_ort
@@ -221,6 +221,40 @@ def test_zoo_resnet_kept_counts_are_multiples():
     assert len(ids["removed"]) == len(zeroed)
     w = model.graph.initializers["conv1.weight"].shape.dims[0]
     assert w in (8, 12)
+
+
+def test_round_to_runtime_takes_the_block_and_whole_work_units(monkeypatch):
+    """round-to=runtime: the runtime's channel block, and dense convolutions' outputs above one
+    work unit in whole units (here block 8 and unit 32, as the probes would say on an AVX2 CPU)."""
+    from otoir.analyses import latency as L
+    from otoir.infra.registry import get_pass
+    from otoir.train.config import TrainConfig
+    from otoir.zoo import build
+
+    monkeypatch.setattr(L, "channel_multiple", lambda threads=1: 8)
+    monkeypatch.setattr(L, "channel_work_unit", lambda block: 4 * block)
+    module, x = build("resnet_basic", width=12)  # 12, 24, 48, 96 channels
+    model, ids, zeroed, prunable = _prune_with_round_to(module, x, "runtime", fraction=0.6, seed=3)
+    assert prunable.round_to == 8 and prunable.units and set(prunable.units.values()) == {32}
+    _assert_multiples(ids["channels"], 8)
+    dense = {n.inputs[1].name for n in model.graph if n.op_type == "Conv"
+             and (n.attributes.get("group") is None or n.attributes["group"].value == 1)}
+    outs = {t: after for t, lost in ids["channels"].items() if t in dense for axis, _b, after in lost if axis == 0}
+    assert outs  # dense convolutions lost output channels
+    bad = {t: a for t, a in outs.items() if a > 32 and a % 32}
+    assert not bad, bad
+    # the option parses as a word beside numbers, round-trips, and is refused where it is not meant
+    zg = get_pass("zero-groups").from_options({"kind": "zig", "round-to": "runtime"})
+    assert zg.round_to == "runtime" and "round-to=runtime" in zg.to_text()
+    assert get_pass("zero-groups").from_options({"kind": "zig", "round-to": "16"}).round_to == 16
+    assert TrainConfig(round_to="Runtime").round_to == "runtime"
+    with pytest.raises(ValueError, match="positive integer or 'runtime'"):
+        TrainConfig(round_to="fast")
+    with pytest.raises(ValueError, match="round-to must be a positive integer, got 'runtime'"):
+        check_round_to("runtime")  # a count, where no model resolves the word
+    # without a model the word falls back to 8 and no units
+    plain = controlled_groups(_synthetic({"a": 96}), round_to="runtime")
+    assert plain.round_to == 8 and plain.units is None
 
 
 class _Basic(torch.nn.Module):
