@@ -523,7 +523,7 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
         at = ", ".join(f"{r:.2f}x at batch {n}" for n, r in slower)
         rep.details["warning"] = (f"the compressed model is slower than the full model ({at}); on ONNX Runtime CPU "
                                   f"the usual cause is kept channel counts that leave its blocked kernels: "
-                                  f"round-to=8 or 16, or target-latency=F, keeps them aligned")
+                                  f"round-to=runtime (or 8, 16), or target-latency=F, keeps them aligned")
     if sample is not None:
         rep.max_rel_diff = output_agreement(full, sub, sample)
         rep.verified = rep.max_rel_diff <= tolerance
