@@ -395,6 +395,27 @@ def test_compress_round_to_end_to_end(mnist_256):
     assert res.report.verified
 
 
+def test_compress_round_to_runtime_end_to_end(mnist_256, monkeypatch):
+    import otoir
+    from otoir.analyses import latency as L
+    from otoir.zoo import build
+
+    monkeypatch.setattr(L, "channel_multiple", lambda threads=1: 8)  # as the probes would say on AVX2
+    monkeypatch.setattr(L, "channel_work_unit", lambda block: 4 * block)
+    torch.manual_seed(0)
+    module, _ = build("resnet_basic", in_channels=1, width=12)  # 12, 24, 48, 96 channels
+    example = torch.from_numpy(mnist_256.train_x[:2])
+    res = otoir.compress(otoir.load(module, example), mnist_256, mode="prune", target_sparsity=0.3, epochs=1,
+                         batch=32, backend="ort", progress=False, latency_runs=0, round_to="runtime")
+    assert "round-to=runtime" in res.pipeline and "with round-to=runtime" in res.report.details["groups"]
+    kept = [part.rsplit(" ", 1)[0] for part in res.report.details["kept channels"].split("; ")]
+    counts = [int(part.rsplit("->", 1)[1]) for part in res.report.details["kept channels"].split("; ")]
+    assert counts and all(c % 8 == 0 for c in counts), kept
+    assert all(c <= 32 or c % 32 == 0 for c in counts), kept  # whole work units above one
+    assert any(c > 32 for c in counts), kept  # (some tensor kept more than one unit)
+    assert res.report.verified
+
+
 def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
     from otoir.passes.train import _report_round_to
 
