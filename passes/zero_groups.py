@@ -12,6 +12,9 @@ from otoir.analyses.gezig import GeZIGPartition
 from otoir.analyses.groups import zero_groups, zero_mask
 from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import (
+    LATENCY_BATCH_HELP,
+    LATENCY_THREADS_HELP,
+    ROUND_TO_HELP,
     check_cost_target,
     check_latency_point,
     check_round_to,
@@ -66,17 +69,15 @@ class ZeroGroups(Pass):
     dependent: bool = option(False, "also zero the groups' dependent entries")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
-    round_to: int | str = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (kind=zig; "
-                                    "runtime: ONNX Runtime's channel block, dense convolutions' outputs in whole work "
-                                    "units)")
+    round_to: int | str = option(1, ROUND_TO_HELP)
     target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
                                         "the constructed network's measured ONNX Runtime latency is this fraction of the full "
                                         "model's")
     target_flops: float = option(0.0, "with random scores, zero the fewest groups ranked by importance per FLOP saved "
                                       "that leave the constructed network at most this fraction of the full model's "
                                       "FLOPs")
-    latency_threads: int = option(1, "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)")
-    latency_batch: int = option(1, "batch size target-latency is measured at (a fixed batch in the model wins)")
+    latency_threads: int = option(1, LATENCY_THREADS_HELP)
+    latency_batch: int = option(1, LATENCY_BATCH_HELP)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.random) and 0.0 <= self.random <= 1.0):

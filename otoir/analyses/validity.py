@@ -339,6 +339,13 @@ class GroupSet(tuple):
 #: ``round-to=runtime``: the runtime's channel multiple, and whole work units (:func:`controlled_groups`).
 RUNTIME = "runtime"
 
+#: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
+ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
+                 "groups; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
+                 "work units of its threads)")
+LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
+LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
+
 
 def check_round_to(value, option: str = "round-to", *, runtime: bool = False) -> int | str:
     """``value`` as a round-to count: a positive integer (1 means no rounding), or with

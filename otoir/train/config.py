@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from otoir.analyses.validity import LATENCY_BATCH_HELP, LATENCY_THREADS_HELP, ROUND_TO_HELP
 from otoir.infra.passes import option
 
 if TYPE_CHECKING:
@@ -130,17 +131,15 @@ class TrainConfig:
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1] (1: no cap)")
     history: bool = option(False, "record held-out accuracy and group sparsity after every epoch (one evaluation each)")
-    round_to: int | str = option(1, "kept channels of every pruned tensor a multiple of N, or all of them (1: no "
-                                    "rounding; runtime: ONNX Runtime's channel block here, and a dense convolution's "
-                                    "outputs in whole work units of its threads)")
+    round_to: int | str = option(1, ROUND_TO_HELP)
     target_latency: float = option(0.0, "latency-aware selection: zero groups until the predicted ONNX Runtime "
                                         "latency is this fraction of the full model's, in (0, 1); 0: off "
                                         "(target-sparsity counts groups)")
     target_flops: float = option(0.0, "FLOPs-aware selection: zero the fewest groups (ranked by importance per FLOP "
                                       "saved) that leave the constructed network at most this fraction of the full "
                                       "model's FLOPs, in (0, 1); 0: off (not with target-latency)")
-    latency_threads: int = option(1, "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)")
-    latency_batch: int = option(1, "batch size target-latency is measured at (a fixed batch in the model wins)")
+    latency_threads: int = option(1, LATENCY_THREADS_HELP)
+    latency_batch: int = option(1, LATENCY_BATCH_HELP)
 
     def __post_init__(self) -> None:
         from otoir.optim.core import BaseRule, SparsitySchedule
