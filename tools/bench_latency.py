@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed runs per model and setting, three times as many at batch 1 (default 20; quick 10)")
     ap.add_argument("--threads", default=None, help="intra-op thread counts (default 1,2; quick 1)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
-    ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops/rt8 columns")
+    ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops, rt8 and runtime columns")
     ap.add_argument("--latency", type=float, default=0.5, help="target-latency of the lat columns")
     ap.add_argument("--latency-threads", type=int, default=1,
                     help="intra-op threads the lat columns' target-latency is measured at (latency-threads=; default 1)")

@@ -521,8 +521,9 @@ def channel_work_unit(block: int) -> int:
     blocks, output row) pieces shared evenly among the intra-op threads, and a partial last set
     is as many pieces as a whole one, so at 2 threads 5 blocks of outputs take as long as 8 (a
     3x3 convolution, 128 inputs, 28x28: 80 outputs 1.04 ms, 128 outputs 1.16 ms; at 1 thread
-    1.33 and 2.36 ms; ORT 1.19, AVX-512). The probe times a 1x1 convolution (4 blocks of inputs,
-    28x28) with 4, 5 and 8 blocks of outputs at 2 threads, interleaved: when the fifth block
+    1.33 and 2.36 ms; ORT 1.19, AVX-512). The probe times a 1x1 convolution (8 blocks of inputs,
+    56x56: enough work that the threads' hand-off does not hide the step) with 4, 5 and 8 blocks
+    of outputs at 2 threads, the fastest of each in 15 interleaved rounds: when the fifth block
     costs more than half of what four more do, the unit is 4 blocks, else one block (also
     with fewer than 2 CPUs, when nothing can be timed, or without ONNX Runtime). At 1 thread
     whole units cost no more per channel than other counts (the same convolution: 15.9 to 18.4
