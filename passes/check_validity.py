@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from otoir.analyses.gezig import GeZIGPartition
-from otoir.analyses.groups import zero_mask
+from otoir.analyses.groups import zero_subset
 from otoir.infra.analysis import PRESERVE_ALL
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -38,7 +38,7 @@ class CheckValidity(Pass):
                 return False
             zero = [by_id[i] for i in self.ids]
         else:
-            zero = [g for g, z in zip(p.groups, zero_mask(model, p.groups), strict=True) if z]
+            zero = zero_subset(model, p.groups)
         report = p.checker.check(zero)
         ctx.stat("num-zero", len(zero))
         ctx.stat("valid", int(report.valid))

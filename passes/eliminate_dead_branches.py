@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from otoir.analyses.gezig import GeZIGPartition
-from otoir.analyses.groups import zero_mask
+from otoir.analyses.groups import zero_subset
 from otoir.analyses.vertices import VertexClasses
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -42,7 +42,7 @@ class EliminateDeadBranches(Pass):
     def run(self, model, ctx) -> bool:
         p = ctx.analyses.get(GeZIGPartition)
         vc = ctx.analyses.get(VertexClasses)
-        zero = [g for g, z in zip(p.groups, zero_mask(model, p.groups), strict=True) if z]
+        zero = zero_subset(model, p.groups)
         if not zero:
             ctx.stat("segments-erased", 0)
             return False

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from otoir.analyses.gezig import GeZIGPartition
-from otoir.analyses.groups import zero_mask
+from otoir.analyses.groups import zero_subset
 from otoir.analyses.zig import ChannelGroups
 from otoir.infra.analysis import PRESERVE_ALL
 from otoir.infra.passes import Pass, option
@@ -41,7 +41,7 @@ class Visualize(Pass):
             text = viz.trace_dot(model, self.what)
         elif self.what == "segments":
             p = ctx.analyses.get(GeZIGPartition)
-            zero = [g.id for g, z in zip(p.groups, zero_mask(model, p.groups), strict=True) if z]
+            zero = [g.id for g in zero_subset(model, p.groups)]
             text = viz.segments_dot(model, zero, partition=p)
         elif self.what == "zig":
             text = viz.zig_dot(model, ctx.analyses.get(ChannelGroups).groups)

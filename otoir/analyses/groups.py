@@ -18,8 +18,8 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["TensorSlice", "Group", "zero_group", "zero_groups", "group_is_zero", "zero_mask", "tensor_array",
-           "set_tensor_array"]
+__all__ = ["TensorSlice", "Group", "zero_group", "zero_groups", "group_is_zero", "zero_mask", "zero_subset",
+           "tensor_array", "set_tensor_array"]
 
 
 @dataclass(frozen=True)
@@ -157,3 +157,8 @@ def zero_mask(model: ir.Model, groups: Sequence[Group]) -> np.ndarray:
                 out[i] = False
                 break
     return out
+
+
+def zero_subset(model: ir.Model, groups: Sequence[Group]) -> list[Group]:
+    """The groups whose trainable entries are all exactly zero, in order (:func:`zero_mask`)."""
+    return [g for g, z in zip(groups, zero_mask(model, groups), strict=True) if z]

@@ -357,8 +357,9 @@ def structure_hash(model: ir.Model, *extra: Any) -> str:
 # Timing
 
 
-def _measure(sess: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
-    """Median ms of ``runs`` consecutive runs of ``sess`` (the one timer: tests count its calls).
+def _measure(sess: Any, feeds: Mapping[str, np.ndarray], runs: int, *, fastest: bool = False) -> float:
+    """Median ms of ``runs`` consecutive runs of ``sess`` (the one timer: tests count its calls);
+    with ``fastest``, the fastest run's.
 
     Each run is timed on its own, so a time slice lost to another process spoils one run, not
     the figure.
@@ -369,17 +370,7 @@ def _measure(sess: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
         t0 = clock()
         sess.run(None, feeds)
         out[i] = clock() - t0
-    return float(np.median(out)) * 1e3
-
-
-def _fastest(sess: Any, feeds: Mapping[str, np.ndarray], runs: int) -> float:
-    """The fastest of ``runs`` runs of ``sess``, ms."""
-    best = math.inf
-    for _ in range(max(runs, 1)):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    return float(np.min(out) if fastest else np.median(out)) * 1e3
 
 
 def time_sessions(items: Sequence[tuple[Any, Mapping[str, np.ndarray]]], *, rounds: int = 7,
@@ -553,7 +544,7 @@ def channel_work_unit(block: int) -> int:
             best = [math.inf] * len(items)
             for _ in range(15):  # interleaved rounds; the least disturbed run of each counts
                 for i, (sess, feeds) in enumerate(items):
-                    best[i] = min(best[i], _fastest(sess, feeds, 4))
+                    best[i] = min(best[i], _measure(sess, feeds, 4, fastest=True))
             t4, t5, t8 = best
             if t8 > t4 and t5 - t4 > 0.5 * (t8 - t4):
                 unit = 4 * block
@@ -1401,7 +1392,7 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
     Returns:
         ``(groups, remark)``; the remark is empty when nothing changed.
     """
-    from otoir.analyses.validity import GroupSet
+    from otoir.analyses.validity import GroupSet, tensor_channels
 
     if costs.table is None or getattr(groups, "checker", None) is not None:
         return groups, ""
@@ -1410,13 +1401,7 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
     n = math.lcm(asked, align)
     if align <= 1 or any("segment" in g.meta for g in groups):
         return groups, ""
-    channels: dict[str, int] = dict(getattr(groups, "channels", None) or {})
-    inits = model.graph.initializers
-    for g in groups:
-        if g.slices and g.slices[0].axis is not None and g.slices[0].tensor not in channels:
-            v = inits.get(g.slices[0].tensor)
-            if v is not None and v.const_value is not None:
-                channels[g.slices[0].tensor] = int(v.const_value.shape[g.slices[0].axis])
+    channels = {**tensor_channels(groups, model), **(getattr(groups, "channels", None) or {})}
     units = work_units(model, groups, align, channels)
     if n == asked and not units:
         return groups, ""

@@ -51,7 +51,7 @@ from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
 __all__ = ["RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
-           "reachable_count", "reachable_counts", "round_to_kept", "select_redundant"]
+           "reachable_count", "reachable_counts", "round_to_kept", "select_redundant", "tensor_channels"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -743,6 +743,28 @@ def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
     return True
 
 
+def tensor_channels(groups: Iterable[Group], model=None) -> dict[str, int]:
+    """Channels of each channel group's tensor (its first slice) along the groups' axis.
+
+    The tensor's own size in ``model`` (groups may not cover every channel), else the channels
+    its groups cover. GeZIGs (whole segments) and groups without slices have no tensor here.
+    """
+    channels: dict[str, int] = {}
+    axes: dict[str, int | None] = {}
+    for g in groups:
+        if "segment" in g.meta or not g.slices:
+            continue
+        s = g.slices[0]
+        channels[s.tensor] = channels.get(s.tensor, 0) + len(s.indices or ())
+        axes.setdefault(s.tensor, s.axis)
+    for t, axis in axes.items():
+        v = model.graph.initializers.get(t) if model is not None else None
+        shape = v.shape if v is not None else None
+        if shape is not None and axis is not None and isinstance(shape[axis], int):
+            channels[t] = int(shape[axis])
+    return channels
+
+
 def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[str] = (),
                       max_layer_ratio: float = 1.0, round_to: int = 1) -> GroupSet:
     """The groups with the user's controls applied: the one place ``ignore=``,
@@ -797,20 +819,7 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
     if max_layer_ratio < 1.0:
         caps = {t: int(math.floor(max_layer_ratio * n + 1e-9)) for t, n in _groups_per_tensor(
             g for g in out if "segment" not in g.meta).items()}
-    channels = None
-    if round_to > 1:
-        channels, axes = {}, {}
-        for g in out:
-            if "segment" in g.meta or not g.slices:
-                continue
-            s = g.slices[0]
-            channels[s.tensor] = channels.get(s.tensor, 0) + len(s.indices or ())
-            axes.setdefault(s.tensor, s.axis)
-        for t, axis in axes.items():  # the tensor's own size (groups may not cover every channel)
-            v = model.graph.initializers.get(t) if model is not None else None
-            shape = v.shape if v is not None else None
-            if shape is not None and axis is not None and isinstance(shape[axis], int):
-                channels[t] = int(shape[axis])
+    channels = tensor_channels(out, model) if round_to > 1 else None
     units = None
     if runtime and model is not None and getattr(groups, "checker", None) is None:
         from otoir.analyses.latency import work_units

@@ -42,9 +42,9 @@ def counted(monkeypatch):
     calls = {"n": 0}
     real = L._measure
 
-    def measure(sess, feeds, runs):
+    def measure(sess, feeds, runs, **kw):
         calls["n"] += 1
-        return real(sess, feeds, runs)
+        return real(sess, feeds, runs, **kw)
 
     monkeypatch.setattr(L, "_measure", measure)
     return calls
@@ -198,19 +198,20 @@ def test_work_unit_probe_reads_the_step_of_the_timings_and_is_cached(monkeypatch
     def fake(times):
         it = itertools.cycle(times)  # the probe times 4, 5 and 8 blocks of outputs, in turn
 
-        def fastest(sess, feeds, runs):
+        def fastest(sess, feeds, runs, fastest=False):
+            assert fastest  # the probe keeps the least disturbed run
             calls.append(runs)
             return next(it)
         return fastest
 
     calls: list[int] = []
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
-    monkeypatch.setattr(L, "_fastest", fake([1.0, 1.9, 2.0]))  # a fifth block costs nearly four more
+    monkeypatch.setattr(L, "_measure", fake([1.0, 1.9, 2.0]))  # a fifth block costs nearly four more
     assert L.channel_work_unit(16) == 64 and calls
     calls.clear()
     assert L.channel_work_unit(16) == 64 and not calls  # cached: nothing timed again
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
-    monkeypatch.setattr(L, "_fastest", fake([1.0, 1.25, 2.0]))  # linear in the blocks
+    monkeypatch.setattr(L, "_measure", fake([1.0, 1.25, 2.0]))  # linear in the blocks
     assert L.channel_work_unit(16) == 16
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
     monkeypatch.setattr(L.os, "cpu_count", lambda: 1)  # one CPU: no threads to split among
