@@ -53,6 +53,7 @@ __all__ = [
     "accuracy",
     "describe_ort_error",
     "OPTIMIZATION_LEVELS",
+    "TIMING_SPIN",
 ]
 
 #: ORT log severity used for sessions and the default logger: 4 = FATAL only. Everything ORT
@@ -61,6 +62,8 @@ _LOG_SEVERITY = 4
 
 #: Names of the graph optimisation levels accepted by :func:`session`.
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+#: How every session timed side by side spins (:func:`session`): within a run, not between runs.
+TIMING_SPIN = "run"
 
 _INSTALL_HINT = "ONNX Runtime is not installed: pip install 'otoir[ort]' (or 'otoir[train]')"
 _default_logger_quiet = False
@@ -127,7 +130,8 @@ def model_proto(model: ir.Model) -> Any:
 
 
 def session(model: ir.Model | Any, *, threads: int | None = None, optimization: str = "all",
-            inter_threads: int | None = None, spinning: bool | None = None, profile: str | None = None) -> Any:
+            inter_threads: int | None = None, spinning: bool | str | None = None,
+            profile: str | None = None) -> Any:
     """Creates a CPU ``onnxruntime.InferenceSession``.
 
     Args:
@@ -137,11 +141,16 @@ def session(model: ir.Model | Any, *, threads: int | None = None, optimization: 
             ``"disable"`` for training-mode BatchNormalization: ORT 1.19 fuses Conv+BN ignoring
             ``training_mode``.
         inter_threads: Inter-op threads (None: ORT's default).
-        spinning: Whether the intra-op thread pool spins waiting for work after a run (None:
-            ORT's default, on). Timings of several sessions interleaved need it off: the pool
-            threads of the session that just ran keep spinning and take the cores from the next
-            one (measured on 2 cores: a batch-64 ResNet took 23.4 ms interleaved with two other
-            sessions, 8.1 ms alone; 8.6 ms interleaved with spinning off).
+        spinning: Whether the intra-op thread pool spins waiting for work (None: ORT's default,
+            on, also between runs; False: never, every parallel section wakes the pool's
+            threads; ``"run"``: while a run is in progress, stopped when it returns, ORT's
+            ``session.force_spinning_stop``). Timings of several sessions side by side use
+            ``"run"`` (:data:`TIMING_SPIN`): spinning between runs, the pool of the session that
+            just ran takes the cores from the next one (measured on 2 cores: a batch-64 ResNet
+            took 23.4 ms interleaved with two other sessions, 8.1 ms alone); never spinning,
+            each op pays a thread wake-up that a deployed session (spinning, ORT's default) does
+            not pay (MobileNetV2, 224x224, 2 threads, batch 1: 5.4 ms not spinning, 4.4 ms
+            spinning within runs).
         profile: Record ORT's per-node profile, written by ``end_profiling()`` to a JSON file
             whose name starts with this prefix (None: no profiling).
 
@@ -164,8 +173,12 @@ def session(model: ir.Model | Any, *, threads: int | None = None, optimization: 
         opts.intra_op_num_threads = int(threads)
     if inter_threads:
         opts.inter_op_num_threads = int(inter_threads)
+    if spinning not in (None, True, False, "run"):
+        raise ValueError(f"spinning must be True, False, None or 'run', got {spinning!r}")
     if spinning is not None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning == "run":
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     if profile:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile)

@@ -24,8 +24,11 @@ redundancy scores for every column, by
 
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
 the oracle checks the sub-network against the zeroed full model), and every model of a network
-is timed in the same interleaved rounds (medians of 20 runs, 60 at batch 1; ONNX Runtime CPU, 1 and 2 intra-op threads,
-batch 1 and 16). No training is needed: latency does not depend on the values. ``--kernels``
+is timed side by side, the models taking turns in blocks of 5 runs after one untimed run each
+(:func:`otoir.report.time_interleaved`: steady-state latency; thread pools spinning within a
+run only), 20 runs each, 60 at batch 1; a ratio is the median over the turns of the model's
+time over the full model's in the same turn. ONNX Runtime CPU, 1 and 2 intra-op threads,
+batch 1 and 16. No training is needed: latency does not depend on the values. ``--kernels``
 adds ``kern`` (is each kept kernel as efficient as in the full model?) and ``--by-kind`` each
 kind of kernel's share of the full model's time and the time and work every model kept of it
 (ORT's per-node profile, 1 thread, batch 1).
@@ -269,15 +272,18 @@ def _construct(model, groups, chosen):
 
 
 def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: int = 3):
-    """(median ms, minimum ms) of each model: runs interleaved, one run of each model in turn.
+    """(median ms, latency ratio, minimum ms) of each model, timed side by side
+    (:func:`otoir.report.time_interleaved`).
 
-    The median is the figure; the minimum (the least disturbed run) shows what load from
-    other processes did to it. (:func:`otoir.report.time_interleaved`: thread pools do not spin.)
+    The ratio is the median over the turns of each model's time over the first model's in the
+    same turn (:func:`otoir.report.turn_ratios`); the minimum (the least disturbed run) shows
+    what load from other processes did to the figures.
     """
-    from otoir.report import time_interleaved
+    from otoir.report import time_interleaved, turn_ratios
 
     times = time_interleaved(models, sample, runs=runs, warmup=warmup, threads=threads, batch=batch)
-    return np.median(times, axis=1).tolist(), times.min(axis=1).tolist()
+    return (np.median(times, axis=1).tolist(), np.median(turn_ratios(times), axis=1).tolist(),
+            times.min(axis=1).tolist())
 
 
 def bench(name: str, args) -> list[dict]:
@@ -347,12 +353,14 @@ def bench(name: str, args) -> list[dict]:
     if not isinstance(x, np.ndarray) and str(getattr(x, "dtype", "")) == "torch.int64":
         sample = {k: np.minimum(v, 999) for k, v in sample.items()}
     lat: dict[tuple[int, int], list[float]] = {}
+    ratio: dict[tuple[int, int], list[float]] = {}
     best: dict[tuple[int, int], list[float]] = {}
     for threads in args.threads:
         for batch in args.batches:
             runs = args.runs * (3 if batch == 1 else 1)  # batch 1: cheap, and the most disturbed by other load
-            lat[(threads, batch)], best[(threads, batch)] = interleaved(list(models.values()), sample, runs=runs,
-                                                                        threads=threads, batch=batch)
+            tb = (threads, batch)
+            lat[tb], ratio[tb], best[tb] = interleaved(list(models.values()), sample, runs=runs, threads=threads,
+                                                       batch=batch)
     kern: dict[str, float] = {}
     by_kind: dict[str, dict[str, tuple[float, float, float]]] = {}
     if args.kernels or args.by_kind:  # ORT's per-node profile, 1 thread, batch 1: is each kept kernel as efficient as in full?
@@ -370,7 +378,7 @@ def bench(name: str, args) -> list[dict]:
             "model": name, "variant": k, "groups": len(variants.get(k, ())), "of": len(groups),
             "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
             "predicted": predicted.get(k), "table": layer.get(k),
-            "lat": {tb: ms[i] / ms[0] for tb, ms in lat.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
+            "lat": {tb: r[i] for tb, r in ratio.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
             "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k), "kinds": by_kind.get(k),
         })
     rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
@@ -492,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
           "fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
-          f"interleaved with the full model, {args.latency_threads} thread(s), batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (medians of interleaved runs); ok = every latency ratio <= "
+          f"interleaved with the full model, {args.latency_threads} thread(s), batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (the models take turns in blocks of runs; the median over the turns of each model's time over the full model's in the same turn); ok = every latency ratio <= "
           "1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
           + ("kern = the kept kernels' time / their full-model time scaled by the multiply-accumulates (other "
              "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); " if args.kernels else "")

@@ -96,7 +96,7 @@ __all__ = [
 ]
 
 #: Bumped when the table's format or the way it is measured changes (old cache files are ignored).
-TABLE_VERSION = 5
+TABLE_VERSION = 6
 #: Op types timed as layers (when their weight is a constant initializer).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Kept fractions sampled per axis (the full count is always sampled).
@@ -539,7 +539,7 @@ def channel_work_unit(block: int) -> int:
                                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, side, side])],
                                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
                 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-                items.append((runtime.session(m, threads=2, spinning=False),
+                items.append((runtime.session(m, threads=2, spinning=runtime.TIMING_SPIN),
                               {"x": rng.standard_normal((1, cin, side, side)).astype(np.float32)}))
             best = [math.inf] * len(items)
             for _ in range(15):  # interleaved rounds; the least disturbed run of each counts
@@ -633,13 +633,13 @@ def build_latency_table(model: ir.Model, *, analyses: AnalysisManager | None = N
             points += [("ia", c, cout) for c in ia] + [("im", c, cout) for c in im]
         for _, kin, kout in points:
             proto, x = _one_layer_proto(node, xs, ws, in_axis, out_axis, kin, kout, opset)
-            items.append((runtime.session(proto, threads=threads, spinning=False), {"x": x}))
+            items.append((runtime.session(proto, threads=threads, spinning=runtime.TIMING_SPIN), {"x": x}))
         jobs.append((sig, points))
     whole = _whole_session(model, threads, batch) if full_model and items else None
     if whole is not None:
         items.append(whole[:2])
     if items:  # the fixed cost of one run (binding, dispatch), subtracted from every sample
-        items.append((runtime.session(_identity_proto(), threads=threads, spinning=False), {"x": np.zeros((1, 1), np.float32)}))
+        items.append((runtime.session(_identity_proto(), threads=threads, spinning=runtime.TIMING_SPIN), {"x": np.zeros((1, 1), np.float32)}))
     ms_all = time_sessions(items, rounds=rounds) if items else []
     timings = len(items)
     overhead = ms_all.pop() if ms_all else 0.0
@@ -690,7 +690,7 @@ def _whole_session(model: ir.Model, threads: int, batch: int) -> tuple[Any, dict
         m = clone_model(model)
         PassManager([get_pass("to-deployment")(check=False)], verify_each=False).run(m)
         feeds = runtime.random_feeds(m, batch=batch)
-        sess = runtime.session(m, threads=threads, spinning=False)
+        sess = runtime.session(m, threads=threads, spinning=runtime.TIMING_SPIN)
         runtime.run(sess, feeds)
         return sess, feeds, m
     except Exception:  # noqa: BLE001 - the residual is optional: the layers alone still rank groups
@@ -1022,8 +1022,8 @@ class LatencyCounter(SubnetCounter):
 
     The selection's sub-network is constructed as :class:`SubnetCounter` does and put in
     deployment form (``to-deployment``), then timed interleaved against the full model in the
-    same form (:func:`otoir.report.time_interleaved`: one run of each in turn, thread pools not
-    spinning, ``threads`` intra-op threads, batch ``batch``: the table's settings). The figure
+    same form (:func:`otoir.report.time_interleaved`: the two take turns in blocks of runs,
+    ``threads`` intra-op threads, batch ``batch``: the table's settings). The figure
     is ``ratio * full_ms``, where ``ratio`` is the median over the rounds of the sub-network's
     time over the full model's in the same round (load from other processes hits both alike) and
     :attr:`full` (``full_ms``) is the full model's median time; the empty selection is the
@@ -1090,9 +1090,10 @@ class LatencyCounter(SubnetCounter):
             return full_ms
         if not key:
             return self.full
+        from otoir import report
+
         self._last = (key, sub)
-        t = self._time([self.reference, sub], self.runs)
-        self._ratios[key] = t[1] / np.maximum(t[0], 1e-9)
+        self._ratios[key] = report.turn_ratios(self._time([self.reference, sub], self.runs))[1]
         return float(np.median(self._ratios[key])) * self.full
 
     def confirm(self, removed: Iterable[int]) -> float:
@@ -1106,9 +1107,11 @@ class LatencyCounter(SubnetCounter):
         self(key)
         if not key:
             return self.full
+        from otoir import report
+
         sub = self._last[1] if self._last is not None and self._last[0] == key else self.model_of(key)
-        t = self._time([self.reference, sub], self.runs)
-        self._ratios[key] = np.concatenate([self._ratios[key], t[1] / np.maximum(t[0], 1e-9)])
+        more = report.turn_ratios(self._time([self.reference, sub], self.runs))[1]
+        self._ratios[key] = np.concatenate([self._ratios[key], more])
         self._cache[key] = float(np.median(self._ratios[key])) * self.full
         self.confirmed.add(key)
         return self._cache[key]

@@ -117,3 +117,21 @@ def test_report_warns_when_the_compressed_model_is_slower(tmp_path, monkeypatch,
         assert "warning: the compressed model is slower" in rep.to_text()
     else:
         assert "warning" not in rep.details
+
+
+def test_turn_ratios_pair_each_run_with_the_full_models_in_its_turn():
+    """Slow spells that last a turn (up to 3x) slow both sides of a pair: the median of the
+    paired ratios recovers the true 0.5 where each model's own times spread from 1x to 3x."""
+    from otoir.report import turn_ratios
+
+    rng = np.random.default_rng(0)
+    spell = np.repeat(rng.uniform(1.0, 3.0, 12), 5)  # 12 turns of 5 runs
+    full = 10.0 * spell * rng.uniform(0.98, 1.02, 60)
+    sub = 5.0 * spell * rng.uniform(0.98, 1.02, 60)
+    r = turn_ratios(np.stack([full, sub]))
+    assert r.shape == (2, 60)
+    np.testing.assert_allclose(r[0], 1.0)
+    np.testing.assert_allclose(r[1], sub / full)
+    assert np.median(r[1]) == pytest.approx(0.5, rel=0.02)
+    assert full.max() / full.min() > 2.0  # the spread the pairing removed
+    np.testing.assert_allclose(turn_ratios(np.stack([np.zeros(2), np.ones(2)]))[1], 1e9)  # no division by zero

@@ -41,20 +41,29 @@ def test_session_options_are_checked():
         runtime.session(model(RELU), optimization="fast")
 
 
-@pytest.mark.parametrize("spinning, want", [(False, "0"), (True, "1"), (None, None)])
-def test_session_thread_pool_spinning(spinning, want):
+@pytest.mark.parametrize("spinning, want, stop", [(False, "0", None), (True, "1", None), (None, None, None),
+                                                  ("run", "1", "1")])
+def test_session_thread_pool_spinning(spinning, want, stop):
     opts = runtime.session(model(RELU), threads=2, spinning=spinning).get_session_options()
-    key = "session.intra_op.allow_spinning"
-    if want is None:  # ORT's default: no entry
-        with pytest.raises(RuntimeError):
-            opts.get_session_config_entry(key)
-    else:
-        assert opts.get_session_config_entry(key) == want
+
+    def entry(key):
+        try:
+            return opts.get_session_config_entry(key)
+        except RuntimeError:  # ORT's default: no entry
+            return None
+
+    assert entry("session.intra_op.allow_spinning") == want
+    assert entry("session.force_spinning_stop") == stop
 
 
-def test_interleaved_timings_do_not_spin(monkeypatch):
-    """Every session timed side by side is made with spinning off (otherwise the pool of the
-    session that just ran takes the cores from the next)."""
+def test_session_rejects_unknown_spinning():
+    with pytest.raises(ValueError, match="spinning must be"):
+        runtime.session(model(RELU), spinning="always")
+
+
+def test_interleaved_timings_spin_only_within_runs(monkeypatch):
+    """Every session timed side by side spins within a run only (spinning between runs, the pool
+    of the session that just ran takes the cores from the next)."""
     from otoir import report
 
     made = []
@@ -63,7 +72,33 @@ def test_interleaved_timings_do_not_spin(monkeypatch):
     x = np.ones((4, 3), np.float32)
     t = report.time_interleaved([model(RELU), model(RELU)], x, runs=3, warmup=1, threads=2)
     assert t.shape == (2, 3) and (t > 0).all()
-    assert made == [{"threads": 2, "spinning": False}] * 2
+    assert made == [{"threads": 2, "spinning": "run"}] * 2
+
+
+class _Clocked:
+    """A stand-in session that logs which model ran, for the order of the runs."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def run(self, _outputs, _feeds):
+        self.log.append(self.name)
+
+
+def test_interleaved_timings_take_turns_in_blocks(monkeypatch):
+    """Each turn is one untimed run then ``block`` timed ones; the turns alternate; a last
+    short block times only the runs left."""
+    from otoir import report
+
+    log = []
+    names = iter("ab")
+    monkeypatch.setattr(runtime, "session", lambda m, **kw: _Clocked(next(names), log))
+    monkeypatch.setattr(report, "batch_feeds", lambda m, sample, batch: {})
+    t = report.time_interleaved([model(RELU), model(RELU)], np.ones((1, 3), np.float32), runs=7, warmup=2,
+                                block=3)
+    assert t.shape == (2, 7)
+    # warm-up 2 each; then turns of 1 + 3, 1 + 3, 1 + 1 runs
+    assert "".join(log) == "aabb" + "aaaabbbb" + "aaaabbbb" + "aabb"
 
 
 CONV_GEMM = """<ir_version: 8, opset_import: ["" : 17]>
