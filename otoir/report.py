@@ -272,14 +272,15 @@ def measure_latency(models: list[ir.Model], sample: np.ndarray | Mapping[str, np
 
 
 def time_interleaved(models: list[ir.Model], sample: np.ndarray | Mapping[str, np.ndarray], *, runs: int = 50,
-                     warmup: int = 5, threads: int | None = None, batch: int = 1, block: int = 5) -> np.ndarray:
+                     warmup: int = 5, threads: int | None = None, batch: int = 1,
+                     block: int | None = None) -> np.ndarray:
     """Every timed run (ms) of each model, ``(models, runs)``, the models taking turns in blocks.
 
     Each turn is one untimed run (it brings the model's weights back into the caches the
-    others used) and then ``block`` timed runs, so a figure is the model's steady-state
-    latency, run after run, as a deployed session sees it; the turns alternate, so load from
-    other processes falls on every model alike, and column ``j`` of every model was timed in
-    the same turn. The sessions' thread pools spin within a run and stop when it returns
+    others used) and then ``block`` timed runs (default: 5, fewer when that would leave fewer
+    than 10 turns), so a figure is the model's steady-state latency, run after run, as a
+    deployed session sees it; the turns alternate, so load from other processes falls on every
+    model alike, and column ``j`` of every model was timed in the same turn. The sessions' thread pools spin within a run and stop when it returns
     (:data:`otoir.runtime.TIMING_SPIN`). Timed one run of each in turn instead, every run
     starts with the caches the other models left (MobileNetV2, 224x224, 1 thread: the pruned
     network's ratio 0.51 in turn, 0.47 in blocks). Arguments as :func:`measure_latency`.
@@ -290,7 +291,7 @@ def time_interleaved(models: list[ir.Model], sample: np.ndarray | Mapping[str, n
     for s, feeds in sessions:
         for _ in range(warmup):
             s.run(None, feeds)
-    block = max(1, int(block))
+    block = max(1, int(block) if block is not None else min(5, runs // 10))
     times = np.empty((len(models), runs))
     for start in range(0, runs, block):
         for i, (s, feeds) in enumerate(sessions):

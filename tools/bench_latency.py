@@ -22,9 +22,15 @@ redundancy scores for every column, by
 * ``lat+rt8``: latency-aware with ``round-to=8``, only where the runtime's block is not a
   multiple of 8 (elsewhere it is ``lat``: kept counts multiples of the lcm of 8 and the block).
 
+With ``--mix F``, two more rows for a network with depthwise convolutions: ``inner`` removes a
+random ``F`` of the groups whose channels pass through one (an inverted residual's expanded
+channels), ``outer`` the same fraction of the others, both with ``round-to=runtime``: what the
+same FLOPs cost in time depends on which channels go.
+
 Each choice is zeroed and cut out (``to-inference, prune-channels, cleanup, to-deployment``;
 the oracle checks the sub-network against the zeroed full model), and every model of a network
-is timed side by side, the models taking turns in blocks of 5 runs after one untimed run each
+is timed side by side, the models taking turns in blocks of runs (5 at batch 1, 2 at batch 16)
+after one untimed run each
 (:func:`otoir.report.time_interleaved`: steady-state latency; thread pools spinning within a
 run only), 20 runs each, 60 at batch 1; a ratio is the median over the turns of the model's
 time over the full model's in the same turn. ONNX Runtime CPU, 1 and 2 intra-op threads,
@@ -286,6 +292,28 @@ def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: 
             times.min(axis=1).tolist())
 
 
+def _mix(model, groups, fraction: float, seed: int) -> dict[str, list[int]]:
+    """``--mix``: ``inner``, a random ``fraction`` of the groups whose channels pass through a
+    depthwise convolution (an inverted residual's expanded channels: element-wise and
+    depthwise work besides the 1x1 convolutions), and ``outer``, the same fraction of the
+    others (the blocks' inputs and outputs: 1x1 convolutions' work). No entries for a network
+    without depthwise convolutions."""
+    from otoir.analyses.validity import select_redundant
+
+    dw = {n.name for n in model.graph if n.op_type == "Conv" and (a := n.attributes.get("group")) is not None
+          and a.value > 1}
+    weights = {n.inputs[1].name for n in model.graph if n.name in dw and len(n.inputs) > 1 and n.inputs[1] is not None}
+    if not weights:
+        return {}
+    inner = np.array([any(s.tensor in weights for s in (*g.slices, *g.dependent)) for g in groups])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for label, mask in (("inner", inner), ("outer", ~inner)):
+        scores = np.where(mask, rng.random(len(groups)), -np.inf)
+        out[label] = select_redundant(groups, scores.tolist(), int(round(fraction * mask.sum())))
+    return out
+
+
 def bench(name: str, args) -> list[dict]:
     """Runs one network; returns one row per model (full first)."""
     import otoir
@@ -323,6 +351,9 @@ def bench(name: str, args) -> list[dict]:
     rtr = rtr.subset(g for g in rtr if g.prunable)
     variants["runtime"] = _flops_count(rtr, scores, args.flops, flops_cost_model(model, rtr))
     by_variant = {"flops": groups, "lat": groups, "rt8": rt, "lat+rt8": rt, "runtime": rtr}
+    if args.mix:
+        for v, chosen in _mix(model, rtr, args.mix, args.seed).items():
+            variants[v], by_variant[v] = chosen, rtr
     t1 = time.perf_counter()
     # the library's target-latency path: ranked by the table, counted on the measured
     # constructed sub-networks (--latency-threads, --latency-batch, as the table)
@@ -475,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with the profile of --kernels, print per kind of kernel (dense conv, depthwise conv, "
                          "gemm/matmul, layout reorders, other ops) its share of the full model's time and the time "
                          "and work each model kept of it")
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="also remove this fraction of the groups whose channels pass through a depthwise "
+                         "convolution (inner) and, apart, of the other groups (outer), with round-to=runtime: "
+                         "which channels a selection removes decides what its FLOPs buy")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random redundancy scores")
     ap.add_argument("--list", action="store_true", help="list the networks and exit")
     ap.add_argument("--show-min", action="store_true", help="also print the ratios of the fastest runs")

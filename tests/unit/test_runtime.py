@@ -99,6 +99,10 @@ def test_interleaved_timings_take_turns_in_blocks(monkeypatch):
     assert t.shape == (2, 7)
     # warm-up 2 each; then turns of 1 + 3, 1 + 3, 1 + 1 runs
     assert "".join(log) == "aabb" + "aaaabbbb" + "aaaabbbb" + "aabb"
+    log.clear()
+    names = iter("ab")
+    report.time_interleaved([model(RELU), model(RELU)], np.ones((1, 3), np.float32), runs=20, warmup=0)
+    assert "".join(log) == "aaabbb" * 10  # by default at least 10 turns: blocks of 2 for 20 runs
 
 
 CONV_GEMM = """<ir_version: 8, opset_import: ["" : 17]>
