@@ -196,7 +196,7 @@ def test_work_unit_probe_reads_the_step_of_the_timings_and_is_cached(monkeypatch
     import itertools
 
     def fake(times):
-        it = itertools.cycle(times)  # the probe times 4, 5 and 8 blocks of outputs, in turn
+        it = itertools.cycle(times)  # 4, 5 and 8 blocks of outputs at 2 threads, 8 at 1 thread, in turn
 
         def fastest(sess, feeds, runs, fastest=False):
             assert fastest  # the probe keeps the least disturbed run
@@ -205,13 +205,14 @@ def test_work_unit_probe_reads_the_step_of_the_timings_and_is_cached(monkeypatch
         return fastest
 
     calls: list[int] = []
+    monkeypatch.setattr(L.time, "sleep", lambda s: None)
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
-    monkeypatch.setattr(L, "_measure", fake([1.0, 1.9, 2.0]))  # a fifth block costs nearly four more
+    monkeypatch.setattr(L, "_measure", fake([1.0, 1.9, 2.0, 3.6]))  # a fifth block costs nearly four more
     assert L.channel_work_unit(16) == 64 and calls
     calls.clear()
     assert L.channel_work_unit(16) == 64 and not calls  # cached: nothing timed again
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
-    monkeypatch.setattr(L, "_measure", fake([1.0, 1.25, 2.0]))  # linear in the blocks
+    monkeypatch.setattr(L, "_measure", fake([1.0, 1.25, 2.0, 3.6]))  # linear in the blocks
     assert L.channel_work_unit(16) == 16
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
     monkeypatch.setattr(L.os, "cpu_count", lambda: 1)  # one CPU: no threads to split among
@@ -220,6 +221,29 @@ def test_work_unit_probe_reads_the_step_of_the_timings_and_is_cached(monkeypatch
     monkeypatch.setattr(L, "_UNIT_CACHE", {})
     monkeypatch.setattr(L.os, "cpu_count", lambda: 2)
     assert L.channel_work_unit(16) == 16 and calls  # two CPUs: timed
+
+
+def test_work_unit_probe_waits_until_two_threads_run_in_parallel(monkeypatch):
+    """A step read while another process holds a core (2 threads no faster than 1) is not
+    trusted: the probe tries again; when it never sees two threads at work it answers one
+    block without caching it, so a later call probes again."""
+    import itertools
+
+    slept: list[float] = []
+    monkeypatch.setattr(L.time, "sleep", slept.append)
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    disturbed = [1.0, 1.25, 2.0, 2.1]  # one core busy: 8 blocks at 2 threads as slow as at 1
+    quiet = [0.5, 0.95, 1.0, 1.8]
+    seq = itertools.chain(itertools.repeat(disturbed, 15 * 2), itertools.repeat(quiet))  # two tries of 15 rounds
+    flat = (t for round_ in seq for t in round_)
+    monkeypatch.setattr(L, "_measure", lambda sess, feeds, runs, fastest=False: next(flat))
+    assert L.channel_work_unit(16) == 64  # read on the third try, when both threads ran
+    assert len(slept) == 2
+    monkeypatch.setattr(L, "_UNIT_CACHE", {})
+    slept.clear()
+    monkeypatch.setattr(L, "_measure", lambda sess, feeds, runs, fastest=False: 1.0)
+    assert L.channel_work_unit(16) == 16 and len(slept) == 4
+    assert L._UNIT_CACHE == {}  # not cached: the next call probes again
 
 
 def test_isotonic_averages_an_outlier_instead_of_lifting_everything():
