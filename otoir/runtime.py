@@ -149,8 +149,8 @@ def session(model: ir.Model | Any, *, threads: int | None = None, optimization: 
             just ran takes the cores from the next one (measured on 2 cores: a batch-64 ResNet
             took 23.4 ms interleaved with two other sessions, 8.1 ms alone); never spinning,
             each op pays a thread wake-up that a deployed session (spinning, ORT's default) does
-            not pay (MobileNetV2, 224x224, 2 threads, batch 1: 5.4 ms not spinning, 4.4 ms
-            spinning within runs).
+            not pay (MobileNetV2, 224x224, 2 threads, batch 1: 5.4 ms not spinning, 4.4 to 4.9
+            ms spinning within runs).
         profile: Record ORT's per-node profile, written by ``end_profiling()`` to a JSON file
             whose name starts with this prefix (None: no profiling).
 
