@@ -14,8 +14,8 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-__all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "time_interleaved", "turn_ratios",
-           "KernelTime", "kernel_profile", "kernel_efficiency", "output_agreement", "fixed_batch",
+__all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "time_interleaved",
+           "turn_ratios", "KernelTime", "kernel_profile", "kernel_efficiency", "output_agreement", "fixed_batch",
            "batch_feeds", "default_threads", "random_inputs"]
 
 
@@ -280,10 +280,12 @@ def time_interleaved(models: list[ir.Model], sample: np.ndarray | Mapping[str, n
     others used) and then ``block`` timed runs (default: 5, fewer when that would leave fewer
     than 10 turns), so a figure is the model's steady-state latency, run after run, as a
     deployed session sees it; the turns alternate, so load from other processes falls on every
-    model alike, and column ``j`` of every model was timed in the same turn. The sessions' thread pools spin within a run and stop when it returns
-    (:data:`otoir.runtime.TIMING_SPIN`). Timed one run of each in turn instead, every run
-    starts with the caches the other models left (MobileNetV2, 224x224, 1 thread: the pruned
-    network's ratio 0.51 in turn, 0.47 in blocks). Arguments as :func:`measure_latency`.
+    model alike, and column ``j`` of every model was timed in the same turn
+    (:func:`turn_ratios`). The sessions' thread pools spin within a run and stop when it
+    returns (:data:`otoir.runtime.TIMING_SPIN`). Timed one run of each in turn instead, every
+    run starts with the caches the other models left (MobileNetV2, 224x224, 1 thread: the
+    pruned network's ratio 0.51 one run in turn, 0.47 in blocks). Arguments as
+    :func:`measure_latency`; ``block`` is the timed runs per turn.
     """
     from otoir.runtime import TIMING_SPIN, session
 
