@@ -313,8 +313,10 @@ def _subnetwork_line(res: Any) -> str:
 
 
 def console_main() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: Ctrl-C at any moment exits 130 with one line."""
+    from otoir.tools.console import run_console
+
+    run_console(main, "otoir-demo")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import traceback
 from typing import TextIO
+
+from otoir.tools.console import interrupted, run_console, sigint_handler
 
 __all__ = ["main", "console_main", "build_parser", "ANNOTATE_ELIDE_DEFAULT", "PRINT_ALL"]
 
@@ -279,13 +280,7 @@ def _one_line(text: str) -> str:
 
 
 def _interrupted(stderr, written: list[str] | tuple = ()) -> int:
-    what = f"'{written[0]}' was written" if written else "nothing written"
-    try:
-        stderr.write(f"{PROG}: interrupted; {what}\n")
-        stderr.flush()
-    except (OSError, ValueError):
-        pass
-    return 130
+    return interrupted(PROG, stderr, written)
 
 
 def _elide_limits(args) -> tuple[int | None, int | None]:
@@ -498,46 +493,13 @@ def _zoo_model(spec: str):
 
 
 _WRITTEN: list[str] = []  # outputs finished by the running ``main``
-
-
-def _in_import(frame) -> bool:
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib."):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _on_sigint(signum, frame) -> None:
-    # A second Ctrl-C must not interrupt the cleanup (temporary files) the first one started.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if _in_import(frame):
-        # An exception raised while a module imports can cross a native extension's initialiser
-        # (onnx's nanobind module creates Python enums there), which aborts the process instead of
-        # unwinding. Imports write nothing, so exit now, with the same one line.
-        _interrupted(sys.stderr, _WRITTEN)
-        os._exit(130)
-    raise KeyboardInterrupt
+#: The SIGINT handler :func:`console_main` installs.
+_on_sigint = sigint_handler(PROG, _WRITTEN)
 
 
 def console_main() -> None:
     """Console-script entry point: Ctrl-C at any moment exits 130 with one line."""
-    try:
-        signal.signal(signal.SIGINT, _on_sigint)
-    except (ValueError, OSError):  # not the main thread
-        pass
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        code = _interrupted(sys.stderr)
-    try:
-        sys.stdout.flush()
-    except KeyboardInterrupt:
-        code = _interrupted(sys.stderr)
-    except (OSError, ValueError):  # stdout closed (e.g. piped into head)
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: no traceback from interpreter shutdown
-    sys.exit(code)
+    run_console(main, PROG, _WRITTEN)
 
 
 if __name__ == "__main__":

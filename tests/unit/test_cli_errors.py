@@ -257,8 +257,8 @@ def test_zoo_parse_spec_without_torch_models():
 # -- Ctrl-C ---------------------------------------------------------------------------------
 
 
-def _console_script() -> str:
-    exe = os.path.join(os.path.dirname(sys.executable), "otoir-opt")
+def _console_script(name: str = "otoir-opt") -> str:
+    exe = os.path.join(os.path.dirname(sys.executable), name)
     if not os.path.exists(exe):
         pytest.skip("console script not installed")
     return exe
@@ -298,6 +298,27 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["otoir-opt: interrupted; nothing written"], err
+
+
+def test_ctrl_c_in_the_demo_exits_130_with_one_line(tmp_path, startup_s):
+    """otoir-demo shares otoir-opt's console plumbing: Ctrl-C while it imports or trains ends it
+    with exit status 130 and the one line, not a traceback."""
+    exe = _console_script("otoir-demo")
+    for attempt in range(4):
+        proc = subprocess.Popen([exe, "--quick", "-q", "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep((3 + 2 * attempt) * startup_s + 1.0)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        if "console_main" in err or "otoir-demo:" in err or proc.returncode == 130:
+            break
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1] == "otoir-demo: interrupted", err
 
 
 def test_ctrl_c_during_an_import_exits_130_without_unwinding(tmp_path):
