@@ -67,14 +67,16 @@ def run_console(main: Callable[[], int], prog: str, written: Sequence[str] | Non
         signal.signal(signal.SIGINT, sigint_handler(prog, written))
     except (ValueError, OSError):  # not the main thread
         pass
+    # interrupted outside main's own handling: main reported what it wrote, nothing more was
+    nothing = () if written is not None else None
     try:
         code = main()
     except KeyboardInterrupt:
-        code = interrupted(prog, sys.stderr, () if written is not None else None)
+        code = interrupted(prog, sys.stderr, nothing)
     try:
         sys.stdout.flush()
     except KeyboardInterrupt:
-        code = interrupted(prog, sys.stderr, () if written is not None else None)
+        code = interrupted(prog, sys.stderr, nothing)
     except (OSError, ValueError):  # stdout closed (e.g. piped into head)
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: no traceback from interpreter shutdown

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import TextIO
 
-from otoir.tools.console import interrupted, run_console, sigint_handler
+from otoir.tools.console import interrupted, run_console
 
 __all__ = ["main", "console_main", "build_parser", "ANNOTATE_ELIDE_DEFAULT", "PRINT_ALL"]
 
@@ -493,8 +493,6 @@ def _zoo_model(spec: str):
 
 
 _WRITTEN: list[str] = []  # outputs finished by the running ``main``
-#: The SIGINT handler :func:`console_main` installs.
-_on_sigint = sigint_handler(PROG, _WRITTEN)
 
 
 def console_main() -> None:

@@ -276,26 +276,33 @@ def startup_s() -> float:
     return slowest
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.5])
-def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
-    """The console script waits on stdin; SIGINT arrives during imports or the read.
+def _interrupt(argv: list[str], prog: str, startup_s: float, delay: float, **popen) -> tuple[int, str]:
+    """(exit status, stderr) of the console script ``argv`` sent SIGINT ``delay`` s after it starts.
 
     A signal that lands before ``console_main`` runs (interpreter start-up, or the pip-generated
     wrapper importing it: ~30 ms on a quiet machine, where no otoir handler can exist yet) is
-    retried with a longer wait; once ``console_main`` runs, it must be the one-line exit 130.
+    retried with a longer wait.
     """
     for attempt in range(4):
-        proc = subprocess.Popen([_console_script(), "-", "-p", "cse"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
         time.sleep((3 + 2 * attempt) * startup_s + delay)
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=120)
         finally:
             proc.kill()
-        if "console_main" in err or "otoir-opt:" in err or proc.returncode == 130:
+        if "console_main" in err or f"{prog}:" in err or proc.returncode == 130:
             break
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1, 0.4, 1.5])
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
+    """The console script waits on stdin; SIGINT arrives during imports or the read. Once
+    ``console_main`` runs, it must be the one-line exit 130 (:func:`_interrupt` retries earlier
+    signals)."""
+    code, err = _interrupt([_console_script(), "-", "-p", "cse"], "otoir-opt", startup_s, delay, stdin=subprocess.PIPE)
+    assert code == 130, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == ["otoir-opt: interrupted; nothing written"], err
 
@@ -303,19 +310,9 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(delay, startup_s):
 def test_ctrl_c_in_the_demo_exits_130_with_one_line(tmp_path, startup_s):
     """otoir-demo shares otoir-opt's console plumbing: Ctrl-C while it imports or trains ends it
     with exit status 130 and the one line, not a traceback."""
-    exe = _console_script("otoir-demo")
-    for attempt in range(4):
-        proc = subprocess.Popen([exe, "--quick", "-q", "--out", str(tmp_path / "out")], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        time.sleep((3 + 2 * attempt) * startup_s + 1.0)
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=120)
-        finally:
-            proc.kill()
-        if "console_main" in err or "otoir-demo:" in err or proc.returncode == 130:
-            break
-    assert proc.returncode == 130, err
+    code, err = _interrupt([_console_script("otoir-demo"), "--quick", "-q", "--out", str(tmp_path / "out")],
+                           "otoir-demo", startup_s, 1.0)
+    assert code == 130, err
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and lines[-1] == "otoir-demo: interrupted", err
@@ -328,8 +325,8 @@ def test_ctrl_c_during_an_import_exits_130_without_unwinding(tmp_path):
         "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\nraise SystemExit(3)\n")
     code = ("import signal, sys\n"
             f"sys.path.insert(0, {str(tmp_path)!r})\n"
-            "from otoir.tools import otoir_opt\n"
-            "signal.signal(signal.SIGINT, otoir_opt._on_sigint)\n"
+            "from otoir.tools import console\n"
+            "signal.signal(signal.SIGINT, console.sigint_handler('otoir-opt', []))\n"
             "import interrupted_mod\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 130, proc.stderr
