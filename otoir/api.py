@@ -128,7 +128,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
              seed: int = 0, progress: bool = True, tolerance: float = 1e-4, latency_runs: int = 50,
              latency_threads: int | None = None, latency_batch: int = 1,
              loss_fn: Callable | None = None, recalibrate_bn: bool = True, ignore: tuple[str, ...] = (),
-             max_layer_ratio: float = 1.0, round_to: int | str = 1, target_latency: float = 0.0, target_flops: float = 0.0,
+             max_layer_ratio: float = 1.0, round_to: int | str = "auto", target_latency: float = 0.0, target_flops: float = 0.0,
              lr_schedule: str = "constant", lr_warmup: float = 0.0, history: bool = False,
              dense_baseline: bool = False) -> CompressResult:
     """Trains ``model`` once with a structured-sparsity optimizer and cuts the zero structures out.
@@ -200,7 +200,9 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         round_to: The kept channel count of every pruned tensor is a multiple of this, or the
             full count (whole groups: attention heads stay whole); chosen in the selection, with
             exactly ``⌊target·#groups⌋`` groups when such a set exists, else the nearest count that
-            does (``report.details["groups"]`` says so). 1: no rounding. ``"runtime"``: N is ONNX Runtime's channel
+            does (``report.details["groups"]`` says so). 1: no rounding. ``"auto"`` (the default): 8
+            for tensors of at least 16 channels, smaller ones not rounded
+            (:class:`otoir.train.config.TrainConfig`). ``"runtime"``: N is ONNX Runtime's channel
             block on this machine (16 with AVX-512, 8 with AVX2), and a dense convolution keeping
             more output channels than one work unit of the runtime's threads (4 blocks) keeps
             whole units (:func:`otoir.analyses.validity.controlled_groups`).
@@ -305,7 +307,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
                   + (f"({p.cost_target[0]} {p.cost_target[1]:g} -> {train['target-count']}" if p.cost_target else
                      f"(target {target_sparsity:g} -> {train['target-count']}")
-                  + (f" with round-to={p.round_to}" if p.round_to != 1 else "") + ")",
+                  + (f" with round-to={p.round_to}" if p.round_to not in (1, "auto") and p.group_kind == "zig" else "")
+                  + ")",
         "training time": f"{train['seconds']:.1f} s",
     }
     if kept:

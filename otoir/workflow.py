@@ -70,7 +70,7 @@ __all__ = ["Compression", "Constructed", "analyze", "torch_subnetwork"]
 
 
 def analyze(module: torch.nn.Module, example_inputs: Any, *, mode: str = "prune", target_sparsity: float = 0.5,
-            ignore: Sequence[str] | str = (), max_layer_ratio: float = 1.0) -> Compression:
+            ignore: Sequence[str] | str = (), max_layer_ratio: float = 1.0, round_to: int | str = "auto") -> Compression:
     """Exports ``module`` and finds its removable groups (the own-loop API's first step).
 
     Args:
@@ -82,12 +82,16 @@ def analyze(module: torch.nn.Module, example_inputs: Any, *, mode: str = "prune"
         target_sparsity: Fraction of the groups to remove; exactly ``⌊target·#groups⌋`` are.
         ignore: Node or parameter name globs (``fnmatch``) whose groups are kept.
         max_layer_ratio: At most ``floor(F·n)`` of the ``n`` channel groups of one tensor are removed.
+        round_to: Kept channel count of every pruned tensor a multiple of N, or all (``auto``, the
+            default: 8 for tensors of at least 16 channels; ``1``: no rounding; ``runtime``; see
+            :class:`otoir.train.config.TrainConfig`). K becomes the nearest reachable count when
+            ``⌊target·#groups⌋`` is not (:attr:`Compression.target_count`).
 
     Raises:
         OtoirError: Bad arguments, an export otoir cannot use, or no prunable group.
     """
     return Compression(module, example_inputs, mode=mode, target_sparsity=target_sparsity, ignore=ignore,
-                       max_layer_ratio=max_layer_ratio)
+                       max_layer_ratio=max_layer_ratio, round_to=round_to)
 
 
 @dataclass
@@ -142,14 +146,15 @@ class Compression:
     """
 
     def __init__(self, module: torch.nn.Module, example_inputs: Any, *, mode: str = "prune",
-                 target_sparsity: float = 0.5, ignore: Sequence[str] | str = (), max_layer_ratio: float = 1.0) -> None:
+                 target_sparsity: float = 0.5, ignore: Sequence[str] | str = (), max_layer_ratio: float = 1.0,
+                 round_to: int | str = "auto") -> None:
         import torch
 
         import otoir
         from otoir.infra import PassManager
         from otoir.infra.analysis import AnalysisManager
         from otoir.infra.registry import get_pass
-        from otoir.optim.from_groups import groups_for
+        from otoir.optim.from_groups import check_valid_target, groups_for
         from otoir.train.torch_backend import unwrap
 
         if mode not in ("prune", "erase"):
@@ -162,7 +167,8 @@ class Compression:
         ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
         try:
             self.pipeline = get_pass(f"otoir-{mode}")(target_sparsity=target_sparsity, ignore=ignore,
-                                                      max_layer_ratio=max_layer_ratio, backend="torch", quiet=True)
+                                                      max_layer_ratio=max_layer_ratio, round_to=round_to,
+                                                      backend="torch", quiet=True)
         except (TypeError, ValueError) as exc:
             raise OtoirError(f"analyze: {exc}") from None
         passes = self.pipeline.children()
@@ -173,13 +179,17 @@ class Compression:
         PassManager(self._analysis_passes).run(self.onnx, analyses=self._analyses)
         kind = self.pipeline.group_kind
         try:
-            self.groups = groups_for(self.onnx, kind, self._analyses, ignore=ignore, max_layer_ratio=max_layer_ratio)
+            self.groups = groups_for(self.onnx, kind, self._analyses, ignore=ignore, max_layer_ratio=max_layer_ratio,
+                                     round_to=self.pipeline.round_to)
         except ValueError as exc:
             raise OtoirError(f"analyze: {exc}") from None
         if not self.groups:
             raise OtoirError(f"analyze: the model has no prunable {kind} groups: nothing to compress "
                              f"({self.groups_table(only_prunable=False).splitlines()[0]})")
-        self.target_count = self.pipeline.target_count(len(self.groups))
+        try:  # under round-to, the nearest reachable count (the optimizer zeroes the same)
+            self.target_count = check_valid_target(self.groups, target_sparsity)
+        except ValueError as exc:
+            raise OtoirError(f"analyze: {exc}") from None
         self._optimizer: Any = None
 
     @property

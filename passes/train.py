@@ -69,6 +69,8 @@ def _report_round_to(ctx, groups, target: float) -> bool:
     if getattr(groups, "round_to", 1) <= 1:
         return True
     if getattr(groups, "checker", None) is not None:
+        if getattr(groups, "min_channels", 0):  # round-to=auto, the default: nothing asked
+            return True
         ctx.warning(f"train: round-to={groups.round_to} applies to channel groups (pruning); erasing removes whole "
                     "segments, so it has no effect here")
         return True

@@ -14,6 +14,7 @@ from otoir.analyses.segments import SegmentGraph
 from otoir.analyses.validity import (
     LATENCY_BATCH_HELP,
     LATENCY_THREADS_HELP,
+    ROUND_TO_DEFAULT,
     ROUND_TO_HELP,
     check_cost_target,
     check_latency_point,
@@ -21,6 +22,7 @@ from otoir.analyses.validity import (
     controlled_groups,
     reachable_count,
     reachable_counts,
+    round_multiple,
     round_to_kept,
     select_redundant,
 )
@@ -42,7 +44,9 @@ class ZeroGroups(Pass):
     must be a number in [0, 1] and ``seed`` non-negative. With ``round-to=N`` (channel groups)
     the kept channel count of every tensor that loses channels is a multiple of N: ``random=F``
     then zeroes the nearest count that allows (a warning says so when it differs), and ``ids``
-    that break it are refused. ``target-latency=F`` zeroes groups ranked by importance (random
+    that break it are refused. The default, ``round-to=auto`` (as ``train``'s: multiples of 8 for
+    tensors of at least 16 channels), applies to ``random=`` and the targets, not to ``ids``,
+    which name exactly what to zero. ``target-latency=F`` zeroes groups ranked by importance (random
     scores, ``seed``) per unit of measured ONNX Runtime latency saved until the measured latency
     of the constructed deployment-form network, timed interleaved with the full model, is at
     most ``F`` of the full model's (:func:`~otoir.analyses.latency.measured_cost_model`;
@@ -69,7 +73,7 @@ class ZeroGroups(Pass):
     dependent: bool = option(False, "also zero the groups' dependent entries")
     ignore: tuple[str, ...] = option((), "node or parameter name globs whose groups are kept (comma-separated)")
     max_layer_ratio: float = option(1.0, "most fraction of one tensor's channel groups zeroed, in (0, 1]")
-    round_to: int | str = option(1, ROUND_TO_HELP)
+    round_to: int | str = option(ROUND_TO_DEFAULT, ROUND_TO_HELP)
     target_latency: float = option(0.0, "with random scores, zero groups ranked by importance per latency saved until "
                                         "the constructed network's measured ONNX Runtime latency is this fraction of the full "
                                         "model's")
@@ -94,9 +98,12 @@ class ZeroGroups(Pass):
         groups = self._groups(ctx)
         if groups is None:
             return False
+        # ids= names exactly the groups to zero: the default round-to (auto) does not second-guess
+        # them; an explicit round-to=N refuses those that break it
+        round_to = 1 if self.ids and self.round_to == ROUND_TO_DEFAULT else self.round_to
         groups = controlled_groups(groups, model, ignore=self.ignore, max_layer_ratio=self.max_layer_ratio,
-                                   round_to=self.round_to)
-        rounding = f"round-to={self.round_to}" if groups.round_to > 1 and self.kind == "zig" else ""
+                                   round_to=round_to)
+        rounding = f"round-to={round_to}" if groups.round_to > 1 and self.kind == "zig" else ""
         by_id = {g.id: i for i, g in enumerate(groups)}
         if self.ids and self.random:
             ctx.error("give either ids= or random=, not both")
@@ -139,7 +146,7 @@ class ZeroGroups(Pass):
                 if k < reach.size and not reach[k] and k <= int(reach.nonzero()[0].max()):
                     near = reachable_count(groups, k)
                     ctx.warning(f"zeroed {near} of the {k} groups asked: no valid set of exactly {k} keeps every "
-                                f"pruned tensor's channel count a multiple of {groups.round_to} ({rounding})")
+                                f"pruned tensor's channel count {round_multiple(groups)} ({rounding})")
                     k = near
                 for t, why in round_to_kept(groups).items():
                     ctx.remark(f"kept every group of '{t}': {why}")

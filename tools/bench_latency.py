@@ -6,8 +6,11 @@ with 4 of their 12 layers; ``--size cifar``: 32x32/64x64 images at reduced width
 says what each is) the channel groups (``partition-zig``) are chosen, with the same random
 redundancy scores for every column, by
 
-* ``flops``: the current selection (:func:`~otoir.analyses.validity.select_redundant`), as many
-  groups as bring the predicted FLOPs to ``--flops`` (0.5) of the full model's;
+* ``r1``: the selection without rounding (:func:`~otoir.analyses.validity.select_redundant`,
+  ``round-to=1``, the default before 2026-11-30), as many groups as bring the predicted FLOPs to
+  ``--flops`` (0.5) of the full model's;
+* ``auto``: the same with the default, ``round-to=auto`` (kept channels of every pruned tensor of
+  at least 16 channels a multiple of 8, smaller tensors not rounded);
 * ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
 * ``runtime``: the same with ``round-to=runtime``: kept counts multiples of the runtime's
   channel block (16 with AVX-512, 8 with AVX2), a dense convolution's outputs above one work
@@ -340,8 +343,11 @@ def bench(name: str, args) -> list[dict]:
     groups = groups_for(model, "zig")
     rng = np.random.default_rng(args.seed)
     scores = rng.random(len(groups)).tolist()
-    variants: dict[str, list[int]] = {"flops": _flops_count(groups, scores, args.flops,
-                                                            flops_cost_model(model, groups))}
+    variants: dict[str, list[int]] = {"r1": _flops_count(groups, scores, args.flops,
+                                                         flops_cost_model(model, groups))}
+    auto = controlled_groups(groups, model, round_to="auto")
+    auto = auto.subset(g for g in auto if g.prunable)
+    variants["auto"] = _flops_count(auto, scores, args.flops, flops_cost_model(model, auto))
     rt = controlled_groups(groups, model, round_to=8)
     rt = rt.subset(g for g in rt if g.prunable)
     variants["rt8"] = _flops_count(rt, scores, args.flops, flops_cost_model(model, rt))
@@ -350,7 +356,7 @@ def bench(name: str, args) -> list[dict]:
     rtr = controlled_groups(groups, model, round_to="runtime")
     rtr = rtr.subset(g for g in rtr if g.prunable)
     variants["runtime"] = _flops_count(rtr, scores, args.flops, flops_cost_model(model, rtr))
-    by_variant = {"flops": groups, "lat": groups, "rt8": rt, "lat+rt8": rt, "runtime": rtr}
+    by_variant = {"r1": groups, "auto": auto, "lat": groups, "rt8": rt, "lat+rt8": rt, "runtime": rtr}
     if args.mix:
         for v, chosen in _mix(model, rtr, args.mix, args.seed).items():
             variants[v], by_variant[v] = chosen, rtr
@@ -496,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="timed runs per model and setting, three times as many at batch 1 (default 20; quick 10)")
     ap.add_argument("--threads", default=None, help="intra-op thread counts (default 1,2; quick 1)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 1,16; quick 1,4)")
-    ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the flops, rt8 and runtime columns")
+    ap.add_argument("--flops", type=float, default=0.5, help="FLOPs fraction of the r1, auto, rt8 and runtime rows")
     ap.add_argument("--latency", type=float, default=0.5, help="target-latency of the lat columns")
     ap.add_argument("--latency-threads", type=int, default=1,
                     help="intra-op threads the lat columns' target-latency is measured at (latency-threads=; default 1)")

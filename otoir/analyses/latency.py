@@ -1410,13 +1410,14 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
     if costs.table is None or getattr(groups, "checker", None) is not None:
         return groups, ""
     align = costs.table.align
-    asked = getattr(groups, "round_to", 1)
+    # round-to=auto (the default, min_channels) asks nothing here: the table's block rules, on every tensor
+    asked = 1 if getattr(groups, "min_channels", 0) else getattr(groups, "round_to", 1)
     n = math.lcm(asked, align)
     if align <= 1 or any("segment" in g.meta for g in groups):
         return groups, ""
     channels = {**tensor_channels(groups, model), **(getattr(groups, "channels", None) or {})}
     units = work_units(model, groups, align, channels)
-    if n == asked and not units:
+    if n == getattr(groups, "round_to", 1) and not getattr(groups, "min_channels", 0) and not units:
         return groups, ""
     out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels, units=units)
     block = f"the channel block of ONNX Runtime's blocked convolutions here is {align}"

@@ -50,8 +50,9 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
-           "reachable_count", "reachable_counts", "round_to_kept", "select_redundant", "tensor_channels"]
+__all__ = ["AUTO", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
+           "reachable_count", "reachable_counts", "round_label", "round_multiple", "round_to_kept", "select_redundant",
+           "tensor_channels"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -302,6 +303,8 @@ class GroupSet(tuple):
             Runtime's blocked convolutions hand each thread output channels in sets of four
             blocks, so a partial set takes a thread as long as a whole one
             (:func:`otoir.analyses.latency.runtime_aligned`). None: no units.
+        min_channels: With ``round_to``: tensors with fewer channels than this are not rounded
+            (``round-to=auto``); 0: every tensor is.
     """
 
     checker: ValidityChecker | None
@@ -309,22 +312,25 @@ class GroupSet(tuple):
     round_to: int
     channels: dict[str, int] | None
     units: dict[str, int] | None
+    min_channels: int
 
     def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None,
                 layer_caps: Mapping[str, int] | None = None, *, round_to: int = 1,
-                channels: Mapping[str, int] | None = None, units: Mapping[str, int] | None = None) -> GroupSet:
+                channels: Mapping[str, int] | None = None, units: Mapping[str, int] | None = None,
+                min_channels: int = 0) -> GroupSet:
         self = super().__new__(cls, groups)
         self.checker = checker
         self.layer_caps = dict(layer_caps) if layer_caps else None
         self.round_to = check_round_to(round_to)
         self.channels = dict(channels) if channels else None
         self.units = {t: int(u) for t, u in (units or {}).items() if int(u) > 1} or None
+        self.min_channels = max(0, int(min_channels))
         return self
 
     def subset(self, groups: Iterable[Group]) -> GroupSet:
         """Other groups (e.g. the prunable ones) with the same checker and controls."""
         return GroupSet(groups, self.checker, self.layer_caps, round_to=self.round_to, channels=self.channels,
-                        units=self.units)
+                        units=self.units, min_channels=self.min_channels)
 
     def selector(self):
         """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
@@ -338,10 +344,18 @@ class GroupSet(tuple):
 
 #: ``round-to=runtime``: the runtime's channel multiple, and whole work units (:func:`controlled_groups`).
 RUNTIME = "runtime"
+#: ``round-to=auto``: multiples of :data:`AUTO_ROUND` for tensors of at least :data:`AUTO_MIN_CHANNELS`
+#: channels, smaller tensors not rounded (:func:`controlled_groups`).
+AUTO = "auto"
+AUTO_ROUND = 8
+AUTO_MIN_CHANNELS = 16
+#: The default of ``round-to`` wherever the selection takes it (``train``, ``zero-groups``, ``otoir.compress``).
+ROUND_TO_DEFAULT = AUTO
 
 #: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
 ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
-                 "groups; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
+                 f"groups; auto: {AUTO_ROUND} for tensors of at least {AUTO_MIN_CHANNELS} channels, smaller ones not "
+                 "rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
                  "work units of its threads)")
 LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
 LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
@@ -349,16 +363,17 @@ LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in
 
 def check_round_to(value, option: str = "round-to", *, runtime: bool = False) -> int | str:
     """``value`` as a round-to count: a positive integer (1 means no rounding), or with
-    ``runtime`` the word ``runtime`` (:data:`RUNTIME`, resolved by :func:`controlled_groups`).
+    ``runtime`` the words ``auto`` and ``runtime`` (:data:`AUTO`, :data:`RUNTIME`, resolved by
+    :func:`controlled_groups`).
 
     Raises:
         ValueError: Not an integer (booleans and fractional numbers included), or below 1.
     """
-    if runtime and isinstance(value, str) and value.strip().lower() == RUNTIME:
-        return RUNTIME
+    if runtime and isinstance(value, str) and value.strip().lower() in (AUTO, RUNTIME):
+        return value.strip().lower()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
-        word = f" or '{RUNTIME}'" if runtime else ""
+        word = f", '{AUTO}' or '{RUNTIME}'" if runtime else ""
         raise ValueError(f"{option} must be a positive integer{word}, got {value!r}")
     if int(value) < 1:
         raise ValueError(f"{option} must be a positive integer (1: no rounding), got {int(value)}")
@@ -575,14 +590,14 @@ class _Quota:
 
 def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
                 channels: Mapping[str, int] | None, sc: Sequence[float] | None = None,
-                units: Mapping[str, int] | None = None) -> tuple[list[_Quota], dict[str, str]]:
+                units: Mapping[str, int] | None = None, min_channels: int = 0) -> tuple[list[_Quota], dict[str, str]]:
     """The quotas of the prunable groups under round-to, and ``{tensor: why all its groups are kept}``.
 
     A tensor with ``C`` channels whose groups are ``c`` channels wide may zero ``z`` of its
     prunable groups when ``C - z*c`` is a positive multiple of ``n_round`` (or ``z = 0``), ``z`` at
     most its cap and fewer than all of its groups; with a work unit ``u`` for the tensor
-    (``units``), a kept count above ``u`` must also be a multiple of ``u``. Groups without
-    slices are free (any count).
+    (``units``), a kept count above ``u`` must also be a multiple of ``u``. A tensor with fewer
+    than ``min_channels`` channels is not rounded. Groups without slices are free (any count).
     """
     total = _groups_per_tensor(groups)
     by_t: dict[str, list[int]] = {}
@@ -610,7 +625,8 @@ def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
         z = np.arange(1, max(zmax, 0) + 1, dtype=np.int64)
         keep = C - z * c
         u = (units or {}).get(t, 0)
-        z = z[(keep > 0) & (keep % n_round == 0) & ((keep <= u) | (keep % max(u, 1) == 0))]
+        n = 1 if C < min_channels else n_round
+        z = z[(keep > 0) & (keep % n == 0) & ((keep <= u) | (keep % max(u, 1) == 0))]
         if z.size == 0:
             unit = f", nor one of at most {u} or a multiple of {u} (the runtime's work unit)" if u > 1 else ""
             kept[t] = (f"round-to={n_round}: '{t}' keeps all {C} channels (no smaller multiple of {n_round} "
@@ -659,7 +675,8 @@ def _finite_scores(sc: Sequence[float]) -> np.ndarray:
 def _select_rounded(groups: Sequence[Group], sc: Sequence[float], K: int, caps: Mapping[str, int],
                     n_round: int, channels: Mapping[str, int] | None) -> list[int]:
     fs = _finite_scores(sc)
-    quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist(), getattr(groups, "units", None))
+    quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist(), getattr(groups, "units", None),
+                            getattr(groups, "min_channels", 0))
     K = min(K, sum(int(q.allowed[-1]) for q in quotas))
     best, choices = _count_programme(quotas, fs, K, keep_choices=True)
     k = int(np.flatnonzero(best > -np.inf).max())
@@ -684,7 +701,8 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
     r = np.zeros(len(groups) + 1, dtype=bool)
     if n_round > 1 and c is None:
         quotas, _ = _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round,
-                                getattr(groups, "channels", None), units=getattr(groups, "units", None))
+                                getattr(groups, "channels", None), units=getattr(groups, "units", None),
+                                min_channels=getattr(groups, "min_channels", 0))
         best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
         r[:best.size] = best > -np.inf
     else:
@@ -725,7 +743,21 @@ def round_to_kept(groups: Sequence[Group]) -> dict[str, str]:
     if n_round <= 1 or getattr(groups, "checker", None) is not None:
         return {}
     return _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round, getattr(groups, "channels", None),
-                       units=getattr(groups, "units", None))[1]
+                       units=getattr(groups, "units", None), min_channels=getattr(groups, "min_channels", 0))[1]
+
+
+def round_label(groups: Sequence[Group]) -> str:
+    """The round-to of ``groups`` as the option reads: ``auto``, or the multiple N."""
+    if getattr(groups, "min_channels", 0):
+        return AUTO
+    return str(getattr(groups, "round_to", 1))
+
+
+def round_multiple(groups: Sequence[Group]) -> str:
+    """What round-to asks of a kept count, for messages: ``a multiple of 8 (tensors of at least 16 channels)``."""
+    n = getattr(groups, "round_to", 1)
+    least = getattr(groups, "min_channels", 0)
+    return f"a multiple of {n}" + (f" (tensors of at least {least} channels)" if least else "")
 
 
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
@@ -766,7 +798,7 @@ def tensor_channels(groups: Iterable[Group], model=None) -> dict[str, int]:
 
 
 def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[str] = (),
-                      max_layer_ratio: float = 1.0, round_to: int = 1) -> GroupSet:
+                      max_layer_ratio: float = 1.0, round_to: int | str = 1) -> GroupSet:
     """The groups with the user's controls applied: the one place ``ignore=``,
     ``max-layer-ratio=`` and ``round-to=`` act (training, ``zero-groups`` and the optimizers all
     select through :func:`select_redundant` over the result).
@@ -788,7 +820,12 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             with AVX-512, 8 with AVX2), and a dense convolution keeping more output channels
             than one work unit of the runtime keeps whole units (``units`` of the result:
             :func:`otoir.analyses.latency.work_units`), as latency-aware selection does; 8
-            without ONNX Runtime or a model.
+            without ONNX Runtime or a model. ``"auto"`` (the default of ``train``,
+            ``zero-groups`` and :func:`otoir.compress`): multiples of 8 for tensors of at least
+            16 channels, smaller tensors not rounded (``min_channels`` of the result) — a fixed
+            rule, the same on every machine, that keeps blocked kernels (ONNX Runtime's 8- and
+            16-wide NCHWc blocks, its depthwise kernels, GPU tensor cores) on their fast paths
+            where a layer is wide enough for it to matter, without freezing small layers.
 
     Raises:
         ValueError: ``max_layer_ratio`` outside (0, 1], ``round_to`` not a positive integer.
@@ -797,10 +834,13 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         raise ValueError(f"max-layer-ratio must be in (0, 1], got {max_layer_ratio!r}")
     round_to = check_round_to(round_to, runtime=True)
     runtime = round_to == RUNTIME
+    min_channels = 0
     if runtime:
         from otoir.analyses.latency import channel_multiple
 
         round_to = channel_multiple() if model is not None else 8
+    elif round_to == AUTO:
+        round_to, min_channels = AUTO_ROUND, AUTO_MIN_CHANNELS
     patterns = tuple(p for p in ignore if p)
     users: dict[str, tuple[str, ...]] = {}
     if patterns and model is not None:
@@ -825,4 +865,5 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         from otoir.analyses.latency import work_units
 
         units = work_units(model, [g for g in out if "segment" not in g.meta], round_to, channels or {})
-    return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels, units=units)
+    return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels, units=units,
+                    min_channels=min_channels)

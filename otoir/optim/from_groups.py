@@ -28,7 +28,7 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     ValueError naming the largest reachable target when K is beyond the most that can be zero
     together (the hierarchy forbids erasing a segment together with all of its alternatives).
     """
-    from otoir.analyses.validity import reachable_count, reachable_counts
+    from otoir.analyses.validity import reachable_count, reachable_counts, round_label
     from otoir.optim.core import target_count
 
     k = target_count(target, len(groups))
@@ -37,7 +37,7 @@ def check_valid_target(groups: Sequence[Group], target: float | int) -> int:
     if k > most:
         capped = " and within max-layer-ratio" if getattr(groups, "layer_caps", None) else ""
         if getattr(groups, "round_to", 1) > 1 and getattr(groups, "checker", None) is None:
-            capped += f" with round-to={groups.round_to}"
+            capped += f" with round-to={round_label(groups)}"
         raise ValueError(f"target {target} asks for {k} of {len(groups)} groups, but at most {most} can be erased "
                          f"together while the network stays valid{capped} (target <= {most / len(groups):.3f})")
     return k if reach[k] else reachable_count(groups, k)
@@ -49,14 +49,15 @@ def target_note(groups: Sequence[Group], target: float | int) -> str:
     Raises:
         ValueError: An unreachable target (:func:`check_valid_target`).
     """
+    from otoir.analyses.validity import round_label, round_multiple
     from otoir.optim.core import target_count
 
     k, got = target_count(target, len(groups)), check_valid_target(groups, target)
     if got == k:
         return ""
-    return (f"round-to={groups.round_to}: {got} of {len(groups)} groups are zeroed instead of the {k} asked "
-            f"(target {target}): no valid set of exactly {k} keeps every pruned tensor's channel count a multiple "
-            f"of {groups.round_to}; {got} is the nearest count that does")
+    return (f"round-to={round_label(groups)}: {got} of {len(groups)} groups are zeroed instead of the {k} asked "
+            f"(target {target}): no valid set of exactly {k} keeps every pruned tensor's channel count "
+            f"{round_multiple(groups)}; {got} is the nearest count that does")
 
 
 def layout_from_groups(groups: Sequence[Group], shapes: Mapping[str, Sequence[int]],
@@ -77,7 +78,7 @@ def layout_from_groups(groups: Sequence[Group], shapes: Mapping[str, Sequence[in
 
 
 def groups_for(model, kind: str, analyses=None, *, ignore: Sequence[str] = (),
-               max_layer_ratio: float = 1.0, round_to: int = 1) -> GroupSet:
+               max_layer_ratio: float = 1.0, round_to: int | str = 1) -> GroupSet:
     """The prunable groups of ``model``: ``gezig`` (erasing) or ``zig`` (pruning).
 
     The user's controls are applied here (:func:`~otoir.analyses.validity.controlled_groups`):

@@ -248,7 +248,7 @@ def test_round_to_runtime_takes_the_block_and_whole_work_units(monkeypatch):
     assert zg.round_to == "runtime" and "round-to=runtime" in zg.to_text()
     assert get_pass("zero-groups").from_options({"kind": "zig", "round-to": "16"}).round_to == 16
     assert TrainConfig(round_to="Runtime").round_to == "runtime"
-    with pytest.raises(ValueError, match="positive integer or 'runtime'"):
+    with pytest.raises(ValueError, match="positive integer, 'auto' or 'runtime'"):
         TrainConfig(round_to="fast")
     with pytest.raises(ValueError, match="round-to must be a positive integer, got 'runtime'"):
         check_round_to("runtime")  # a count, where no model resolves the word
@@ -443,3 +443,118 @@ def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
     assert not _report_round_to(ctx, groups, 0.5)  # 20 > 16: an error, not a silent cut
     errors = [m for kind, m in ctx.messages if kind == "error"]
     assert len(errors) == 1 and "round-to=8" in errors[0]
+
+
+# -- round-to=auto, the default: multiples of 8 for tensors of at least 16 channels --------------
+@pytest.mark.parametrize("seed", range(4))
+def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
+    """auto: a tensor of >= 16 channels keeps a multiple of 8 (or all), a smaller one any count;
+    exact and optimal against brute force over the allowed per-tensor counts."""
+    rng = np.random.default_rng(seed)
+    channels = {"small": int(rng.integers(3, 16)), "wide": int(rng.integers(16, 30)), "w2": 24}
+    groups = controlled_groups(_synthetic(channels), round_to="auto")
+    assert groups.round_to == 8 and groups.min_channels == 16
+    scores = rng.normal(size=len(groups)).tolist()
+
+    def allowed(t):
+        c = channels[t]
+        return [0] + [z for z in range(1, c) if c < 16 or (c - z) % 8 == 0]
+
+    tensors = list(channels)
+    per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
+           for t in tensors}
+    best: dict[int, float] = {}
+    for zs in itertools.product(*(allowed(t) for t in tensors)):
+        val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
+        best[sum(zs)] = max(best.get(sum(zs), -math.inf), val)
+    assert set(np.flatnonzero(reachable_counts(groups)).tolist()) == set(best)
+    for k in sorted(best):
+        chosen = select_redundant(groups, scores, k)
+        assert len(chosen) == k and sum(scores[i] for i in chosen) == pytest.approx(best[k])
+        for t in tensors:
+            assert sum(1 for i in chosen if groups[i].slices[0].tensor == t) in allowed(t)
+    assert groups.subset(list(groups)[:5]).min_channels == 16  # travels with subset()
+    assert "small" not in round_to_kept(groups)
+
+
+def test_auto_is_the_default_and_round_to_1_turns_it_off():
+    from otoir.infra.registry import get_pass
+    from otoir.train.config import TrainConfig
+
+    assert TrainConfig().round_to == "auto" and TrainConfig(round_to="AUTO").round_to == "auto"
+    assert get_pass("zero-groups")(kind="zig").round_to == "auto"
+    p = PassManager.from_text("otoir-prune{round-to=1}").passes[0]
+    assert p.round_to == 1 and "round-to=1" in p.to_text()
+    assert "round-to" not in PassManager.from_text("otoir-prune").passes[0].to_text()  # the default: not printed
+    assert controlled_groups(_synthetic({"a": 32}), round_to=1).round_to == 1  # the analyses' own default
+
+
+def test_default_prunes_depthwise_networks_in_multiples_of_8():
+    """MobileNetV2 (zoo, width 1.0): zero-groups with the default round-to; every tensor of at
+    least 16 channels that lost channels keeps a multiple of 8; smaller ones may keep any count;
+    the oracle holds (in _prune_with_round_to)."""
+    from otoir.zoo import build
+
+    module, x = build("mobilenetv2", width=1.0)
+    model, ids, zeroed, prunable = _prune_with_round_to(module, x, "auto", fraction=0.5, seed=2)
+    assert zeroed and prunable.min_channels == 16
+    wide = {t: lost for t, lost in ids["channels"].items() for _a, before, after in lost if before >= 16}
+    assert wide
+    bad = {t: lost for t, lost in wide.items() for _a, before, after in lost if before >= 16 and after % 8}
+    assert not bad, bad
+
+
+def test_zero_groups_ids_are_not_rounded_by_the_default():
+    """ids= names exactly the groups to zero: the default round-to leaves them be, round-to=8 refuses."""
+    from otoir.frontends.torch_export import export_torch
+    from otoir.zoo import build
+
+    module, x = build("resnet_basic", width=16)
+    model = export_torch(module, (x,), training=False)
+    res = PassManager.from_text("partition-zig").run(model)
+    g = next(g for g in res.analyses.get(ChannelGroups).groups if g.prunable and g.slices[0].tensor == "conv1.weight")
+    zr = PassManager.from_text(f"zero-groups{{kind=zig ids={g.id}}}").run(model)
+    assert [z for z in zr.results["zeroed"]] == [g.id]
+    with pytest.raises(Exception, match="refused by the validity check or round-to=8"):
+        PassManager.from_text(f"zero-groups{{kind=zig ids={g.id} round-to=8}}").run(model)
+
+
+def test_erasing_with_the_default_round_to_says_nothing_about_it():
+    """round-to applies to channel groups; the default must not warn on every erasing run, an explicit one does."""
+    from otoir.frontends.torch_export import export_torch
+    from otoir.optim.from_groups import groups_for
+    from otoir.passes.train import _report_round_to
+    from otoir.zoo import build
+
+    class Ctx:
+        def __init__(self):
+            self.said = []
+
+        def warning(self, m):
+            self.said.append(m)
+
+        remark = error = warning
+
+    module, x = build("resnet_basic", width=16)
+    model = export_torch(module, (x,), training=False)
+    for n, expect in (("auto", False), (8, True)):
+        ctx = Ctx()
+        assert _report_round_to(ctx, groups_for(model, "gezig", round_to=n), 0.3)
+        assert any("round-to=8 applies to channel groups" in m for m in ctx.said) is expect, ctx.said
+
+
+def test_own_loop_analyze_rounds_as_the_pipeline_does():
+    """otoir.analyze (the own-loop API) takes the pipeline's round-to: auto by default, 1 on request,
+    and target_count is the count the optimizer will zero."""
+    import otoir
+    from otoir.optim.from_groups import check_valid_target
+    from otoir.zoo import build
+
+    module, x = build("resnet_basic", width=12)
+    job = otoir.analyze(module, x, mode="prune", target_sparsity=0.45)
+    assert job.groups.round_to == 8 and job.groups.min_channels == 16 and job.pipeline.round_to == "auto"
+    assert job.target_count == check_valid_target(job.groups, 0.45)
+    plain = otoir.analyze(module, x, mode="prune", target_sparsity=0.45, round_to=1)
+    assert plain.groups.round_to == 1 and plain.target_count == int(0.45 * len(plain.groups))
+    with pytest.raises(OtoirError, match="round-to"):
+        otoir.analyze(module, x, round_to=0)
