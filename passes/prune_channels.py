@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from otoir.analyses.groups import zero_mask
+from otoir.analyses.latency import misaligned_depthwise
 from otoir.analyses.zig import ChannelGroups
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
@@ -28,7 +29,9 @@ class PruneChannels(Pass):
     ``ctx.results["prune-channels"]`` is the :class:`~otoir.surgery.channels.PruneResult`;
     ``ctx.results["prune-channels-ids"]`` names the groups: ``removed`` (ids) and ``kept``
     (id -> reason), and gives ``channels``: ``{tensor: [(axis, before, after), ...]}`` for every
-    initializer axis that lost entries (the kept counts, e.g. to check round-to multiples).
+    initializer axis that lost entries (the kept counts, e.g. to check round-to multiples). A
+    depthwise convolution whose channel count leaves the multiples of 8 is warned about (it
+    leaves ONNX Runtime's blocked kernels: :func:`~otoir.analyses.latency.misaligned_depthwise`).
     """
 
     name = "prune-channels"
@@ -102,4 +105,11 @@ class PruneChannels(Pass):
         ctx.results["prune-channels-ids"] = {
             "removed": [by_label[lab].id for lab in res.removed if lab in by_label], "kept": kept,
             "channels": channels}
+        off = misaligned_depthwise(model, channels)
+        if off:
+            ctx.warning(f"{len(off)} depthwise convolution(s) keep a channel count that is no longer a multiple of 8: "
+                        + ", ".join(f"{n} {b}->{a}" for n, b, a in off[:4]) + (f" and {len(off) - 4} more" if len(off) > 4 else "")
+                        + "; ONNX Runtime's CPU depthwise kernels work in 8- or 16-channel blocks, so this network "
+                          "may run slower than the full one (round-to=auto, the default, or round-to=runtime keeps "
+                          "the counts aligned)")
         return True

@@ -76,6 +76,7 @@ __all__ = [
     "cache_dir",
     "channel_multiple",
     "channel_work_unit",
+    "misaligned_depthwise",
     "work_units",
     "CONSTRUCTION",
     "FlopsCounter",
@@ -455,6 +456,33 @@ def _sample_counts(full: int, align: int) -> tuple[list[int], list[int]]:
 
 
 _ALIGN_CACHE: dict[tuple[str | None, int], int] = {}
+
+
+def misaligned_depthwise(model: ir.Model, channels: Mapping[str, Sequence[tuple[int, int, int]]],
+                         multiple: int = 8) -> list[tuple[str, int, int]]:
+    """The depthwise convolutions that pruning took off the runtime's channel lattice.
+
+    ``channels`` is ``prune-channels``' record, ``{tensor: [(axis, before, after), ...]}``. A
+    depthwise convolution (``group`` equal to its channels, weight ``[C, 1, k, k]``) whose
+    channel count was a multiple of ``multiple`` and no longer is leaves ONNX Runtime's blocked
+    CPU kernels, which need whole 8- or 16-channel blocks (a MobileNetV2 pruned to half its
+    FLOPs that way ran 1.15x to 1.84x slower than the full network).
+
+    Returns:
+        ``(node name, channels before, channels after)`` for each, in graph order.
+    """
+    out = []
+    for n in model.graph:
+        if n.op_type != "Conv" or len(n.inputs) < 2 or n.inputs[1] is None:
+            continue
+        g = n.attributes.get("group")
+        lost = dict((a, (b, c)) for a, b, c in channels.get(n.inputs[1].name, ()))
+        if g is None or g.value <= 1 or 0 not in lost:
+            continue
+        before, after = lost[0]
+        if g.value == after and before % multiple == 0 and after % multiple:
+            out.append((n.name or n.inputs[1].name, before, after))
+    return out
 
 
 def channel_multiple(threads: int = 1) -> int:

@@ -558,3 +558,36 @@ def test_own_loop_analyze_rounds_as_the_pipeline_does():
     assert plain.groups.round_to == 1 and plain.target_count == int(0.45 * len(plain.groups))
     with pytest.raises(OtoirError, match="round-to"):
         otoir.analyze(module, x, round_to=0)
+
+
+@pytest.mark.parametrize("round_to, warned", [(1, True), ("auto", False)])
+def test_prune_channels_warns_when_depthwise_counts_leave_the_lattice(round_to, warned):
+    """round-to=1 on MobileNetV2 leaves depthwise convolutions with counts off the multiples of 8:
+    prune-channels says so, naming them; with the default it has nothing to say."""
+    from otoir.analyses.latency import misaligned_depthwise
+    from otoir.frontends.torch_export import export_torch
+    from otoir.zoo import build
+
+    module, x = build("mobilenetv2", width=1.0)
+    model = export_torch(module, (x,), training=False)
+    PassManager.from_text(f"zero-groups{{kind=zig random=0.5 round-to={round_to} seed=2}},to-inference").run(model)
+    res = PassManager.from_text("prune-channels").run(model)
+    said = [d.message for d in res.diagnostics if d.severity is Severity.WARNING and "depthwise" in d.message]
+    off = misaligned_depthwise(model, res.results["prune-channels-ids"]["channels"])
+    assert bool(said) is warned and bool(off) is warned
+    if warned:
+        name, before, after = off[0]
+        assert f"{name} {before}->{after}" in said[0] and before % 8 == 0 and after % 8
+        dw = next(n for n in model.graph if n.name == name)
+        assert dw.attributes["group"].value == after == dw.inputs[1].shape[0]
+
+
+def test_bench_select_times_both_selections_and_refuses_unknown_shapes(capsys, monkeypatch):
+    from otoir.tools import bench_select
+
+    monkeypatch.setitem(bench_select.SHAPES, "tiny", (2, 40, 4, 8, 24))
+    assert bench_select.main(["--shapes", "tiny"]) == 0  # 1 when a selection misses its count
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny"))
+    groups = 2 * (40 + 4) + 24
+    assert row.split()[1] == str(groups) and len(bench_select.synthetic_groups(2, 40, 4, 8, 24)) == groups
+    assert bench_select.main(["--shapes", "gpt5"]) == 2
