@@ -245,7 +245,7 @@ def _type_name(tp: Any) -> str:
         return f"list<{_type_name(args[0]) if args else 'str'}>"
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) if args else "str"
+        return "|".join(_type_name(a) for a in args) if args else "str"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "|".join(str(m.value) for m in tp)
     return getattr(tp, "__name__", str(tp))
