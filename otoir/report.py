@@ -29,6 +29,8 @@ class ModelFigures:
         accuracy: Top-1 accuracy on the held-out split, if a dataset was given.
         latency_ms: Median onnxruntime CPU latency of one inference at ``latency_batch``.
         nodes: Number of nodes.
+        flops_uncounted: Nodes whose FLOPs could not be counted (shapes unknown; ``flops`` is
+            then a lower bound).
         latency_batch: The batch size ``latency_ms`` was measured at: the model's own batch
             when its batch dimension is fixed, else 1.
         latency_at_batch: ``{batch: median ms}`` of every batch size measured (``latency_ms``'s
@@ -40,6 +42,7 @@ class ModelFigures:
     accuracy: float | None = None
     latency_ms: float | None = None
     nodes: int = 0
+    flops_uncounted: int = 0
     latency_batch: int | None = None
     latency_at_batch: dict[int, float] = field(default_factory=dict)
 
@@ -492,7 +495,8 @@ def measure(model: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None
         from otoir.train.ort_backend import evaluate  # its inference form, through otoir.runtime
 
         acc = evaluate(model, val[0], val[1]).accuracy
-    return ModelFigures(params=st.params, flops=st.flops, accuracy=acc, latency_ms=latency, nodes=len(model.graph))
+    return ModelFigures(params=st.params, flops=st.flops, accuracy=acc, latency_ms=latency, nodes=len(model.graph),
+                        flops_uncounted=len(st.uncounted))
 
 
 def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.ndarray] | None = None,
@@ -541,6 +545,11 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
     rep = CompressReport(figs[-2], figs[-1], tolerance=tolerance, details=dict(details or {}),
                          provider="CPUExecutionProvider" if lat else None, threads=threads if lat else None,
                          baseline=figs[0] if baseline is not None else None, history=dict(history or {}))
+    if any(f.flops_uncounted for f in figs):
+        rep.details["flops"] = ("FLOPs are lower bounds: " + ", ".join(
+            f"{f.flops_uncounted} node(s) of the {name} model" for f, name in zip(figs[-2:], ("full", "compressed"),
+                                                                                  strict=True) if f.flops_uncounted)
+            + " have no static shape, so their FLOPs are not counted")
     slower = [(n, v[-1] / v[-2]) for n, v in sorted(lat.items()) if v[-2] > 0 and v[-1] > SLOWER_THAN_FULL * v[-2]]
     if slower:
         at = ", ".join(f"{r:.2f}x at batch {n}" for n, r in slower)

@@ -31,12 +31,15 @@ class Stats:
         flops: Forward FLOPs per sample (see the module docstring).
         per_op: Op type -> (parameters, FLOPs).
         per_node: Node name -> (parameters, FLOPs).
+        uncounted: Nodes with a FLOP formula whose output shape is unknown (counted as 0, so
+            ``flops`` is a lower bound when this is not empty).
     """
 
     params: int
     flops: int
     per_op: dict[str, tuple[int, int]] = field(default_factory=dict)
     per_node: dict[str, tuple[int, int]] = field(default_factory=dict)
+    uncounted: tuple[str, ...] = ()
 
 
 def stats(model: ir.Model, analyses: AnalysisManager | None = None) -> Stats:
@@ -49,7 +52,7 @@ def stats(model: ir.Model, analyses: AnalysisManager | None = None) -> Stats:
     """
     from otoir.analyses.shapes import StaticShapes
     from otoir.infra.analysis import AnalysisManager
-    from otoir.ops.rules import node_flops
+    from otoir.ops.rules import lookup_rule, node_flops
 
     shp = (analyses or AnalysisManager(model)).get(StaticShapes).sample_shape
 
@@ -58,6 +61,7 @@ def stats(model: ir.Model, analyses: AnalysisManager | None = None) -> Stats:
     per_op: dict[str, list[int]] = {}
     per_node: dict[str, tuple[int, int]] = {}
     total = 0
+    uncounted: list[str] = []
     for node in graph:
         p = sum(int(v.const_value.size) for v in node.inputs
                 if v is not None and v.is_initializer() and v.const_value is not None)
@@ -66,8 +70,13 @@ def stats(model: ir.Model, analyses: AnalysisManager | None = None) -> Stats:
         acc = per_op.setdefault(node.op_type, [0, 0])
         acc[0] += p
         acc[1] += f
-        per_node[node.name or f"{node.op_type}#{len(per_node)}"] = (p, f)
-    return Stats(params, total, {k: (v[0], v[1]) for k, v in per_op.items()}, per_node)
+        key = node.name or f"{node.op_type}#{len(per_node)}"
+        per_node[key] = (p, f)
+        if not f and node.outputs and shp(node.outputs[0]) is None:
+            r = lookup_rule(node.op_type, node.domain, node.version)
+            if r is not None and r.flops is not None:
+                uncounted.append(key)
+    return Stats(params, total, {k: (v[0], v[1]) for k, v in per_op.items()}, per_node, tuple(uncounted))
 
 
 def _fmt(n: float) -> str:

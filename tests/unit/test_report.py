@@ -135,3 +135,27 @@ def test_turn_ratios_pair_each_run_with_the_full_models_in_its_turn():
     assert np.median(r[1]) == pytest.approx(0.5, rel=0.02)
     assert full.max() / full.min() > 2.0  # the spread the pairing removed
     np.testing.assert_allclose(turn_ratios(np.stack([np.zeros(2), np.ones(2)]))[1], 1e9)  # no division by zero
+
+
+def test_report_says_when_flops_are_lower_bounds(tmp_path, monkeypatch):
+    """A node with a FLOP formula but no static shape is counted as 0: the report says so."""
+    import dataclasses
+    import importlib
+
+    S = importlib.import_module("otoir.stats")  # the module (otoir.stats is also the function)
+
+    m = otoir.load(_two_input_model(tmp_path / "m.onnx"))
+    real = S.stats
+
+    def partial(model, analyses=None):
+        st = real(model, analyses)
+        return dataclasses.replace(st, uncounted=("a_node",)) if model is m else st
+
+    monkeypatch.setattr(S, "stats", partial)
+    sub = otoir.load(tmp_path / "m.onnx")
+    rep = build_report(m, sub, latency_runs=0)
+    assert rep.full.flops_uncounted == 1 and rep.compressed.flops_uncounted == 0
+    assert rep.details["flops"] == ("FLOPs are lower bounds: 1 node(s) of the full model have no static shape, "
+                                    "so their FLOPs are not counted")
+    assert "FLOPs are lower bounds" in rep.to_text()
+    assert "flops" not in build_report(sub, sub, latency_runs=0).details

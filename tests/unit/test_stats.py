@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 
 from otoir.stats import format_report, stats
 
@@ -36,3 +37,49 @@ def test_report_mentions_totals():
     s = stats(m)
     text = format_report(s, s)
     assert "total" in text and "0.0% of parameters" in text
+
+
+def test_flops_see_through_a_long_chain_of_shape_sub_graphs():
+    """Eight channel shuffles, each a Reshape whose target the previous block's output shape
+    fixes (ShuffleNet's): shape inference resolves one per round; every convolution is counted
+    and none is left uncounted (with only 4 rounds, the later ones were silently counted as 0)."""
+    torch = pytest.importorskip("torch")
+    from otoir.analyses.shapes import infer_static_shapes
+    from otoir.frontends.torch_export import export_torch
+    from otoir.stats import stats
+
+    class Shuffle(torch.nn.Module):  # torchvision's ShuffleNetV2 unit, stride 1
+        def __init__(self, c):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(c // 2, c // 2, 1, bias=False)
+
+        def forward(self, x):
+            a, b = x.chunk(2, dim=1)
+            x = torch.cat((a, self.conv(b)), dim=1)
+            n, c, h, w = x.size()
+            return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+
+    c, hw, blocks = 8, 6, 8
+    m = torch.nn.Sequential(*[Shuffle(c) for _ in range(blocks)]).eval()
+    model = export_torch(m, (torch.randn(2, c, hw, hw),), training=False)
+    st = stats(model)
+    assert st.uncounted == ()
+    assert st.per_op["Conv"][1] == blocks * 2 * (c // 2) ** 2 * hw * hw
+    shapes, _ = infer_static_shapes(model, max_rounds=4)  # the old cap: the later blocks stay unknown
+    assert any(o.name not in shapes for n in model.graph for o in n.outputs if o.name)
+    short = stats(model, _Rounds(model, 4))
+    assert short.uncounted and short.per_op["Conv"][1] < st.per_op["Conv"][1]  # and stats says so
+
+
+class _Rounds:
+    """An analysis manager whose StaticShapes stop after ``rounds`` rounds of shape inference."""
+
+    def __init__(self, model, rounds):
+        from otoir.analyses.shapes import StaticShapes, infer_static_shapes
+
+        self._ss = StaticShapes.__new__(StaticShapes)
+        self._ss.shapes, self._ss.consts = infer_static_shapes(model, max_rounds=rounds)
+        self._ss._model, self._ss._dims = model, None
+
+    def get(self, _cls):
+        return self._ss
