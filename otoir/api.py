@@ -220,6 +220,7 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
     Raises:
         OtoirError: Bad arguments, or the sub-network's outputs differ from the trained model's.
     """
+    from otoir.analyses.validity import ROUND_TO_DEFAULT
     from otoir.data import DataFitError, DatasetError, as_data, bind
     from otoir.infra import PassManager
     from otoir.infra.registry import get_pass
@@ -307,7 +308,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         "groups": f"{len(removed_ids)} of {len(groups)} {p.group_kind} groups removed "
                   + (f"({p.cost_target[0]} {p.cost_target[1]:g} -> {train['target-count']}" if p.cost_target else
                      f"(target {target_sparsity:g} -> {train['target-count']}")
-                  + (f" with round-to={p.round_to}" if p.round_to not in (1, "auto") and p.group_kind == "zig" else "")
+                  + (f" with round-to={p.round_to}" if p.round_to not in (1, ROUND_TO_DEFAULT) and p.group_kind == "zig"
+                     else "")
                   + ")",
         "training time": f"{train['seconds']:.1f} s",
     }

@@ -50,9 +50,9 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["AUTO", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to", "controlled_groups", "is_valid",
-           "reachable_count", "reachable_counts", "round_label", "round_multiple", "round_to_kept", "select_redundant",
-           "tensor_channels"]
+__all__ = ["AUTO", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to",
+           "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label", "round_multiple",
+           "round_to_kept", "select_redundant", "tensor_channels"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 

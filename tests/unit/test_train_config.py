@@ -84,3 +84,15 @@ def test_auto_optimizer_follows_the_groups():
     child = erase.train_pass()
     assert child.resolved() == ("h2spg", "gezig")
     assert (child.variant, child.lr, child.epochs, child.lam) == ("adam", 0.001, 5, 1e-3)
+
+
+def test_round_to_default_is_one_everywhere_the_selection_takes_it():
+    """train/otoir-prune (TrainConfig), zero-groups, compress and the own-loop analyze share one default."""
+    from otoir.analyses.validity import ROUND_TO_DEFAULT
+    from otoir.api import compress
+    from otoir.workflow import analyze
+
+    assert TrainConfig().round_to == ROUND_TO_DEFAULT == "auto"
+    assert get_pass("zero-groups")().round_to == ROUND_TO_DEFAULT
+    for fn in (compress, analyze):
+        assert inspect.signature(fn).parameters["round_to"].default == ROUND_TO_DEFAULT, fn.__name__
