@@ -545,11 +545,11 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
     rep = CompressReport(figs[-2], figs[-1], tolerance=tolerance, details=dict(details or {}),
                          provider="CPUExecutionProvider" if lat else None, threads=threads if lat else None,
                          baseline=figs[0] if baseline is not None else None, history=dict(history or {}))
-    if any(f.flops_uncounted for f in figs):
-        rep.details["flops"] = ("FLOPs are lower bounds: " + ", ".join(
-            f"{f.flops_uncounted} node(s) of the {name} model" for f, name in zip(figs[-2:], ("full", "compressed"),
-                                                                                  strict=True) if f.flops_uncounted)
-            + " have no static shape, so their FLOPs are not counted")
+    uncounted = [f"{f.flops_uncounted} node(s) of the {name} model"
+                 for f, name in zip(figs[-2:], ("full", "compressed"), strict=True) if f.flops_uncounted]
+    if uncounted:
+        rep.details["flops"] = ("FLOPs are lower bounds: " + ", ".join(uncounted)
+                                + " have no static shape, so their FLOPs are not counted")
     slower = [(n, v[-1] / v[-2]) for n, v in sorted(lat.items()) if v[-2] > 0 and v[-1] > SLOWER_THAN_FULL * v[-2]]
     if slower:
         at = ", ".join(f"{r:.2f}x at batch {n}" for n, r in slower)

@@ -345,18 +345,15 @@ def bench(name: str, args) -> list[dict]:
     scores = rng.random(len(groups)).tolist()
     variants: dict[str, list[int]] = {"r1": _flops_count(groups, scores, args.flops,
                                                          flops_cost_model(model, groups))}
-    auto = controlled_groups(groups, model, round_to="auto")
-    auto = auto.subset(g for g in auto if g.prunable)
-    variants["auto"] = _flops_count(auto, scores, args.flops, flops_cost_model(model, auto))
-    rt = controlled_groups(groups, model, round_to=8)
-    rt = rt.subset(g for g in rt if g.prunable)
-    variants["rt8"] = _flops_count(rt, scores, args.flops, flops_cost_model(model, rt))
-    block = channel_multiple(args.latency_threads)
+    by_variant = {"r1": groups, "lat": groups}
     # round-to=runtime: the runtime's channel block (16 with AVX-512) and whole work units
-    rtr = controlled_groups(groups, model, round_to="runtime")
-    rtr = rtr.subset(g for g in rtr if g.prunable)
-    variants["runtime"] = _flops_count(rtr, scores, args.flops, flops_cost_model(model, rtr))
-    by_variant = {"r1": groups, "auto": auto, "lat": groups, "rt8": rt, "lat+rt8": rt, "runtime": rtr}
+    for v, n in (("auto", "auto"), ("rt8", 8), ("runtime", "runtime")):
+        rounded = controlled_groups(groups, model, round_to=n)
+        by_variant[v] = rounded = rounded.subset(g for g in rounded if g.prunable)
+        variants[v] = _flops_count(rounded, scores, args.flops, flops_cost_model(model, rounded))
+    rt, rtr = by_variant["rt8"], by_variant["runtime"]
+    by_variant["lat+rt8"] = rt
+    block = channel_multiple(args.latency_threads)
     if args.mix:
         for v, chosen in _mix(model, rtr, args.mix, args.seed).items():
             variants[v], by_variant[v] = chosen, rtr

@@ -476,12 +476,11 @@ def misaligned_depthwise(model: ir.Model, channels: Mapping[str, Sequence[tuple[
         if n.op_type != "Conv" or len(n.inputs) < 2 or n.inputs[1] is None:
             continue
         g = n.attributes.get("group")
-        lost = dict((a, (b, c)) for a, b, c in channels.get(n.inputs[1].name, ()))
-        if g is None or g.value <= 1 or 0 not in lost:
+        if g is None or g.value <= 1:
             continue
-        before, after = lost[0]
-        if g.value == after and before % multiple == 0 and after % multiple:
-            out.append((n.name or n.inputs[1].name, before, after))
+        for axis, before, after in channels.get(n.inputs[1].name, ()):
+            if axis == 0 and g.value == after and before % multiple == 0 and after % multiple:
+                out.append((n.name or n.inputs[1].name, before, after))
     return out
 
 
@@ -1439,13 +1438,14 @@ def runtime_aligned(model: ir.Model, groups: Sequence[Group], costs: CostModel) 
         return groups, ""
     align = costs.table.align
     # round-to=auto (the default, min_channels) asks nothing here: the table's block rules, on every tensor
-    asked = 1 if getattr(groups, "min_channels", 0) else getattr(groups, "round_to", 1)
+    auto = bool(getattr(groups, "min_channels", 0))
+    asked = 1 if auto else getattr(groups, "round_to", 1)
     n = math.lcm(asked, align)
     if align <= 1 or any("segment" in g.meta for g in groups):
         return groups, ""
     channels = {**tensor_channels(groups, model), **(getattr(groups, "channels", None) or {})}
     units = work_units(model, groups, align, channels)
-    if n == getattr(groups, "round_to", 1) and not getattr(groups, "min_channels", 0) and not units:
+    if n == asked and not auto and not units:
         return groups, ""
     out = GroupSet(groups, None, getattr(groups, "layer_caps", None), round_to=n, channels=channels, units=units)
     block = f"the channel block of ONNX Runtime's blocked convolutions here is {align}"

@@ -159,3 +159,4 @@ def test_report_says_when_flops_are_lower_bounds(tmp_path, monkeypatch):
                                     "so their FLOPs are not counted")
     assert "FLOPs are lower bounds" in rep.to_text()
     assert "flops" not in build_report(sub, sub, latency_runs=0).details
+    assert "flops" not in build_report(sub, sub, baseline=m, latency_runs=0).details  # the baseline is not named

@@ -42,17 +42,22 @@ def _allowed(c: int, w: int, n: int) -> list[int]:
     return [0] + [z for z in range(1, c // w) if (c - z * w) % n == 0]
 
 
-def _brute(groups, channels, width, n, scores):
-    """{k: best total score} over every combination of allowed per-tensor counts (top groups first)."""
-    tensors = list(channels)
+def _best_by_count(groups, scores, allowed: dict[str, list[int]]) -> dict[int, float]:
+    """{k: best total score} over every combination of the allowed zero counts per tensor (each
+    tensor giving its top-scored groups first)."""
+    tensors = list(allowed)
     per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
            for t in tensors}
     best: dict[int, float] = {}
-    for zs in itertools.product(*(_allowed(channels[t], width.get(t, 1), n) for t in tensors)):
-        k = sum(zs)
+    for zs in itertools.product(*(allowed[t] for t in tensors)):
         val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
-        best[k] = max(best.get(k, -math.inf), val)
+        best[sum(zs)] = max(best.get(sum(zs), -math.inf), val)
     return best
+
+
+def _brute(groups, channels, width, n, scores):
+    """{k: best total score} under round-to=n (:func:`_allowed` per tensor)."""
+    return _best_by_count(groups, scores, {t: _allowed(c, width.get(t, 1), n) for t, c in channels.items()})
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -93,12 +98,8 @@ def test_work_units_keep_whole_units_above_one_and_stay_exact(seed):
         return kept == channels[t] or (kept > 0 and kept % 2 == 0 and (kept <= u or kept % max(u, 1) == 0))
 
     tensors = list(channels)
-    per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
-           for t in tensors}
-    best: dict[int, float] = {}
-    for zs in itertools.product(*([z for z in range(channels[t]) if ok(t, channels[t] - z)] for t in tensors)):
-        val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
-        best[sum(zs)] = max(best.get(sum(zs), -math.inf), val)
+    best = _best_by_count(groups, scores, {t: [z for z in range(channels[t]) if ok(t, channels[t] - z)]
+                                           for t in tensors})
     assert set(np.flatnonzero(reachable_counts(groups)).tolist()) == set(best)
     for k in sorted(best):
         chosen = select_redundant(groups, scores, k)
@@ -461,12 +462,7 @@ def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
         return [0] + [z for z in range(1, c) if c < 16 or (c - z) % 8 == 0]
 
     tensors = list(channels)
-    per = {t: sorted((i for i, g in enumerate(groups) if g.slices[0].tensor == t), key=lambda i: (-scores[i], i))
-           for t in tensors}
-    best: dict[int, float] = {}
-    for zs in itertools.product(*(allowed(t) for t in tensors)):
-        val = sum(scores[i] for t, z in zip(tensors, zs, strict=True) for i in per[t][:z])
-        best[sum(zs)] = max(best.get(sum(zs), -math.inf), val)
+    best = _best_by_count(groups, scores, {t: allowed(t) for t in tensors})
     assert set(np.flatnonzero(reachable_counts(groups)).tolist()) == set(best)
     for k in sorted(best):
         chosen = select_redundant(groups, scores, k)
