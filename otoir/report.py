@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
 __all__ = ["ModelFigures", "CompressReport", "build_report", "measure", "measure_latency", "time_interleaved",
-           "turn_ratios", "KernelTime", "kernel_profile", "kernel_efficiency", "output_agreement", "fixed_batch",
-           "batch_feeds", "default_threads", "random_inputs"]
+           "turn_ratios", "KernelTime", "kernel_profile", "kernel_efficiency", "work_scaled_us", "output_agreement",
+           "fixed_batch", "batch_feeds", "default_threads", "random_inputs"]
 
 
 @dataclass
@@ -60,6 +60,8 @@ class CompressReport:
         details: Free-form extras (mode, optimizer, groups, epochs, dataset, timings).
         provider: The ONNX Runtime execution provider latency was measured with.
         threads: Intra-op threads latency was measured with.
+        runtime_version: The onnxruntime version latency was measured with (kernels, fusions and
+            layout passes change between versions, and latency with them).
     """
 
     full: ModelFigures
@@ -70,6 +72,7 @@ class CompressReport:
     details: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None
     threads: int | None = None
+    runtime_version: str | None = None
     baseline: ModelFigures | None = None
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -158,7 +161,8 @@ class CompressReport:
             lines.append(f"outputs: max |full - compressed| / output scale = {self.max_rel_diff:.3g} "
                          f"(tolerance {self.tolerance:g}): {verdict}")
         if any(f.latency_ms is not None for f in figs) and self.provider:
-            lines.append(f"latency: ONNX Runtime {self.provider}, {self.threads or 'default'} intra-op threads "
+            ver = f"{self.runtime_version} " if self.runtime_version else ""
+            lines.append(f"latency: ONNX Runtime {ver}{self.provider}, {self.threads or 'default'} intra-op threads "
                          f"(pools spinning within runs only), median of runs taken in alternating blocks")
         for k, v in self.details.items():
             lines.append(f"{k}: {v}")
@@ -435,16 +439,29 @@ def _kernel_times(events: list[dict], key_of: Any, warmup: int, runs: int) -> di
 
 
 def kernel_efficiency(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTime]) -> float:
-    """The sub-network's kernel time over the time its kernels would take at the full model's efficiency.
+    """The sub-network's kernel time over the time its kernels would take at the full model's
+    efficiency (:func:`work_scaled_us`).
+
+    1.0: every kept kernel runs as efficiently per unit of work as in the full model, so a
+    latency ratio above the FLOPs ratio comes from *which* layers kept their work (late layers
+    read more weight bytes per multiply-accumulate at batch 1; element-wise kernels' work is
+    linear in the channels kept where a convolution's is often bilinear), not from the runtime;
+    above 1: narrower kernels are slower per unit of work (fixed costs per kernel).
+    """
+    expected = work_scaled_us(full, sub)
+    measured = sum(k.us for k in sub.values())
+    return measured / expected if expected > 0 else float("inf")
+
+
+def work_scaled_us(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTime]) -> float:
+    """The µs ``sub``'s kernels would take at the full model's efficiency per unit of work.
 
     Each kernel of ``sub`` is expected to take its full-model time scaled by its work
     (multiply-accumulates, or output elements) kept. Kernels that are not the model's nodes
     (ORT's layout reorders, named by token) are matched by op type as a pool: the full model's
     pool time scaled by the pool's work kept; a reorder the full model has no pool of is
-    expected to take no time. 1.0: every kept kernel runs as efficiently per unit of work as in
-    the full model, so a latency ratio above the FLOPs ratio comes from *which* layers kept
-    their work (late layers read more weight bytes per multiply-accumulate at batch 1), not from
-    the runtime; above 1: narrower kernels are slower per unit of work (fixed costs per kernel).
+    expected to take no time. Over the full model's total kernel time: the latency ratio
+    kernels whose time followed their work would give.
     """
     expected = 0.0
     pools: dict[str, list[float]] = {}  # op type -> [full us, full work, sub work] of unmatched kernels
@@ -462,8 +479,7 @@ def kernel_efficiency(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTi
     for us, fwork, swork in pools.values():
         if fwork > 0:
             expected += us * min(swork / fwork, 1.0)
-    measured = sum(k.us for k in sub.values())
-    return measured / expected if expected > 0 else float("inf")
+    return expected
 
 
 def output_agreement(full: ir.Model, sub: ir.Model, inputs: np.ndarray | Mapping[str, np.ndarray],
@@ -525,6 +541,8 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
         latency_batches: More batch sizes to measure latency at (ignored for a fixed batch).
         history: Per-epoch training histories by run name, kept in the report.
     """
+    from otoir.runtime import version as runtime_version
+
     sample = verify_inputs if verify_inputs is not None else (val[0] if val is not None else None)
     models = ([baseline] if baseline is not None else []) + [full, sub]
     fixed = fixed_batch(full)
@@ -544,6 +562,7 @@ def build_report(full: ir.Model, sub: ir.Model, *, val: tuple[np.ndarray, np.nda
         figs.append(f)
     rep = CompressReport(figs[-2], figs[-1], tolerance=tolerance, details=dict(details or {}),
                          provider="CPUExecutionProvider" if lat else None, threads=threads if lat else None,
+                         runtime_version=runtime_version() if lat else None,
                          baseline=figs[0] if baseline is not None else None, history=dict(history or {}))
     uncounted = [f"{f.flops_uncounted} node(s) of the {name} model"
                  for f, name in zip(figs[-2:], ("full", "compressed"), strict=True) if f.flops_uncounted]

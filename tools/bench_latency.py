@@ -396,13 +396,16 @@ def bench(name: str, args) -> list[dict]:
             lat[tb], ratio[tb], best[tb] = interleaved(list(models.values()), sample, runs=runs, threads=threads,
                                                        batch=batch)
     kern: dict[str, float] = {}
+    work: dict[str, float] = {}
     by_kind: dict[str, dict[str, tuple[float, float, float]]] = {}
     if args.kernels or args.by_kind:  # ORT's per-node profile, 1 thread, batch 1: is each kept kernel as efficient as in full?
-        from otoir.report import kernel_efficiency, kernel_profile
+        from otoir.report import kernel_efficiency, kernel_profile, work_scaled_us
 
         prof = dict(zip(models, kernel_profile(list(models.values()), sample, runs=args.runs, threads=1, batch=1),
                         strict=True))
         kern = {k: kernel_efficiency(prof["full"], p) for k, p in prof.items()}
+        full_us = sum(t.us for t in prof["full"].values()) or 1.0
+        work = {k: work_scaled_us(prof["full"], p) / full_us for k, p in prof.items()}
         if args.by_kind:
             by_kind = _by_kind(full, prof)
     st = {k: otoir.stats(m) for k, m in models.items()}
@@ -413,7 +416,8 @@ def bench(name: str, args) -> list[dict]:
             "flops": st[k].flops / st["full"].flops, "params": st[k].params / st["full"].params,
             "predicted": predicted.get(k), "table": layer.get(k),
             "lat": {tb: r[i] for tb, r in ratio.items()}, "ms": {tb: ms[i] for tb, ms in lat.items()},
-            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k), "kinds": by_kind.get(k),
+            "best": {tb: ms[i] / ms[0] for tb, ms in best.items()}, "kern": kern.get(k), "work": work.get(k),
+            "kinds": by_kind.get(k),
         })
     rows[0]["note"] = (f"{len(groups)} groups, table {t_table:.1f} s ({costs.table.timings if costs.table else 0} "
                        f"timings, channel multiple {costs.table.align if costs.table else '-'}), measured selection "
@@ -464,7 +468,7 @@ def _by_kind(full, prof: dict) -> dict[str, dict[str, tuple[float, float, float]
 def _print(rows: list[dict], args) -> None:
     keys = [(t, b) for t in args.threads for b in args.batches]
     head = f"{'model':<13}{'variant':<9}{'groups':>11}{'FLOPs':>7}{'params':>7}{'pred':>6}{'table':>6}"
-    head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + (f"{'kern':>6}" if args.kernels else "") + "  ok"
+    head += "".join(f"{f't{t} b{b}':>9}" for t, b in keys) + (f"{'kern':>6}{'work':>6}" if args.kernels else "") + "  ok"
     print(head)
     for r in rows:
         if r["variant"] == "full":
@@ -477,7 +481,7 @@ def _print(rows: list[dict], args) -> None:
         pred += f"{r['table']:>6.2f}" if r.get("table") is not None else f"{'':>6}"
         lat = "".join(f"{r['lat'][k]:>9.2f}" for k in keys)
         if args.kernels:
-            lat += f"{r['kern']:>6.2f}" if r.get("kern") is not None else f"{'':>6}"
+            lat += f"{r['kern']:>6.2f}{r['work']:>6.2f}" if r.get("kern") is not None else f"{'':>12}"
         print(f"{'':<13}{r['variant']:<9}{r['groups']:>5}/{r['of']:<5}{r['flops']:>7.2f}{r['params']:>7.2f}{pred}{lat}"
               f"  {ok}", flush=True)
         if args.show_min:
@@ -536,12 +540,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_latency: unknown model(s) {', '.join(unknown)} (known: {', '.join(MODELS)})", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print("# ONNX Runtime CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
+    from otoir.runtime import version as runtime_version
+
+    print(f"# ONNX Runtime {runtime_version()} CPU; FLOPs/params/latency as fractions of the full model; pred = the latency "
           "fraction the selection believed (lat columns: measured on the constructed deployment-form network, "
           f"interleaved with the full model, {args.latency_threads} thread(s), batch {args.latency_batch}); table = the latency table's prediction of it; latency columns t<threads> b<batch> (the models take turns in blocks of runs; the median over the turns of each model's time over the full model's in the same turn); ok = every latency ratio <= "
           "1.1 x FLOPs ratio and < 1 (<1: faster than full only); "
           + ("kern = the kept kernels' time / their full-model time scaled by the multiply-accumulates (other "
-             "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); " if args.kernels else "")
+             "kernels: output elements) each kept (ORT profile, 1 thread, batch 1); work = the latency ratio kernels whose "
+             "time followed their work would give (that scaled time over the full model's kernel time); "
+             if args.kernels else "")
           + f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows: list[dict] = []
     for n in names:

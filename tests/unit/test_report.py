@@ -52,12 +52,15 @@ def test_report_and_verify_static_batch4_two_inputs(tmp_path, pipeline):
                        "-o", str(tmp_path / "o.onnx"))
     assert code == 0, err
     assert "ORT CPU latency, batch 4" in err
-    assert "CPUExecutionProvider" in err and "intra-op threads" in err
+    import onnxruntime
+
+    assert f"ONNX Runtime {onnxruntime.__version__} CPUExecutionProvider" in err and "intra-op threads" in err
     data = json.loads(rep.read_text())
     assert data["verified"] is True and data["max_rel_diff"] <= 1e-4
     assert data["full"]["latency_batch"] == 4 and data["full"]["latency_ms"] > 0
     assert data["compressed"]["latency_ms"] > 0
     assert data["provider"] == "CPUExecutionProvider" and data["threads"] >= 1
+    assert data["runtime_version"] == onnxruntime.__version__
     if pipeline == PRUNE:
         assert data["compressed"]["params"] < data["full"]["params"]
 

@@ -138,7 +138,7 @@ def test_kernel_profile_counts_the_work_of_each_kernel_and_leaves_no_file(tmp_pa
 
 
 def test_kernel_efficiency_scales_each_full_kernel_by_the_work_kept():
-    from otoir.report import KernelTime, kernel_efficiency
+    from otoir.report import KernelTime, kernel_efficiency, work_scaled_us
 
     full = {"a": KernelTime("Conv", 100.0, 1000.0), "b": KernelTime("Conv", 50.0, 400.0),
             "c": KernelTime("Relu", 10.0, 100.0)}
@@ -146,6 +146,7 @@ def test_kernel_efficiency_scales_each_full_kernel_by_the_work_kept():
     sub = {"a": KernelTime("Conv", 50.0, 500.0), "b": KernelTime("Conv", 20.0, 100.0),
            "c": KernelTime("Relu", 10.0, 100.0)}
     assert kernel_efficiency(full, sub) == pytest.approx(80.0 / 72.5)
+    assert work_scaled_us(full, sub) == pytest.approx(72.5)
     # a kernel of a kind the full model has not got (a layout reorder) adds time and no expectation
     sub["ReorderInput_token_3"] = KernelTime("ReorderInput", 7.25, 10.0)
     assert kernel_efficiency(full, sub) == pytest.approx(87.25 / 72.5)
@@ -154,6 +155,7 @@ def test_kernel_efficiency_scales_each_full_kernel_by_the_work_kept():
     full = {**full, "ReorderInput_token_1": KernelTime("ReorderInput", 5.0, 30.0),
             "ReorderInput_token_2": KernelTime("ReorderInput", 3.0, 10.0)}
     assert kernel_efficiency(full, sub) == pytest.approx(87.25 / 74.5)
+    assert work_scaled_us(full, sub) == pytest.approx(74.5)
     # a kernel that vanished costs nothing either way; a model against itself is 1
     assert kernel_efficiency(full, {"a": full["a"]}) == pytest.approx(1.0)
     assert kernel_efficiency(full, full) == pytest.approx(1.0)
