@@ -9,9 +9,11 @@ redundancy scores for every column, by
 * ``r1``: the selection without rounding (:func:`~otoir.analyses.validity.select_redundant`,
   ``round-to=1``, the default before 2026-11-30), as many groups as bring the predicted FLOPs to
   ``--flops`` (0.5) of the full model's;
-* ``auto``: the same with the default, ``round-to=auto`` (kept channels of every pruned tensor of
-  at least 16 channels a multiple of 8, smaller tensors not rounded);
+* ``auto``: the same with the default, ``round-to=auto`` (every pruned tensor of at least 16
+  channels keeps 8 or a multiple of 16, smaller tensors not rounded);
 * ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
+* ``rt16``: the same with ``round-to=16``, a multiple of ORT's x86 channel blocks (16 with
+  AVX-512, 8 with AVX2), without the work units of ``runtime``;
 * ``runtime``: the same with ``round-to=runtime``: kept counts multiples of the runtime's
   channel block (16 with AVX-512, 8 with AVX2), a dense convolution's outputs above one work
   unit of its threads (4 blocks) whole units;
@@ -347,7 +349,7 @@ def bench(name: str, args) -> list[dict]:
                                                          flops_cost_model(model, groups))}
     by_variant = {"r1": groups, "lat": groups}
     # round-to=runtime: the runtime's channel block (16 with AVX-512) and whole work units
-    for v, n in (("auto", "auto"), ("rt8", 8), ("runtime", "runtime")):
+    for v, n in (("auto", "auto"), ("rt8", 8), ("rt16", 16), ("runtime", "runtime")):
         rounded = controlled_groups(groups, model, round_to=n)
         by_variant[v] = rounded = rounded.subset(g for g in rounded if g.prunable)
         variants[v] = _flops_count(rounded, scores, args.flops, flops_cost_model(model, rounded))

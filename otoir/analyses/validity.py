@@ -50,8 +50,8 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["AUTO", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport", "check_round_to",
-           "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label", "round_multiple",
+__all__ = ["AUTO", "AUTO_UNIT", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport",
+           "check_round_to", "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label", "round_multiple",
            "round_to_kept", "select_redundant", "tensor_channels"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
@@ -298,11 +298,12 @@ class GroupSet(tuple):
             N (or the full count); 1: no rounding. Channel groups only.
         channels: Channels of each tensor along its groups' axis (the first slice's tensor), for
             ``round_to``; counted from the groups when absent.
-        units: With ``round_to``: per tensor, the runtime's work unit of its channels — a kept
-            count above one unit must be a whole number of units (or the full count). ONNX
-            Runtime's blocked convolutions hand each thread output channels in sets of four
-            blocks, so a partial set takes a thread as long as a whole one
-            (:func:`otoir.analyses.latency.runtime_aligned`). None: no units.
+        units: With ``round_to``: per tensor, a unit of its channels — a kept count above one
+            unit must be a whole number of units (or the full count). ``round-to=runtime``: the
+            runtime's work unit (ONNX Runtime's blocked convolutions hand each thread output
+            channels in sets of four blocks, so a partial set takes a thread as long as a whole
+            one: :func:`otoir.analyses.latency.runtime_aligned`); ``round-to=auto``: 16, the
+            widest x86 channel block. None: no units.
         min_channels: With ``round_to``: tensors with fewer channels than this are not rounded
             (``round-to=auto``); 0: every tensor is.
     """
@@ -344,18 +345,19 @@ class GroupSet(tuple):
 
 #: ``round-to=runtime``: the runtime's channel multiple, and whole work units (:func:`controlled_groups`).
 RUNTIME = "runtime"
-#: ``round-to=auto``: multiples of :data:`AUTO_ROUND` for tensors of at least :data:`AUTO_MIN_CHANNELS`
-#: channels, smaller tensors not rounded (:func:`controlled_groups`).
+#: ``round-to=auto``: for tensors of at least :data:`AUTO_MIN_CHANNELS` channels, kept counts of
+#: :data:`AUTO_ROUND` or a multiple of :data:`AUTO_UNIT`; smaller tensors not rounded (:func:`controlled_groups`).
 AUTO = "auto"
 AUTO_ROUND = 8
+AUTO_UNIT = 16
 AUTO_MIN_CHANNELS = 16
 #: The default of ``round-to`` wherever the selection takes it (``train``, ``zero-groups``, ``otoir.compress``).
 ROUND_TO_DEFAULT = AUTO
 
 #: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
 ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
-                 f"groups; auto: {AUTO_ROUND} for tensors of at least {AUTO_MIN_CHANNELS} channels, smaller ones not "
-                 "rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
+                 f"groups; auto: {AUTO_ROUND} or a multiple of {AUTO_UNIT} for tensors of at least {AUTO_MIN_CHANNELS} "
+                 "channels, smaller ones not rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
                  "work units of its threads)")
 LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
 LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
@@ -628,7 +630,7 @@ def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
         n = 1 if C < min_channels else n_round
         z = z[(keep > 0) & (keep % n == 0) & ((keep <= u) | (keep % max(u, 1) == 0))]
         if z.size == 0:
-            unit = f", nor one of at most {u} or a multiple of {u} (the runtime's work unit)" if u > 1 else ""
+            unit = f", nor one of at most {u} or a multiple of {u}" if u > 1 else ""
             kept[t] = (f"round-to={n_round}: '{t}' keeps all {C} channels (no smaller multiple of {n_round} "
                        f"is reachable in groups of {c}{unit})")
             continue
@@ -754,10 +756,12 @@ def round_label(groups: Sequence[Group]) -> str:
 
 
 def round_multiple(groups: Sequence[Group]) -> str:
-    """What round-to asks of a kept count, for messages: ``a multiple of 8 (tensors of at least 16 channels)``."""
+    """What round-to asks of a kept count, for messages: ``8 or a multiple of 16 (tensors of at least 16 channels)``."""
     n = getattr(groups, "round_to", 1)
     least = getattr(groups, "min_channels", 0)
-    return f"a multiple of {n}" + (f" (tensors of at least {least} channels)" if least else "")
+    unit = max((getattr(groups, "units", None) or {}).values(), default=0) if least else 0
+    what = f"{n} or a multiple of {unit}" if unit > n else f"a multiple of {n}"
+    return what + (f" (tensors of at least {least} channels)" if least else "")
 
 
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
@@ -821,11 +825,15 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             than one work unit of the runtime keeps whole units (``units`` of the result:
             :func:`otoir.analyses.latency.work_units`), as latency-aware selection does; 8
             without ONNX Runtime or a model. ``"auto"`` (the default of ``train``,
-            ``zero-groups`` and :func:`otoir.compress`): multiples of 8 for tensors of at least
-            16 channels, smaller tensors not rounded (``min_channels`` of the result) — a fixed
-            rule, the same on every machine, that keeps blocked kernels (ONNX Runtime's 8- and
-            16-wide NCHWc blocks, its depthwise kernels, GPU tensor cores) on their fast paths
-            where a layer is wide enough for it to matter, without freezing small layers.
+            ``zero-groups`` and :func:`otoir.compress`): a tensor of at least 16 channels keeps
+            8 channels or a multiple of 16 (``round_to`` 8, ``units`` 16 and ``min_channels``
+            16 of the result), smaller tensors any count — a fixed rule, the same on every
+            machine, that keeps blocked kernels (ONNX Runtime's NCHWc blocks, 16 channels with
+            AVX-512 and 8 with AVX2, its depthwise kernels, GPU tensor cores) on their fast
+            paths where a layer is wide enough for it to matter, without freezing small layers.
+            Multiples of 8 alone left AVX-512's blocks half full: MobileNetV2 pruned to half its
+            FLOPs ran at 0.64 of the full time with them, 0.51 with multiples of 16
+            (``tools/bench_latency.py``, 2026-11-30).
 
     Raises:
         ValueError: ``max_layer_ratio`` outside (0, 1], ``round_to`` not a positive integer.
@@ -865,5 +873,7 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         from otoir.analyses.latency import work_units
 
         units = work_units(model, [g for g in out if "segment" not in g.meta], round_to, channels or {})
+    elif min_channels and getattr(groups, "checker", None) is None:  # auto: above 16 kept, multiples of 16
+        units = {t: AUTO_UNIT for t, c in (channels or {}).items() if c > AUTO_UNIT}
     return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels, units=units,
                     min_channels=min_channels)

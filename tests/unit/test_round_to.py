@@ -15,6 +15,7 @@ from otoir.analyses.validity import (
     controlled_groups,
     reachable_count,
     reachable_counts,
+    round_multiple,
     round_to_kept,
     select_redundant,
 )
@@ -111,8 +112,8 @@ def test_work_units_keep_whole_units_above_one_and_stay_exact(seed):
     tiny = GroupSet(_synthetic({"a": 7}), round_to=2, channels={"a": 7}, units={"a": 1})
     assert tiny.units is None  # a unit of one channel is no unit
     whole = GroupSet(_synthetic({"a": 6}), round_to=4, channels={"a": 6}, units={"a": 2})
-    assert "work unit" in round_to_kept(GroupSet(_synthetic({"a": 10}), round_to=4, channels={"a": 10},
-                                                 units={"a": 3}))["a"]  # 4 and 8: neither
+    why = round_to_kept(GroupSet(_synthetic({"a": 10}), round_to=4, channels={"a": 10}, units={"a": 3}))["a"]
+    assert "nor one of at most 3 or a multiple of 3" in why  # 4 and 8: neither
     assert round_to_kept(whole) == {}  # 4 kept: above the unit 2 and a multiple of it
 
 
@@ -446,20 +447,22 @@ def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
     assert len(errors) == 1 and "round-to=8" in errors[0]
 
 
-# -- round-to=auto, the default: multiples of 8 for tensors of at least 16 channels --------------
+# -- round-to=auto, the default: 8 or a multiple of 16 kept, tensors of at least 16 channels ------
 @pytest.mark.parametrize("seed", range(4))
 def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
-    """auto: a tensor of >= 16 channels keeps a multiple of 8 (or all), a smaller one any count;
-    exact and optimal against brute force over the allowed per-tensor counts."""
+    """auto: a tensor of >= 16 channels keeps 8 or a multiple of 16 (or all), a smaller one any
+    count; exact and optimal against brute force over the allowed per-tensor counts."""
     rng = np.random.default_rng(seed)
-    channels = {"small": int(rng.integers(3, 16)), "wide": int(rng.integers(16, 30)), "w2": 24}
+    channels = {"small": int(rng.integers(3, 16)), "wide": int(rng.integers(16, 30)), "w2": 24,
+                "w3": int(rng.integers(33, 70))}
     groups = controlled_groups(_synthetic(channels), round_to="auto")
     assert groups.round_to == 8 and groups.min_channels == 16
+    assert groups.units == {t: 16 for t, c in channels.items() if c > 16}
     scores = rng.normal(size=len(groups)).tolist()
 
     def allowed(t):
         c = channels[t]
-        return [0] + [z for z in range(1, c) if c < 16 or (c - z) % 8 == 0]
+        return [0] + [z for z in range(1, c) if c < 16 or c - z == 8 or (c - z) % 16 == 0]
 
     tensors = list(channels)
     best = _best_by_count(groups, scores, {t: allowed(t) for t in tensors})
@@ -470,6 +473,7 @@ def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
         for t in tensors:
             assert sum(1 for i in chosen if groups[i].slices[0].tensor == t) in allowed(t)
     assert groups.subset(list(groups)[:5]).min_channels == 16  # travels with subset()
+    assert round_multiple(groups) == "8 or a multiple of 16 (tensors of at least 16 channels)"
     assert "small" not in round_to_kept(groups)
 
 
@@ -485,9 +489,9 @@ def test_auto_is_the_default_and_round_to_1_turns_it_off():
     assert controlled_groups(_synthetic({"a": 32}), round_to=1).round_to == 1  # the analyses' own default
 
 
-def test_default_prunes_depthwise_networks_in_multiples_of_8():
+def test_default_prunes_depthwise_networks_in_whole_blocks():
     """MobileNetV2 (zoo, width 1.0): zero-groups with the default round-to; every tensor of at
-    least 16 channels that lost channels keeps a multiple of 8; smaller ones may keep any count;
+    least 16 channels that lost channels keeps 8 or a multiple of 16; smaller ones any count;
     the oracle holds (in _prune_with_round_to)."""
     from otoir.zoo import build
 
@@ -496,7 +500,8 @@ def test_default_prunes_depthwise_networks_in_multiples_of_8():
     assert zeroed and prunable.min_channels == 16
     wide = {t: lost for t, lost in ids["channels"].items() for _a, before, after in lost if before >= 16}
     assert wide
-    bad = {t: lost for t, lost in wide.items() for _a, before, after in lost if before >= 16 and after % 8}
+    bad = {t: lost for t, lost in wide.items() for _a, before, after in lost
+           if before >= 16 and after != 8 and after % 16}
     assert not bad, bad
 
 
