@@ -200,8 +200,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
         round_to: The kept channel count of every pruned tensor is a multiple of this, or the
             full count (whole groups: attention heads stay whole); chosen in the selection, with
             exactly ``⌊target·#groups⌋`` groups when such a set exists, else the nearest count that
-            does (``report.details["groups"]`` says so). 1: no rounding. ``"auto"`` (the default): 8
-            or a multiple of 16 kept, tensors of at least 16 channels, smaller ones not rounded
+            does (``report.details["groups"]`` says so). 1: no rounding. ``"auto"`` (the default):
+            multiples of 16 for tensors of at least 32 channels, of 8 for 16 to 31, smaller ones not rounded
             (:class:`otoir.train.config.TrainConfig`). ``"runtime"``: N is ONNX Runtime's channel
             block on this machine (16 with AVX-512, 8 with AVX2), and a dense convolution keeping
             more output channels than one work unit of the runtime's threads (4 blocks) keeps

@@ -83,7 +83,7 @@ def analyze(module: torch.nn.Module, example_inputs: Any, *, mode: str = "prune"
         ignore: Node or parameter name globs (``fnmatch``) whose groups are kept.
         max_layer_ratio: At most ``floor(F·n)`` of the ``n`` channel groups of one tensor are removed.
         round_to: Kept channel count of every pruned tensor a multiple of N, or all (``auto``, the
-            default: 8 or a multiple of 16 kept, tensors of at least 16 channels; ``1``: no rounding; ``runtime``; see
+            default: 16 for tensors of at least 32 channels, 8 for 16 to 31; ``1``: no rounding; ``runtime``; see
             :class:`otoir.train.config.TrainConfig`). K becomes the nearest reachable count when
             ``⌊target·#groups⌋`` is not (:attr:`Compression.target_count`).
 

@@ -44,8 +44,8 @@ class ZeroGroups(Pass):
     must be a number in [0, 1] and ``seed`` non-negative. With ``round-to=N`` (channel groups)
     the kept channel count of every tensor that loses channels is a multiple of N: ``random=F``
     then zeroes the nearest count that allows (a warning says so when it differs), and ``ids``
-    that break it are refused. The default, ``round-to=auto`` (as ``train``'s: 8 or a multiple of 16
-    kept for tensors of at least 16 channels), applies to ``random=`` and the targets, not to ``ids``,
+    that break it are refused. The default, ``round-to=auto`` (as ``train``'s: multiples of 16 for
+    tensors of at least 32 channels, of 8 for 16 to 31), applies to ``random=`` and the targets, not to ``ids``,
     which name exactly what to zero. ``target-latency=F`` zeroes groups ranked by importance (random
     scores, ``seed``) per unit of measured ONNX Runtime latency saved until the measured latency
     of the constructed deployment-form network, timed interleaved with the full model, is at

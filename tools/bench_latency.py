@@ -9,8 +9,8 @@ redundancy scores for every column, by
 * ``r1``: the selection without rounding (:func:`~otoir.analyses.validity.select_redundant`,
   ``round-to=1``, the default before 2026-11-30), as many groups as bring the predicted FLOPs to
   ``--flops`` (0.5) of the full model's;
-* ``auto``: the same with the default, ``round-to=auto`` (every pruned tensor of at least 16
-  channels keeps 8 or a multiple of 16, smaller tensors not rounded);
+* ``auto``: the same with the default, ``round-to=auto`` (multiples of 16 for tensors of at
+  least 32 channels, of 8 for 16 to 31, smaller tensors not rounded);
 * ``rt8``: the same with ``round-to=8`` (kept channels of every pruned tensor a multiple of 8);
 * ``rt16``: the same with ``round-to=16``, a multiple of ORT's x86 channel blocks (16 with
   AVX-512, 8 with AVX2), without the work units of ``runtime``;

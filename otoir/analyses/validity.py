@@ -50,7 +50,7 @@ from otoir.analyses.segments import INPUT, OUTPUT, SegmentGraph
 from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
-__all__ = ["AUTO", "AUTO_UNIT", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport",
+__all__ = ["AUTO", "AUTO_TIERS", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport",
            "check_round_to", "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label", "round_multiple",
            "round_to_kept", "select_redundant", "tensor_channels"]
 
@@ -302,10 +302,12 @@ class GroupSet(tuple):
             unit must be a whole number of units (or the full count). ``round-to=runtime``: the
             runtime's work unit (ONNX Runtime's blocked convolutions hand each thread output
             channels in sets of four blocks, so a partial set takes a thread as long as a whole
-            one: :func:`otoir.analyses.latency.runtime_aligned`); ``round-to=auto``: 16, the
-            widest x86 channel block. None: no units.
-        min_channels: With ``round_to``: tensors with fewer channels than this are not rounded
-            (``round-to=auto``); 0: every tensor is.
+            one: :func:`otoir.analyses.latency.runtime_aligned`). None: no units.
+        tiers: With ``round_to``: the multiple by tensor width, ``((min channels, multiple),
+            ...)`` ascending — a tensor of ``C`` channels rounds to the multiple of the last tier
+            it reaches, and not at all below the first (``round-to=auto``: :data:`AUTO_TIERS`);
+            None: every tensor rounds to ``round_to``.
+        min_channels: The first tier's width (0 without tiers): narrower tensors are not rounded.
     """
 
     checker: ValidityChecker | None
@@ -313,25 +315,29 @@ class GroupSet(tuple):
     round_to: int
     channels: dict[str, int] | None
     units: dict[str, int] | None
-    min_channels: int
+    tiers: tuple[tuple[int, int], ...] | None
 
     def __new__(cls, groups: Iterable[Group] = (), checker: ValidityChecker | None = None,
                 layer_caps: Mapping[str, int] | None = None, *, round_to: int = 1,
                 channels: Mapping[str, int] | None = None, units: Mapping[str, int] | None = None,
-                min_channels: int = 0) -> GroupSet:
+                tiers: Iterable[tuple[int, int]] | None = None) -> GroupSet:
         self = super().__new__(cls, groups)
         self.checker = checker
         self.layer_caps = dict(layer_caps) if layer_caps else None
         self.round_to = check_round_to(round_to)
         self.channels = dict(channels) if channels else None
         self.units = {t: int(u) for t, u in (units or {}).items() if int(u) > 1} or None
-        self.min_channels = max(0, int(min_channels))
+        self.tiers = tuple(sorted((int(c), int(m)) for c, m in tiers)) if tiers else None
         return self
+
+    @property
+    def min_channels(self) -> int:
+        return self.tiers[0][0] if self.tiers else 0
 
     def subset(self, groups: Iterable[Group]) -> GroupSet:
         """Other groups (e.g. the prunable ones) with the same checker and controls."""
         return GroupSet(groups, self.checker, self.layer_caps, round_to=self.round_to, channels=self.channels,
-                        units=self.units, min_channels=self.min_channels)
+                        units=self.units, tiers=self.tiers)
 
     def selector(self):
         """The H2SPG selector over these groups: ``(scores, k) -> indices`` (:func:`select_redundant`)."""
@@ -345,19 +351,17 @@ class GroupSet(tuple):
 
 #: ``round-to=runtime``: the runtime's channel multiple, and whole work units (:func:`controlled_groups`).
 RUNTIME = "runtime"
-#: ``round-to=auto``: for tensors of at least :data:`AUTO_MIN_CHANNELS` channels, kept counts of
-#: :data:`AUTO_ROUND` or a multiple of :data:`AUTO_UNIT`; smaller tensors not rounded (:func:`controlled_groups`).
+#: ``round-to=auto``: ``(min channels, multiple)`` by tensor width — multiples of 16 (the widest x86
+#: channel block) for tensors of at least 32 channels, of 8 for 16 to 31, smaller tensors not
+#: rounded (:func:`controlled_groups`).
 AUTO = "auto"
-AUTO_ROUND = 8
-AUTO_UNIT = 16
-AUTO_MIN_CHANNELS = 16
+AUTO_TIERS = ((16, 8), (32, 16))
 #: The default of ``round-to`` wherever the selection takes it (``train``, ``zero-groups``, ``otoir.compress``).
 ROUND_TO_DEFAULT = AUTO
 
 #: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
 ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
-                 f"groups; auto: {AUTO_ROUND} or a multiple of {AUTO_UNIT} for tensors of at least {AUTO_MIN_CHANNELS} "
-                 "channels, smaller ones not rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
+                 "groups; auto: 16 for tensors of at least 32 channels, 8 for 16 to 31, smaller ones not rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
                  "work units of its threads)")
 LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
 LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
@@ -592,14 +596,15 @@ class _Quota:
 
 def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
                 channels: Mapping[str, int] | None, sc: Sequence[float] | None = None,
-                units: Mapping[str, int] | None = None, min_channels: int = 0) -> tuple[list[_Quota], dict[str, str]]:
+                units: Mapping[str, int] | None = None,
+                tiers: Sequence[tuple[int, int]] | None = None) -> tuple[list[_Quota], dict[str, str]]:
     """The quotas of the prunable groups under round-to, and ``{tensor: why all its groups are kept}``.
 
     A tensor with ``C`` channels whose groups are ``c`` channels wide may zero ``z`` of its
     prunable groups when ``C - z*c`` is a positive multiple of ``n_round`` (or ``z = 0``), ``z`` at
     most its cap and fewer than all of its groups; with a work unit ``u`` for the tensor
-    (``units``), a kept count above ``u`` must also be a multiple of ``u``. A tensor with fewer
-    than ``min_channels`` channels is not rounded. Groups without slices are free (any count).
+    (``units``), a kept count above ``u`` must also be a multiple of ``u``. With ``tiers``
+    (:attr:`GroupSet.tiers`) the multiple depends on ``C``. Groups without slices are free (any count).
     """
     total = _groups_per_tensor(groups)
     by_t: dict[str, list[int]] = {}
@@ -627,12 +632,12 @@ def _round_plan(groups: Sequence[Group], caps: Mapping[str, int], n_round: int,
         z = np.arange(1, max(zmax, 0) + 1, dtype=np.int64)
         keep = C - z * c
         u = (units or {}).get(t, 0)
-        n = 1 if C < min_channels else n_round
+        n = _tier_multiple(C, tiers) if tiers else n_round
         z = z[(keep > 0) & (keep % n == 0) & ((keep <= u) | (keep % max(u, 1) == 0))]
         if z.size == 0:
             unit = f", nor one of at most {u} or a multiple of {u}" if u > 1 else ""
-            kept[t] = (f"round-to={n_round}: '{t}' keeps all {C} channels (no smaller multiple of {n_round} "
-                       f"is reachable in groups of {c}{unit})")
+            kept[t] = (f"round-to={n_round if not tiers else AUTO}: '{t}' keeps all {C} channels (no smaller "
+                       f"multiple of {n} is reachable in groups of {c}{unit})")
             continue
         quotas.append(_Quota(sorted(members, key=key), np.r_[0, z]))
     if free:
@@ -678,7 +683,7 @@ def _select_rounded(groups: Sequence[Group], sc: Sequence[float], K: int, caps: 
                     n_round: int, channels: Mapping[str, int] | None) -> list[int]:
     fs = _finite_scores(sc)
     quotas, _ = _round_plan(groups, caps, n_round, channels, fs.tolist(), getattr(groups, "units", None),
-                            getattr(groups, "min_channels", 0))
+                            getattr(groups, "tiers", None))
     K = min(K, sum(int(q.allowed[-1]) for q in quotas))
     best, choices = _count_programme(quotas, fs, K, keep_choices=True)
     k = int(np.flatnonzero(best > -np.inf).max())
@@ -704,7 +709,7 @@ def reachable_counts(groups: Sequence[Group], checker: ValidityChecker | None = 
     if n_round > 1 and c is None:
         quotas, _ = _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round,
                                 getattr(groups, "channels", None), units=getattr(groups, "units", None),
-                                min_channels=getattr(groups, "min_channels", 0))
+                                tiers=getattr(groups, "tiers", None))
         best, _ = _count_programme(quotas, None, sum(int(q.allowed[-1]) for q in quotas), keep_choices=False)
         r[:best.size] = best > -np.inf
     else:
@@ -745,7 +750,7 @@ def round_to_kept(groups: Sequence[Group]) -> dict[str, str]:
     if n_round <= 1 or getattr(groups, "checker", None) is not None:
         return {}
     return _round_plan(groups, getattr(groups, "layer_caps", None) or {}, n_round, getattr(groups, "channels", None),
-                       units=getattr(groups, "units", None), min_channels=getattr(groups, "min_channels", 0))[1]
+                       units=getattr(groups, "units", None), tiers=getattr(groups, "tiers", None))[1]
 
 
 def round_label(groups: Sequence[Group]) -> str:
@@ -756,12 +761,23 @@ def round_label(groups: Sequence[Group]) -> str:
 
 
 def round_multiple(groups: Sequence[Group]) -> str:
-    """What round-to asks of a kept count, for messages: ``8 or a multiple of 16 (tensors of at least 16 channels)``."""
-    n = getattr(groups, "round_to", 1)
-    least = getattr(groups, "min_channels", 0)
-    unit = max((getattr(groups, "units", None) or {}).values(), default=0) if least else 0
-    what = f"{n} or a multiple of {unit}" if unit > n else f"a multiple of {n}"
-    return what + (f" (tensors of at least {least} channels)" if least else "")
+    """What round-to asks of a kept count, for messages: ``a multiple of 8``, or with tiers
+    ``a multiple of 16 (tensors of at least 32 channels; 8 from 16)``."""
+    tiers = getattr(groups, "tiers", None)
+    if not tiers:
+        return f"a multiple of {getattr(groups, 'round_to', 1)}"
+    (c0, m0), *rest = sorted(tiers, key=lambda t: -t[0])
+    return f"a multiple of {m0} (tensors of at least {c0} channels" + "".join(
+        f"; {m} from {c}" for c, m in rest) + ")"
+
+
+def _tier_multiple(channels: int, tiers: Sequence[tuple[int, int]]) -> int:
+    """The multiple ``tiers`` give a tensor of ``channels`` channels (1 below the first tier)."""
+    n = 1
+    for least, multiple in tiers:
+        if channels >= least:
+            n = multiple
+    return n
 
 
 def _zig_valid(chosen: Sequence[Group], universe: Sequence[Group]) -> bool:
@@ -825,9 +841,9 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             than one work unit of the runtime keeps whole units (``units`` of the result:
             :func:`otoir.analyses.latency.work_units`), as latency-aware selection does; 8
             without ONNX Runtime or a model. ``"auto"`` (the default of ``train``,
-            ``zero-groups`` and :func:`otoir.compress`): a tensor of at least 16 channels keeps
-            8 channels or a multiple of 16 (``round_to`` 8, ``units`` 16 and ``min_channels``
-            16 of the result), smaller tensors any count — a fixed rule, the same on every
+            ``zero-groups`` and :func:`otoir.compress`): multiples of 16 for tensors of at
+            least 32 channels, of 8 for tensors of 16 to 31, smaller tensors not rounded
+            (``tiers`` of the result: :data:`AUTO_TIERS`) — a fixed rule, the same on every
             machine, that keeps blocked kernels (ONNX Runtime's NCHWc blocks, 16 channels with
             AVX-512 and 8 with AVX2, its depthwise kernels, GPU tensor cores) on their fast
             paths where a layer is wide enough for it to matter, without freezing small layers.
@@ -842,13 +858,13 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         raise ValueError(f"max-layer-ratio must be in (0, 1], got {max_layer_ratio!r}")
     round_to = check_round_to(round_to, runtime=True)
     runtime = round_to == RUNTIME
-    min_channels = 0
+    tiers = None
     if runtime:
         from otoir.analyses.latency import channel_multiple
 
         round_to = channel_multiple() if model is not None else 8
     elif round_to == AUTO:
-        round_to, min_channels = AUTO_ROUND, AUTO_MIN_CHANNELS
+        round_to, tiers = max(m for _c, m in AUTO_TIERS), AUTO_TIERS
     patterns = tuple(p for p in ignore if p)
     users: dict[str, tuple[str, ...]] = {}
     if patterns and model is not None:
@@ -873,7 +889,5 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
         from otoir.analyses.latency import work_units
 
         units = work_units(model, [g for g in out if "segment" not in g.meta], round_to, channels or {})
-    elif min_channels and getattr(groups, "checker", None) is None:  # auto: above 16 kept, multiples of 16
-        units = {t: AUTO_UNIT for t, c in (channels or {}).items() if c > AUTO_UNIT}
     return GroupSet(out, getattr(groups, "checker", None), caps, round_to=round_to, channels=channels, units=units,
-                    min_channels=min_channels)
+                    tiers=tiers)

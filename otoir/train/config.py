@@ -85,8 +85,8 @@ class TrainConfig:
         round_to: The kept channel count of every pruned tensor is a multiple of N, or the full
             count (whole groups: attention heads stay whole). Acts in the selection; K is still
             ⌊target·G⌋ when a valid set of that size exists, else the nearest count that does
-            (with a warning). 1: no rounding. ``"auto"`` (the default): a tensor of at least 16
-            channels keeps 8 or a multiple of 16, smaller tensors any count: a fixed rule (the same result on every
+            (with a warning). 1: no rounding. ``"auto"`` (the default): multiples of 16 for
+            tensors of at least 32 channels, of 8 for 16 to 31, smaller tensors any count: a fixed rule (the same result on every
             machine) that keeps kept counts on the blocked kernels' fast paths — with round-to=1
             a MobileNetV2 pruned to half its FLOPs ran 1.15x to 1.8x *slower* than the full network
             on ONNX Runtime CPU (its depthwise convolutions left the 16-wide NCHWc kernels). ``"runtime"``: N is ONNX Runtime's channel

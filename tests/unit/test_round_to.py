@@ -447,22 +447,22 @@ def test_train_pass_reports_the_rounded_count_and_the_kept_tensors():
     assert len(errors) == 1 and "round-to=8" in errors[0]
 
 
-# -- round-to=auto, the default: 8 or a multiple of 16 kept, tensors of at least 16 channels ------
+# -- round-to=auto, the default: multiples of 16 from 32 channels, of 8 from 16 ------------------
 @pytest.mark.parametrize("seed", range(4))
 def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
-    """auto: a tensor of >= 16 channels keeps 8 or a multiple of 16 (or all), a smaller one any
-    count; exact and optimal against brute force over the allowed per-tensor counts."""
+    """auto: a tensor of >= 32 channels keeps a multiple of 16 (or all), one of 16 to 31 a
+    multiple of 8, a smaller one any count; exact and optimal against brute force over the
+    allowed per-tensor counts."""
     rng = np.random.default_rng(seed)
     channels = {"small": int(rng.integers(3, 16)), "wide": int(rng.integers(16, 30)), "w2": 24,
                 "w3": int(rng.integers(33, 70))}
     groups = controlled_groups(_synthetic(channels), round_to="auto")
-    assert groups.round_to == 8 and groups.min_channels == 16
-    assert groups.units == {t: 16 for t, c in channels.items() if c > 16}
+    assert groups.round_to == 16 and groups.min_channels == 16 and groups.tiers == ((16, 8), (32, 16))
     scores = rng.normal(size=len(groups)).tolist()
 
     def allowed(t):
         c = channels[t]
-        return [0] + [z for z in range(1, c) if c < 16 or c - z == 8 or (c - z) % 16 == 0]
+        return [0] + [z for z in range(1, c) if c < 16 or (c - z) % (8 if c < 32 else 16) == 0]
 
     tensors = list(channels)
     best = _best_by_count(groups, scores, {t: allowed(t) for t in tensors})
@@ -473,7 +473,7 @@ def test_auto_rounds_wide_tensors_and_leaves_small_ones_free(seed):
         for t in tensors:
             assert sum(1 for i in chosen if groups[i].slices[0].tensor == t) in allowed(t)
     assert groups.subset(list(groups)[:5]).min_channels == 16  # travels with subset()
-    assert round_multiple(groups) == "8 or a multiple of 16 (tensors of at least 16 channels)"
+    assert round_multiple(groups) == "a multiple of 16 (tensors of at least 32 channels; 8 from 16)"
     assert "small" not in round_to_kept(groups)
 
 
@@ -491,7 +491,8 @@ def test_auto_is_the_default_and_round_to_1_turns_it_off():
 
 def test_default_prunes_depthwise_networks_in_whole_blocks():
     """MobileNetV2 (zoo, width 1.0): zero-groups with the default round-to; every tensor of at
-    least 16 channels that lost channels keeps 8 or a multiple of 16; smaller ones any count;
+    least 32 channels that lost channels keeps a multiple of 16, of 16 to 31 a multiple of 8;
+    smaller ones any count;
     the oracle holds (in _prune_with_round_to)."""
     from otoir.zoo import build
 
@@ -501,7 +502,7 @@ def test_default_prunes_depthwise_networks_in_whole_blocks():
     wide = {t: lost for t, lost in ids["channels"].items() for _a, before, after in lost if before >= 16}
     assert wide
     bad = {t: lost for t, lost in wide.items() for _a, before, after in lost
-           if before >= 16 and after != 8 and after % 16}
+           if after % (8 if before < 32 else 16)}
     assert not bad, bad
 
 
@@ -553,7 +554,7 @@ def test_own_loop_analyze_rounds_as_the_pipeline_does():
 
     module, x = build("resnet_basic", width=12)
     job = otoir.analyze(module, x, mode="prune", target_sparsity=0.45)
-    assert job.groups.round_to == 8 and job.groups.min_channels == 16 and job.pipeline.round_to == "auto"
+    assert job.groups.round_to == 16 and job.groups.min_channels == 16 and job.pipeline.round_to == "auto"
     assert job.target_count == check_valid_target(job.groups, 0.45)
     plain = otoir.analyze(module, x, mode="prune", target_sparsity=0.45, round_to=1)
     assert plain.groups.round_to == 1 and plain.target_count == int(0.45 * len(plain.groups))
