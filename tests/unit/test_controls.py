@@ -222,3 +222,78 @@ def test_dhspg_zeroes_only_removable_channel_groups():
     res = PassManager.from_text("to-inference,prune-channels").run(model)
     stats = res.statistics[-1][1]
     assert stats["num-groups-removed"] == k and stats["num-last-kept"] == 0
+
+
+# -- values that carry part of several tensors' groups (channel shuffle, split) ----------------
+class _ShuffleNet(torch.nn.Module):
+    """ShuffleNetV2's units in small: a stride-2 unit (two branches, concatenated, shuffled), then
+    stride-1 units that split the shuffled channels in halves (``Slice``): each half carries half
+    of each branch's groups, so no tensor the selection counts groups by covers it."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, c, 3, padding=1)
+        self.b1 = torch.nn.Sequential(torch.nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c),
+                                      torch.nn.Conv2d(c, c, 1), torch.nn.ReLU())
+        self.b2 = torch.nn.Sequential(torch.nn.Conv2d(c, c, 1), torch.nn.ReLU(),
+                                      torch.nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c),
+                                      torch.nn.Conv2d(c, c, 1), torch.nn.ReLU())
+        self.units = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Conv2d(c, c, 1), torch.nn.ReLU(),
+                                                             torch.nn.Conv2d(c, c, 3, padding=1, groups=c),
+                                                             torch.nn.Conv2d(c, c, 1), torch.nn.ReLU())
+                                         for _ in range(2))
+        self.head = torch.nn.Conv2d(2 * c, 4, 1)
+
+    @staticmethod
+    def shuffle(x):
+        n, ch, h, w = x.shape
+        return x.view(n, 2, ch // 2, h, w).transpose(1, 2).reshape(n, ch, h, w)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.shuffle(torch.cat([self.b1(x), self.b2(x)], 1))
+        for u in self.units:
+            a, b = x.chunk(2, dim=1)
+            x = self.shuffle(torch.cat([a, u(b)], 1))
+        return self.head(x).mean((2, 3))
+
+
+@pytest.mark.parametrize("round_to", [1, "auto"])
+def test_channel_shuffle_halves_keep_a_channel_without_prune_channels_keeping_one_back(round_to):
+    """Random selections at every count: prune-channels never has to keep a group back (the
+    analysis kept one group per shuffled half), so the count zeroed is the count asked, round-to
+    holds, and the oracle holds."""
+    import numpy as np
+
+    from otoir.api import clone_model
+    from otoir.frontends.torch_export import export_torch
+    from otoir.infra.analysis import AnalysisManager
+    from otoir.optim.from_groups import groups_for
+    from otoir.report import random_inputs
+    from otoir.runtime import output_agreement
+
+    torch.manual_seed(0)
+    model = export_torch(_ShuffleNet().eval(), torch.randn(1, 3, 16, 16))
+    cg = ChannelGroups(model, AnalysisManager(model))
+    kept = [g for g in cg.groups if not g.prunable and "keeps a channel" in g.reason]
+    assert kept and all("carries only part of the groups" in g.reason for g in kept)
+    groups = groups_for(model, "zig", round_to=round_to)
+    assert not {g.id for g in kept} & {g.id for g in groups}
+    rng = np.random.default_rng(0)
+    for k in (len(groups) // 4, len(groups) // 2, 3 * len(groups) // 4, len(groups)):
+        chosen = select_redundant(groups, rng.random(len(groups)).tolist(), k)
+        zeroed = clone_model(model)
+        for i in chosen:
+            zero_group(zeroed, groups[i])
+        PassManager.from_text("to-inference").run(zeroed)
+        sub = clone_model(zeroed)
+        res = PassManager.from_text("prune-channels").run(sub)
+        stats = res.statistics[-1][1]
+        assert stats["num-last-kept"] == 0, [d.message for d in res.diagnostics]
+        assert stats["num-groups-removed"] == len(chosen)
+        if round_to == "auto":  # on the tensors the selection counts groups by (the shuffle couples
+            # channels of other tensors in pairs across branches, so their counts follow those)
+            for t, axis in {(g.slices[0].tensor, g.slices[0].axis) for g in groups}:
+                for a, before, after in res.results["prune-channels-ids"]["channels"].get(t, ()):
+                    assert a != axis or before < 16 or after % (8 if before < 32 else 16) == 0, (t, before, after)
+        assert output_agreement(zeroed, sub, random_inputs(zeroed, rows=2)) <= 1e-4

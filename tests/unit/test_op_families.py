@@ -129,11 +129,13 @@ FAMILIES: dict[str, Family] = {
                         ("w2", (4, 3, 1, 1))], IMAGE, [("y", ("N", 4, 8, 8))]),
         {"a": "stem", "b": "stem", "c": "joint", "r": "accessory", "s1": "passthrough-shape", "o1": "stem", "o2": "stem",
          "y": "joint"}, 5, frozenset({"wa", "wb", "w1", "w2"})),
-    "slice": Family(  # channels 1..4 of 6 go on; 0 and 5 are dead and prunable on their own
+    "slice": Family(  # channels 1..4 of 6 go on; 0 and 5 are dead and prunable on their own; channel 1
+        # is kept so that 's' keeps one whatever the selection takes (it carries part of w1's groups)
         lambda: _model([N("Conv", ["x", "w1"], ["c"]), N("Slice", ["c", "st", "en", "ax"], ["s"]), N("Conv", ["s", "w2"], ["y"])],
                        [("w1", (6, 3, 1, 1)), ("st", _i64(1)), ("en", _i64(5)), ("ax", _i64(1)), ("w2", (4, 4, 1, 1))],
                        IMAGE, [("y", ("N", 4, 8, 8))]),
-        {"c": "stem", "s": "passthrough-shape", "y": "stem"}, 6, frozenset({"w1", "w2"})),
+        {"c": "stem", "s": "passthrough-shape", "y": "stem"}, 5, frozenset({"w1", "w2"}),
+        barrier="kept so that 's' keeps a channel"),
     "reduce": Family(
         lambda: _model([N("Conv", ["x", "w1"], ["c"]), N("ReduceMean", ["c"], ["r"], axes=[2, 3], keepdims=0),
                         N("Gemm", ["r", "fc"], ["y"], transB=1)],

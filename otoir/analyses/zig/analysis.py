@@ -13,6 +13,7 @@ inconsistently shared weight are not prunable, with the reason.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -377,6 +378,7 @@ class ChannelGroups(Analysis):
         store = _SliceStore(keys, s_key, off_sorted, pos_sorted)
         poison, inexact = self._poison, self._inexact
         tensor_names = [pu.tensor for pu in uses]
+        kept_for = self._mixed_covers(g_lab, g_first, g_mid, s_key, keys, gorder)
         lab_l, first_l, mid_l, end_l = g_lab.tolist(), g_first.tolist(), g_mid.tolist(), g_end.tolist()
         fu_l, fp_l = g_first_u.tolist(), g_first_p.tolist()
         par_l, flop_l, size_l = g_params.tolist(), g_flops.tolist(), g_size.tolist()
@@ -392,6 +394,8 @@ class ChannelGroups(Analysis):
             exact = label not in inexact
             if prunable and not exact:
                 reason = inexact[label]
+            if prunable and gi in kept_for:
+                prunable, reason = False, kept_for[gi]
             g = new(_LazyGroup)
             g.__dict__.update(
                 id=f"zig:{tensor_names[fu_l[gi]]}:{fp_l[gi]}", kind="zig", num_params=par_l[gi],
@@ -400,6 +404,59 @@ class ChannelGroups(Analysis):
                 _lazy=(store, first_l[gi], mid_l[gi], end_l[gi]))
             groups.append(g)
         return tuple(groups)
+
+    def _mixed_covers(self, g_lab: np.ndarray, g_first: np.ndarray, g_mid: np.ndarray, s_key: np.ndarray,
+                      keys: list[tuple[str, int]], gorder: np.ndarray) -> dict[int, str]:
+        """``{group index: reason}`` of the groups kept so that no tracked value loses every channel.
+
+        The selection keeps at least one group of every tensor that groups are counted by (their
+        first slice's), so a value keeps a channel whenever its channels include all groups of
+        one such tensor. A value whose channels come from parts of several tensors' groups (the
+        halves of a channel shuffle: ShuffleNet's ``Slice`` after ``Transpose``) is not covered
+        by that count: one of its groups, the first in group order, is kept (made non-prunable)
+        so that it keeps a channel whatever is chosen. Without this, ``prune-channels`` had to
+        keep a group back after the selection, off the target count and off round-to.
+        """
+        n_groups = g_lab.size
+        has = g_mid > g_first
+        prunable = has & ~np.isin(g_lab, np.fromiter(self._poison, dtype=np.int64, count=len(self._poison)))
+        t_index: dict[str, int] = {}
+        key_t = np.fromiter((t_index.setdefault(t, len(t_index)) for t, _a in keys), dtype=np.int64, count=len(keys))
+        first_t = np.where(has, key_t[s_key[np.minimum(g_first, s_key.size - 1)]], -1)
+        per_t = np.bincount(first_t[prunable], minlength=len(t_index))
+        names = list(t_index)
+        lab_to_g = np.full(int(self.labels.max()) + 1 if self.labels.size else 1, -1, dtype=np.int64)
+        lab_to_g[g_lab] = np.arange(n_groups)
+        rank = np.empty(n_groups, dtype=np.int64)
+        rank[gorder] = np.arange(n_groups)
+        kept: dict[int, str] = {}
+        seen: set[bytes] = set()
+        seen_ids: set[int] = set()
+        seen_atoms: set[bytes] = set()
+        for v, t in self.state.tracks.items():
+            if id(t.ids) in seen_ids:  # values an element-wise op passes through share their atoms
+                continue
+            seen_ids.add(id(t.ids))
+            atoms = hashlib.blake2b(t.ids.tobytes(), digest_size=16).digest()  # the same atoms in another array
+            if atoms in seen_atoms:
+                continue
+            seen_atoms.add(atoms)
+            gi = lab_to_g[np.unique(self.labels[t.ids])]
+            if gi.size == 0 or (gi < 0).any() or not prunable[gi].all():
+                continue  # a channel no selection can zero: the value keeps it
+            sig = gi.tobytes()
+            if sig in seen:
+                continue
+            seen.add(sig)
+            tens, counts = np.unique(first_t[gi], return_counts=True)
+            if (counts == per_t[tens]).any():
+                continue  # all of one tensor's groups: that tensor keeps one
+            j = int(gi[np.argmin(rank[gi])])
+            of = ", ".join(f"'{names[i]}'" for i in tens[:3].tolist()) + (", ..." if tens.size > 3 else "")
+            kept[j] = f"kept so that '{v.name}' keeps a channel (it carries only part of the groups of {of})"
+            prunable[j] = False
+            per_t[first_t[j]] -= 1
+        return kept
 
     # -- reporting ------------------------------------------------------------------------------
     def prunable_groups(self, *, exact_only: bool = False) -> list[Group]:
