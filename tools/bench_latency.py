@@ -40,7 +40,8 @@ after one untimed run each
 run only), 20 runs each, 60 at batch 1; a ratio is the median over the turns of the model's
 time over the full model's in the same turn. ONNX Runtime CPU, 1 and 2 intra-op threads,
 batch 1 and 16. No training is needed: latency does not depend on the values. ``--kernels``
-adds ``kern`` (is each kept kernel as efficient as in the full model?) and ``--by-kind`` each
+adds ``kern`` (is each kept kernel as efficient as in the full model?) and ``work`` (the latency
+ratio kernels whose time followed their work exactly would give), and ``--by-kind`` each
 kind of kernel's share of the full model's time and the time and work every model kept of it
 (ORT's per-node profile, 1 thread, batch 1).
 

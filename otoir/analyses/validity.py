@@ -51,8 +51,8 @@ from otoir.analyses.vertices import VertexClasses
 from otoir.ops.rules import DropInput, lookup_rule
 
 __all__ = ["AUTO", "AUTO_TIERS", "ROUND_TO_DEFAULT", "RUNTIME", "GroupSet", "ValidityChecker", "ValidityReport",
-           "check_round_to", "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label", "round_multiple",
-           "round_to_kept", "select_redundant", "tensor_channels"]
+           "check_round_to", "controlled_groups", "is_valid", "reachable_count", "reachable_counts", "round_label",
+           "round_multiple", "round_to_kept", "select_redundant", "tensor_channels"]
 
 _LIVE, _ZERO, _BROKEN = 0, 1, 2
 
@@ -361,8 +361,9 @@ ROUND_TO_DEFAULT = AUTO
 
 #: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
 ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
-                 "groups; auto: 16 for tensors of at least 32 channels, 8 for 16 to 31, smaller ones not rounded; runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole "
-                 "work units of its threads)")
+                 "groups; auto: 16 for tensors of at least 32 channels, 8 for 16 to 31, smaller ones not rounded; "
+                 "runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole work units "
+                 "of its threads)")
 LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
 LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
 
@@ -848,8 +849,8 @@ def controlled_groups(groups: Sequence[Group], model=None, *, ignore: Sequence[s
             AVX-512 and 8 with AVX2, its depthwise kernels, GPU tensor cores) on their fast
             paths where a layer is wide enough for it to matter, without freezing small layers.
             Multiples of 8 alone left AVX-512's blocks half full: MobileNetV2 pruned to half its
-            FLOPs ran at 0.64 of the full time with them, 0.51 with multiples of 16
-            (``tools/bench_latency.py``, 2026-11-30).
+            FLOPs ran at 0.62 of the full time with them, 0.54 with ``auto`` and 0.50 with
+            multiples of 16 everywhere (``tools/bench_latency.py``, 1 thread, batch 1, 2026-11-30).
 
     Raises:
         ValueError: ``max_layer_ratio`` outside (0, 1], ``round_to`` not a positive integer.
