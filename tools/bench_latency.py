@@ -349,7 +349,7 @@ def bench(name: str, args) -> list[dict]:
     variants: dict[str, list[int]] = {"r1": _flops_count(groups, scores, args.flops,
                                                          flops_cost_model(model, groups))}
     by_variant = {"r1": groups, "lat": groups}
-    # round-to=runtime: the runtime's channel block (16 with AVX-512) and whole work units
+    # runtime: the runtime's channel block (16 with AVX-512) and whole work units
     for v, n in (("auto", "auto"), ("rt8", 8), ("rt16", 16), ("runtime", "runtime")):
         rounded = controlled_groups(groups, model, round_to=n)
         by_variant[v] = rounded = rounded.subset(g for g in rounded if g.prunable)

@@ -356,14 +356,19 @@ RUNTIME = "runtime"
 #: rounded (:func:`controlled_groups`).
 AUTO = "auto"
 AUTO_TIERS = ((16, 8), (32, 16))
+def _tiers_text(tiers: Sequence[tuple[int, int]]) -> str:
+    """``a multiple of 16 (tensors of at least 32 channels; 8 from 16)`` (widest tier first)."""
+    (c0, m0), *rest = sorted(tiers, key=lambda t: -t[0])
+    return f"a multiple of {m0} (tensors of at least {c0} channels" + "".join(f"; {m} from {c}" for c, m in rest) + ")"
+
+
 #: The default of ``round-to`` wherever the selection takes it (``train``, ``zero-groups``, ``otoir.compress``).
 ROUND_TO_DEFAULT = AUTO
 
 #: Option help of the selection controls that ``train`` (``TrainConfig``) and ``zero-groups`` share.
 ROUND_TO_HELP = ("kept channels of every pruned tensor a multiple of N, or all of them (1: no rounding; channel "
-                 "groups; auto: 16 for tensors of at least 32 channels, 8 for 16 to 31, smaller ones not rounded; "
-                 "runtime: ONNX Runtime's channel block here, and a dense convolution's outputs in whole work units "
-                 "of its threads)")
+                 f"groups; auto: {_tiers_text(AUTO_TIERS)}, smaller ones not rounded; runtime: ONNX Runtime's "
+                 "channel block here, and a dense convolution's outputs in whole work units of its threads)")
 LATENCY_THREADS_HELP = "ONNX Runtime intra-op threads target-latency is measured with (the deployment's)"
 LATENCY_BATCH_HELP = "batch size target-latency is measured at (a fixed batch in the model wins)"
 
@@ -765,11 +770,7 @@ def round_multiple(groups: Sequence[Group]) -> str:
     """What round-to asks of a kept count, for messages: ``a multiple of 8``, or with tiers
     ``a multiple of 16 (tensors of at least 32 channels; 8 from 16)``."""
     tiers = getattr(groups, "tiers", None)
-    if not tiers:
-        return f"a multiple of {getattr(groups, 'round_to', 1)}"
-    (c0, m0), *rest = sorted(tiers, key=lambda t: -t[0])
-    return f"a multiple of {m0} (tensors of at least {c0} channels" + "".join(
-        f"; {m} from {c}" for c, m in rest) + ")"
+    return _tiers_text(tiers) if tiers else f"a multiple of {getattr(groups, 'round_to', 1)}"
 
 
 def _tier_multiple(channels: int, tiers: Sequence[tuple[int, int]]) -> int:

@@ -378,7 +378,10 @@ class ChannelGroups(Analysis):
         store = _SliceStore(keys, s_key, off_sorted, pos_sorted)
         poison, inexact = self._poison, self._inexact
         tensor_names = [pu.tensor for pu in uses]
-        kept_for = self._mixed_covers(g_lab, g_first, g_mid, s_key, keys, gorder)
+        # prunable: parameter entries to slice and not poisoned (a value's channels may still keep one)
+        g_prunable = (g_mid > g_first) & ~np.isin(g_lab, np.fromiter(poison, dtype=np.int64, count=len(poison)))
+        kept_for = self._mixed_covers(g_lab, g_first, g_prunable.copy(), s_key, keys, gorder)
+        prunable_l = g_prunable.tolist()
         lab_l, first_l, mid_l, end_l = g_lab.tolist(), g_first.tolist(), g_mid.tolist(), g_end.tolist()
         fu_l, fp_l = g_first_u.tolist(), g_first_p.tolist()
         par_l, flop_l, size_l = g_params.tolist(), g_flops.tolist(), g_size.tolist()
@@ -388,7 +391,7 @@ class ChannelGroups(Analysis):
             label = lab_l[gi]
             has_slices = mid_l[gi] > first_l[gi]
             reason = poison.get(label, "")
-            prunable = not reason and has_slices
+            prunable = prunable_l[gi]
             if not has_slices and not reason:
                 reason = "no trainable parameter entries"
             exact = label not in inexact
@@ -405,7 +408,7 @@ class ChannelGroups(Analysis):
             groups.append(g)
         return tuple(groups)
 
-    def _mixed_covers(self, g_lab: np.ndarray, g_first: np.ndarray, g_mid: np.ndarray, s_key: np.ndarray,
+    def _mixed_covers(self, g_lab: np.ndarray, g_first: np.ndarray, prunable: np.ndarray, s_key: np.ndarray,
                       keys: list[tuple[str, int]], gorder: np.ndarray) -> dict[int, str]:
         """``{group index: reason}`` of the groups kept so that no tracked value loses every channel.
 
@@ -416,13 +419,14 @@ class ChannelGroups(Analysis):
         by that count: one of its groups, the first in group order, is kept (made non-prunable)
         so that it keeps a channel whatever is chosen. Without this, ``prune-channels`` had to
         keep a group back after the selection, off the target count and off round-to.
+
+        ``prunable`` (per group, updated here) says which groups the selection may take; a
+        prunable group's first segment is its first slice.
         """
         n_groups = g_lab.size
-        has = g_mid > g_first
-        prunable = has & ~np.isin(g_lab, np.fromiter(self._poison, dtype=np.int64, count=len(self._poison)))
         t_index: dict[str, int] = {}
         key_t = np.fromiter((t_index.setdefault(t, len(t_index)) for t, _a in keys), dtype=np.int64, count=len(keys))
-        first_t = np.where(has, key_t[s_key[np.minimum(g_first, s_key.size - 1)]], -1)
+        first_t = key_t[s_key[g_first]]
         per_t = np.bincount(first_t[prunable], minlength=len(t_index))
         names = list(t_index)
         lab_to_g = np.full(int(self.labels.max()) + 1 if self.labels.size else 1, -1, dtype=np.int64)
@@ -431,23 +435,14 @@ class ChannelGroups(Analysis):
         rank[gorder] = np.arange(n_groups)
         kept: dict[int, str] = {}
         seen: set[bytes] = set()
-        seen_ids: set[int] = set()
-        seen_atoms: set[bytes] = set()
         for v, t in self.state.tracks.items():
-            if id(t.ids) in seen_ids:  # values an element-wise op passes through share their atoms
+            atoms = hashlib.blake2b(t.ids.tobytes(), digest_size=16).digest()
+            if atoms in seen:  # the same atoms as a value already seen (an element-wise op's output)
                 continue
-            seen_ids.add(id(t.ids))
-            atoms = hashlib.blake2b(t.ids.tobytes(), digest_size=16).digest()  # the same atoms in another array
-            if atoms in seen_atoms:
-                continue
-            seen_atoms.add(atoms)
+            seen.add(atoms)
             gi = lab_to_g[np.unique(self.labels[t.ids])]
             if gi.size == 0 or (gi < 0).any() or not prunable[gi].all():
                 continue  # a channel no selection can zero: the value keeps it
-            sig = gi.tobytes()
-            if sig in seen:
-                continue
-            seen.add(sig)
             tens, counts = np.unique(first_t[gi], return_counts=True)
             if (counts == per_t[tens]).any():
                 continue  # all of one tensor's groups: that tensor keeps one
