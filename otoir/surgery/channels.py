@@ -205,6 +205,10 @@ def prune_channel_groups(model: ir.Model, cg: ChannelGroups, labels: Iterable[in
             node.attributes[attr] = ir.AttrInt64(attr, new_g)
             rewritten += 1
             continue
+        if node in st.row_norms and node.inputs[0] in masks:
+            _slice_row_norm(model, node, keep(st.row_norms[node]))
+            rewritten += 1
+            continue
         if op == "reshape-target" and (node.outputs[0] in masks or node.inputs[0] in masks):
             out = node.outputs[0]
             allowzero = bool(node.attributes.get("allowzero").value) if node.attributes.get("allowzero") else False
@@ -362,6 +366,25 @@ def _constant(graph: ir.Graph, node: ir.Node, name: str, array: np.ndarray, *, a
     out.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
     out.shape = ir.Shape(array.shape)
     return out
+
+
+def _slice_row_norm(model: ir.Model, node: ir.Node, kept: np.ndarray) -> None:
+    """Keeps the per-row scale and bias of an InstanceNormalization over whole groups' rows
+    (``kept``: the kept mask of its ``[G, L]`` row atoms)."""
+    rows = np.all(kept, axis=1)
+    if not np.array_equal(rows, np.any(kept, axis=1)):
+        raise PruneError(f"part of a norm group removed in InstanceNormalization '{node.name}'")
+    for i in (1, 2):
+        v = node.inputs[i]
+        arr = _const_array(v)
+        if arr is None or arr.shape != rows.shape:
+            raise PruneError(f"InstanceNormalization '{node.name}' input {i} is not a constant of one entry per row")
+        new = np.compress(rows, arr)
+        if v.is_initializer() and len(v.uses()) == 1 and not v.is_graph_output():
+            set_tensor_array(model, v.name, new)
+        else:
+            node.replace_input_with(i, new_initializer(model.graph, f"{node.name or node.op_type}__{('scale', 'bias')[i - 1]}",
+                                                       new))
 
 
 def _single_user(v: ir.Value) -> tuple[ir.Node, int] | None:

@@ -99,3 +99,42 @@ def test_compress_returns_the_compressed_module():
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in res.module.parameters())
     text = repr(res)
     assert "trained FULL ResNet" in text and "compressed ResNet" in text
+
+
+def test_compress_slices_groupnorm_in_whole_norm_groups():
+    import numpy as np
+
+    import otoir
+    from otoir.data import Dataset
+    from otoir.runtime import max_rel_diff, run_model
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.gn = torch.nn.GroupNorm(4, 16)
+            self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+            self.gn2 = torch.nn.GroupNorm(8, 16)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.gn2(self.c2(torch.relu(self.gn(self.c1(x))))))
+            return self.fc(y.mean(dim=(2, 3)))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
+    torch.manual_seed(0)
+    res = otoir.compress(Net(), ds, mode="prune", target_sparsity=0.5, epochs=2, batch=16, progress=False,
+                         latency_runs=0, example_inputs=torch.from_numpy(x[:2]))
+    small = res.compressed_module
+    assert small is not None, res.compressed_module_error
+    assert small.gn.num_groups < 4 or small.gn2.num_groups < 8  # whole norm groups were removed
+    for gn in (small.gn, small.gn2):
+        assert gn.num_channels == gn.weight.shape[0] and gn.num_channels % gn.num_groups == 0
+    assert small.gn.num_channels // small.gn.num_groups == 4 and small.gn2.num_channels // small.gn2.num_groups == 2
+    with torch.no_grad():
+        got = small.eval()(torch.from_numpy(x[64:])).numpy()
+    want = run_model(res.model, {res.model.graph.inputs[0].name: x[64:]})
+    assert max_rel_diff(want, [got]) <= 1e-4

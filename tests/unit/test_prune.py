@@ -229,15 +229,100 @@ def test_oracle_other_norms(norm):
     c1 = [g for g in cg.groups if g.prunable and any(s.tensor == "c1.weight" for s in g.slices)]
     if norm == "group":
         # torch exports GroupNorm (opset 17) as Reshape -> InstanceNormalization -> Reshape ->
-        # Mul -> Add: not followed yet, so c1's channels are kept, with the reason
-        assert not c1
-        assert any(not g.prunable and "InstanceNormalization" in g.reason for g in cg.groups)
-        return
-    assert len(c1) == 8
+        # Mul -> Add: one group per norm group (4 of 2 channels), exact
+        assert len(c1) == 4
+        assert all(next(s for s in g.slices if s.tensor == "c1.weight").indices == (2 * k, 2 * k + 1)
+                   and g.meta["exact"] for k, g in enumerate(c1))
+    else:
+        assert len(c1) == 8
     diff, before, after, n = oracle(model, fraction=0.5, seed=1)
     assert n > 0
     assert diff <= 1e-5
     assert after < before
+
+
+
+class _GroupNormResNet(torch.nn.Module):
+    """Residual blocks normalised by GroupNorm(4, C) (the residual stream crosses several norms),
+    a bottleneck whose inner GroupNorm has other groups, and a GroupNorm(1) (inexact) head."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        gn = torch.nn.GroupNorm
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, c, 3, padding=1), gn(4, c), torch.nn.ReLU())
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Conv2d(c, 2 * c, 1), gn(8, 2 * c), torch.nn.ReLU(),
+                                torch.nn.Conv2d(2 * c, c, 3, padding=1), gn(4, c)) for _ in range(2))
+        self.head = torch.nn.Sequential(torch.nn.Conv2d(c, 8, 1), gn(1, 8), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 5)
+        with torch.no_grad():  # non-trivial affine parameters
+            for m in self.modules():
+                if isinstance(m, gn):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = torch.relu(x + b(x))
+        return self.fc(self.head(x).mean(dim=(2, 3)))
+
+
+def test_groupnorm_groups_are_whole_norm_groups_and_exact():
+    torch.manual_seed(0)
+    model = export_torch(_GroupNormResNet(), (torch.randn(2, 3, 8, 8),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    stem = [g for g in cg.groups if g.prunable and any(s.tensor == "stem.0.weight" for s in g.slices)]
+    inner = [g for g in cg.groups if g.prunable and any(s.tensor == "blocks.0.0.weight" for s in g.slices)]
+    # the residual stream: 4 norm groups of 4 channels, each shared by the three GroupNorm(4, 16)
+    assert sorted(next(s for s in g.slices if s.tensor == "stem.0.weight").indices for g in stem) == \
+        [tuple(range(4 * k, 4 * k + 4)) for k in range(4)]
+    assert all(g.meta["exact"] and {"stem.1.weight", "blocks.0.4.bias", "blocks.1.4.weight"} <=
+               {s.tensor for s in g.slices} for g in stem)
+    assert len(inner) == 8 and all(g.meta["exact"] for g in inner)  # GroupNorm(8, 32): 8 groups of 4
+    head = [g for g in cg.groups if g.prunable and any(s.tensor == "head.0.weight" for s in g.slices)]
+    assert head and not any(g.meta["exact"] for g in head)  # GroupNorm(1) stays inexact
+    for seed in range(3):
+        m = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        diff, before, after, n = oracle(m, fraction=0.5, seed=seed)
+        assert n > 0 and after < before
+        assert diff <= 1e-5
+        # each rewritten GroupNorm keeps one InstanceNormalization row per norm group left
+        fewer = 0
+        for node in m.graph:
+            if node.op_type == "InstanceNormalization":
+                sc = node.inputs[1]
+                rows = (sc.const_value if sc.const_value is not None else sc.producer().attributes["value"].value).shape[0]
+                conv = node.inputs[0].producer().inputs[0].producer()
+                assert conv.op_type == "Conv"
+                per = 8 if conv.inputs[1].name == "head.0.weight" else 4
+                assert conv.inputs[1].const_value.shape[0] == rows * per
+                fewer += rows < (8 if per == 4 and conv.inputs[1].name.startswith("blocks") and
+                                 conv.inputs[1].name.endswith(".0.weight") else 4 if per == 4 else 1)
+        assert fewer > 0
+
+
+def test_groupnorm_with_a_broadcast_scale_is_a_barrier_naming_the_node():
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"]), n("Reshape", ["c1", "g_shape"], ["r"]),
+             n("InstanceNormalization", ["r", "one", "zero"], ["nrm"], name="gn_in"),
+             n("Shape", ["c1"], ["shp"]), n("Reshape", ["nrm", "shp"], ["back"]), n("Conv", ["back", "w2"], ["y"])]
+    rng = np.random.default_rng(0)
+    inits = [helper.make_tensor(k, TensorProto.FLOAT if a.dtype == np.float32 else TensorProto.INT64, a.shape,
+                                a.ravel().tolist())
+             for k, a in {"w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                          "w2": rng.standard_normal((2, 8, 1, 1)).astype(np.float32),
+                          "g_shape": np.array([0, 4, -1], np.int64), "one": np.ones(1, np.float32),
+                          "zero": np.zeros(4, np.float32)}.items()]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], inits)
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    cg = AnalysisManager(model).get(ChannelGroups)
+    c1 = [g for g in cg.groups if any(s.tensor == "w1" for s in g.slices)]
+    assert c1 and not any(g.prunable for g in c1)
+    assert any("InstanceNormalization 'gn_in'" in g.reason and "broadcast scale" in g.reason for g in c1)
 
 
 # -- selective scan (Mamba-like) and grouped-query attention, written here in torch -----------

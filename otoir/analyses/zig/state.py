@@ -83,6 +83,9 @@ class ChannelState:
         inexact: ``(ids, reason)``: groups containing these atoms are not exactly zero-invariant.
         stems: ``(node, ids)`` of fresh atoms, in order (names groups).
         conv_groups: Conv node -> (G, out-ids) for grouped convolutions.
+        row_norms: InstanceNormalization node -> per-row atom ids ``[G, L]`` where it
+            normalises rows that are whole groups (GroupNorm as torch exports it): construction
+            slices its per-row scale and bias with the kept rows.
         channel_reductions: Node -> ``(ids, kind)``: a reduction (``kind`` ``"sum"`` or
             ``"mean"``, the rule's ``channel_reduction``) or an RMS normalisation (``"rms-norm"``)
             over the channel atoms ``ids``; construction compensates a mean for the removed
@@ -101,6 +104,7 @@ class ChannelState:
     inexact: list = field(default_factory=list)
     stems: list = field(default_factory=list)
     conv_groups: dict = field(default_factory=dict)
+    row_norms: dict = field(default_factory=dict)
     channel_reductions: dict = field(default_factory=dict)
 
     # -- atoms ----------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 BatchNormalization, InstanceNormalization and PRelu carry one parameter entry per channel of
 axis 1 (the rule's :class:`~otoir.ops.rules.ParamSpec` entries); GroupNormalization ties each
-norm group of channels together (variant ``group-norm``); LayerNormalization normalises the
+norm group of channels together (variant ``group-norm``), and so does an InstanceNormalization
+over rows that are norm groups (torch's GroupNorm export); LayerNormalization normalises the
 trailing axes (variant ``layer-norm``).
 """
 
@@ -138,6 +139,39 @@ def group_norm(st: ChannelState, node: ir.Node) -> None:
     st.set(y, Track(t.axes, t.ids, np.ones(ids.shape, bool)))
 
 
+def _row_norm(st: ChannelState, node: ir.Node, t: Track) -> None:
+    """InstanceNormalization over rows of channel atoms: GroupNorm(G > 1) as torch exports it.
+
+    ``Reshape (N, C, ...) -> (N, G, C/G*...)`` puts norm group g's channels on row g (axis 1),
+    the statistics are per row, and a ``Reshape`` back and the affine ``Mul``/``Add`` follow.
+    Each row's atoms become one group, so a removed group takes whole rows with it and the
+    other rows' statistics do not change: exact (whole norm groups, as ``GroupNormalization``).
+    The per-row ``scale`` and ``bias`` (constants of size G) are sliced at construction
+    (``st.row_norms``). A zeroed row normalises to ``bias[g]``: zero where that is a constant 0
+    that is not trained (torch's export), else the following affine ``Mul`` by the zeroed gamma
+    zeroes it.
+    """
+    y = node.outputs[0]
+    ids = t.ids  # [G, L]: every row a norm group
+    per_row = []
+    for i in (1, 2):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        a = st.shapes.const(v)
+        if a is None or a.shape != (ids.shape[0],):
+            barrier(st, node, f"InstanceNormalization '{node.name}' (GroupNorm as torch exports it) has a computed "
+                              f"or broadcast {('scale', 'bias')[i - 1]}")
+            return
+        per_row.append(a)
+    for row in ids:
+        st.merge(np.unique(row))
+    st.row_norms[node] = ids
+    zero = np.zeros(ids.shape, bool)
+    bias = node.inputs[2]
+    if not (bias.is_initializer() and bias.name in st.trainable):  # a trained bias may leave 0
+        zero[np.all(t.zero, axis=1) & (per_row[1] == 0)] = True
+    st.set(y, Track(t.axes, ids, zero))
+
+
 def per_channel(st: ChannelState, node: ir.Node) -> None:
     """One entry of each parameter (axis 0) per channel of axis 1 (a scalar parameter is shared).
 
@@ -150,6 +184,9 @@ def per_channel(st: ChannelState, node: ir.Node) -> None:
     op = node.op_type
     rule = st.vc.info[node].rule
     if t is None or xs is None:
+        return
+    if op == "InstanceNormalization" and len(xs) == 3 and t.axes == (1, 2):
+        _row_norm(st, node, t)
         return
     if op == "InstanceNormalization" and len(xs) == 3 and t.axes == (2,):
         # torch's GroupNorm export: Reshape (N, C, ...) -> (N, G, C/G*...), InstanceNormalization,
