@@ -462,7 +462,7 @@ def _float32(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
         x = x.astype(np.float32)
-    return np.ascontiguousarray(x)
+    return np.asarray(x, order="C")  # (ascontiguousarray would make a 0-d input 1-d)
 
 
 def evaluate(model: ir.Model | Any, inputs: np.ndarray | Sequence[np.ndarray], labels: np.ndarray,

@@ -230,7 +230,7 @@ def fold_static_values(model: ir.Model, consts: dict[str, np.ndarray] | None = N
             vals.append(a)
         else:
             for o, a in zip(outs, vals, strict=True):
-                init = new_initializer(graph, f"{o.name or 'folded'}.folded", np.ascontiguousarray(a))
+                init = new_initializer(graph, f"{o.name or 'folded'}.folded", np.asarray(a, order="C"))  # keeps a 0-d value 0-d
                 o.replace_all_uses_with(init)
             n += 1
     return n

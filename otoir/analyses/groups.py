@@ -93,7 +93,7 @@ def set_tensor_array(model: ir.Model, name: str, array: np.ndarray) -> None:
     import onnx_ir as ir
 
     v = model.graph.initializers[name]
-    v.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+    v.const_value = ir.tensor(np.asarray(array, order="C"), name=name)  # (ascontiguousarray makes 0-d 1-d)
     v.shape = ir.Shape(array.shape)
 
 

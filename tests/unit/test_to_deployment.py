@@ -112,6 +112,35 @@ def test_shape_chains_fold_only_where_static():
         assert output_agreement(ref, dep, feeds) <= TOL
 
 
+
+def test_a_folded_scalar_stays_a_scalar():
+    # torchvision's MultiheadAttention export: seq * batch from Gathers of a Shape (scalars),
+    # Unsqueezed and concatenated into a Reshape target. seq is static and folds; it must fold
+    # to a 0-d initializer (a 1-d one made Mul rank 1 and the Concat inputs of mixed rank).
+    text = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N,5,8] x) => (float[M,8] y)
+<int64 i0 = {0}, int64 i1 = {1}, int64 i2 = {2}, int64[1] ax = {0}>
+{
+  t = Transpose <perm = [1, 0, 2]> (x)
+  s = Shape (t)
+  seq = Gather <axis = 0> (s, i0)
+  batch = Gather <axis = 0> (s, i1)
+  d = Gather <axis = 0> (s, i2)
+  n = Mul (seq, batch)
+  a = Unsqueeze (n, ax)
+  b = Unsqueeze (d, ax)
+  tgt = Concat <axis = 0> (a, b)
+  y = Reshape (t, tgt)
+}"""
+    model = ir.from_onnx_text(text)
+    dep = _deploy(model)
+    folded = [v for v in dep.graph.initializers.values() if v.name.endswith(".folded")]
+    seq = [v for v in folded if v.name.startswith("seq")]
+    assert seq and seq[0].const_value.numpy().shape == ()
+    for batch in (1, 3):
+        assert output_agreement(model, dep, random_feeds(model, seed=batch, batch=batch)) <= TOL
+
+
 def test_shared_weight_not_changed_under_another_user():
     text = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[N,2,4,4] x) => (float[N,3,4,4] y, float[N,3,4,4] z)
