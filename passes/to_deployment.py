@@ -18,7 +18,9 @@ The pass starts with ``to-inference`` (run here when the model is still in train
    input dimensions are: the folding is repeated with the symbolic dimensions bound to another
    size, and a value that changes (it depends on the batch) stays computed.
 4. ``cse``, ``remove-unused-nodes`` (dead nodes and initializers), ``topological-sort``.
-5. **The check.** ``onnx.checker`` (full check) and an ONNX Runtime session run once on random
+5. A warning for each random op left (``RandomNormalLike``...: a sampling layer; dropout and
+   drop-path masks are gone with ``to-inference``): the deployment form's outputs are random.
+6. **The check.** ``onnx.checker`` (full check) and an ONNX Runtime session run once on random
    inputs (:func:`otoir.infra.loadcheck.find_problem`); a failure fails the pass.
 
 Outputs are unchanged up to floating-point rounding of the folded weights.
@@ -259,7 +261,7 @@ class ToDeployment(Pass):
         from otoir.errors import LoadCheckError
         from otoir.infra.loadcheck import find_problem
         from otoir.passes.ir_common import _eliminate_identities
-        from otoir.train.inference import InferenceFormError, is_inference_form, to_inference
+        from otoir.train.inference import InferenceFormError, is_inference_form, random_ops, to_inference
 
         before = sum(1 for _ in model.graph.all_nodes())
         changed = False
@@ -285,6 +287,9 @@ class ToDeployment(Pass):
         ctx.stat("identities-removed", ids)
         ctx.stat("values-folded", values)
         ctx.stat("nodes-removed", before - after)
+        for node in random_ops(model):
+            ctx.warning(f"{node.op_type} '{node.name}' draws random values: the deployment form's outputs are random "
+                        "(not a dropout or drop-path mask, which to-inference removes)", node)
         if self.check:
             problem: LoadCheckError | None = find_problem(model, subject="the deployment form")
             if problem is not None:

@@ -9,15 +9,26 @@ deployed network has, without touching any parameter value:
   the running statistics held in its ``input_mean`` / ``input_var`` initializers.
 * ``Dropout`` becomes ``Identity`` (the ratio and training-mode inputs are dropped; ``Constant``
   nodes that only fed them are removed).
+* Stochastic depth / drop path (torchvision's ``StochasticDepth``, timm's and Hugging Face's
+  ``drop_path``), which a training-mode export writes as ops, not as ``Dropout``: ``x`` times a
+  per-sample Bernoulli(q) mask scaled by 1/q (``Mul(x, Div(Cast(Less(RandomUniformLike, q)), q))``,
+  ``Mul(Div(x, q), Floor(Add(RandomUniformLike, q)))`` and the operand orders of these) is ``x`` at
+  inference, as in the modules' eval mode; the mask's sub-graph is removed.
+  :func:`random_ops` lists the random ops that are left.
 
 The compressed sub-networks otoir writes are inference models.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
-__all__ = ["InferenceFormError", "to_inference", "is_inference_form"]
+__all__ = ["InferenceFormError", "to_inference", "is_inference_form", "drop_path_input", "random_ops"]
+
+#: Ops whose outputs are random draws.
+RANDOM_OPS = frozenset({"RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
+                        "Multinomial"})
 
 
 class InferenceFormError(ValueError):
@@ -28,12 +39,93 @@ def _is_default_domain(node: ir.Node) -> bool:
     return node.domain in ("", "ai.onnx")
 
 
+def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
+    p = v.producer() if v is not None else None
+    return p if p is not None and p.op_type == op and _is_default_domain(p) else None
+
+
+def _scalar(v: ir.Value | None) -> float | None:
+    """The value of a one-element constant (initializer or ``Constant`` node), or None."""
+    if v is None:
+        return None
+    a = v.const_value
+    if a is None:
+        p = _producer(v, "Constant")
+        attr = p.attributes.get("value") if p is not None else None
+        a = attr.value if attr is not None else None
+    if a is None:
+        return None
+    arr = np.asarray(a.numpy())
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+
+def _uniform01(v: ir.Value | None) -> bool:
+    """Whether ``v`` is a draw of U[0, 1) (RandomUniform/RandomUniformLike with the default bounds)."""
+    p = v.producer() if v is not None else None
+    if p is None or p.op_type not in ("RandomUniform", "RandomUniformLike") or not _is_default_domain(p):
+        return False
+    return p.attributes.get_float("low", 0.0) == 0.0 and p.attributes.get_float("high", 1.0) == 1.0
+
+
+def _bernoulli(v: ir.Value | None) -> float | None:
+    """q when ``v`` is a Bernoulli(q) mask as torch exports it (``Cast(Less(U, q))``: ``bernoulli_``,
+    or ``Floor(Add(U, q))``: the older ``drop_path``), else None."""
+    cast = _producer(v, "Cast")
+    if cast is not None:
+        less = _producer(cast.inputs[0], "Less")
+        if less is not None and _uniform01(less.inputs[0]):
+            return _scalar(less.inputs[1])
+        return None
+    floor = _producer(v, "Floor")
+    add = _producer(floor.inputs[0], "Add") if floor is not None else None
+    if add is not None:
+        for i in (0, 1):
+            if _uniform01(add.inputs[i]):
+                return _scalar(add.inputs[1 - i])
+    return None
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and bool(np.isclose(a, b, rtol=1e-6, atol=0.0))
+
+
+def drop_path_input(node: ir.Node) -> ir.Value | None:
+    """The value a stochastic-depth / drop-path ``Mul`` passes on unchanged at inference, or None.
+
+    Recognised: ``x * (B / q)`` and ``(x / q) * B`` with ``B`` a Bernoulli(q) mask (see
+    :func:`_bernoulli`), in either operand order, and ``x * B`` when q is 0 (torchvision does not
+    divide by a survival rate of 0). Anything else is not a drop path.
+    """
+    if node.op_type != "Mul" or not _is_default_domain(node) or len(node.inputs) != 2:
+        return None
+    for i in (0, 1):
+        x, m = node.inputs[i], node.inputs[1 - i]
+        div = _producer(m, "Div")
+        if div is not None and _same(_bernoulli(div.inputs[0]), _scalar(div.inputs[1])):
+            return x
+        q = _bernoulli(m)
+        if q is None:
+            continue
+        xdiv = _producer(x, "Div")
+        if xdiv is not None and _same(q, _scalar(xdiv.inputs[1])):
+            return xdiv.inputs[0]
+        if q == 0.0:
+            return x
+    return None
+
+
+def random_ops(model: ir.Model) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph whose outputs are random draws (``RANDOM_OPS``)."""
+    return [n for n in model.graph if n.op_type in RANDOM_OPS and _is_default_domain(n)]
+
+
 def is_inference_form(model: ir.Model) -> bool:
-    """Whether ``model``'s main graph has no training-mode BatchNormalization and no Dropout."""
+    """Whether ``model``'s main graph has no training-mode BatchNormalization, no Dropout and no
+    drop path (:func:`drop_path_input`)."""
     for node in model.graph:
         if not _is_default_domain(node):
             continue
-        if node.op_type == "Dropout":
+        if node.op_type == "Dropout" or (node.op_type == "Mul" and drop_path_input(node) is not None):
             return False
         if node.op_type == "BatchNormalization":
             attr = node.attributes.get("training_mode")
@@ -50,6 +142,36 @@ def _drop_dead_constants(graph: ir.Graph, values: list[ir.Value | None]) -> None
         if prod is not None and prod.op_type == "Constant" and _is_default_domain(prod) and prod.graph is graph:
             if all(not o.uses() and not o.is_graph_output() for o in prod.outputs):
                 graph.remove(prod, safe=True)
+
+
+def _remove_dead_upstream(graph: ir.Graph, values: list[ir.Value | None]) -> None:
+    """Removes the nodes of ``graph`` that computed ``values`` and nothing else still used."""
+    work = [v for v in values if v is not None]
+    while work:
+        v = work.pop()
+        prod = v.producer()
+        if prod is None or prod.graph is not graph:
+            continue
+        if any(o.uses() or o.is_graph_output() for o in prod.outputs):
+            continue
+        inputs = list(prod.inputs)
+        graph.remove(prod, safe=True)
+        work.extend(i for i in inputs if i is not None)
+
+
+def _to_identity(graph: ir.Graph, node: ir.Node, x: ir.Value) -> None:
+    """Replaces ``node`` (one output) by ``Identity(x)`` keeping the output's name, type and shape."""
+    y_old = node.outputs[0]
+    name = y_old.name
+    ident = ir.node("Identity", inputs=[x], name=node.name)
+    y_new = ident.outputs[0]
+    y_new.shape, y_new.type = y_old.shape, y_old.type
+    graph.insert_before(node, ident)
+    y_old.replace_all_uses_with(y_new, replace_graph_outputs=True)
+    old_inputs = list(node.inputs)
+    graph.remove(node, safe=True)
+    y_new.name = name
+    _remove_dead_upstream(graph, old_inputs)
 
 
 def to_inference(model: ir.Model, *, copy: bool = True) -> ir.Model:
@@ -72,7 +194,7 @@ def to_inference(model: ir.Model, *, copy: bool = True) -> ir.Model:
     out = model.clone() if copy else model
     graph = out.graph
     for node in list(graph):
-        if not _is_default_domain(node):
+        if not _is_default_domain(node) or node.graph is not graph:  # (removed as a drop path's mask)
             continue
         if node.op_type == "BatchNormalization":
             for extra in node.outputs[1:]:
@@ -101,4 +223,8 @@ def to_inference(model: ir.Model, *, copy: bool = True) -> ir.Model:
             graph.remove(node, safe=True)
             y_new.name = name
             _drop_dead_constants(graph, old_inputs[1:])
+        elif node.op_type == "Mul":
+            x = drop_path_input(node)
+            if x is not None:
+                _to_identity(graph, node, x)
     return out

@@ -96,3 +96,79 @@ def test_used_running_stat_output_is_an_error():
     model = ir.from_onnx_text(text)
     with pytest.raises(InferenceFormError, match="running-statistics output"):
         to_inference(model)
+
+
+# -- stochastic depth / drop path: written as ops by a training-mode export ----------------------
+def _sd_torchvision(x, p: float, training: bool):
+    """torchvision's ``stochastic_depth(mode="row")``: a Bernoulli(1-p) mask per sample / (1-p)."""
+    if not training or p == 0.0:
+        return x
+    keep = 1.0 - p
+    noise = torch.empty([x.shape[0]] + [1] * (x.ndim - 1), dtype=x.dtype).bernoulli_(keep)
+    if keep > 0.0:
+        noise.div_(keep)
+    return x * noise
+
+
+def _dp_floor(x, p: float, training: bool):
+    """The older timm / Hugging Face ``drop_path``: ``x.div(keep) * floor(keep + U)``."""
+    if not training or p == 0.0:
+        return x
+    keep = 1 - p
+    r = keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype)
+    r.floor_()
+    return x.div(keep) * r
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, drop) -> None:
+        super().__init__()
+        self.drop = drop
+        self.c1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = x + self.drop(torch.relu(self.c1(x)), 0.3, self.training)
+        x = x + self.drop(self.c2(x), 0.5, self.training)  # two in a row, operand orders differ
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("drop", [_sd_torchvision, _dp_floor])
+def test_stochastic_depth_is_identity_at_inference(drop):
+    from otoir.train.inference import random_ops
+
+    torch.manual_seed(0)
+    m = _Residual(drop)
+    x = torch.randn(2, 4, 6, 6)
+    model = export_torch(m, x)
+    assert len(random_ops(model)) == 2 and not is_inference_form(model)
+    inf = to_inference(model)
+    assert random_ops(inf) == [] and is_inference_form(inf)
+    assert not any(n.op_type in ("Less", "Floor", "ConstantOfShape") for n in inf.graph)  # the masks are gone
+    with torch.no_grad():
+        want = m.eval()(x).numpy()
+    got = run_ort(inf, {inf.graph.inputs[0].name: x.numpy()})[0]
+    assert np.allclose(got, want, atol=1e-5)
+    # deterministic: two sessions agree exactly
+    assert np.array_equal(got, run_ort(inf, {inf.graph.inputs[0].name: x.numpy()})[0])
+
+
+def test_other_random_ops_stay_and_the_deployment_form_warns():
+    from otoir.infra.pass_manager import PassManager
+    from otoir.train.inference import random_ops
+
+    text = """<ir_version: 10, opset_import: ["" : 17]>
+g (float[N,4] mu) => (float[N,4] z)
+<float[4] sigma = {1, 2, 3, 4}>
+{
+  eps = RandomNormalLike (mu)
+  s = Mul (eps, sigma)
+  z = Add (mu, s)
+}"""
+    model = ir.from_onnx_text(text)
+    inf = to_inference(model)
+    assert [n.op_type for n in random_ops(inf)] == ["RandomNormalLike"]  # a VAE's sample is not a drop path
+    res = PassManager.from_text("to-deployment").run(inf)
+    assert any(d.severity.name.lower() == "warning" and "RandomNormalLike" in d.message and "random" in d.message
+               for d in res.diagnostics)
