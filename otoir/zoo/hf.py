@@ -192,6 +192,53 @@ HF_MODELS: dict[str, HFEntry] = {
     "mobilenet_v2": HFEntry(_image("MobileNetV2ForImageClassification", lambda t: t.MobileNetV2Config(
         image_size=32, depth_multiplier=0.25, num_labels=5, tf_padding=True, initializer_range=0.3)),
         "vision, TF 'same' padding (Pad)", "none"),
+    "opt": HFEntry(_text("OPTForCausalLM", lambda t: t.OPTConfig(
+        vocab_size=_VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32), cache=True),
+        "decoder, pre-LN, ReLU, learned positions with an offset", "pre"),
+    "gpt_neox": HFEntry(_text("GPTNeoXForCausalLM", lambda t: t.GPTNeoXConfig(**_LM), cache=True),
+                        "decoder, parallel attention + MLP, fused interleaved qkv, partial rotary", "pre"),
+    "falcon": HFEntry(_text("FalconForCausalLM", lambda t: t.FalconConfig(
+        vocab_size=_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
+        num_kv_heads=2), cache=True), "decoder, parallel blocks, grouped fused qkv", "pre"),
+    "bloom": HFEntry(_text("BloomForCausalLM", lambda t: t.BloomConfig(
+        vocab_size=_VOCAB, hidden_size=32, n_layer=2, n_head=4), cache=True),
+        "decoder, ALiBi, fused qkv, embedding LayerNorm", "pre"),
+    "gptj": HFEntry(_text("GPTJForCausalLM", lambda t: t.GPTJConfig(
+        vocab_size=_VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64), cache=True),
+        "decoder, parallel attention + MLP, interleaved partial rotary", "pre"),
+    "phi": HFEntry(_text("PhiForCausalLM", lambda t: t.PhiConfig(**{**_LM, "partial_rotary_factor": 0.5}), cache=True),
+                   "decoder, parallel attention + MLP, partial rotary", "pre"),
+    "gemma2": HFEntry(_text("Gemma2ForCausalLM", lambda t: t.Gemma2Config(
+        **{**_LM, "head_dim": 8, "num_key_value_heads": 2}), cache=True),
+        "decoder, RMSNorm (1 + w), sandwich norms, logit soft-capping", "rms"),
+    "qwen3": HFEntry(_text("Qwen3ForCausalLM", lambda t: t.Qwen3Config(
+        **{**_LM, "num_key_value_heads": 2, "head_dim": 8}), cache=True), "decoder, per-head q/k RMSNorm", "rms"),
+    "electra": HFEntry(_text("ElectraForSequenceClassification", lambda t: t.ElectraConfig(
+        vocab_size=_VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=32, initializer_range=0.2)),
+        "encoder, post-LN, embedding projection", "post"),
+    "deberta_v2": HFEntry(_text("DebertaV2ForSequenceClassification", lambda t: t.DebertaV2Config(
+        vocab_size=_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32, initializer_range=0.2)), "encoder, disentangled relative attention", "post"),
+    "deit": HFEntry(_image("DeiTForImageClassification", lambda t: t.DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=5)), "vision, class and distillation tokens", "pre"),
+    "beit": HFEntry(_image("BeitForImageClassification", lambda t: t.BeitConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=5, use_relative_position_bias=True)),
+        "vision, relative position bias, layer scale, mean pooling", "pre"),
+    "dinov2": HFEntry(_image("Dinov2Model", lambda t: t.Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2)),
+        "vision, layer scale, interpolated position embeddings", "pre"),
+    "convnextv2": HFEntry(_image("ConvNextV2ForImageClassification", lambda t: t.ConvNextV2Config(
+        num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)),
+        "vision, global response normalisation (GRN)", "conv"),
+    "resnet": HFEntry(_image("ResNetForImageClassification", lambda t: t.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5)), "vision, bottleneck ResNet", "none"),
+    "regnet": HFEntry(_image("RegNetForImageClassification", lambda t: t.RegNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=5)),
+        "vision, grouped convolutions, squeeze-and-excitation", "none"),
     "whisper_encoder": HFEntry(_whisper, "audio encoder, pre-LN, conv stem", "pre"),
     "wav2vec2": HFEntry(_wav2vec2, "audio, conv feature extractor, stable-LN encoder", "pre"),
 }
