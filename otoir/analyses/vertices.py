@@ -86,7 +86,7 @@ class VertexClasses(Analysis):
             elif vi.kind is VertexKind.CONSTANT:
                 produces_data = False
             else:
-                produces_data = any(is_data(v) for v in node.inputs)
+                produces_data = any(is_data(v) for i, v in enumerate(node.inputs) if i not in r.type_only_inputs)
             if produces_data:
                 data.update(v for v in node.outputs)
         for name, v in graph.initializers.items():
@@ -142,7 +142,8 @@ class VertexClasses(Analysis):
 
     @staticmethod
     def _classify(node: ir.Node, r: OpRule | None, is_data) -> VertexInfo:
-        data_in = [v for v in node.inputs if is_data(v)]
+        skip = r.type_only_inputs if r is not None else ()
+        data_in = [v for i, v in enumerate(node.inputs) if is_data(v) and i not in skip]
         if r is None:
             if not data_in:
                 return VertexInfo(VertexKind.CONSTANT, "computes from constants only (op has no rule)", None)

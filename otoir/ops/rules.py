@@ -313,6 +313,9 @@ class OpRule:
         classify: Node-dependent classification, overrides ``kind``.
         params: Parameter inputs (by position) and which axes follow channels.
         data_inputs: Input positions that may carry data (None: every non-parameter input).
+        type_only_inputs: Input positions whose values the op never reads, only their element
+            type (``CastLike``'s target, as the dynamo exporter writes ``CastLike(gamma, x)``):
+            a data value there makes neither the output data nor the node a barrier.
         channel_map: How channels propagate through the op (see :class:`ChannelMap` for what
             each value needs the rule to declare).
         channel_variant: Which handler of ``channel_map`` applies, where one value covers
@@ -358,6 +361,7 @@ class OpRule:
     classify: Classifier | None = None
     params: tuple[ParamSpec, ...] = ()
     data_inputs: tuple[int, ...] | None = None
+    type_only_inputs: tuple[int, ...] = ()
     channel_map: ChannelMap = ChannelMap.BARRIER
     channel_variant: str = ""
     channel_axis: int | None = 1

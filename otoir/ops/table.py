@@ -38,7 +38,7 @@ _CHANNEL_WALK: dict[str, W] = {
 }
 #: ``OpRule.const_flow``: how constant entries are followed back through the op.
 _CONST_FLOW: dict[str, F] = {
-    "Cast": F.SAME, "Identity": F.SAME,
+    "Cast": F.SAME, "CastLike": F.SAME, "Identity": F.SAME,
     **dict.fromkeys(("Neg", "Exp", "Log", "Abs", "Sqrt", "Reciprocal", "Sigmoid", "Tanh", "Softplus", "Relu", "Sin",
                      "Cos", "Erf", "Floor", "Ceil", "Round", "Sign", "Softsign", "Elu", "Selu", "LeakyRelu",
                      "HardSigmoid", "Gelu"), F.UNARY),
@@ -332,8 +332,8 @@ _add(OpRule("Identity", kind=K.PASSTHROUGH_SHAPE, reason="identity", data_inputs
             channel_axis=None, maps_zero=True))
 _add(OpRule("Cast", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data_inputs=(0,), channel_map=C.IDENTITY,
             channel_axis=None, maps_zero=True))
-_add(OpRule("CastLike", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data_inputs=(0,), channel_map=C.IDENTITY,
-            channel_axis=None, maps_zero=True))
+_add(OpRule("CastLike", kind=K.PASSTHROUGH_SHAPE, reason="type conversion", data_inputs=(0,), type_only_inputs=(1,),
+            channel_map=C.IDENTITY, channel_axis=None, maps_zero=True))
 
 # -- pooling, resizing, padding ------------------------------------------------------------
 for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
