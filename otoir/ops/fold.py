@@ -26,10 +26,25 @@ from otoir.ops.rules import attr
 if TYPE_CHECKING:
     from otoir.ops.rules import Fold
 
-__all__ = ["constant_inputs", "FOLDS"]
+__all__ = ["constant_array", "constant_inputs", "FOLDS"]
 
 Values = Sequence["np.ndarray | None"]
 ShapeOf = Callable[["ir.Value | None"], "tuple[int, ...] | None"]
+
+
+def constant_array(v: ir.Value | None) -> np.ndarray | None:
+    """The value of ``v`` when it is a constant: an initializer or a ``Constant`` node's ``value``
+    (None otherwise, and for a ``Constant`` of another attribute form)."""
+    if v is None:
+        return None
+    if v.const_value is not None:
+        return np.asarray(v.const_value.numpy())
+    p = v.producer()
+    if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
+        a = p.attributes.get("value")
+        if a is not None:
+            return np.asarray(a.value.numpy())
+    return None
 
 
 def constant_inputs(fn: Callable[[ir.Node, list[np.ndarray]], list[np.ndarray] | None]) -> Fold:

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from otoir.ops.fold import FOLDS
+from otoir.ops.fold import FOLDS, constant_array
 from otoir.ops.rules import ChannelMap as C
 from otoir.ops.rules import ChannelWalk as W
 from otoir.ops.rules import ConstFlow as F
@@ -139,15 +139,7 @@ def _flops_of(op: str):
 # -- zero semantics that depend on the node --------------------------------------------------
 def _const(node, i: int):
     """The value of constant input ``i`` (an initializer or a ``Constant`` node's ``value``), or None."""
-    v = node.inputs[i] if i < len(node.inputs) else None
-    if v is None:
-        return None
-    if v.const_value is None:
-        p = v.producer()
-        a = p.attributes.get("value") if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx") \
-            else None
-        return None if a is None else np.asarray(a.value.numpy())
-    return np.asarray(v.const_value.numpy())
+    return constant_array(node.inputs[i] if i < len(node.inputs) else None)
 
 
 def _clip_zero_out(node, is_data, is_zero) -> str:

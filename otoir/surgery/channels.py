@@ -24,6 +24,7 @@ import onnx_ir as ir
 from otoir.analyses.groups import set_tensor_array, tensor_array
 from otoir.analyses.shapes import SENTINEL
 from otoir.analyses.zig.handlers.movement import slice_bounds, split_sizes
+from otoir.ops.fold import constant_array
 from otoir.ops.rules import ChannelMap
 from otoir.surgery.common import new_initializer, remove_dead_nodes
 
@@ -376,7 +377,7 @@ def _slice_row_norm(model: ir.Model, node: ir.Node, kept: np.ndarray) -> None:
         raise PruneError(f"part of a norm group removed in InstanceNormalization '{node.name}'")
     for i in (1, 2):
         v = node.inputs[i]
-        arr = _const_array(v)
+        arr = constant_array(v)
         if arr is None or arr.shape != rows.shape:
             raise PruneError(f"InstanceNormalization '{node.name}' input {i} is not a constant of one entry per row")
         new = np.compress(rows, arr)
@@ -394,22 +395,10 @@ def _single_user(v: ir.Value) -> tuple[ir.Node, int] | None:
     return uses[0][0], uses[0][1]
 
 
-def _const_array(v: ir.Value | None) -> np.ndarray | None:
-    """The value of a constant (initializer or ``Constant`` node output), or None."""
-    if v is None:
-        return None
-    if v.const_value is not None:
-        return np.asarray(v.const_value.numpy())
-    p = v.producer()
-    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
-        return np.asarray(p.attributes["value"].value.numpy())
-    return None
-
-
 def _scale_input(model: ir.Model, node: ir.Node, i: int, factor: float) -> None:
     """Multiplies constant input ``i`` of ``node`` by ``factor`` (a private copy when shared)."""
     v = node.inputs[i]
-    arr = _const_array(v)
+    arr = constant_array(v)
     new = (arr * factor).astype(arr.dtype)
     if v.is_initializer() and len(v.uses()) == 1 and not v.is_graph_output():
         set_tensor_array(model, v.name, new)
@@ -430,7 +419,7 @@ def _fold_rms(model: ir.Model, node: ir.Node, r: float) -> bool:
     if u is not None and u[0].op_type == "Add":
         add, i = u
         other = add.inputs[1 - i]
-        if _const_array(other) is None:
+        if constant_array(other) is None:
             return False
         eps_at = (add, 1 - i)
         v = add.outputs[0]
@@ -452,7 +441,7 @@ def _fold_rms(model: ir.Model, node: ir.Node, r: float) -> bool:
             pass
         elif op == "Mul":
             other = user.inputs[1 - i]
-            if _const_array(other) is not None:
+            if constant_array(other) is not None:
                 gain = (user, 1 - i)
                 break
         else:
@@ -462,7 +451,7 @@ def _fold_rms(model: ir.Model, node: ir.Node, r: float) -> bool:
         return False
     if eps_at is not None:
         add, j = eps_at
-        eps = _const_array(add.inputs[j])
+        eps = constant_array(add.inputs[j])
         add.replace_input_with(j, _constant(model.graph, add, f"{add.name or 'Add'}__eps", (eps * r).astype(eps.dtype)))
     _scale_input(model, gain[0], gain[1], float(np.sqrt(r)))
     return True

@@ -7,8 +7,8 @@ deployed network has, without touching any parameter value:
 
 * ``BatchNormalization`` gets ``training_mode=0`` and a single output; it then normalises with
   the running statistics held in its ``input_mean`` / ``input_var`` initializers.
-* ``Dropout`` becomes ``Identity`` (the ratio and training-mode inputs are dropped; ``Constant``
-  nodes that only fed them are removed).
+* ``Dropout`` becomes ``Identity`` (the ratio and training-mode inputs are dropped; the nodes
+  that only fed them are removed).
 * Stochastic depth / drop path (torchvision's ``StochasticDepth``, timm's and Hugging Face's
   ``drop_path``), which a training-mode export writes as ops, not as ``Dropout``: ``x`` times a
   per-sample Bernoulli(q) mask scaled by 1/q (``Mul(x, Div(Cast(Less(RandomUniformLike, q)), q))``,
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
+from otoir.ops.fold import constant_array
 
 __all__ = ["InferenceFormError", "to_inference", "is_inference_form", "drop_path_input", "random_ops"]
 
@@ -46,17 +48,8 @@ def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
 
 def _scalar(v: ir.Value | None) -> float | None:
     """The value of a one-element constant (initializer or ``Constant`` node), or None."""
-    if v is None:
-        return None
-    a = v.const_value
-    if a is None:
-        p = _producer(v, "Constant")
-        attr = p.attributes.get("value") if p is not None else None
-        a = attr.value if attr is not None else None
-    if a is None:
-        return None
-    arr = np.asarray(a.numpy())
-    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+    arr = constant_array(v)
+    return float(arr.reshape(-1)[0]) if arr is not None and arr.size == 1 else None
 
 
 def _uniform01(v: ir.Value | None) -> bool:
@@ -134,16 +127,6 @@ def is_inference_form(model: ir.Model) -> bool:
     return True
 
 
-def _drop_dead_constants(graph: ir.Graph, values: list[ir.Value | None]) -> None:
-    for v in values:
-        if v is None or v.uses() or v.is_graph_output():
-            continue
-        prod = v.producer()
-        if prod is not None and prod.op_type == "Constant" and _is_default_domain(prod) and prod.graph is graph:
-            if all(not o.uses() and not o.is_graph_output() for o in prod.outputs):
-                graph.remove(prod, safe=True)
-
-
 def _remove_dead_upstream(graph: ir.Graph, values: list[ir.Value | None]) -> None:
     """Removes the nodes of ``graph`` that computed ``values`` and nothing else still used."""
     work = [v for v in values if v is not None]
@@ -212,17 +195,7 @@ def to_inference(model: ir.Model, *, copy: bool = True) -> ir.Model:
                     raise InferenceFormError(
                         f"Dropout {node.name!r}: its mask output {extra.name!r} is used; cannot remove the Dropout"
                     )
-            old_inputs = list(node.inputs)
-            y_old = node.outputs[0]
-            name = y_old.name
-            ident = ir.node("Identity", inputs=[node.inputs[0]], name=node.name)
-            y_new = ident.outputs[0]
-            y_new.shape, y_new.type = y_old.shape, y_old.type
-            graph.insert_before(node, ident)
-            y_old.replace_all_uses_with(y_new, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            y_new.name = name
-            _drop_dead_constants(graph, old_inputs[1:])
+            _to_identity(graph, node, node.inputs[0])
         elif node.op_type == "Mul":
             x = drop_path_input(node)
             if x is not None:
