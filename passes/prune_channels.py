@@ -9,7 +9,7 @@ from otoir.analyses.latency import misaligned_depthwise
 from otoir.analyses.zig import ChannelGroups
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
-from otoir.surgery.channels import PruneError, prune_channel_groups
+from otoir.surgery.channels import PruneError, fold_weight_transforms, prune_channel_groups
 
 __all__ = ["PruneChannels"]
 
@@ -49,6 +49,10 @@ class PruneChannels(Pass):
     ids: tuple[str, ...] = option((), "remove exactly these groups (zero or not); default: all zero groups")
 
     def run(self, model, ctx) -> bool:
+        folded = fold_weight_transforms(model)  # standardized weights: columns go from the transformed values
+        if folded:
+            ctx.analyses.invalidate()
+            ctx.remark(f"folded {folded} transformed convolution weight(s) (weight standardization) into constants")
         cg = ctx.analyses.get(ChannelGroups)
         chosen = []
         kept_inexact = 0
@@ -74,7 +78,7 @@ class PruneChannels(Pass):
         if kept_inexact:
             ctx.remark(f"kept {kept_inexact} zero group(s) that are not exactly zero-invariant (allow-inexact=true removes them)")
         if not chosen:
-            return False
+            return bool(folded)
         before = {n: tuple(v.shape.dims) for n, v in model.graph.initializers.items() if v.shape is not None}
         try:
             res = prune_channel_groups(model, cg, [g.meta["label"] for g in chosen])

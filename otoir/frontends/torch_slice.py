@@ -189,6 +189,11 @@ def slice_module(module: torch.nn.Module, groups: Iterable[Group]) -> dict[str, 
             raise _fail(name, mod, f"'{first}' loses entries and otoir slices only Conv, ConvTranspose, Linear, "
                                    "BatchNorm, LayerNorm, GroupNorm, RMSNorm and Embedding layers")
         removed = _removed_per_dim(name, mod, dims, plan, keys)
+        if removed.get("in") and _reads_weight_its_own_way(mod):
+            raise _fail(name, mod, f"{type(mod).__name__} overrides the convolution's forward (weight "
+                                   "standardization, BiT's and timm's StdConv): its statistics run over the input "
+                                   "channels, so slicing them changes what it computes (the ONNX sub-network, built from "
+                                   "the standardized weights, is exact)")
         sizes = {d: _size_of(mod, own, dims, d) for d in removed}
         keep = {d: np.array(sorted(set(range(sizes[d])) - removed[d]), dtype=np.int64) for d in removed}
         new = _set_sizes(name, mod, {d: len(k) for d, k in keep.items()})
@@ -214,6 +219,18 @@ def slice_module(module: torch.nn.Module, groups: Iterable[Group]) -> dict[str, 
         changes[name] = new
     _fix_attention(module, changes)
     return changes
+
+
+def _reads_weight_its_own_way(mod: Any) -> bool:
+    """Whether a convolution's class replaces torch's ``forward`` (and may transform its weight)."""
+    import torch.nn as nn
+
+    if not isinstance(mod, nn.modules.conv._ConvNd):
+        return False
+    for base in type(mod).__mro__:
+        if base.__module__.startswith("torch.nn"):
+            return type(mod).forward is not base.forward
+    return True
 
 
 def _size_of(mod: Any, own: dict[str, Any], dims: dict[str, tuple[str, ...]], d: str) -> int:

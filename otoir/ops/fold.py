@@ -26,7 +26,7 @@ from otoir.ops.rules import attr
 if TYPE_CHECKING:
     from otoir.ops.rules import Fold
 
-__all__ = ["constant_array", "constant_inputs", "FOLDS"]
+__all__ = ["constant_array", "constant_inputs", "row_local", "weight_transform", "evaluate_constant", "FOLDS"]
 
 Values = Sequence["np.ndarray | None"]
 ShapeOf = Callable[["ir.Value | None"], "tuple[int, ...] | None"]
@@ -45,6 +45,84 @@ def constant_array(v: ir.Value | None) -> np.ndarray | None:
         if a is not None:
             return np.asarray(a.value.numpy())
     return None
+
+
+def weight_transform(v: ir.Value) -> tuple[ir.Value, list[ir.Node]] | None:
+    """``(W, nodes)`` when ``v`` is computed by ``nodes`` (in graph order) from constants only,
+    with exactly one float initializer of rank >= 2 among them (``W``), else None."""
+    nodes: list[ir.Node] = []
+    seen: set[ir.Value] = set()
+    weights: set[ir.Value] = set()
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if x is None or x in seen:
+            continue
+        seen.add(x)
+        if x.is_graph_input():
+            return None
+        if x.is_initializer():
+            cv = x.const_value
+            if cv is not None and cv.dtype.is_floating_point() and len(cv.shape) >= 2:
+                weights.add(x)
+            continue
+        p = x.producer()
+        if p is None or p.graph is None or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                                               for a in p.attributes.values()):
+            return None
+        if p not in nodes:
+            nodes.append(p)
+        stack.extend(p.inputs)
+        if len(nodes) > 64:
+            return None
+    if len(weights) != 1 or not nodes:
+        return None
+    order = {n: i for i, n in enumerate(nodes[0].graph)}
+    return next(iter(weights)), sorted(nodes, key=order.__getitem__)
+
+
+def evaluate_constant(nodes: Sequence[ir.Node], out: ir.Value, values: dict[str, np.ndarray] | None = None
+                      ) -> np.ndarray:
+    """Evaluates ``out`` computed by ``nodes`` from initializers (``values`` overrides some) with
+    ONNX's reference evaluator."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    values = values or {}
+    inits = {}
+    for n in nodes:
+        for x in n.inputs:
+            if x is not None and x.is_initializer() and x.name not in inits:
+                inits[x.name] = values.get(x.name, x.const_value.numpy())
+    graph = onnx.helper.make_graph(
+        [ir.serde.serialize_node(n) for n in nodes], "transform", [],
+        [onnx.helper.make_empty_tensor_value_info(out.name)],
+        [onnx.numpy_helper.from_array(np.asarray(a), k) for k, a in inits.items()])
+    opset = nodes[0].graph.opset_imports.get("", 17) if nodes[0].graph is not None else 17
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+
+
+def row_local(nodes: Sequence[ir.Node], w: ir.Value, out: ir.Value, *, seed: int = 0) -> bool:
+    """Whether ``out = f(w)`` (computed by ``nodes``) maps zeroed rows of ``w`` (axis 0) to zero
+    rows and leaves the other rows unchanged, checked on ``w``'s values with a third of its rows
+    zeroed (a random choice, ``seed``). False when it cannot be evaluated."""
+    try:
+        full = evaluate_constant(nodes, out)
+        arr = np.asarray(w.const_value.numpy())
+        if full.shape != arr.shape or arr.shape[0] < 2:
+            return False
+        rng = np.random.default_rng(seed)
+        rows = rng.random(arr.shape[0]) < 1 / 3
+        rows[rng.integers(arr.shape[0])] = True
+        z = arr.copy()
+        z[rows] = 0
+        part = evaluate_constant(nodes, out, {w.name: z})
+    except Exception:  # noqa: BLE001 - an op the reference evaluator lacks: not recognised
+        return False
+    scale = max(float(np.max(np.abs(full))), 1e-30)
+    return bool(np.all(np.abs(part[rows]) <= 1e-6 * scale)
+                and np.allclose(part[~rows], full[~rows], rtol=1e-5, atol=1e-6 * scale))
 
 
 def constant_inputs(fn: Callable[[ir.Node, list[np.ndarray]], list[np.ndarray] | None]) -> Fold:

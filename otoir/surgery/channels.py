@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
     from otoir.ops.rules import OpRule
 
-__all__ = ["PruneError", "PruneResult", "prune_channel_groups", "compensate_reductions"]
+__all__ = ["PruneError", "PruneResult", "prune_channel_groups", "compensate_reductions", "fold_weight_transforms"]
 
 
 @dataclass(frozen=True)
@@ -367,6 +367,44 @@ def _constant(graph: ir.Graph, node: ir.Node, name: str, array: np.ndarray, *, a
     out.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
     out.shape = ir.Shape(array.shape)
     return out
+
+
+def fold_weight_transforms(model: ir.Model) -> int:
+    """Replaces each Conv weight computed from one initializer of its shape by a constant
+    sub-graph (weight standardization, :meth:`~otoir.analyses.zig.state.ChannelState.weight_transform_source`)
+    with its value: removing input channels is exact on the transformed weight, not on the raw
+    one (the standardization's statistics run over them). The raw initializer takes the value
+    where nothing else reads it (so groups keep their ids), else a new initializer does. Returns
+    the number of weights folded; the transform's nodes, now unused, are removed.
+    """
+    from otoir.ops.fold import evaluate_constant, weight_transform
+
+    n = 0
+    for node in list(model.graph):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if w is None or w.is_initializer():
+            continue
+        found = weight_transform(w)
+        if found is None:
+            continue
+        src, nodes = found
+        value = evaluate_constant(nodes, w)
+        if src.shape is None or tuple(value.shape) != tuple(src.shape.dims):
+            continue
+        inside = {id(x) for x in nodes}
+        if (src.is_graph_input() or src.is_graph_output() or any(id(u) not in inside for u, _ in src.uses())
+                or value.dtype != src.dtype.numpy()):
+            node.replace_input_with(1, new_initializer(model.graph, f"{src.name}.transformed", value))
+        else:  # the raw weight serves only this transform: it takes the transformed values (groups keep their ids)
+            set_tensor_array(model, src.name, value)
+            node.replace_input_with(1, src)
+        for dead in reversed(nodes):
+            if dead.graph is model.graph and not any(o.uses() or o.is_graph_output() for o in dead.outputs):
+                model.graph.remove(dead, safe=True)
+        n += 1
+    return n
 
 
 def _slice_row_norm(model: ir.Model, node: ir.Node, kept: np.ndarray) -> None:

@@ -239,6 +239,9 @@ HF_MODELS: dict[str, HFEntry] = {
     "regnet": HFEntry(_image("RegNetForImageClassification", lambda t: t.RegNetConfig(
         embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8, num_labels=5)),
         "vision, grouped convolutions, squeeze-and-excitation", "none"),
+    "bit": HFEntry(_image("BitForImageClassification", lambda t: t.BitConfig(
+        embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_groups=4, num_labels=5)),
+        "vision, weight-standardized convolutions, GroupNorm (BiT / ResNetV2)", "none"),
     "whisper_encoder": HFEntry(_whisper, "audio encoder, pre-LN, conv stem", "pre"),
     "wav2vec2": HFEntry(_wav2vec2, "audio, conv feature extractor, stable-LN encoder", "pre"),
 }

@@ -138,3 +138,39 @@ def test_compress_slices_groupnorm_in_whole_norm_groups():
         got = small.eval()(torch.from_numpy(x[64:])).numpy()
     want = run_model(res.model, {res.model.graph.inputs[0].name: x[64:]})
     assert max_rel_diff(want, [got]) <= 1e-4
+
+
+def test_compress_weight_standardized_convs_onnx_exact_torch_module_refused_with_reason():
+    import numpy as np
+
+    import otoir
+    from otoir.data import Dataset
+
+    class StdConv(torch.nn.Conv2d):  # BiT's / timm's weight standardization
+        def forward(self, x):
+            w = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                                               training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+            return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = StdConv(3, 16, 3, padding=1, bias=False)
+            self.gn = torch.nn.GroupNorm(4, 16)
+            self.c2 = StdConv(16, 16, 3, padding=1, bias=False)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.c2(torch.relu(self.gn(self.c1(x))))).mean(dim=(2, 3)))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
+    torch.manual_seed(0)
+    res = otoir.compress(Net(), ds, mode="prune", target_sparsity=0.5, epochs=2, batch=16, progress=False,
+                         latency_runs=0, example_inputs=torch.from_numpy(x[:2]))
+    # compress checked the ONNX sub-network against the trained model (it raises otherwise)
+    assert res.removed_group_ids and res.report.compressed.params < res.report.full.params
+    assert res.report.verified
+    assert res.compressed_module is None and "weight standardization" in res.compressed_module_error

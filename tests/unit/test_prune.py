@@ -464,3 +464,66 @@ def test_single_head_attention_each_group_alone():
         ref = run_ort(model, feeds)
         PassManager.from_text("prune-channels").run(model)
         assert _max_rel(ref, run_ort(model, feeds)) <= 1e-6
+
+
+# -- weight standardization (BiT, timm's StdConv2d): a conv weight computed row by row ---------
+class _StdConv(torch.nn.Conv2d):
+    """BiT's / timm's weight-standardized convolution (``F.batch_norm`` over ``W.reshape(1, O, -1)``)."""
+
+    def forward(self, x):
+        w = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                                           momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class _GlobalCentred(torch.nn.Conv2d):
+    """A weight transform that is not row by row (one mean over the whole weight)."""
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight - self.weight.mean(), self.bias, self.stride, self.padding)
+
+
+class _StdNet(torch.nn.Module):
+    def __init__(self, conv=_StdConv) -> None:
+        super().__init__()
+        self.c1 = conv(3, 16, 3, padding=1, bias=False)
+        self.n1 = torch.nn.GroupNorm(4, 16)
+        self.c2 = conv(16, 16, 3, padding=1, bias=False)
+        self.n2 = torch.nn.GroupNorm(8, 16)
+        self.c3 = conv(16, 8, 1, bias=False)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.n1(self.c1(x)))
+        x = x + torch.relu(self.n2(self.c2(x)))
+        return self.fc(self.c3(x).mean((2, 3)))
+
+
+def test_weight_standardized_conv_groups_are_exact():
+    torch.manual_seed(0)
+    model = export_torch(_StdNet(), (torch.randn(2, 3, 8, 8),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    c3 = [g for g in cg.groups if g.prunable and any(s.tensor == "c3.weight" and s.axis == 0 for s in g.slices)]
+    assert len(c3) == 8 and all(g.meta["exact"] for g in c3)  # rows of the raw weight, through the standardization
+    stream = [g for g in cg.groups if g.prunable and any(s.tensor == "c1.weight" for s in g.slices)]
+    assert len(stream) == 4  # GroupNorm(4, 16) and GroupNorm(8, 16) on the residual stream: 4 groups of 4
+    assert all({"c2.weight", "c3.weight"} <= {s.tensor for s in g.dependent} for g in stream)  # their columns
+    for seed in range(3):
+        m = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        diff, before, after, n = oracle(m, fraction=0.5, seed=seed)
+        assert n > 0 and after < before
+        assert diff <= 1e-5
+        # the standardization is folded into the (sliced) weights, under the raw weights' names
+        assert "BatchNormalization" not in {node.op_type for node in m.graph}
+        convs = [node for node in m.graph if node.op_type == "Conv"]
+        assert [c.inputs[1].name for c in convs] == ["c1.weight", "c2.weight", "c3.weight"]
+
+
+def test_a_weight_transform_that_mixes_rows_is_a_barrier():
+    torch.manual_seed(0)
+    model = export_torch(_StdNet(_GlobalCentred), (torch.randn(2, 3, 8, 8),), training=False)
+    cg = AnalysisManager(model).get(ChannelGroups)
+    # the convolutions are barriers: no group holds their weights, so none of them is cut
+    assert not any(s.tensor in ("c1.weight", "c2.weight", "c3.weight") for g in cg.groups
+                   for s in (*g.slices, *g.dependent))
+    assert len(cg.groups) == 1 and not cg.groups[0].prunable  # the classifier's outputs

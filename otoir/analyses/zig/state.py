@@ -193,6 +193,34 @@ class ChannelState:
         self.params.append(ParamUse(tensor, axis, np.asarray(ids, dtype=np.int64).ravel(), trainable, node, role,
                                     tuple(via)))
 
+    def weight_transform_source(self, v: ir.Value | None) -> tuple[str, tuple] | None:
+        """``(initializer name, nodes)`` when ``v`` is a weight computed row by row from one
+        initializer ``W`` of its shape (weight standardization: BiT's and timm's ``StdConv2d``
+        export ``F.batch_norm`` over ``W.reshape(1, O, -1)``), else None.
+
+        ``nodes`` computes ``v`` from ``W`` and constants only. The transform is checked on
+        ``W``'s values (:func:`otoir.ops.fold.row_local`): zeroing rows of ``W`` zeroes those
+        rows of ``v`` and leaves the others unchanged, so a group that zeroes rows of ``W`` zeroes
+        the layer's outputs. Removing input channels (columns) is exact only on the transformed
+        values: ``prune-channels`` folds such weights into initializers first
+        (:func:`otoir.surgery.channels.fold_weight_transforms`).
+        """
+        if v is None or v.is_initializer() or self.vc.is_data(v):
+            return None
+        cache = self.__dict__.setdefault("_transforms", {})
+        if v in cache:
+            return cache[v]
+        from otoir.ops.fold import row_local, weight_transform
+
+        found = weight_transform(v)
+        res = None
+        if found is not None:
+            w, nodes = found
+            if self.shape(w) == self.shape(v) and row_local(nodes, w, v):
+                res = (w.name, tuple(nodes))
+        cache[v] = res
+        return res
+
     def param_source(self, v: ir.Value | None, axis: int, *, values: bool = False) -> tuple[str, int, tuple] | None:
         """Follows a constant value back to the initializer entries along ``axis``.
 

@@ -64,6 +64,10 @@ def conv(st: ChannelState, node: ir.Node) -> None:
         src_o, src_i = (w.name, out_axis, ()), (w.name, in_axis, ())
     elif w is not None and not transpose:
         src_o, src_i = st.param_source(w, out_axis), st.param_source(w, in_axis)
+        if src_o is None:  # a weight computed row by row (weight standardization)
+            wt = st.weight_transform_source(w)
+            if wt is not None:
+                src_o, src_i = (wt[0], out_axis, wt[1]), (wt[0], in_axis, wt[1])
     if ys is None or ws is None or src_o is None:
         barrier(st, node, f"Conv '{node.name}' with unknown shapes or a computed weight")
         return
