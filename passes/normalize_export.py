@@ -34,6 +34,12 @@ lose groups or make a compressed model disagree with the trained one. The pass f
    and ONNX Runtime training refuses the model ("Duplicate definition-site"). Nobody feeds a
    model its weights: the pass removes them from the graph inputs (they stay initializers).
 
+5. **Einsum that is a batched matrix product** (``"bghid,bghjd->bghij"``: the same leading batch
+   letters on both operands and the output, one contracted letter, either operand possibly
+   transposed in its last two axes, as torchvision's MaxViT writes its attention) becomes
+   ``MatMul`` (with a ``Transpose`` of the last two axes where needed), which the channel
+   analysis follows; other equations stay ``Einsum`` (a barrier naming it).
+
 ``otoir-erase`` and ``otoir-prune`` run this pass first. It changes no value a node computes
 (copies hold the same numbers), except that restored BatchNorms normalise with batch statistics
 when run in training form, which is what the original module did in training.
@@ -95,6 +101,7 @@ class NormalizeExport(Pass):
         "initializers-unshared": "copies made of shared parameter initializers",
         "batchnorms-restored": "eval-form BatchNormalization restored to training form",
         "initializer-inputs-removed": "initializers removed from the graph inputs",
+        "einsums-lowered": "Einsum nodes (batched matrix products) written as MatMul",
     }
 
     bn_training: bool = option(True, "restore eval-form BatchNormalization to training form "
@@ -117,7 +124,11 @@ class NormalizeExport(Pass):
         ctx.stat("initializers-unshared", copies)
         restored = self._batchnorm(model, ctx, taken)
         ctx.stat("batchnorms-restored", restored)
-        return bool(via_identity or copies or restored or as_inputs)
+        lowered = _lower_einsums(graph)
+        ctx.stat("einsums-lowered", lowered)
+        if lowered:
+            ctx.remark(f"{lowered} Einsum node(s) that are batched matrix products written as MatMul")
+        return bool(via_identity or copies or restored or as_inputs or lowered)
 
     @staticmethod
     def _see_through_identity(graph: ir.Graph, ctx) -> set[str]:
@@ -207,3 +218,60 @@ class NormalizeExport(Pass):
         if restored:
             ctx.remark(f"{restored} eval-form BatchNormalization node(s) restored to training form")
         return restored
+
+
+def _matmul_form(equation: str) -> tuple[bool, bool] | None:
+    """``(transpose_a, transpose_b)`` when a two-operand einsum ``equation`` is a batched matrix
+    product ``[..., m, k] @ [..., k, n] -> [..., m, n]`` (each operand possibly transposed in its
+    last two axes, the same batch letters in the same order everywhere), else None."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    lhs, out = eq.split("->")
+    ops = lhs.split(",")
+    if len(ops) != 2:
+        return None
+    a, b = ops
+    if min(len(a), len(b), len(out)) < 2 or not (len(a) == len(b) == len(out)):
+        return None
+    if any(len(set(x)) != len(x) for x in (a, b, out)) or not (a[:-2] == b[:-2] == out[:-2]):
+        return None
+    m, n = out[-2], out[-1]
+    ks = set(a[-2:]) & set(b[-2:])
+    if len(ks) != 1:
+        return None
+    k = ks.pop()
+    if k in out or set(a[-2:]) != {m, k} or set(b[-2:]) != {k, n} or m == n:
+        return None
+    return a[-2:] == k + m, b[-2:] == n + k
+
+
+def _lower_einsums(graph: ir.Graph) -> int:
+    """Rewrites each Einsum of :func:`_matmul_form` as MatMul (and Transposes); returns how many."""
+    done = 0
+    for node in list(graph):
+        if node.op_type != "Einsum" or not _default(node) or len(node.inputs) != 2 or None in node.inputs:
+            continue
+        eq = node.attributes.get("equation")
+        form = _matmul_form(eq.value) if eq is not None else None
+        if form is None:
+            continue
+        rank = len(eq.value.replace(" ", "").split("->")[1])
+        perm = [*range(rank - 2), rank - 1, rank - 2]
+        operands = []
+        for x, t in zip(node.inputs, form, strict=True):
+            if t:
+                tr = ir.node("Transpose", inputs=[x], attributes={"perm": perm}, name=f"{node.name}_T")
+                graph.insert_before(node, tr)
+                x = tr.outputs[0]
+            operands.append(x)
+        mm = ir.node("MatMul", inputs=operands, name=node.name)
+        graph.insert_before(node, mm)
+        old = node.outputs[0]
+        name = old.name
+        mm.outputs[0].shape, mm.outputs[0].type = old.shape, old.type
+        old.replace_all_uses_with(mm.outputs[0], replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        mm.outputs[0].name = name
+        done += 1
+    return done
