@@ -34,9 +34,10 @@ lose groups or make a compressed model disagree with the trained one. The pass f
    and ONNX Runtime training refuses the model ("Duplicate definition-site"). Nobody feeds a
    model its weights: the pass removes them from the graph inputs (they stay initializers).
 
-5. **Einsum that is a batched matrix product** (``"bghid,bghjd->bghij"``: the same leading batch
-   letters on both operands and the output, one contracted letter, either operand possibly
-   transposed in its last two axes, as torchvision's MaxViT writes its attention) becomes
+5. **Einsum that is a (batched) matrix product** (``"bghid,bghjd->bghij"`` as torchvision's
+   MaxViT writes its attention, ``"btp,pd->btd"``, ``"...pd,...qd->...pq"``: one contracted
+   letter, batch letters broadcast as numpy's matmul does, either operand possibly transposed
+   in its last two axes) becomes
    ``MatMul`` (with a ``Transpose`` of the last two axes where needed), which the channel
    analysis follows; other equations stay ``Einsum`` (a barrier naming it).
 
@@ -221,27 +222,35 @@ class NormalizeExport(Pass):
 
 
 def _matmul_form(equation: str) -> tuple[bool, bool] | None:
-    """``(transpose_a, transpose_b)`` when a two-operand einsum ``equation`` is a batched matrix
-    product ``[..., m, k] @ [..., k, n] -> [..., m, n]`` (each operand possibly transposed in its
-    last two axes, the same batch letters in the same order everywhere), else None."""
+    """``(transpose_a, transpose_b)`` when a two-operand einsum ``equation`` is a (batched) matrix
+    product ``[..., m, k] @ [..., k, n] -> [..., m, n]``, each operand possibly transposed in its
+    last two axes; the batch letters of the operand with fewer is a suffix of the other's (numpy
+    matmul broadcasting: ``"btp,pd->btd"``), the output has the longer, and a ``...`` prefix, when
+    present, is on all three. Else None."""
     eq = equation.replace(" ", "")
-    if "->" not in eq or "." in eq:
+    if "->" not in eq:
         return None
     lhs, out = eq.split("->")
     ops = lhs.split(",")
     if len(ops) != 2:
         return None
     a, b = ops
-    if min(len(a), len(b), len(out)) < 2 or not (len(a) == len(b) == len(out)):
+    if all(x.startswith("...") for x in (a, b, out)):
+        a, b, out = a[3:], b[3:], out[3:]
+    if "." in a + b + out or min(len(a), len(b), len(out)) < 2:
         return None
-    if any(len(set(x)) != len(x) for x in (a, b, out)) or not (a[:-2] == b[:-2] == out[:-2]):
+    if any(len(set(x)) != len(x) for x in (a, b, out)):
+        return None
+    ba, bb, bo = a[:-2], b[:-2], out[:-2]
+    longer, shorter = (ba, bb) if len(ba) >= len(bb) else (bb, ba)
+    if bo != longer or not longer.endswith(shorter):
         return None
     m, n = out[-2], out[-1]
     ks = set(a[-2:]) & set(b[-2:])
     if len(ks) != 1:
         return None
     k = ks.pop()
-    if k in out or set(a[-2:]) != {m, k} or set(b[-2:]) != {k, n} or m == n:
+    if k in out or set(a[-2:]) != {m, k} or set(b[-2:]) != {k, n} or m == n or {m, n, k} & set(longer):
         return None
     return a[-2:] == k + m, b[-2:] == n + k
 
@@ -256,11 +265,14 @@ def _lower_einsums(graph: ir.Graph) -> int:
         form = _matmul_form(eq.value) if eq is not None else None
         if form is None:
             continue
-        rank = len(eq.value.replace(" ", "").split("->")[1])
-        perm = [*range(rank - 2), rank - 1, rank - 2]
+        terms = eq.value.replace(" ", "").split("->")[0].split(",")
         operands = []
-        for x, t in zip(node.inputs, form, strict=True):
+        for x, t, term in zip(node.inputs, form, terms, strict=True):
             if t:
+                rank = len(term) if "." not in term else len(x.shape) if x.shape is not None else None
+                if rank is None:
+                    return done  # an ellipsis operand of unknown rank: left as Einsum
+                perm = [*range(rank - 2), rank - 1, rank - 2]
                 tr = ir.node("Transpose", inputs=[x], attributes={"perm": perm}, name=f"{node.name}_T")
                 graph.insert_before(node, tr)
                 x = tr.outputs[0]

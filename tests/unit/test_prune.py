@@ -559,7 +559,12 @@ def test_einsum_batched_matmul_is_lowered_and_exact():
     assert _matmul_form("B G H I D, B G H J D -> B G H I J") == (False, True)
     assert _matmul_form("bhij,bhjd->bhid") == (False, False)
     assert _matmul_form("bkm,bkn->bmn") == (True, False)
-    for eq in ("bi,bi->b", "bij,bjk->bki", "ii->i", "bij,bjk,bkl->bil", "...ij,...jk->...ik", "bij,bjk->bijk"):
+    assert _matmul_form("btp,pd->btd") == (False, False)  # a linear layer
+    assert _matmul_form("...pd,...qd->...pq") == (False, True)
+    assert _matmul_form("bd,dn->bn") == (False, False)
+    assert _matmul_form("bhwc,hkc->bhwk") == (False, True)  # SAM's decomposed relative positions
+    for eq in ("bi,bi->b", "bij,bjk->bki", "ii->i", "bij,bjk,bkl->bil", "...c,...cb->...b", "bij,bjk->bijk",
+               "bqc,bchw->bqhw", "bhwc,wkc->bhwk", "xtp,pd->btd", "...ij,jk->...ik", "bij,bjk->cik"):
         assert _matmul_form(eq) is None, eq
     torch.manual_seed(0)
     module = _EinsumAttention()
@@ -578,6 +583,66 @@ def test_einsum_batched_matmul_is_lowered_and_exact():
     qkv = [g for g in cg.groups if g.prunable and any(s.tensor == "qkv.weight" for s in g.slices)]
     assert qkv  # the head channels pass the products (the Einsum was a barrier)
     for seed in range(2):
+        m = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        diff, before, after, n = oracle(m, fraction=0.5, seed=seed)
+        assert n > 0 and after < before and diff <= 1e-5
+
+
+@pytest.mark.parametrize("equation,sa,sb", [
+    ("btp,pd->btd", (2, 3, 4), (4, 5)),
+    ("...pd,...qd->...pq", (2, 3, 4, 5), (2, 3, 6, 5)),
+    ("bhwc,hkc->bhwk", (2, 3, 4, 5), (3, 6, 5)),
+    ("bkm,bkn->bmn", (2, 4, 3), (2, 4, 5)),
+    ("B G H I D, B G H J D -> B G H I J", (1, 2, 2, 3, 4), (1, 2, 2, 5, 4)),
+])
+def test_einsum_lowering_computes_the_same(equation, sa, sb):
+    from onnx import TensorProto, helper
+
+    from otoir.testing import run_ort
+
+    g = helper.make_graph(
+        [helper.make_node("Einsum", ["a", "b"], ["y"], equation=equation)], "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(sa)),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, list(sb))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal(sa).astype(np.float32), "b": rng.standard_normal(sb).astype(np.float32)}
+    want = run_ort(model, feeds)[0]
+    PassManager.from_text("normalize-export").run(model)
+    assert [n.op_type for n in model.graph if n.op_type in ("Einsum", "MatMul")] == ["MatMul"]
+    got = run_ort(model, feeds)[0]
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+
+
+class _UnbindAttention(torch.nn.Module):
+    """timm's / SAM's attention: ``qkv(x).reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``
+    (exported as a Split of the size-3 axis and a Squeeze of each size-1 part)."""
+
+    def __init__(self, d: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.h, self.d = heads, d
+        self.emb = torch.nn.Linear(6, d)
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.proj = torch.nn.Linear(d, d)
+        self.fc = torch.nn.Linear(d, 4)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        x = self.emb(x)
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.d // self.h).permute(2, 0, 3, 1, 4).unbind(0)
+        out = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, t, self.d)
+        return self.fc((x + self.proj(out)).mean(1))
+
+
+def test_fused_qkv_split_and_squeezed_keeps_its_head_channels():
+    torch.manual_seed(0)
+    model = export_torch(_UnbindAttention(), (torch.randn(2, 5, 6),), training=False)
+    assert "Squeeze" in {n.op_type for n in model.graph}
+    cg = AnalysisManager(model).get(ChannelGroups)
+    qkv = [g for g in cg.groups if g.prunable and any(s.tensor == "qkv.weight" for s in g.slices)]
+    assert qkv and not any("size-1 channel axis" in g.reason for g in cg.groups)
+    for seed in range(3):
         m = ir.serde.deserialize_model(ir.serde.serialize_model(model))
         diff, before, after, n = oracle(m, fraction=0.5, seed=seed)
         assert n > 0 and after < before and diff <= 1e-5

@@ -85,12 +85,18 @@ def _has_multi_axis_block(blocks) -> bool:
 
 def reshape_track(st: ChannelState, t: Track, sin: tuple[int, ...], sout: tuple[int, ...], node: ir.Node) -> Track | None:
     """Maps a track through a reshape (exact factorisation; records product constraints)."""
-    # Size-1 tracked axes: a single channel; it cannot be followed through a reshape that
-    # drops the axis, so keep it only when it survives as a size-1 axis... poison instead.
-    for a in t.axes:
-        if sin[a] == 1:
+    # Size-1 tracked axes carry no variation: beside other tracked axes they are dropped from
+    # the track (q, k and v split off a fused projection's (3, heads, dim) rows and squeezed,
+    # timm's and SAM's attention); a lone one is a single channel with no axis left to follow.
+    single = [k for k, a in enumerate(t.axes) if sin[a] == 1]
+    if single:
+        if len(single) == len(t.axes):
             st.poison(t.ids, f"a size-1 channel axis is reshaped ({node.op_type} '{node.name}')")
             return None
+        ids, zero = t.ids, np.broadcast_to(t.zero, t.ids.shape)
+        for k in reversed(single):
+            ids, zero = ids.take(0, axis=k), zero.take(0, axis=k)
+        t = Track(tuple(a for k, a in enumerate(t.axes) if k not in single), ids, zero)
     blocks = reshape_blocks(sin, sout)
     if blocks is None:
         st.poison(t.ids, f"reshape {sin} -> {sout} does not factorise ('{node.name}')")
