@@ -266,12 +266,13 @@ def _lower_einsums(graph: ir.Graph) -> int:
         if form is None:
             continue
         terms = eq.value.replace(" ", "").split("->")[0].split(",")
+        ranks = [len(term) if "." not in term else len(x.shape) if x.shape is not None else None
+                 for x, term in zip(node.inputs, terms, strict=True)]
+        if any(t and r is None for t, r in zip(form, ranks, strict=True)):
+            continue  # an ellipsis operand of unknown rank to transpose: left as Einsum
         operands = []
-        for x, t, term in zip(node.inputs, form, terms, strict=True):
+        for x, t, rank in zip(node.inputs, form, ranks, strict=True):
             if t:
-                rank = len(term) if "." not in term else len(x.shape) if x.shape is not None else None
-                if rank is None:
-                    return done  # an ellipsis operand of unknown rank: left as Einsum
                 perm = [*range(rank - 2), rank - 1, rank - 2]
                 tr = ir.node("Transpose", inputs=[x], attributes={"perm": perm}, name=f"{node.name}_T")
                 graph.insert_before(node, tr)
