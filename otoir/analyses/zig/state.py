@@ -83,6 +83,7 @@ class ChannelState:
         inexact: ``(ids, reason)``: groups containing these atoms are not exactly zero-invariant.
         stems: ``(node, ids)`` of fresh atoms, in order (names groups).
         conv_groups: Conv node -> (G, out-ids) for grouped convolutions.
+        weight_transforms: Computed weight -> :meth:`weight_transform_source`'s answer (a cache).
         row_norms: InstanceNormalization node -> per-row atom ids ``[G, L]`` where it
             normalises rows that are whole groups (GroupNorm as torch exports it): construction
             slices its per-row scale and bias with the kept rows.
@@ -105,6 +106,7 @@ class ChannelState:
     stems: list = field(default_factory=list)
     conv_groups: dict = field(default_factory=dict)
     row_norms: dict = field(default_factory=dict)
+    weight_transforms: dict = field(default_factory=dict)
     channel_reductions: dict = field(default_factory=dict)
 
     # -- atoms ----------------------------------------------------------------------------
@@ -207,7 +209,7 @@ class ChannelState:
         """
         if v is None or v.is_initializer() or self.vc.is_data(v):
             return None
-        cache = self.__dict__.setdefault("_transforms", {})
+        cache = self.weight_transforms
         if v in cache:
             return cache[v]
         from otoir.ops.fold import row_local, weight_transform
