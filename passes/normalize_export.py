@@ -56,6 +56,7 @@ import onnx_ir as ir
 
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
+from otoir.surgery.common import take_over
 
 __all__ = ["NormalizeExport"]
 
@@ -280,11 +281,7 @@ def _lower_einsums(graph: ir.Graph) -> int:
             operands.append(x)
         mm = ir.node("MatMul", inputs=operands, name=node.name)
         graph.insert_before(node, mm)
-        old = node.outputs[0]
-        name = old.name
-        mm.outputs[0].shape, mm.outputs[0].type = old.shape, old.type
-        old.replace_all_uses_with(mm.outputs[0], replace_graph_outputs=True)
+        take_over(graph, node.outputs[0], mm.outputs[0])
         graph.remove(node, safe=True)
-        mm.outputs[0].name = name
         done += 1
     return done

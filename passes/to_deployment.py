@@ -36,7 +36,7 @@ import onnx_ir as ir
 from otoir.infra.passes import Pass, option
 from otoir.infra.registry import register_pass
 from otoir.ops.rules import attr
-from otoir.surgery.common import new_initializer
+from otoir.surgery.common import new_initializer, take_over
 
 __all__ = ["ToDeployment", "fold_batchnorms", "fold_static_values"]
 
@@ -134,25 +134,15 @@ def _fold_one(graph: ir.Graph, bn: ir.Node, shapes: dict[str, tuple[int, ...]]) 
             prod.replace_input_with(bias_in, new_b)
         if op == "Gemm":
             prod.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        _take_over(graph, y, x)
+        take_over(graph, y, x)
         graph.remove(bn, safe=True)
     else:  # MatMul: the BN becomes an Add of the folded bias
         new_b = new_initializer(graph, f"{base}.folded_bias", (t.astype(dt)))
         add = ir.node("Add", [x, new_b], name=(bn.name or "bn") + ".bias", outputs=[ir.Value(name=(y.name or "") + ".add")])
         graph.insert_after(bn, add)
-        _take_over(graph, y, add.outputs[0])
+        take_over(graph, y, add.outputs[0])
         graph.remove(bn, safe=True)
     return True
-
-
-def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Makes ``new`` stand for ``old`` everywhere, keeping ``old``'s name (a graph output's name)."""
-    name, typ, shape = old.name, old.type, old.shape
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-    old.name = None
-    new.name = name
-    new.type = new.type or typ
-    new.shape = new.shape or shape
 
 
 def fold_batchnorms(model: ir.Model, shapes: dict[str, tuple[int, ...]] | None = None) -> int:

@@ -26,7 +26,7 @@ from otoir.analyses.shapes import SENTINEL
 from otoir.analyses.zig.handlers.movement import slice_bounds, split_sizes
 from otoir.ops.fold import constant_array
 from otoir.ops.rules import ChannelMap
-from otoir.surgery.common import new_initializer, remove_dead_nodes
+from otoir.surgery.common import new_initializer, remove_dead_nodes, remove_dead_upstream
 
 if TYPE_CHECKING:
     from otoir.analyses.zig import ChannelGroups
@@ -403,9 +403,7 @@ def fold_weight_transforms(model: ir.Model) -> int:
         else:  # the raw weight serves only this transform: it takes the transformed values (groups keep their ids)
             set_tensor_array(model, src.name, value)
             node.replace_input_with(1, src)
-        for dead in reversed(nodes):
-            if dead.graph is model.graph and not any(o.uses() or o.is_graph_output() for o in dead.outputs):
-                model.graph.remove(dead, safe=True)
+        remove_dead_upstream(model.graph, [w])
         n += 1
     return n
 

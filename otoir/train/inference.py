@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from otoir.ops.fold import constant_array
+from otoir.surgery.common import remove_dead_upstream, take_over
 
 __all__ = ["InferenceFormError", "to_inference", "is_inference_form", "drop_path_input", "random_ops"]
 
@@ -127,34 +128,14 @@ def is_inference_form(model: ir.Model) -> bool:
     return True
 
 
-def _remove_dead_upstream(graph: ir.Graph, values: list[ir.Value | None]) -> None:
-    """Removes the nodes of ``graph`` that computed ``values`` and nothing else still used."""
-    work = [v for v in values if v is not None]
-    while work:
-        v = work.pop()
-        prod = v.producer()
-        if prod is None or prod.graph is not graph:
-            continue
-        if any(o.uses() or o.is_graph_output() for o in prod.outputs):
-            continue
-        inputs = list(prod.inputs)
-        graph.remove(prod, safe=True)
-        work.extend(i for i in inputs if i is not None)
-
-
 def _to_identity(graph: ir.Graph, node: ir.Node, x: ir.Value) -> None:
     """Replaces ``node`` (one output) by ``Identity(x)`` keeping the output's name, type and shape."""
-    y_old = node.outputs[0]
-    name = y_old.name
     ident = ir.node("Identity", inputs=[x], name=node.name)
-    y_new = ident.outputs[0]
-    y_new.shape, y_new.type = y_old.shape, y_old.type
     graph.insert_before(node, ident)
-    y_old.replace_all_uses_with(y_new, replace_graph_outputs=True)
+    take_over(graph, node.outputs[0], ident.outputs[0])
     old_inputs = list(node.inputs)
     graph.remove(node, safe=True)
-    y_new.name = name
-    _remove_dead_upstream(graph, old_inputs)
+    remove_dead_upstream(graph, old_inputs)
 
 
 def to_inference(model: ir.Model, *, copy: bool = True) -> ir.Model:

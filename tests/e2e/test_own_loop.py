@@ -24,6 +24,23 @@ def _blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
+def _compress_random(module, side: int, **kw):
+    """``otoir.compress(module)`` in prune mode on 96 random images (64 train, 32 held out),
+    2 epochs of batch 16; returns the result and the held-out images."""
+    import numpy as np
+
+    import otoir
+    from otoir.data import Dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 3, side, side)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
+    res = otoir.compress(module, ds, mode="prune", epochs=2, batch=16, progress=False, latency_runs=0,
+                         example_inputs=torch.from_numpy(x[:2]), **kw)
+    return res, x[64:]
+
+
 def _run(code: str, tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -74,27 +91,18 @@ def test_bert_own_loop(tmp_path, monkeypatch):
 
 
 def test_compress_returns_the_compressed_module():
-    import numpy as np
-
-    import otoir
-    from otoir.data import Dataset
     from otoir.zoo import build
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((96, 3, 16, 16)).astype(np.float32)
-    y = rng.integers(0, 10, 96)
-    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
     model, _ = build("resnet_basic", width=4, layers=(1, 1, 1, 1))
-    res = otoir.compress(model, ds, mode="prune", epochs=2, batch=16, progress=False, latency_runs=0,
-                         example_inputs=torch.from_numpy(x[:2]))
+    res, held = _compress_random(model, 16)
     small = res.compressed_module
     assert small is not None, res.compressed_module_error
     assert res.removed_group_ids
     with torch.no_grad():
-        got = small.eval()(torch.from_numpy(x[64:])).numpy()
+        got = small.eval()(torch.from_numpy(held)).numpy()
     from otoir.runtime import max_rel_diff, run_model
 
-    want = run_model(res.model, {res.model.graph.inputs[0].name: x[64:]})
+    want = run_model(res.model, {res.model.graph.inputs[0].name: held})
     assert max_rel_diff(want, [got]) <= 1e-4
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in res.module.parameters())
     text = repr(res)
@@ -102,10 +110,6 @@ def test_compress_returns_the_compressed_module():
 
 
 def test_compress_slices_groupnorm_in_whole_norm_groups():
-    import numpy as np
-
-    import otoir
-    from otoir.data import Dataset
     from otoir.runtime import max_rel_diff, run_model
 
     class Net(torch.nn.Module):
@@ -121,13 +125,8 @@ def test_compress_slices_groupnorm_in_whole_norm_groups():
             y = torch.relu(self.gn2(self.c2(torch.relu(self.gn(self.c1(x))))))
             return self.fc(y.mean(dim=(2, 3)))
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((96, 3, 8, 8)).astype(np.float32)
-    y = rng.integers(0, 10, 96)
-    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
     torch.manual_seed(0)
-    res = otoir.compress(Net(), ds, mode="prune", target_sparsity=0.5, epochs=2, batch=16, progress=False,
-                         latency_runs=0, example_inputs=torch.from_numpy(x[:2]))
+    res, held = _compress_random(Net(), 8, target_sparsity=0.5)
     small = res.compressed_module
     assert small is not None, res.compressed_module_error
     assert small.gn.num_groups < 4 or small.gn2.num_groups < 8  # whole norm groups were removed
@@ -135,17 +134,12 @@ def test_compress_slices_groupnorm_in_whole_norm_groups():
         assert gn.num_channels == gn.weight.shape[0] and gn.num_channels % gn.num_groups == 0
     assert small.gn.num_channels // small.gn.num_groups == 4 and small.gn2.num_channels // small.gn2.num_groups == 2
     with torch.no_grad():
-        got = small.eval()(torch.from_numpy(x[64:])).numpy()
-    want = run_model(res.model, {res.model.graph.inputs[0].name: x[64:]})
+        got = small.eval()(torch.from_numpy(held)).numpy()
+    want = run_model(res.model, {res.model.graph.inputs[0].name: held})
     assert max_rel_diff(want, [got]) <= 1e-4
 
 
 def test_compress_weight_standardized_convs_onnx_exact_torch_module_refused_with_reason():
-    import numpy as np
-
-    import otoir
-    from otoir.data import Dataset
-
     class StdConv(torch.nn.Conv2d):  # BiT's / timm's weight standardization
         def forward(self, x):
             w = torch.nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
@@ -163,13 +157,8 @@ def test_compress_weight_standardized_convs_onnx_exact_torch_module_refused_with
         def forward(self, x):
             return self.fc(torch.relu(self.c2(torch.relu(self.gn(self.c1(x))))).mean(dim=(2, 3)))
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((96, 3, 8, 8)).astype(np.float32)
-    y = rng.integers(0, 10, 96)
-    ds = Dataset(x[:64], y[:64], x[64:], y[64:], 10, "random")
     torch.manual_seed(0)
-    res = otoir.compress(Net(), ds, mode="prune", target_sparsity=0.5, epochs=2, batch=16, progress=False,
-                         latency_runs=0, example_inputs=torch.from_numpy(x[:2]))
+    res, _ = _compress_random(Net(), 8, target_sparsity=0.5)
     # compress checked the ONNX sub-network against the trained model (it raises otherwise)
     assert res.removed_group_ids and res.report.compressed.params < res.report.full.params
     assert res.report.verified

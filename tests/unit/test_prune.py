@@ -615,17 +615,9 @@ def test_einsum_lowering_computes_the_same(equation, sa, sb):
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
 
 
-class _UnbindAttention(torch.nn.Module):
+class _UnbindAttention(_EinsumAttention):
     """timm's / SAM's attention: ``qkv(x).reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``
-    (exported as a Split of the size-3 axis and a Squeeze of each size-1 part)."""
-
-    def __init__(self, d: int = 16, heads: int = 2) -> None:
-        super().__init__()
-        self.h, self.d = heads, d
-        self.emb = torch.nn.Linear(6, d)
-        self.qkv = torch.nn.Linear(d, 3 * d)
-        self.proj = torch.nn.Linear(d, d)
-        self.fc = torch.nn.Linear(d, 4)
+    (exported as a Split of the size-3 axis and a Squeeze of each size-1 part), with MatMuls."""
 
     def forward(self, x):
         b, t, _ = x.shape
