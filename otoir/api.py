@@ -207,8 +207,8 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             more output channels than one work unit of the runtime's threads (4 blocks) keeps
             whole units (:func:`otoir.analyses.validity.controlled_groups`).
         target_latency: Latency-aware selection: groups are ranked by importance per unit of
-            ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`)
-            and chosen until the constructed network's measured latency (deployment form, timed
+            ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`;
+            importance: the redundancy rank weighed by the FLOPs the group does) and chosen until the constructed network's measured latency (deployment form, timed
             interleaved with the full model) is this fraction of the full model's;
             ``target_sparsity`` is then not used. 0: off.
         target_flops: FLOPs-aware selection: groups are ranked by importance per FLOP saved (an

@@ -465,9 +465,28 @@ def test_latency_selector_with_a_count_and_validity(resnet_table):
     assert len(picked) == 10 and len(set(picked)) == 10
     # groups that save more per unit of importance come first: the top pick saves at least the median
     save = costs.savings()
-    assert save[picked[0]] / L._importance(scores)[picked[0]] >= np.median(save / L._importance(scores))
+    imp = L._importance(scores) * L._work_share(costs.work)
+    assert costs.work is not None and len(costs.work) == len(groups)
+    assert save[picked[0]] / imp[picked[0]] >= np.median(save / imp)
     with pytest.raises(ValueError, match="exactly one"):
         L.latency_select(groups, scores, costs)
+
+
+def test_importance_is_weighed_by_the_work_a_group_does():
+    """Equal latency saved: the group doing less work (FLOPs) goes first, even when it is the
+    less redundant one; without the work (a FLOPs cost model) the redundancy rank decides."""
+    from otoir.optim.from_groups import groups_for
+
+    groups = groups_for(_chain(), "zig")[:2]
+    cm = L.CostModel("onnxruntime", [], 0.0, [[], []])
+    cm.savings = lambda: np.array([1.0, 1.0])
+    scores = [0.9, 0.1]  # group 0 the more redundant (importance 1/2), group 1 importance 1
+    assert L.latency_select(groups, scores, cm, k=1) == [0]
+    cm.work = np.array([4.0, 1.0])  # group 0 does four times group 1's work for the same time
+    assert L.latency_select(groups, scores, cm, k=1) == [1]
+    # a group saving no FLOPs is weighed at the floor, not divided by zero
+    cm.work = np.array([0.0, 1.0])
+    assert np.all(np.isfinite(L._work_share(cm.work))) and L.latency_select(groups, scores, cm, k=1) == [0]
 
 
 def test_no_runtime_falls_back_to_flops_with_a_remark(monkeypatch):
