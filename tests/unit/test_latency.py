@@ -465,28 +465,59 @@ def test_latency_selector_with_a_count_and_validity(resnet_table):
     assert len(picked) == 10 and len(set(picked)) == 10
     # groups that save more per unit of importance come first: the top pick saves at least the median
     save = costs.savings()
-    imp = L._importance(scores) * L._work_share(costs.work)
-    assert costs.work is not None and len(costs.work) == len(groups)
+    imp = L._importance(scores)
+    assert costs.work is not None and costs.work.source == "flops" and len(costs.work.savings()) == len(groups)
     assert save[picked[0]] / imp[picked[0]] >= np.median(save / imp)
     with pytest.raises(ValueError, match="exactly one"):
         L.latency_select(groups, scores, costs)
 
 
-def test_importance_is_weighed_by_the_work_a_group_does():
-    """Equal latency saved: the group doing less work (FLOPs) goes first, even when it is the
-    less redundant one; without the work (a FLOPs cost model) the redundancy rank decides."""
+class _Additive(L.CostModel):
+    """A cost model whose groups' savings add up (for selection tests)."""
+
+    def __init__(self, per_group, work=None):
+        super().__init__("test", [], 0.0, [[] for _ in per_group])
+        self.per = np.asarray(per_group, dtype=np.float64)
+        self.work = work
+
+    @property
+    def full(self) -> float:
+        return float(self.per.sum())
+
+    @property
+    def layer_full(self) -> float:
+        return self.full
+
+    def savings(self):
+        return self.per
+
+    def layer_predict(self, removed):
+        return self.full - float(self.per[list(removed)].sum())
+
+    def predict(self, removed):
+        return self.layer_predict(removed)
+
+
+@pytest.mark.parametrize(("time", "work", "expected"), [
+    # the rank alone takes group 0 (it saves the most); weighed by work, groups 1 and 2 save as
+    # much time and keep 9 of 11 FLOPs where group 0 keeps 3: the work-weighted selection is kept
+    ([3.0, 1.5, 1.5, 1.4, 2.6], [8.0, 1.0, 1.0, 1.0, 0.0], [1, 2]),
+    # weighed by work, group 1 goes first but then group 0 is needed too: fewer FLOPs kept (2
+    # of 9) than by the rank's group 0 alone (3): the rank's selection is kept
+    ([3.0, 1.2, 1.2, 1.2, 3.4], [6.0, 1.0, 1.0, 1.0, 0.0], [0]),
+])
+def test_target_latency_keeps_the_ranking_whose_selection_keeps_more_flops(time, work, expected):
     from otoir.optim.from_groups import groups_for
 
-    groups = groups_for(_chain(), "zig")[:2]
-    cm = L.CostModel("onnxruntime", [], 0.0, [[], []])
-    cm.savings = lambda: np.array([1.0, 1.0])
-    scores = [0.9, 0.1]  # group 0 the more redundant (importance 1/2), group 1 importance 1
-    assert L.latency_select(groups, scores, cm, k=1) == [0]
-    cm.work = np.array([4.0, 1.0])  # group 0 does four times group 1's work for the same time
-    assert L.latency_select(groups, scores, cm, k=1) == [1]
+    groups = groups_for(_chain(), "zig")[:5]
+    scores = [0.5, 0.4, 0.3, 0.2, -np.inf]  # importance 1/4 .. 1 by rank; group 4 is never chosen
+    costs = _Additive(time)  # the rank alone: group 0 saves 3 of 10 by itself
+    assert sorted(L.latency_select(groups, scores, costs, target_latency=0.7)) == [0]
+    costs = _Additive(time, work=_Additive(work))
+    assert sorted(L.latency_select(groups, scores, costs, target_latency=0.7)) == expected
+    assert L.latency_select(groups, scores, costs, k=1) == [0]  # a count: the rank's ranking
     # a group saving no FLOPs is weighed at the floor, not divided by zero
-    cm.work = np.array([0.0, 1.0])
-    assert np.all(np.isfinite(L._work_share(cm.work))) and L.latency_select(groups, scores, cm, k=1) == [0]
+    assert np.all(np.isfinite(L._work_share(np.array([0.0, 1.0])))) and L._work_share(np.array([0.0, 1.0]))[0] > 0
 
 
 def test_no_runtime_falls_back_to_flops_with_a_remark(monkeypatch):
