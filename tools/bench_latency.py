@@ -18,7 +18,9 @@ redundancy scores for every column, by
   channel block (16 with AVX-512, 8 with AVX2), a dense convolution's outputs above one work
   unit of its threads (4 blocks) whole units;
 * ``lat``: latency-aware selection with ``target-latency=--latency`` (0.5): groups ranked by
-  importance per unit of measured ONNX Runtime latency saved (the latency table), the count
+  importance per unit of measured ONNX Runtime latency saved (the latency table; importance the
+  redundancy rank, and the rank weighed by the group's FLOPs: of the two selections, the one
+  keeping more FLOPs), the count
   the smallest whose constructed deployment-form sub-network measured at most that fraction of
   the full model's latency (1 thread, batch 1, or ``--latency-threads``, ``--latency-batch``) — the library's path,
   :func:`~otoir.analyses.latency.measured_cost_model` (channel counts multiples of the
