@@ -208,9 +208,11 @@ def compress(model: Any, data: Any = "mnist", *, mode: str = "erase", target_spa
             whole units (:func:`otoir.analyses.validity.controlled_groups`).
         target_latency: Latency-aware selection: groups are ranked by importance per unit of
             ONNX Runtime latency saved (measured on this machine, :mod:`otoir.analyses.latency`;
-            importance: the redundancy rank weighed by the FLOPs the group does) and chosen until the constructed network's measured latency (deployment form, timed
-            interleaved with the full model) is this fraction of the full model's;
-            ``target_sparsity`` is then not used. 0: off.
+            importance the redundancy rank, and the rank weighed by the FLOPs the group does:
+            of the two selections, the one keeping more FLOPs) and chosen until the
+            constructed network's measured latency (deployment form, timed interleaved with the
+            full model) is this fraction of the full model's; ``target_sparsity`` is then not
+            used. 0: off.
         target_flops: FLOPs-aware selection: groups are ranked by importance per FLOP saved (an
             erased segment's collateral included: consumer columns, branches left dead) and the
             fewest are chosen whose constructed sub-network has at most this fraction of the full

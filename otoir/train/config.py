@@ -95,9 +95,10 @@ class TrainConfig:
             whole units (:func:`otoir.analyses.validity.controlled_groups`).
         target_latency: Latency-aware selection (:mod:`otoir.analyses.latency`): the redundant
             groups are ranked by importance per unit of measured ONNX Runtime latency saved
-            (importance: the redundancy rank weighed by the FLOPs the group does, so the
-            channels that cost most time for their work go first) and chosen until the constructed network's measured latency is this fraction of
-            the full model's (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
+            (importance the redundancy rank, and the rank weighed by the FLOPs the group does,
+            so that the channels costing most time for their work go first: of the two
+            selections, the one keeping more FLOPs) and chosen until the constructed network's
+            measured latency is this fraction of the full model's (``target_sparsity`` is then not used); FLOPs stand in, with a remark, when ONNX
             Runtime is not available. 0 (the default): off.
         target_flops: FLOPs-aware selection: the redundant groups are ranked by importance per
             FLOP saved (a segment's collateral included) and the smallest valid selection whose

@@ -646,6 +646,8 @@ def test_bench_latency_lists_its_networks_and_refuses_unknown_ones(capsys):
     assert all(name in out for name in ("resnet18", "resnet50", "mobilenetv2", "efficientnet", "vit", "bert"))
     assert bench_latency.main(["--models", "alexnet"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    assert bench_latency.main(["--models", "resnet18", "--variants", "lat,fast"]) == 2
+    assert "unknown variant(s) fast" in capsys.readouterr().err
 
 
 def test_bench_latency_by_kind_splits_the_profile_by_kind_of_kernel():
