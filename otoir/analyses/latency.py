@@ -1230,15 +1230,15 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
     save = costs.savings()
     imp = _importance(sc)
     finite = np.isfinite(sc)
-    rankings = [np.where(finite, save / imp, -np.inf)]
+    by_rank = np.where(finite, save / imp, -np.inf).tolist()
     if k is not None:
-        return select_redundant(groups, rankings[0].tolist(), k, checker)
+        return select_redundant(groups, by_rank, k, checker)
     if not 0.0 < target < 1.0:
         raise ValueError(f"{option} must be in (0, 1), got {target}")
     if costs.work is None:
-        return _target_search(groups, rankings[0].tolist(), costs, target, checker)
-    rankings.append(np.where(finite, save / (imp * _work_share(costs.work.savings())), -np.inf))
-    found = [_target_search(groups, r.tolist(), costs, target, checker) for r in rankings]
+        return _target_search(groups, by_rank, costs, target, checker)
+    by_work = np.where(finite, save / (imp * _work_share(costs.work.savings())), -np.inf).tolist()
+    found = [_target_search(groups, r, costs, target, checker) for r in (by_rank, by_work)]
     goal = target * costs.full
 
     def merit(chosen: list[int]) -> tuple[bool, float, float]:
