@@ -54,7 +54,7 @@ class CompressReport:
     Attributes:
         full: Figures of the trained full model (or the input, when nothing was trained).
         compressed: Figures of the result.
-        max_rel_diff: ``max|y_full - y_sub| / max(1, max|y_full|)`` on held-out inputs.
+        max_rel_diff: ``max|y_full - y_sub| / max|y_full|`` on held-out inputs.
         verified: Whether ``max_rel_diff`` is within ``tolerance``.
         tolerance: The tolerance used.
         details: Free-form extras (mode, optimizer, groups, epochs, dataset, timings).
@@ -484,7 +484,7 @@ def work_scaled_us(full: Mapping[str, KernelTime], sub: Mapping[str, KernelTime]
 
 def output_agreement(full: ir.Model, sub: ir.Model, inputs: np.ndarray | Mapping[str, np.ndarray],
                      batch: int = 256) -> float:
-    """``max|y_full - y_sub| / max(1, max|y_full|)`` over all outputs and batches.
+    """``max|y_full - y_sub| / max|y_full|`` over all outputs and batches.
 
     See :func:`otoir.runtime.output_agreement`; a model whose batch dimension is fixed is run in
     batches of exactly that size (rows cycled to fill the last one).

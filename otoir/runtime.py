@@ -13,7 +13,8 @@ training-side evaluation, the surgery shape probe, the load check before a model
   symbolic dimensions are bound to small values (the same symbol gets the same value in every
   input), fixed dimensions are kept whatever their size.
 - :func:`max_rel_diff` / :func:`output_agreement` compare outputs as
-  ``max|a - b| / max(1, max|a|)``; :func:`evaluate` gives loss and top-1 accuracy.
+  ``max|a - b| / max|a|`` (:func:`output_scale`: the reference output's own scale, 1 for an
+  all-zero output); :func:`evaluate` gives loss and top-1 accuracy.
 
 When ONNX Runtime cannot create or run a session for a model (an opset or IR version newer than
 it supports, an operator or type it has no kernel for, shapes that do not fit), the error is a
@@ -384,8 +385,20 @@ def random_feeds(model: ir.Model, seed: int = 0, *, batch: int = 2, size: int | 
 # Comparing and evaluating
 
 
+def output_scale(x: np.ndarray) -> float:
+    """The scale an output difference is measured against: ``max|x|`` of the reference output
+    (1 when it is all zero, where only an absolute difference means anything).
+
+    Its own scale, not ``max(1, max|x|)``: an output of scale 0.01 compared against 1 would pass
+    a ``1e-4`` check with a 1 % error.
+    """
+    m = float(np.max(np.abs(np.asarray(x, dtype=np.float64)))) if np.size(x) else 0.0
+    return m if m > 0.0 else 1.0
+
+
 def max_rel_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """Largest ``max|a - b| / max(1, max|a|)`` over pairs of outputs (inf on a shape mismatch)."""
+    """Largest ``max|a - b| / max|a|`` (:func:`output_scale`) over pairs of outputs (inf on a
+    shape mismatch)."""
     worst = 0.0
     for x, y in zip(a, b, strict=True):
         x = np.asarray(x, dtype=np.float64)
@@ -394,8 +407,7 @@ def max_rel_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
             return float("inf")
         if x.size == 0:
             continue
-        scale = max(1.0, float(np.max(np.abs(x))))
-        worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+        worst = max(worst, float(np.max(np.abs(x - y))) / output_scale(x))
     return worst
 
 
@@ -407,7 +419,7 @@ def _batched(inputs: np.ndarray | Mapping[str, np.ndarray], names: list[str], st
 
 def output_agreement(reference: ir.Model, candidate: ir.Model, inputs: np.ndarray | Mapping[str, np.ndarray],
                      batch: int = 256, *, threads: int | None = None) -> float:
-    """``max|y_ref - y_cand| / max(1, max|y_ref|)`` over all graph outputs and batches.
+    """``max|y_ref - y_cand| / max|y_ref|`` (:func:`output_scale`) over all graph outputs and batches.
 
     Args:
         reference: The reference model.

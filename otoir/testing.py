@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from otoir import runtime
-from otoir.runtime import max_rel_diff, random_feeds
+from otoir.runtime import max_rel_diff, output_scale, random_feeds
 
 __all__ = ["cli", "one_line", "session", "run_ort", "assert_same_outputs", "random_feeds", "max_rel_diff", "output_names"]
 
@@ -54,7 +54,7 @@ def assert_same_outputs(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray
     """Asserts that two models compute the same graph outputs on ``feeds``.
 
     Outputs are matched by position; their shapes must be equal and
-    ``max|a-b| <= rtol_scale * max(1, max|a|)`` for each.
+    ``max|a-b| <= rtol_scale * max|a|`` for each (:func:`otoir.runtime.output_scale`).
 
     Args:
         a: Reference model.
@@ -77,7 +77,7 @@ def assert_same_outputs(a: ir.Model, b: ir.Model, feeds: Mapping[str, np.ndarray
             raise AssertionError(f"output {i}: shape {x.shape} vs {y.shape}")
         if x.size == 0:
             continue
-        scale = max(1.0, float(np.max(np.abs(x.astype(np.float64)))))
+        scale = output_scale(x)
         diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
         if diff > rtol_scale * scale:
             raise AssertionError(f"output {i}: max abs diff {diff:.3e} > {rtol_scale:.1e} x scale {scale:.3e}")

@@ -106,7 +106,7 @@ class Constructed:
         kept_groups: ``{id: reason}`` of zero groups that were kept (e.g. a tensor's last channel).
         num_params: Parameters of the compressed torch module as the ONNX sub-network counts
             them (its initializers that are module parameters, before BatchNorm folding).
-        torch_max_rel_diff: ``max|y_onnx − y_torch| / max(1, max|y_onnx|)`` of the compressed torch
+        torch_max_rel_diff: ``max|y_onnx − y_torch| / max|y_onnx|`` of the compressed torch
             module against the ONNX sub-network (None when there is no torch module).
         slicing: ``{module name: {attribute: new value}}`` of the modules changed.
         module_error: Why there is no compressed torch module (None when there is one).
@@ -286,7 +286,7 @@ class Compression:
                 module's running statistics, not its parameters). None: keep them.
             verify_inputs: Inputs (a tensor or tuple, batch first) for the torch/ONNX check;
                 default: the example inputs.
-            tolerance: Allowed ``max|difference| / max(1, output scale)``.
+            tolerance: Allowed ``max|difference| / output scale``.
             latency_runs: Latency measurements per model in the report (0: none).
 
         Raises:
@@ -397,7 +397,7 @@ def torch_subnetwork(module: torch.nn.Module, removed: Sequence[Any], sub: ir.Mo
         removed: The groups the ONNX construction removed.
         sub: The ONNX sub-network.
         inputs: Inputs (tensors, batch first) the two are compared on.
-        tolerance: Allowed ``max|y_onnx − y_torch| / max(1, max|y_onnx|)``.
+        tolerance: Allowed ``max|y_onnx − y_torch| / max|y_onnx|``.
 
     Returns:
         ``(module or None, error or None, max relative difference or None, changes)``: the

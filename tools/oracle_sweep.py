@@ -51,7 +51,7 @@ __all__ = ["OUTCOMES", "MODES", "CaseResult", "run_case", "run_model_case", "swe
 
 OUTCOMES = ("exact", "refused", "mismatch", "unloadable", "crash")
 MODES = ("erase", "prune")
-#: Largest accepted ``max|a-b| / max(1, max|a|)``.
+#: Largest accepted ``max|a-b| / max|a|``.
 TOLERANCE = 1e-4
 
 _ZERO = {
@@ -84,9 +84,9 @@ class CaseResult:
         groups: Removable groups found (GeZIGs, or prunable channel groups), 0 if a pass refused.
         inexact: Of the channel groups, those flagged not exactly zero-invariant (prune mode).
         params: Parameters of the full model.
-        diff: Max relative output difference (NaN unless the sub-network ran).
-        scale: ``max|y|`` of the zeroed full model's outputs (NaN unless it ran); with ``diff``
-            it gives the difference relative to the actual output size, ``diff * max(1, scale) / scale``.
+        diff: Max output difference relative to the output's own scale, ``max|y - y'| / max|y|``
+            (:func:`otoir.runtime.max_rel_diff`; NaN unless the sub-network ran).
+        scale: ``max|y|`` of the zeroed full model's outputs (NaN unless it ran).
     """
 
     seed: int

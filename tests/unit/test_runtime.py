@@ -303,12 +303,15 @@ def test_describe_strips_sources():
 
 def test_max_rel_diff_and_output_agreement():
     assert runtime.max_rel_diff([np.array([2.0, 4.0])], [np.array([2.0, 3.0])]) == pytest.approx(0.25)
-    assert runtime.max_rel_diff([np.array([0.1])], [np.array([0.2])]) == pytest.approx(0.1)  # scale >= 1
+    # the output's own scale: a small output's 1 % error is 1e-2, not 1e-4 of a floor of 1
+    assert runtime.max_rel_diff([np.array([0.01, -0.005])], [np.array([0.0101, -0.005])]) == pytest.approx(1e-2)
+    assert runtime.max_rel_diff([np.zeros(2)], [np.array([0.0, 1e-3])]) == pytest.approx(1e-3)  # all zero: absolute
     assert runtime.max_rel_diff([np.zeros(2)], [np.zeros(3)]) == float("inf")
+    assert runtime.output_scale(np.array([-3.0, 2.0])) == 3.0 and runtime.output_scale(np.zeros(0)) == 1.0
     a = model(RELU)
     b = model(RELU.replace("y = Relu (x)", "r = Relu (x)\n one = Constant <value = float {0.5}> ()\n y = Add (r, one)"))
     x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32) * 10
-    scale = max(1.0, float(np.abs(np.maximum(x, 0)).max()))
+    scale = float(np.abs(np.maximum(x, 0)).max())
     assert runtime.output_agreement(a, b, x, batch=10) == pytest.approx(0.5 / scale, rel=1e-5)
     assert runtime.output_agreement(a, b, x, batch=3) >= 0.5 / scale  # the worst batch counts
     assert runtime.output_agreement(a, a, {"x": x}) == 0.0
