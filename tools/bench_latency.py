@@ -300,6 +300,35 @@ def _construct(model, groups, chosen):
     return zeroed, sub
 
 
+def time_settings(models, sample, threads_list, batches, runs: int, timer=None):
+    """Times ``models`` (the full model first) at every (threads, batch) setting: ``(lat, ratio,
+    best, serial)``, the first three by setting as :func:`interleaved` gives them, ``serial`` the
+    settings named ``t<threads> b<batch>`` whose threads did not run in parallel.
+
+    A setting with more than one thread is timed again, twice at most, while the full model takes
+    more than :data:`PARALLEL` of its 1-thread time at the same batch (timed first): its threads
+    did not get the cores. ``runs`` is tripled at batch 1 (cheap, and the most disturbed by other
+    load). ``timer`` replaces :func:`interleaved` (tests).
+    """
+    timer = timer or interleaved
+    lat: dict[tuple[int, int], list[float]] = {}
+    ratio: dict[tuple[int, int], list[float]] = {}
+    best: dict[tuple[int, int], list[float]] = {}
+    serial: list[str] = []
+    for threads in sorted(threads_list):  # 1 thread first: the reference of the retry
+        for batch in batches:
+            tb = (threads, batch)
+            one = lat.get((1, batch))
+            for _ in range(3):
+                lat[tb], ratio[tb], best[tb] = timer(models, sample, runs=runs * (3 if batch == 1 else 1),
+                                                     threads=threads, batch=batch)
+                if threads == 1 or one is None or lat[tb][0] <= PARALLEL * one[0]:
+                    break
+            else:
+                serial.append(f"t{threads} b{batch}")
+    return lat, ratio, best, serial
+
+
 def interleaved(models, sample, *, runs: int, threads: int, batch: int, warmup: int = 3):
     """(median ms, latency ratio, minimum ms) of each model, timed side by side
     (:func:`otoir.report.time_interleaved`).
@@ -408,24 +437,7 @@ def bench(name: str, args) -> list[dict]:
     sample = random_inputs(full, rows=16, seed=1)
     if not isinstance(x, np.ndarray) and str(getattr(x, "dtype", "")) == "torch.int64":
         sample = {k: np.minimum(v, 999) for k, v in sample.items()}
-    lat: dict[tuple[int, int], list[float]] = {}
-    ratio: dict[tuple[int, int], list[float]] = {}
-    best: dict[tuple[int, int], list[float]] = {}
-    serial: list[str] = []  # settings whose threads did not run in parallel
-    for threads in args.threads:
-        for batch in args.batches:
-            runs = args.runs * (3 if batch == 1 else 1)  # batch 1: cheap, and the most disturbed by other load
-            tb = (threads, batch)
-            one = lat.get((1, batch))
-            for _ in range(3):
-                lat[tb], ratio[tb], best[tb] = interleaved(list(models.values()), sample, runs=runs, threads=threads,
-                                                           batch=batch)
-                # more threads than one that leave the full model no faster than one thread did
-                # were not given the cores (another process, the hypervisor): timed again
-                if threads == 1 or one is None or lat[tb][0] < PARALLEL * one[0]:
-                    break
-            else:
-                serial.append(f"t{threads} b{batch}")
+    lat, ratio, best, serial = time_settings(list(models.values()), sample, args.threads, args.batches, args.runs)
     kern: dict[str, float] = {}
     work: dict[str, float] = {}
     by_kind: dict[str, dict[str, tuple[float, float, float]]] = {}

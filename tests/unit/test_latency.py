@@ -672,3 +672,24 @@ def test_bench_latency_by_kind_splits_the_profile_by_kind_of_kernel():
     assert kinds["half"]["conv"] == (0.6, 0.25, 0.25)  # 1x1 conv: both sides halved
     assert kinds["half"]["dwconv"] == (0.2, 0.5, 0.5)  # depthwise: linear in the channels
     assert kinds["half"]["reorder"] == (0.05, 0.0, 0.0)  # the sub-network has none
+
+
+def test_bench_latency_times_a_setting_again_while_its_threads_did_not_run_in_parallel():
+    from otoir.tools import bench_latency
+
+    full_ms = {1: [10.0], 2: [9.5, 9.0, 6.0], 4: [9.9, 9.9, 9.9]}  # per thread count, one per try
+    calls = []
+
+    def timer(models, sample, *, runs, threads, batch):
+        calls.append((threads, batch, runs))
+        ms = full_ms[threads][sum(1 for t, b, _ in calls if (t, b) == (threads, batch)) - 1]
+        return [ms, ms / 2], [1.0, 0.5], [ms, ms / 2]
+
+    lat, ratio, best, serial = bench_latency.time_settings(["full", "sub"], None, [2, 1, 4], [1], 10, timer=timer)
+    # 1 thread first (the reference); 2 threads: 0.95 and 0.90 of it are timed again, 0.60 is kept
+    assert [c[0] for c in calls] == [1, 2, 2, 2, 4, 4, 4] and all(r == 30 for _, _, r in calls)
+    assert lat[(2, 1)] == [6.0, 3.0] and ratio[(2, 1)] == [1.0, 0.5]
+    assert serial == ["t4 b1"]  # never below the threshold in three tries: named
+    calls.clear()
+    lat, *_, serial = bench_latency.time_settings(["full", "sub"], None, [1], [16], 10, timer=timer)
+    assert calls == [(1, 16, 10)] and not serial
