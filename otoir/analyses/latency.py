@@ -1106,6 +1106,7 @@ class LatencyCounter(SubnetCounter):
         self._ratios: dict[frozenset[int], np.ndarray] = {}
         self.confirmed: set[frozenset[int]] = set()
         self._last: tuple[frozenset[int], ir.Model] | None = None  # the selection last timed, and its network
+        self._reference_session: Any = None  # the full model's timing session, built once
         self.timings = 0
         self.seconds = 0.0
         super().__init__(model, groups)
@@ -1115,11 +1116,21 @@ class LatencyCounter(SubnetCounter):
 
         timer = self._timer or report.time_interleaved  # looked up at call time (tests patch it)
         t0 = time.perf_counter()
-        out = np.asarray(timer(models, self._sample, runs=runs, warmup=3, threads=self.threads, batch=self.batch),
-                         dtype=np.float64)
+        kw = {}
+        if getattr(timer, "takes_prepared", False):  # models[0] is always the reference: its session is kept
+            if self._reference_session is None:
+                self._reference_session = report.timing_session(self.reference, self._sample, threads=self.threads,
+                                                                batch=self.batch)
+            kw["prepared"] = {0: self._reference_session}
+        out = np.asarray(timer(models, self._sample, runs=runs, warmup=3, threads=self.threads, batch=self.batch,
+                               **kw), dtype=np.float64)
         self.timings += 1
         self.seconds += time.perf_counter() - t0
         return out
+
+    def release(self) -> None:
+        """Drops the full model's timing session (kept between comparisons; built again when needed)."""
+        self._reference_session = None
 
     def figure(self, key: frozenset[int], sub: ir.Model) -> float:
         """``ratio * full_ms`` of ``sub`` (the full model's median ms for the empty selection)."""
@@ -1235,10 +1246,14 @@ def _budget_select(groups: Sequence[Group], scores: Sequence[float], costs: Cost
         return select_redundant(groups, by_rank, k, checker)
     if not 0.0 < target < 1.0:
         raise ValueError(f"{option} must be in (0, 1), got {target}")
-    if costs.work is None:
-        return _target_search(groups, by_rank, costs, target, checker)
-    by_work = np.where(finite, save / (imp * _work_share(costs.work.savings())), -np.inf).tolist()
-    found = [_target_search(groups, r, costs, target, checker) for r in (by_rank, by_work)]
+    try:
+        if costs.work is None:
+            return _target_search(groups, by_rank, costs, target, checker)
+        by_work = np.where(finite, save / (imp * _work_share(costs.work.savings())), -np.inf).tolist()
+        found = [_target_search(groups, r, costs, target, checker) for r in (by_rank, by_work)]
+    finally:
+        if isinstance(costs.counter, LatencyCounter):
+            costs.counter.release()
     goal = target * costs.full
 
     def merit(chosen: list[int]) -> tuple[bool, float, float]:

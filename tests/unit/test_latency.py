@@ -693,3 +693,29 @@ def test_bench_latency_times_a_setting_again_while_its_threads_did_not_run_in_pa
     calls.clear()
     lat, *_, serial = bench_latency.time_settings(["full", "sub"], None, [1], [16], 10, timer=timer)
     assert calls == [(1, 16, 10)] and not serial
+
+
+def test_latency_counter_builds_the_full_models_timing_session_once(monkeypatch):
+    from otoir import report
+    from otoir.optim.from_groups import groups_for
+
+    model = _chain()
+    groups = groups_for(model, "zig")
+    built: list = []
+    real = report.timing_session
+
+    def timing_session(m, sample, **kw):
+        built.append(m)
+        return real(m, sample, **kw)
+
+    monkeypatch.setattr(report, "timing_session", timing_session)
+    counter = L.LatencyCounter(model, groups, min_runs=2, max_runs=2, budget_s=0.001)
+    ref = counter.reference
+    for sel in ([0], [1], [0, 2]):
+        assert 0 < counter(sel) < 10 * counter.full
+    counter.confirm([1])
+    # the full model once; each selection once, and [1] again to confirm it ([0, 2] was the last timed)
+    assert sum(m is ref for m in built) == 1 and len(built) == 1 + 3 + 1
+    counter.release()
+    counter([2])
+    assert sum(m is ref for m in built) == 2  # released: built again on the next comparison
